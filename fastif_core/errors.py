@@ -1,0 +1,25 @@
+"""Errors a user can act on. Each message names the problem (file, line, field, allowed values)."""
+
+
+class FastifError(Exception):
+    """Base class: an error with a message meant for the user (the CLI prints it as one line)."""
+
+
+class DataFormatError(FastifError):
+    """An input data file is malformed: the message names the file, line and problem."""
+
+
+class ConfigError(FastifError):
+    """A setting is out of range or inconsistent: the message names the field and allowed values."""
+
+
+class LissaDivergenceError(FastifError):
+    """The LiSSA recursion produced non-finite values or an exploding norm (scale too small)."""
+
+
+class WorkspaceError(FastifError):
+    """A workspace is missing, not prepared, or does not contain the requested item."""
+
+
+class JobError(FastifError):
+    """A job could not be enqueued or run (bad parameters, cancelled, ...)."""
