@@ -159,3 +159,35 @@ class InfluenceConfig:
         data = dict(data)
         lissa = from_dict(LissaConfig, data.pop("lissa", {}))
         return from_dict(cls, {**data, "lissa": lissa})
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything ``fastif prepare`` needs to turn data and a model into a ready workspace."""
+
+    train: str = _f("demo", "training data: 'demo' (built-in corpus), a file path, or 'hf:<dataset>[:<split>]'")
+    evals: tuple[str, ...] = _f((), "extra evaluation sources (same forms as train)")
+    max_train: int | None = _f(None, "use at most this many training examples (after the hold-out split)")
+    holdout: float = _f(0.1, "fraction of the training source held out for evaluation")
+    model: str | None = _f(None, "local transformers checkpoint dir (default: the packaged MiniLM)")
+    train_config: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "fine-tuning settings"})
+    neighbors: int = _f(10, "nearest training neighbours stored per example (shown in the dashboard)")
+    knn: KnnConfig = field(default_factory=KnnConfig, metadata={"help": "FAISS index settings"})
+    demo_size: int = _f(3000, "training examples generated for the built-in corpus")
+
+    def validate(self) -> PrepareConfig:
+        self.train_config.validate()
+        self.knn.validate()
+        _require(0.0 <= self.holdout < 1.0, "holdout", "0 <= holdout < 1", self.holdout)
+        _require(self.max_train is None or self.max_train >= 2, "max_train", "an integer >= 2", self.max_train)
+        _require(self.neighbors >= 1, "neighbors", "an integer >= 1", self.neighbors)
+        _require(self.demo_size >= 20, "demo_size", "an integer >= 20", self.demo_size)
+        return self
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> PrepareConfig:
+        data = dict(data)
+        train_cfg = from_dict(TrainConfig, data.pop("train_config", {}))
+        knn = from_dict(KnnConfig, data.pop("knn", {}))
+        evals = tuple(data.pop("evals", ()))
+        return from_dict(cls, {**data, "train_config": train_cfg, "knn": knn, "evals": evals})
