@@ -23,3 +23,7 @@ class WorkspaceError(FastifError):
 
 class JobError(FastifError):
     """A job could not be enqueued or run (bad parameters, cancelled, ...)."""
+
+
+class LeaseLostError(JobError):
+    """A worker tried to heartbeat or finish a job it no longer owns (its lease expired and was taken)."""

@@ -1,0 +1,203 @@
+"""Datasets, examples, the training-set mapping and example filters, as functions on a session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from fastif_core.errors import ConfigError, WorkspaceError
+from fastif_core.store._sql import any_of, chunks, upsert
+from fastif_core.store.records import (
+    DatasetInfo,
+    ExampleFilter,
+    ExampleLike,
+    ExampleRow,
+    ExampleSummary,
+    GroupSummary,
+)
+from fastif_core.store.schema import SLICE_COLUMNS, Dataset, Example, Model, Prediction, utcnow
+
+EXAMPLE_CONTENT = ("dataset_id", "split", "premise", "hypothesis", "label", *SLICE_COLUMNS, "slices", "extra")
+GROUP_COLUMNS = {
+    "dataset": Dataset.name, "split": Example.split, "label": Example.label, "genre": Example.genre,
+    "heuristic": Example.heuristic, "subcase": Example.subcase, "template": Example.template,
+    "predicted": Prediction.predicted, "correct": Prediction.correct,
+}  # fmt: skip
+ORDER_COLUMNS = {**GROUP_COLUMNS, "id": Example.id, "train_pos": Example.train_pos,
+                 "confidence": Prediction.confidence}  # fmt: skip
+
+
+def dataset_info(d: Dataset) -> DatasetInfo:
+    return DatasetInfo(id=d.id, name=d.name, label_scheme=d.label_scheme, labels=list(d.labels), source=d.source,
+                       counts=dict(d.counts), num_examples=d.num_examples, created_at=d.created_at)  # fmt: skip
+
+
+def upsert_dataset(
+    s: Session, name: str, *, label_scheme: str | None = None, labels: Sequence[str] | None = None,
+    source: str | None = None,
+) -> Dataset:  # fmt: skip
+    """Create the dataset ``name`` or update the given fields of the existing one."""
+    upsert(s, Dataset.__table__, [{"name": name, "label_scheme": "", "labels": [], "source": "", "counts": {},
+                                   "num_examples": 0, "created_at": utcnow()}], ["name"])  # fmt: skip
+    ds = s.scalars(select(Dataset).where(Dataset.name == name)).one()
+    for field, value in (("label_scheme", label_scheme), ("labels", labels), ("source", source)):
+        if value is not None:
+            setattr(ds, field, list(value) if field == "labels" else value)
+    return ds
+
+
+def _example_row(ex: ExampleLike, dataset_id: int) -> dict[str, Any]:
+    slices = dict(ex.slices or {})
+    row = {"id": ex.id, "dataset_id": dataset_id, "split": ex.split, "premise": ex.premise,
+           "hypothesis": ex.hypothesis, "label": ex.label, "slices": slices, "extra": dict(ex.extra or {})}  # fmt: skip
+    row.update({c: slices.get(c) for c in SLICE_COLUMNS})
+    return row
+
+
+def add_examples(s: Session, examples: Iterable[ExampleLike]) -> int:
+    """Insert or update examples by id (idempotent); creates missing datasets; refreshes their counts."""
+    items = list(examples)
+    names = sorted({ex.dataset for ex in items})
+    ids = {name: upsert_dataset(s, name).id for name in names}
+    rows = [_example_row(ex, ids[ex.dataset]) for ex in items]
+    upsert(s, Example.__table__, rows, ["id"], EXAMPLE_CONTENT)
+    refresh_counts(s, list(ids.values()))
+    return len(rows)
+
+
+def refresh_counts(s: Session, dataset_ids: Sequence[int]) -> None:
+    """Recompute the per-split counts of the given datasets."""
+    q = select(Example.dataset_id, Example.split, func.count()).where(
+        Example.dataset_id.in_(list(dataset_ids))
+    )
+    counts: dict[int, dict[str, int]] = {i: {} for i in dataset_ids}
+    for dataset_id, split, n in s.execute(q.group_by(Example.dataset_id, Example.split)):
+        counts[dataset_id][split] = n
+    for ds in s.scalars(select(Dataset).where(Dataset.id.in_(list(dataset_ids)))):
+        ds.counts, ds.num_examples = counts[ds.id], sum(counts[ds.id].values())
+
+
+def set_training_set(s: Session, ids: Sequence[str]) -> None:
+    """Make ``ids`` the training set: ``ids[i]`` gets ``train_pos = i``; every other example gets NULL."""
+    if len(set(ids)) != len(ids):
+        raise WorkspaceError("training set ids are not unique")
+    found = sum(s.scalar(select(func.count()).where(Example.id.in_(list(part)))) or 0 for part in chunks(ids))
+    if found != len(ids):
+        raise WorkspaceError(
+            f"{len(ids) - found} training id(s) are not in the store; add the examples first"
+        )
+    s.execute(update(Example).where(Example.train_pos.is_not(None)).values(train_pos=None))
+    rows = [{"id": example_id, "train_pos": pos} for pos, example_id in enumerate(ids)]
+    for part in chunks(rows):
+        s.execute(update(Example), list(part))
+
+
+def train_ids(s: Session) -> list[str]:
+    """The training set's example ids in position order (FAISS row i = ``train_ids()[i]``)."""
+    q = select(Example.id).where(Example.train_pos.is_not(None)).order_by(Example.train_pos)
+    return list(s.scalars(q))
+
+
+def latest_model_id(s: Session) -> int | None:
+    return s.scalar(select(Model.id).order_by(Model.id.desc()).limit(1))
+
+
+def _filtered(s: Session, f: ExampleFilter, *cols: Any) -> tuple[Select[Any], int | None]:
+    """SELECT ``cols`` FROM examples JOIN datasets LEFT JOIN predictions (of the filter's model) WHERE ..."""
+    model_id = f.model_id if f.model_id is not None else latest_model_id(s)
+    on = (Prediction.example_id == Example.id) & (
+        Prediction.model_id == (model_id if model_id is not None else -1)
+    )
+    q = (
+        select(*cols)
+        .select_from(Example)
+        .join(Dataset, Dataset.id == Example.dataset_id)
+        .outerjoin(Prediction, on)
+    )
+    for name in ("split", "label", "genre", "heuristic", "subcase", "template", "predicted"):
+        value = getattr(f, name)
+        if value is not None:
+            q = q.where(any_of(GROUP_COLUMNS[name], value))
+    if f.dataset is not None:
+        q = q.where(any_of(Dataset.name, f.dataset))
+    if f.correct is not None:
+        q = q.where(Prediction.correct.is_(bool(f.correct)))
+    if f.in_training_set is not None:
+        q = q.where(Example.train_pos.is_not(None) if f.in_training_set else Example.train_pos.is_(None))
+    if f.search:
+        pattern = "%" + f.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        q = q.where(
+            or_(*(c.ilike(pattern, escape="\\") for c in (Example.premise, Example.hypothesis, Example.id)))
+        )
+    return q, model_id
+
+
+ROW_COLUMNS = (Example, Dataset.name, Prediction.predicted, Prediction.correct, Prediction.confidence,
+               Prediction.probs)  # fmt: skip
+
+
+def _row(ex: Example, dataset: str, predicted: Any, correct: Any, confidence: Any, probs: Any) -> ExampleRow:
+    return ExampleRow(
+        id=ex.id, dataset=dataset, split=ex.split, premise=ex.premise, hypothesis=ex.hypothesis, label=ex.label,
+        slices=dict(ex.slices), extra=dict(ex.extra), train_pos=ex.train_pos, predicted=predicted,
+        correct=correct, confidence=confidence, probs=list(probs) if probs is not None else None,
+    )  # fmt: skip
+
+
+def query(
+    s: Session, f: ExampleFilter, order_by: str, descending: bool, limit: int | None, offset: int
+) -> list[ExampleRow]:
+    """Examples matching ``f``, sorted by ``order_by`` (then id), one page of ``limit`` from ``offset``."""
+    if order_by not in ORDER_COLUMNS:
+        raise ConfigError(f"order_by={order_by!r} is invalid: allowed {sorted(ORDER_COLUMNS)}")
+    q, _ = _filtered(s, f, *ROW_COLUMNS)
+    col = ORDER_COLUMNS[order_by]
+    q = q.order_by(col.desc() if descending else col, Example.id).offset(offset)
+    if limit is not None:
+        q = q.limit(limit)
+    return [_row(*r) for r in s.execute(q)]
+
+
+def get_examples(s: Session, ids: Sequence[str], model_id: int | None) -> list[ExampleRow]:
+    """The examples with these ids, in the given order (unknown ids are left out)."""
+    found: dict[str, ExampleRow] = {}
+    for part in chunks(ids):
+        q, _ = _filtered(s, ExampleFilter(model_id=model_id), *ROW_COLUMNS)
+        found.update(
+            (r.id, r) for r in (_row(*row) for row in s.execute(q.where(Example.id.in_(list(part)))))
+        )
+    return [found[i] for i in ids if i in found]
+
+
+def _sums() -> tuple[Any, Any, Any]:
+    hit = func.sum(case((Prediction.correct.is_(True), 1), else_=0))
+    return func.count(Example.id), func.count(Prediction.example_id), hit
+
+
+def summary(s: Session, f: ExampleFilter) -> ExampleSummary:
+    """How many examples match ``f``, how many have a prediction, how many of those are correct."""
+    q, _ = _filtered(s, f, *_sums())
+    count, predicted, correct = s.execute(q).one()
+    return ExampleSummary(count=count, predicted=predicted, correct=int(correct or 0))
+
+
+def summary_by(s: Session, column: str, f: ExampleFilter) -> list[GroupSummary]:
+    """:func:`summary` per value of ``column`` (e.g. accuracy per HANS heuristic), sorted by value."""
+    if column not in GROUP_COLUMNS:
+        raise ConfigError(f"column={column!r} is invalid: allowed {sorted(GROUP_COLUMNS)}")
+    col = GROUP_COLUMNS[column]
+    q, _ = _filtered(s, f, col, *_sums())
+    rows = s.execute(q.group_by(col).order_by(col)).all()
+    return [GroupSummary(value=v, count=c, predicted=p, correct=int(k or 0)) for v, c, p, k in rows]
+
+
+def distinct_values(s: Session, column: str, f: ExampleFilter) -> list[Any]:
+    """The non-null values of ``column`` among examples matching ``f``, sorted (for filter widgets)."""
+    if column not in GROUP_COLUMNS:
+        raise ConfigError(f"column={column!r} is invalid: allowed {sorted(GROUP_COLUMNS)}")
+    col = GROUP_COLUMNS[column]
+    q, _ = _filtered(s, f, col)
+    return list(s.scalars(q.where(col.is_not(None)).distinct().order_by(col)))

@@ -1,0 +1,469 @@
+"""``Store``: every database access of fastif goes through this class.
+
+One session per unit of work: each method opens its own short session (reads) or write transaction
+and returns plain dataclasses from :mod:`fastif_core.store.records`, never live ORM objects. For
+several writes that must land together use ``with store.transaction() as s:`` and the session-level
+functions of ``examples``, ``results`` and ``jobs_queue``.
+
+A ``Store`` holds an engine (a connection pool): open one per process (after a fork, open a new one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from fastif_core.errors import WorkspaceError
+from fastif_core.store import engine as eng
+from fastif_core.store import examples as ex
+from fastif_core.store import jobs_queue as jq
+from fastif_core.store import results as res
+from fastif_core.store.records import (
+    AppResultInfo,
+    DatasetInfo,
+    ExampleFilter,
+    ExampleLike,
+    ExampleRow,
+    ExampleSummary,
+    GroupSummary,
+    InfluenceRunInfo,
+    JobInfo,
+    ModelInfo,
+    NeighborInfo,
+    PredictionIn,
+    PredictionInfo,
+    WorkerInfo,
+)
+from fastif_core.store.schema import Dataset, InfluenceRun, Job, Model, Worker, utcnow
+
+T = TypeVar("T")
+Writer = Callable[[Session], "dict[str, Any] | None"]
+
+
+def _filter(f: ExampleFilter | None, kw: dict[str, Any]) -> ExampleFilter:
+    """``f`` with the keyword filters applied on top (unknown keywords raise TypeError)."""
+    if f is None:
+        return ExampleFilter(**kw)
+    return replace(f, **kw) if kw else f
+
+
+class Store:
+    """The workspace database (SQLite ``<workspace>/fastif.db`` by default, any SQLAlchemy URL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer_engine = engine.execution_options(**{eng.BEGIN_OPTION: "IMMEDIATE"})
+
+    @classmethod
+    def open(
+        cls, workspace: str | Path | None = None, url: str | None = None, *, migrate: bool = True,
+        echo: bool = False,
+    ) -> Store:  # fmt: skip
+        """Open (creating if needed) and migrate to the newest schema.
+
+        Args:
+            workspace: directory whose ``fastif.db`` is used when no URL is given.
+            url: any SQLAlchemy URL; default ``$FASTIF_DB_URL``, then the workspace file.
+            migrate: run the Alembic migrations up to head (``False``: use the schema as it is).
+        """
+        store = cls(eng.make_engine(eng.resolve_url(workspace, url), echo=echo))
+        if migrate:
+            try:
+                eng.upgrade(store.engine)
+            except Exception as err:  # e.g. a database written by a newer fastif
+                store.close()
+                raise WorkspaceError(f"cannot migrate database {store.url}: {err}") from err
+        return store
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def revision(self) -> str | None:
+        """The schema (Alembic) revision of the database."""
+        return eng.current_revision(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read session (nothing is committed unless the caller commits)."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write unit of work, committed on success, rolled back on error (SQLite: BEGIN IMMEDIATE)."""
+        with Session(self._writer_engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    def _read(self, fn: Callable[[Session], T]) -> T:
+        with self.session() as s:
+            return fn(s)
+
+    def _write(self, fn: Callable[[Session], T]) -> T:
+        with self.transaction() as s:
+            return fn(s)
+
+    def _write_for_job(
+        self,
+        fn: Callable[[Session], T],
+        ref: Callable[[T], dict[str, Any]],
+        job_id: int | None,
+        owner: str | None,
+    ) -> T:
+        """Run ``fn``; with a job, check its lease first and mark it done in the same transaction."""
+        with self.transaction() as s:
+            if job_id is not None:
+                jq.owned(s, job_id, owner or "")
+            out = fn(s)
+            if job_id is not None:
+                jq.complete(s, job_id, owner or "", ref(out))
+            return out
+
+    # ---- datasets and examples -------------------------------------------------------------------
+    def upsert_dataset(
+        self, name: str, *, label_scheme: str | None = None, labels: Sequence[str] | None = None,
+        source: str | None = None,
+    ) -> DatasetInfo:  # fmt: skip
+        """Create the dataset or update the fields given (None = keep)."""
+        return self._write(lambda s: ex.dataset_info(ex.upsert_dataset(s, name, label_scheme=label_scheme,
+                                                                       labels=labels, source=source)))  # fmt: skip
+
+    def get_dataset(self, name: str) -> DatasetInfo | None:
+        return self._read(
+            lambda s: _opt(ex.dataset_info, s.scalar(select(Dataset).where(Dataset.name == name)))
+        )
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        return self._read(
+            lambda s: [ex.dataset_info(d) for d in s.scalars(select(Dataset).order_by(Dataset.name))]
+        )
+
+    def add_examples(self, examples: Iterable[ExampleLike]) -> int:
+        """Insert or update ``NLIExample``-like records by id in bulk (idempotent); returns the count given."""
+        return self._write(lambda s: ex.add_examples(s, examples))
+
+    def get_example(self, example_id: str, model_id: int | None = None) -> ExampleRow | None:
+        """One example with the prediction of ``model_id`` (None = latest model); None if unknown."""
+        rows = self.get_examples([example_id], model_id)
+        return rows[0] if rows else None
+
+    def get_examples(self, ids: Sequence[str], model_id: int | None = None) -> list[ExampleRow]:
+        """Examples in the order of ``ids`` (unknown ids are left out)."""
+        return self._read(lambda s: ex.get_examples(s, list(ids), model_id))
+
+    def query_examples(
+        self, filters: ExampleFilter | None = None, *, order_by: str = "id", descending: bool = False,
+        limit: int | None = 100, offset: int = 0, **kw: Any,
+    ) -> list[ExampleRow]:  # fmt: skip
+        """One page of examples matching ``filters`` (or the same fields as keywords).
+
+        ``order_by``: id, dataset, split, label, genre, heuristic, subcase, template, train_pos,
+        predicted, correct, confidence.
+        """
+        f = _filter(filters, kw)
+        return self._read(lambda s: ex.query(s, f, order_by, descending, limit, offset))
+
+    def count_examples(self, filters: ExampleFilter | None = None, **kw: Any) -> int:
+        return self.summarize_examples(filters, **kw).count
+
+    def summarize_examples(self, filters: ExampleFilter | None = None, **kw: Any) -> ExampleSummary:
+        """Count, predicted count, correct count (and ``.accuracy``) for a filter."""
+        f = _filter(filters, kw)
+        return self._read(lambda s: ex.summary(s, f))
+
+    def summarize_by(
+        self, column: str, filters: ExampleFilter | None = None, **kw: Any
+    ) -> list[GroupSummary]:
+        """Counts and accuracy per value of ``column`` (dataset, split, label, genre, heuristic, ...)."""
+        f = _filter(filters, kw)
+        return self._read(lambda s: ex.summary_by(s, column, f))
+
+    def distinct_values(self, column: str, filters: ExampleFilter | None = None, **kw: Any) -> list[Any]:
+        """Sorted non-null values of ``column`` among matching examples (for filter widgets)."""
+        f = _filter(filters, kw)
+        return self._read(lambda s: ex.distinct_values(s, column, f))
+
+    def set_training_set(self, ids: Sequence[str]) -> None:
+        """Training position ``i`` (the FAISS row) is ``ids[i]``; replaces any previous training set."""
+        self._write(lambda s: ex.set_training_set(s, list(ids)))
+
+    def train_ids(self) -> list[str]:
+        """Training example ids in position order: FAISS position ``p`` ↔ ``train_ids()[p]``."""
+        return self._read(ex.train_ids)
+
+    # ---- models, predictions, neighbours ----------------------------------------------------------
+    def get_or_create_model(
+        self, name: str, checkpoint_path: str | Path, train_config: Any, label_names: Sequence[str], *,
+        metrics: dict[str, Any] | None = None, config_hash: str | None = None,
+    ) -> ModelInfo:  # fmt: skip
+        """The model registered under ``config_hash`` (default: hash of ``train_config``), created if new."""
+        return self._write(lambda s: res.model_info(res.get_or_create_model(
+            s, name, str(checkpoint_path), train_config, label_names, metrics, config_hash)))  # fmt: skip
+
+    def find_model(self, *, config_hash: str | None = None, name: str | None = None) -> ModelInfo | None:
+        """The newest model matching the given fields (no fields: the newest model)."""
+        q = select(Model).order_by(Model.id.desc()).limit(1)
+        q = q.where(Model.config_hash == config_hash) if config_hash is not None else q
+        q = q.where(Model.name == name) if name is not None else q
+        return self._read(lambda s: _opt(res.model_info, s.scalar(q)))
+
+    def get_model(self, model_id: int) -> ModelInfo | None:
+        return self._read(lambda s: _opt(res.model_info, s.get(Model, model_id)))
+
+    def list_models(self) -> list[ModelInfo]:
+        return self._read(lambda s: [res.model_info(m) for m in s.scalars(select(Model).order_by(Model.id))])
+
+    def update_model(
+        self,
+        model_id: int,
+        *,
+        metrics: dict[str, Any] | None = None,
+        checkpoint_path: str | Path | None = None,
+    ) -> ModelInfo:
+        """Replace a model's metrics and/or checkpoint path."""
+
+        def fn(s: Session) -> ModelInfo:
+            m = s.get(Model, model_id)
+            if m is None:
+                raise WorkspaceError(f"model {model_id} does not exist")
+            m.metrics = dict(metrics) if metrics is not None else m.metrics
+            m.checkpoint_path = str(checkpoint_path) if checkpoint_path is not None else m.checkpoint_path
+            return res.model_info(m)
+
+        return self._write(fn)
+
+    def save_predictions(self, model_id: int, predictions: Iterable[PredictionIn]) -> int:
+        """Insert or replace predictions in bulk (idempotent)."""
+        return self._write(lambda s: res.save_predictions(s, model_id, predictions))
+
+    def get_prediction(self, model_id: int, example_id: str) -> PredictionInfo | None:
+        return self.get_predictions(model_id, [example_id]).get(example_id)
+
+    def get_predictions(
+        self, model_id: int, example_ids: Sequence[str] | None = None
+    ) -> dict[str, PredictionInfo]:
+        """Predictions by example id (all of the model's when ``example_ids`` is None)."""
+        return self._read(lambda s: res.get_predictions(s, model_id, example_ids))
+
+    def save_neighbors(self, model_id: int, neighbors: Mapping[str, Sequence[tuple[str, float]]]) -> int:
+        """``{query_id: [(train_id, distance), ...nearest first]}``; replaces those queries' lists."""
+        return self._write(lambda s: res.save_neighbors(s, model_id, neighbors))
+
+    def get_neighbors(self, model_id: int, query_id: str, limit: int | None = None) -> list[NeighborInfo]:
+        return self._read(lambda s: res.get_neighbors(s, model_id, query_id, limit))
+
+    # ---- influence --------------------------------------------------------------------------------
+    def find_influence_run(self, model_id: int, example_id: str, config_hash: str) -> InfluenceRunInfo | None:
+        """The stored run for this (model, example, config hash), without scores; None if not computed."""
+        return self._read(lambda s: _opt(res.run_info, res.find_run(s, model_id, example_id, config_hash)))
+
+    def save_influence_run(
+        self, model_id: int, example_id: str, config: Any, scores: Mapping[str, float] | Sequence[tuple[str, float]],
+        *, num_candidates: int | None = None, timings: Mapping[str, Any] | None = None,
+        s_test_stats: Mapping[str, Any] | None = None, job_id: int | None = None, owner: str | None = None,
+    ) -> int:  # fmt: skip
+        """Store a run and all its scores atomically; returns the run id.
+
+        ``config`` is the InfluenceConfig (or its dict); ranks are assigned by value ascending. With
+        ``job_id``/``owner`` the job is marked done (``result={"influence_run_id": id}``) in the same
+        transaction, and LeaseLostError is raised (nothing written) if ``owner`` lost the job. A
+        run already stored under the same key is returned as is (retried writes are idempotent).
+        """
+        return self._write_for_job(
+            lambda s: res.save_run(s, model_id, example_id, config, scores, num_candidates, timings, s_test_stats,
+                                   job_id).id,
+            lambda run_id: {"influence_run_id": run_id}, job_id, owner,
+        )  # fmt: skip
+
+    def get_influence_run(self, run_id: int, *, with_text: bool = True) -> InfluenceRunInfo | None:
+        """A run with all scores, most helpful first (``.helpful(n)`` / ``.harmful(n)``)."""
+        return self._read(lambda s: res.get_run(s, run_id, with_text))
+
+    def list_influence_runs(
+        self, *, model_id: int | None = None, example_id: str | None = None, limit: int = 100
+    ) -> list[InfluenceRunInfo]:
+        """Runs newest first, without scores."""
+        q = select(InfluenceRun).order_by(InfluenceRun.id.desc()).limit(limit)
+        q = q.where(InfluenceRun.model_id == model_id) if model_id is not None else q
+        q = q.where(InfluenceRun.example_id == example_id) if example_id is not None else q
+        return self._read(lambda s: [res.run_info(r) for r in s.scalars(q)])
+
+    # ---- application results ----------------------------------------------------------------------
+    def save_app_result(
+        self, app: str, config: Any, result: Mapping[str, Any], *, model_id: int | None = None,
+        kind: str = "default", job_id: int | None = None, owner: str | None = None,
+    ) -> AppResultInfo:  # fmt: skip
+        """Store a result of app "graph", "correction" or "bench" (the latter always appended).
+
+        Graph and correction results are unique per (model, kind, config): a repeat returns the stored
+        one. With ``job_id``/``owner`` the job is done in the same transaction (``{"<app>_id": id}``).
+        """
+        return self._write_for_job(
+            lambda s: res.app_info(app, res.save_app_result(s, app, model_id, config, result, kind, job_id)),
+            lambda info: {f"{app}_id": info.id}, job_id, owner,
+        )  # fmt: skip
+
+    def find_app_result(
+        self, app: str, config_hash: str, *, model_id: int | None = None, kind: str = "default"
+    ) -> AppResultInfo | None:
+        return self._read(lambda s: _opt(lambda r: res.app_info(app, r),
+                                         res.find_app_result(s, app, model_id, kind, config_hash)))  # fmt: skip
+
+    def get_app_result(self, app: str, result_id: int) -> AppResultInfo | None:
+        return self._read(
+            lambda s: _opt(lambda r: res.app_info(app, r), s.get(res.app_table(app), result_id))
+        )
+
+    def list_app_results(
+        self, app: str, *, model_id: int | None = None, kind: str | None = None, limit: int = 50
+    ) -> list[AppResultInfo]:
+        """Results of ``app``, newest first."""
+        table = res.app_table(app)
+        q = select(table).order_by(table.id.desc()).limit(limit)
+        q = q.where(table.model_id == model_id) if model_id is not None and app != "bench" else q
+        q = q.where(table.kind == kind) if kind is not None else q
+        return self._read(lambda s: [res.app_info(app, r) for r in s.scalars(q)])
+
+    def save_bench(
+        self, config: Any, result: Mapping[str, Any], *, kind: str = "default", job_id: int | None = None,
+        owner: str | None = None,
+    ) -> AppResultInfo:  # fmt: skip
+        """Append a ``fastif bench`` result (``bench.json`` contents)."""
+        return self.save_app_result("bench", config, result, kind=kind, job_id=job_id, owner=owner)
+
+    def latest_bench(self, kind: str | None = None) -> AppResultInfo | None:
+        runs = self.list_app_results("bench", kind=kind, limit=1)
+        return runs[0] if runs else None
+
+    # ---- jobs (kinds and parameter validation: fastif_core.jobs) ----------------------------------
+    def enqueue_job(
+        self, kind: str, params: dict[str, Any], *, params_hash: str | None = None, max_attempts: int = 3,
+        priority: int = 0,
+    ) -> JobInfo:  # fmt: skip
+        """Queue a job, or return the equal (kind, params hash) job that is queued, running or done.
+
+        Stores ``params`` as given (use ``fastif_core.jobs.enqueue`` to validate them first).
+        """
+        from fastif_core.config import config_hash
+
+        digest = params_hash or config_hash(params)
+        return self._write(lambda s: jq.job_info(jq.enqueue(s, kind, dict(params), digest,
+                                                            max_attempts=max_attempts, priority=priority)))  # fmt: skip
+
+    def claim_job(
+        self, owner: str, *, lease_seconds: float = 60.0, kinds: Sequence[str] | None = None,
+        device: str | None = None,
+    ) -> JobInfo | None:  # fmt: skip
+        """Atomically lease the next queued (or lease-expired) job to ``owner``; None when idle."""
+        return self._write(
+            lambda s: _opt(jq.job_info, jq.claim(s, owner, lease_seconds, kinds=kinds, device=device))
+        )
+
+    def heartbeat_job(
+        self, job_id: int, owner: str, *, lease_seconds: float = 60.0, progress: float | None = None,
+        message: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Renew the lease and record progress; True when cancellation was requested (LeaseLostError if lost)."""
+        return self._write(lambda s: jq.heartbeat(s, job_id, owner, lease_seconds, progress, message))
+
+    def complete_job(
+        self, job_id: int, owner: str, writer: Writer | None = None, *, result: dict[str, Any] | None = None
+    ) -> JobInfo:
+        """Run ``writer(session)`` (returns the result ref) and mark the job done, in one transaction.
+
+        Raises LeaseLostError (and writes nothing) if ``owner`` no longer holds the job.
+        """
+
+        def fn(s: Session) -> JobInfo:
+            jq.owned(s, job_id, owner)
+            ref = writer(s) if writer is not None else None
+            return jq.job_info(jq.complete(s, job_id, owner, ref if ref is not None else result))
+
+        return self._write(fn)
+
+    def fail_job(self, job_id: int, owner: str, error: str, *, retry: bool = False) -> JobInfo:
+        """Record ``error``; the job fails for good unless ``retry`` and attempts remain (then requeued)."""
+        return self._write(lambda s: jq.job_info(jq.fail(s, job_id, owner, error, retry)))
+
+    def release_job(self, job_id: int, owner: str) -> JobInfo:
+        """Requeue an owned job without counting the attempt (worker shutting down cleanly)."""
+        return self._write(lambda s: jq.job_info(jq.release(s, job_id, owner)))
+
+    def cancel_job(self, job_id: int) -> JobInfo:
+        """Queued: cancelled at once. Running: cancel requested, its worker stops between steps."""
+        return self._write(lambda s: jq.job_info(jq.cancel(s, job_id)))
+
+    def confirm_cancel(self, job_id: int, owner: str) -> JobInfo:
+        """The worker honoured a cancel request: the job ends cancelled with nothing stored."""
+        return self._write(lambda s: jq.job_info(jq.confirm_cancel(s, job_id, owner)))
+
+    def get_job(self, job_id: int) -> JobInfo | None:
+        return self._read(lambda s: _opt(jq.job_info, s.get(Job, job_id)))
+
+    def find_job(self, kind: str, params_hash: str) -> JobInfo | None:
+        """The newest job with this kind and parameter hash, whatever its status."""
+        q = (
+            select(Job)
+            .where(Job.kind == kind, Job.params_hash == params_hash)
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
+        return self._read(lambda s: _opt(jq.job_info, s.scalar(q)))
+
+    def list_jobs(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[JobInfo]:
+        """Jobs newest first, optionally filtered by status(es) and kind."""
+        from fastif_core.store._sql import any_of
+
+        q = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+        q = q.where(any_of(Job.status, status)) if status is not None else q
+        q = q.where(Job.kind == kind) if kind is not None else q
+        return self._read(lambda s: [jq.job_info(j) for j in s.scalars(q)])
+
+    def job_counts(self) -> dict[str, int]:
+        """Number of jobs per status."""
+        return self._read(jq.counts)
+
+    # ---- workers ----------------------------------------------------------------------------------
+    def worker_heartbeat(
+        self, worker_id: str, *, host: str | None = None, pid: int | None = None,
+        devices: Sequence[str] | None = None, current_job_id: int | None = None, status: str = "running",
+    ) -> WorkerInfo:  # fmt: skip
+        """Register or refresh a worker (``status="stopped"`` when it exits cleanly)."""
+        return self._write(lambda s: jq.worker_info(jq.worker_beat(
+            s, worker_id, host=host, pid=pid, devices=devices, current_job_id=current_job_id, status=status)))  # fmt: skip
+
+    def list_workers(self, *, alive_within_s: float | None = None) -> list[WorkerInfo]:
+        """Workers by last heartbeat, newest first; with ``alive_within_s`` only running, recently seen ones."""
+        from datetime import timedelta
+
+        q = select(Worker).order_by(Worker.heartbeat_at.desc())
+        if alive_within_s is not None:
+            since = utcnow() - timedelta(seconds=alive_within_s)
+            q = q.where(Worker.status == "running", Worker.heartbeat_at >= since)
+        return self._read(lambda s: [jq.worker_info(w) for w in s.scalars(q)])
+
+
+def _opt(fn: Callable[[Any], T], value: Any) -> T | None:
+    return fn(value) if value is not None else None
