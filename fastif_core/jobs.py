@@ -1,0 +1,231 @@
+"""Job kinds, their validated parameters, and the rules of the queue (the worker lives in ``worker``).
+
+A job is a row in the store (:class:`fastif_core.store.JobInfo`): ``kind``, ``params`` (the JSON of
+a typed dataclass registered for that kind), ``params_hash``, ``status``, lease and progress fields.
+
+Life of a job::
+
+    enqueue ──► queued ──claim──► running ──complete──► done
+                  ▲   │              │ ├──fail──────────► failed   (final: bad parameters, bugs)
+                  │   │cancel        │ ├──fail(retry)───► queued   (transient: out of memory; bounded)
+                  │   ▼              │ ├──cancel_job────► cancel_requested → confirm_cancel → cancelled
+                  │ cancelled        │ └──release───────► queued   (clean shutdown; attempt not counted)
+                  └── lease expired (worker killed) ──► claimed again, attempts + 1; failed after max_attempts
+
+Rules:
+- Enqueueing parameters equal to a queued, running or done job returns that job (one click twice =
+  one computation). Failed and cancelled jobs may be enqueued again (a new job).
+- Claiming is atomic (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``FOR UPDATE SKIP LOCKED``).
+- A worker renews its lease by heartbeats (:class:`Lease` does it from a progress callback) and
+  learns there whether cancellation was requested; it stops between steps and stores nothing.
+- Results and ``done`` are written in one transaction, only while the worker still owns the lease
+  (``Store.save_influence_run(..., job_id=, owner=)``, ``Store.complete_job(job, owner, writer)``).
+- Failures: a :class:`~fastif_core.errors.FastifError` (bad parameters, unknown example, diverging
+  LiSSA) is final: retrying cannot help. A crash is retried through lease expiry, up to
+  ``max_attempts``. :func:`is_retryable` names the caught exceptions worth a retry (out of memory,
+  a locked database).
+
+Kinds registered here: ``influence`` (:class:`InfluenceParams`) and ``prepare``
+(:class:`~fastif_core.config.PrepareConfig`). The application modules register theirs with
+:func:`register_kind` (names reserved: ``graph``, ``correction``, ``augmentation``,
+``simulatability``, ``benchmark``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastif_core.config import InfluenceConfig, PrepareConfig, config_hash, from_dict, to_dict
+from fastif_core.errors import FastifError, JobError
+
+if TYPE_CHECKING:
+    from fastif_core.store import JobInfo, Store
+
+RESERVED_KINDS = {
+    "graph": "influence graph (application issue)",
+    "correction": "error correction by removing harmful training examples (application issue)",
+    "augmentation": "data augmentation from influential examples (application issue)",
+    "simulatability": "explanation simulatability study (application issue)",
+    "benchmark": "fastif bench (benchmark issue)",
+}
+
+
+class JobCancelled(JobError):
+    """Raised from :meth:`Lease.beat` when the job's cancellation was requested."""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A registered job kind: its parameter dataclass, a one-line description, retry budget."""
+
+    name: str
+    params_cls: type
+    description: str
+    max_attempts: int = 3
+
+
+_KINDS: dict[str, JobKind] = {}
+
+
+def register_kind(name: str, params_cls: type, description: str, *, max_attempts: int = 3) -> JobKind:
+    """Register (or re-register) a kind. ``params_cls`` is a dataclass, optionally with ``validate()``
+    and a ``from_json_dict`` classmethod for nested configs."""
+    if not dataclasses.is_dataclass(params_cls):
+        raise TypeError(f"job kind {name!r}: params_cls must be a dataclass, got {params_cls!r}")
+    kind = JobKind(name, params_cls, description, max_attempts)
+    _KINDS[name] = kind
+    return kind
+
+
+def get_kind(name: str) -> JobKind:
+    """The registered kind ``name``; JobError listing the known kinds otherwise."""
+    if name in _KINDS:
+        return _KINDS[name]
+    if name in RESERVED_KINDS:
+        raise JobError(
+            f"job kind {name!r} ({RESERVED_KINDS[name]}) is not available: its module is not loaded"
+        )
+    raise JobError(f"unknown job kind {name!r}: allowed {sorted(_KINDS)}")
+
+
+def kinds() -> list[JobKind]:
+    """All registered kinds, by name."""
+    return [_KINDS[k] for k in sorted(_KINDS)]
+
+
+def parse_params(kind: str, data: Mapping[str, Any]) -> Any:
+    """The validated parameter dataclass of ``kind`` from its JSON dict (JobError naming the problem)."""
+    cls = get_kind(kind).params_cls
+    try:
+        build = getattr(cls, "from_json_dict", None)
+        params = build(dict(data)) if build is not None else from_dict(cls, dict(data))
+        return _validated(params)
+    except FastifError as err:
+        raise JobError(f"{kind} job: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise JobError(f"{kind} job: invalid parameters {dict(data)!r}: {err}") from err
+
+
+def _validated(params: Any) -> Any:
+    validate = getattr(params, "validate", None)
+    if validate is not None:
+        validate()
+    return params
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    """Canonical JSON dict of a parameter dataclass (defaults filled in; tuples become lists)."""
+    return json.loads(json.dumps(to_dict(params)))
+
+
+def params_hash(params: Any) -> str:
+    """The hash under which equal parameters are recognised as the same job."""
+    return config_hash(params_dict(params) if dataclasses.is_dataclass(params) else dict(params))
+
+
+def enqueue(
+    store: Store, kind: str, params: Any, *, priority: int = 0, max_attempts: int | None = None
+) -> JobInfo:
+    """Validate ``params`` (dataclass or dict) for ``kind`` and queue the job, or return the equal one."""
+    spec = get_kind(kind)
+    if dataclasses.is_dataclass(params):
+        if not isinstance(params, spec.params_cls):
+            raise JobError(
+                f"{kind} job: parameters must be {spec.params_cls.__name__}, got {type(params).__name__}"
+            )
+        params = parse_params(kind, params_dict(params))  # validate + normalise through the same path
+    else:
+        params = parse_params(kind, params)
+    data = params_dict(params)
+    return store.enqueue_job(kind, data, params_hash=config_hash(data), priority=priority,
+                             max_attempts=max_attempts or spec.max_attempts)  # fmt: skip
+
+
+def job_params(job: JobInfo) -> Any:
+    """The validated parameters of a stored job (JobError if they are bad: fail the job for good)."""
+    return parse_params(job.kind, job.params)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a caught exception is transient (worth ``fail_job(retry=True)``): out of memory, a
+    locked/unavailable database. FastifErrors and other exceptions are final."""
+    if isinstance(exc, FastifError):
+        return False
+    if (
+        isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    ):  # torch.cuda.OutOfMemoryError
+        return True
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError)
+
+
+class Lease:
+    """A claimed job seen from its worker: heartbeats (throttled) from a progress callback.
+
+    ``lease.beat(fraction, message)`` has the ``Progress`` signature of the pipelines, renews the
+    lease at most every ``min_interval_s`` (always when ``force``), and raises :class:`JobCancelled`
+    when cancellation was requested, so the pipeline stops between steps. It raises
+    LeaseLostError if another worker took the job over.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        job: JobInfo,
+        owner: str,
+        *,
+        lease_seconds: float = 60.0,
+        min_interval_s: float = 1.0,
+    ) -> None:
+        self.store, self.job, self.owner = store, job, owner
+        self.lease_seconds, self.min_interval_s = lease_seconds, min_interval_s
+        self._last = float("-inf")
+
+    def beat(self, fraction: float | None = None, message: str | None = None, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        cancel = self.store.heartbeat_job(self.job.id, self.owner, lease_seconds=self.lease_seconds,
+                                          progress=fraction, message=message)  # fmt: skip
+        if cancel:
+            raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    __call__ = beat
+
+
+@dataclass(frozen=True)
+class InfluenceParams:
+    """Influence of the training examples on one test example (the dashboard's "Compute influence")."""
+
+    example_id: str = field(metadata={"help": "id of the test example"})
+    config: InfluenceConfig = field(
+        default_factory=InfluenceConfig, metadata={"help": "candidates and s_test"}
+    )
+    model_id: int | None = field(
+        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
+    )
+
+    def validate(self) -> InfluenceParams:
+        if not isinstance(self.example_id, str) or not self.example_id.strip():
+            raise JobError(f"example_id={self.example_id!r} is invalid: allowed a non-empty example id")
+        self.config.validate()
+        return self
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> InfluenceParams:
+        data = dict(data)
+        config = InfluenceConfig.from_json_dict(data.pop("config", {}))
+        return from_dict(cls, {**data, "config": config})
+
+
+register_kind("influence", InfluenceParams, "influential training examples of one test example")
+register_kind(
+    "prepare", PrepareConfig, "import data, fine-tune, predict, build the kNN index", max_attempts=2
+)
