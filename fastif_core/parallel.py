@@ -1,0 +1,517 @@
+"""Multi-device execution with ``torch.distributed`` (the paper's Fig. 2): gloo on CPU, NCCL on CUDA.
+
+A :class:`ParallelContext` is started once and lives as long as the worker: ranks load the model, data
+and objective once (:meth:`ParallelContext.load`) and serve any number of influence queries
+(:meth:`ParallelContext.influence`) with no process spawn, model copy or rendezvous per query.
+
+Rank 0 is the coordinator (the process that talks to the store); every other rank runs
+:meth:`ParallelContext.serve`, a loop that executes the small command dicts rank 0 broadcasts
+(``load``, ``influence``, ``ping``, ``shutdown``). One influence query:
+
+1. every rank computes the test gradient v and the LiSSA repetitions ``t ≡ rank (mod world)`` with the
+   seeds a serial run uses (``hessian.lissa_repetitions``);
+2. ONE ``all_reduce`` of a flat buffer (Σ estimates, Σ‖estimate‖², count, error flag, cancel flag) gives
+   every rank s_test = Σ / T;
+3. each rank scores its shard of the candidates (length-sorted round robin, so shards cost the same);
+4. the shards are gathered to rank 0 (``all_gather_object``), which returns them in candidate order.
+
+Devices (``parse_devices``): ``auto`` (all visible GPUs, else ``cpu:1``), ``cpu`` / ``cpu:N`` (N gloo
+processes on this machine), ``cuda`` (all GPUs), ``cuda:0,cuda:1`` (one NCCL rank per listed GPU).
+Rank 0 runs in the calling process; ranks 1..N-1 are spawned and rendezvous once through a FileStore.
+
+Across machines, launch every rank with ``torchrun``; ``ParallelContext.start`` then reads ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` and uses ``cuda:LOCAL_RANK`` (or the CPU)::
+
+    # on each of 2 machines with 4 GPUs; the workspace directory must be on a shared file system and the
+    # store reachable from machine 0 (e.g. FASTIF_DB_URL=postgresql://...)
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
+        -m fastif_core worker --workspace /shared/ws
+
+Only rank 0 claims jobs and writes results; the other ranks only read the workspace's model and data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor
+
+from fastif_core import hessian, influence
+from fastif_core.batches import Batch, Examples, to_device
+from fastif_core.config import InfluenceConfig, to_dict
+from fastif_core.device import cuda_count
+from fastif_core.errors import ConfigError, FastifError, JobError
+from fastif_core.influence import InfluenceResult
+from fastif_core.objective import Objective
+
+Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
+ShouldStop = Callable[[], bool]  # polled on rank 0 between steps
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+KEEPALIVE_S = 60.0  # rank 0 pings idle followers this often so no collective waits past the timeout
+
+
+class QueryCancelled(JobError):
+    """The query was cancelled between steps; nothing was returned (raised on rank 0)."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """The devices of a group: one rank per entry (``'cpu'`` entries for gloo, ``'cuda:i'`` for NCCL)."""
+
+    devices: tuple[str, ...]
+
+    @property
+    def world_size(self) -> int:
+        return len(self.devices)
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.devices[0].startswith("cuda") else "gloo"
+
+    def __str__(self) -> str:
+        if self.backend == "gloo":
+            return f"cpu:{self.world_size}"
+        return ",".join(self.devices)
+
+
+def parse_devices(spec: str = "auto") -> DeviceSpec:
+    """``auto`` | ``cpu`` | ``cpu:N`` | ``cuda`` | ``cuda:0,cuda:1`` → the ranks' devices.
+
+    Raises:
+        ConfigError: malformed string, N < 1, a GPU that is not visible, or a GPU listed twice.
+    """
+    text = spec.strip().lower().replace(" ", "")
+    allowed = "auto, cpu, cpu:N (N >= 1), cuda, or a list such as cuda:0,cuda:1"
+    gpus = cuda_count()
+    if text == "auto":
+        return DeviceSpec(tuple(f"cuda:{i}" for i in range(gpus)) if gpus else ("cpu",))
+    if text == "cpu":
+        return DeviceSpec(("cpu",))
+    if m := re.fullmatch(r"cpu:(\d+)", text):
+        n = int(m.group(1))
+        if n < 1:
+            raise ConfigError(f"devices={spec!r} is invalid: cpu:N needs N >= 1")
+        return DeviceSpec(("cpu",) * n)
+    names = [f"cuda:{i}" for i in range(gpus)] if text == "cuda" else text.split(",")
+    if not names or not all(re.fullmatch(r"cuda:\d+", n) for n in names):
+        raise ConfigError(f"devices={spec!r} is invalid: allowed {allowed}")
+    missing = [n for n in names if int(n.split(":")[1]) >= gpus]
+    if missing:
+        raise ConfigError(
+            f"devices={spec!r}: {missing} not visible ({gpus} CUDA device(s) here); allowed {allowed}"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"devices={spec!r} lists a GPU twice: one rank per GPU")
+    return DeviceSpec(tuple(names))
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process is one rank of a ``torchrun`` launch (its env variables are set)."""
+    return all(v in os.environ for v in TORCHRUN_VARS)
+
+
+@dataclass
+class RankState:
+    """What each rank keeps between queries: the objective (model on this rank's device) and the
+    training examples (``train`` row i = training position i, as in the kNN index)."""
+
+    objective: Objective
+    train: Examples
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def import_ref(ref: str) -> Callable[..., Any]:
+    """``'package.module:function'`` → the function (so spawned ranks can rebuild the same state)."""
+    module, _, name = ref.partition(":")
+    if not module or not name:
+        raise ConfigError(f"loader={ref!r} is invalid: use 'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"loader={ref!r} cannot be imported: {exc}") from exc
+
+
+class ParallelContext:
+    """A process group of ``world_size`` ranks; rank 0 is the caller, the others serve its commands.
+
+    Use :meth:`start` (spawns local ranks, or joins a ``torchrun`` launch); rank 0 calls :meth:`load`,
+    :meth:`influence`, :meth:`keepalive` and finally :meth:`close`; other ranks call :meth:`serve`.
+    """
+
+    def __init__(self, rank: int, world_size: int, device: str, spec: str, procs: list | None = None) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.spec = spec
+        self._procs = procs or []
+        self._states: dict[str, RankState] = {}
+        self._store_dir: str | None = None
+        self._threads: int | None = None
+        self._last_command = time.monotonic()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, devices: str = "auto", *, timeout_s: float = 3600.0) -> ParallelContext:
+        """Start the group once: under ``torchrun`` from its env, else rank 0 here + spawned ranks."""
+        if launched_by_torchrun():
+            return cls._from_env(timeout_s)
+        spec = parse_devices(devices)
+        ctx = cls(0, spec.world_size, spec.devices[0], str(spec))
+        ctx._threads = _share_cpu(spec)
+        if spec.world_size == 1:
+            _set_cuda(spec.devices[0])
+            return ctx
+        ctx._store_dir = tempfile.mkdtemp(prefix="fastif-rdzv-")
+        init = f"file://{os.path.join(ctx._store_dir, 'store')}"
+        spawn = mp.get_context("spawn")
+        for rank in range(1, spec.world_size):
+            args = (rank, spec, init, timeout_s, os.getpid())
+            proc = spawn.Process(target=_follower_main, args=args, daemon=True, name=f"fastif-rank{rank}")
+            proc.start()
+            ctx._procs.append(proc)
+        _set_cuda(spec.devices[0])
+        dist.init_process_group(
+            spec.backend,
+            init_method=init,
+            rank=0,
+            world_size=spec.world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+        return ctx
+
+    @classmethod
+    def _from_env(cls, timeout_s: float) -> ParallelContext:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}" if cuda_count() > local else "cpu"
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        _set_cuda(device)
+        dist.init_process_group(
+            backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+        )
+        return cls(rank, world, device, f"torchrun:{world}")
+
+    def alive(self) -> bool:
+        """False when a spawned rank has exited (rank 0 then cannot finish a collective)."""
+        return not self.closed and all(p.is_alive() for p in self._procs)
+
+    def close(self) -> None:
+        """Rank 0: tell the other ranks to exit, tear the group down, reap the spawned processes."""
+        if self.closed:
+            return
+        if self.is_coordinator and self.distributed and self.alive():
+            with contextlib.suppress(Exception):  # a dead peer must not block shutdown
+                self._broadcast({"op": "shutdown"})
+        self.closed = True
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        if self._store_dir:
+            shutil.rmtree(self._store_dir, ignore_errors=True)
+
+    def __enter__(self) -> ParallelContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- commands (rank 0) -----------------------------------------------------------------------
+
+    def load(self, key: str, loader: str, **kwargs: Any) -> RankState:
+        """Build (once per key) each rank's state with ``loader(device=..., **kwargs)`` on every rank.
+
+        ``loader`` is ``'package.module:function'`` returning a :class:`RankState` or ``(objective,
+        train)``; ``kwargs`` must be picklable. A key already loaded is reused without any work.
+        """
+        if key in self._states:
+            return self._states[key]
+        self._command({"op": "load", "key": key, "loader": loader, "kwargs": kwargs})
+        return self._states[key]
+
+    def influence(
+        self,
+        key: str,
+        test_batch: Batch,
+        candidates: Sequence[int] | None,
+        cfg: InfluenceConfig,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> InfluenceResult:
+        """Influence of ``candidates`` (training rows; None = all) on one test example, on all ranks.
+
+        Raises:
+            QueryCancelled: ``should_stop()`` returned True between steps.
+            FastifError: a rank failed (e.g. LissaDivergenceError), re-raised here with its message.
+        """
+        if key not in self._states:
+            raise JobError(f"state {key!r} is not loaded on the group: call load() first")
+        cfg.validate()
+        cmd = {
+            "op": "influence",
+            "key": key,
+            "batch": {k: v.cpu() for k, v in test_batch.items()},
+            "candidates": None if candidates is None else [int(i) for i in candidates],
+            "cfg": to_dict(cfg),
+        }
+        return self._command(cmd, progress=progress, should_stop=should_stop)
+
+    def keepalive(self) -> None:
+        """Rank 0 while idle: ping the followers when no command was sent for ``KEEPALIVE_S``."""
+        if self.distributed and time.monotonic() - self._last_command > KEEPALIVE_S:
+            self._command({"op": "ping"})
+
+    # ---- execution (all ranks) -------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Follower loop: receive and run rank 0's commands until ``shutdown``."""
+        while True:
+            cmd = self._broadcast(None)
+            if cmd["op"] == "shutdown":
+                return
+            with contextlib.suppress(Exception):  # rank 0 reports the error; keep serving
+                self._execute(cmd, None, None)
+
+    def _command(self, cmd: dict[str, Any], **hooks: Any) -> Any:
+        if self.closed:
+            raise JobError("the device group is closed")
+        with self._lock:
+            self._last_command = time.monotonic()
+            if self.distributed:
+                self._broadcast(cmd)
+            return self._execute(cmd, hooks.get("progress"), hooks.get("should_stop"))
+
+    def _broadcast(self, cmd: dict[str, Any] | None) -> dict[str, Any]:
+        box = [cmd]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _execute(self, cmd: dict[str, Any], progress: Progress | None, should_stop: ShouldStop | None) -> Any:
+        if cmd["op"] == "ping":
+            return None
+        if cmd["op"] == "load":
+            return self._run_load(cmd)
+        if cmd["op"] == "influence":
+            return _run_influence(self, cmd, progress, should_stop)
+        raise JobError(f"unknown group command {cmd['op']!r}")
+
+    def _run_load(self, cmd: dict[str, Any]) -> None:
+        error = None
+        try:
+            built = import_ref(cmd["loader"])(device=self.device, **cmd["kwargs"])
+            state = built if isinstance(built, RankState) else RankState(*built)
+            self._states = {cmd["key"]: state}  # one state at a time: models are large
+        except Exception as exc:  # noqa: BLE001 - collected and re-raised on rank 0
+            error = exc
+        self._raise_any(error)
+
+    def _raise_any(self, error: BaseException | None) -> None:
+        """Collective: every rank learns whether any failed; rank 0 raises the first error."""
+        errors = [_describe(error)]
+        if self.distributed:
+            errors = [None] * self.world_size
+            dist.all_gather_object(errors, _describe(error))
+        first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+        if first is not None and self.is_coordinator:
+            raise error if error is not None else _rebuild(*first)
+        if first is not None:
+            raise JobError("a rank failed")
+
+
+def _describe(error: BaseException | None) -> tuple[str, str] | None:
+    return None if error is None else (type(error).__name__, str(error))
+
+
+def _rebuild(rank: int, described: tuple[str, str]) -> FastifError:
+    """A follower's error as the same FastifError class on rank 0 (others as JobError)."""
+    from fastif_core import errors
+
+    name, message = described
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, FastifError):
+        return cls(message)
+    return JobError(f"rank {rank} failed: {name}: {message}")
+
+
+def _run_influence(
+    ctx: ParallelContext, cmd: dict[str, Any], progress: Progress | None, should_stop: ShouldStop | None
+) -> InfluenceResult | None:
+    """The SPMD body of one query (see the module docstring); returns the result on rank 0."""
+    t0 = time.perf_counter()
+    state, cfg = ctx._states[cmd["key"]], InfluenceConfig.from_json_dict(cmd["cfg"])
+    obj, train = state.objective, state.train
+    rows = list(range(len(train))) if cmd["candidates"] is None else cmd["candidates"]
+    lissa_cost = 3 * cfg.lissa.repeats * cfg.lissa.depth * cfg.lissa.batch_size  # as compute_influence
+    split = lissa_cost / (lissa_cost + 2 * len(rows))
+    partial, error = _local_lissa(ctx, state, cmd["batch"], cfg, _sub(progress, 0.0, split))
+    stop = ctx.is_coordinator and should_stop is not None and should_stop()
+    flags = torch.tensor([float(error is not None), float(stop)], dtype=obj.dtype, device=obj.device)
+    flat = torch.cat([partial.to_flat(), flags])  # (P + 4,): Σ estimates, Σ‖e‖², count, error, cancel
+    if ctx.distributed:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)  # the ONE all-reduce of the query
+    if flat[-2] > 0:
+        ctx._raise_any(error)
+    if flat[-1] > 0:
+        raise QueryCancelled("cancelled after s_test, before scoring: nothing was stored")
+    total = hessian.LissaPartial.from_flat(flat[:-2], partial.scale, partial.depths, partial.seconds)
+    s_test = total.total / total.count  # (P,) identical on every rank
+    t1 = time.perf_counter()
+    order = _length_order(train, rows)
+    mine = [rows[p] for p in order[ctx.rank :: ctx.world_size]]
+    values, error = _score_shard(ctx, state, s_test, mine, cfg, _sub(progress, split, 1.0))
+    gathered = _gather(ctx, {"values": values, "depths": partial.depths, "error": _describe(error)})
+    if any(g["error"] for g in gathered):
+        ctx._raise_any(error)
+    if not ctx.is_coordinator:
+        return None
+    seconds = {"s_test": t1 - t0, "scoring": time.perf_counter() - t1, "total": time.perf_counter() - t0}
+    return _assemble(ctx, rows, order, gathered, replace(total, seconds=t1 - t0), cfg, seconds)
+
+
+def _local_lissa(
+    ctx: ParallelContext, state: RankState, batch: Batch, cfg: InfluenceConfig, progress: Progress | None
+) -> tuple[hessian.LissaPartial, BaseException | None]:
+    """This rank's repetitions ``t ≡ rank (mod world)``; an error becomes an empty partial + the error."""
+    obj, train = state.objective, state.train
+    try:
+        # scale=0 is estimated deterministically (seeded), so every rank resolves the same scale
+        lissa_cfg = hessian.resolve_scale(obj, train, cfg.lissa, ctx.device)
+        v = influence.test_gradient(obj, to_device(batch, ctx.device), ctx.device)  # (P,)
+        reps = range(ctx.rank, lissa_cfg.repeats, ctx.world_size)
+        return hessian.lissa_repetitions(obj, v, train, lissa_cfg, reps, ctx.device, progress), None
+    except Exception as exc:  # noqa: BLE001 - reported collectively after the all-reduce
+        empty = torch.zeros(obj.num_params, dtype=obj.dtype, device=obj.device)
+        return hessian.LissaPartial(empty, 0.0, 0, 0.0), exc
+
+
+def _length_order(train: Examples, rows: list[int]) -> list[int]:
+    """Positions into ``rows``, longest example first: rank r scores ``order[r::world]`` (balanced)."""
+    if not rows:
+        return []
+    lengths = train.lengths()[torch.as_tensor(rows, dtype=torch.long)]
+    return torch.argsort(lengths, descending=True, stable=True).tolist()
+
+
+def _score_shard(
+    ctx: ParallelContext,
+    state: RankState,
+    s_test: Tensor,
+    rows: list[int],
+    cfg: InfluenceConfig,
+    progress: Progress | None,
+) -> tuple[Tensor, BaseException | None]:
+    """Influence values ``(len(rows),)`` of this rank's shard (on CPU), or the error."""
+    obj = state.objective
+    if not rows:
+        return torch.zeros(0, dtype=obj.dtype), None
+    try:
+        values = influence.score_candidates(
+            obj, s_test, state.train, rows, cfg.score_batch_size, ctx.device, progress
+        )
+        return values.detach().cpu(), None
+    except Exception as exc:  # noqa: BLE001 - reported collectively after the gather
+        return torch.zeros(0, dtype=obj.dtype), exc
+
+
+def _gather(ctx: ParallelContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    if not ctx.distributed:
+        return [payload]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, payload)
+    return out
+
+
+def _assemble(
+    ctx: ParallelContext,
+    rows: list[int],
+    order: list[int],
+    gathered: list[dict[str, Any]],
+    total: hessian.LissaPartial,
+    cfg: InfluenceConfig,
+    seconds: dict[str, float],
+) -> InfluenceResult:
+    """Rank 0: every shard back in candidate order; LiSSA statistics over all repetitions."""
+    values = torch.empty(len(rows), dtype=gathered[0]["values"].dtype)  # (k,)
+    for rank, g in enumerate(gathered):
+        values[torch.as_tensor(order[rank :: ctx.world_size], dtype=torch.long)] = g["values"]
+    depths = {t: d for g in gathered for t, d in g["depths"].items()}
+    est = hessian.finish_lissa(replace(total, depths=depths), cfg.lissa)
+    stats = {**est.stats(), "ranks": ctx.world_size, "devices": ctx.spec}
+    return InfluenceResult(torch.as_tensor(rows, dtype=torch.long), values, est.s_test.cpu(), stats, seconds)
+
+
+def _sub(progress: Progress | None, lo: float, hi: float) -> Progress | None:
+    """Only rank 0 reports: map a stage's ``[0, 1]`` onto ``[lo, hi]`` of the query."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(lo + (hi - lo) * fraction, message)
+
+
+def _share_cpu(spec: DeviceSpec) -> int | None:
+    """Give each CPU rank ``cores // world`` threads (returns the old count to restore, or None)."""
+    if spec.backend != "gloo" or spec.world_size == 1:
+        return None
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world_size))
+    return old
+
+
+def _set_cuda(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+
+
+def _follower_main(rank: int, spec: DeviceSpec, init: str, timeout_s: float, parent: int) -> None:
+    """Entry point of a spawned rank: join the group, serve rank 0, exit with it."""
+    _share_cpu(spec)
+    device = spec.devices[rank]
+    _set_cuda(device)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    dist.init_process_group(
+        spec.backend,
+        init_method=init,
+        rank=rank,
+        world_size=spec.world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    ctx = ParallelContext(rank, spec.world_size, device, str(spec))
+    try:
+        ctx.serve()
+    finally:
+        dist.destroy_process_group()
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit this rank as soon as rank 0's process is gone (e.g. ``kill -9``): no orphans."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)

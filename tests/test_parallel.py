@@ -1,0 +1,120 @@
+"""parallel: two gloo ranks give the serial s_test and scores (1e-5 relative); the group lives across
+queries, reports a rank's error on rank 0 and keeps serving; device strings are validated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from factories import make_tiny_bert, make_tiny_examples
+
+from fastif_core import hessian, influence
+from fastif_core.config import InfluenceConfig, LissaConfig
+from fastif_core.errors import ConfigError, LissaDivergenceError
+from fastif_core.objective import classifier_objective
+from fastif_core.parallel import ParallelContext, QueryCancelled, RankState, parse_devices
+
+LOADER = f"{__name__}:load_tiny"  # imported by module path in the spawned rank
+
+
+def load_tiny(device: str, seed: int = 0, n_train: int = 12) -> RankState:
+    """Tiny BERT + training examples, rebuilt identically on every rank."""
+    model = make_tiny_bert(seed).to(device)
+    return RankState(classifier_objective(model, weight_decay=0.01), make_tiny_examples(n_train, seed=seed))
+
+
+def query_batch():
+    return make_tiny_examples(1, seed=7).collate([0])
+
+
+def serial(cfg: InfluenceConfig, candidates: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth in this process without torch.distributed: (s_test (P,), values (k,))."""
+    state = load_tiny("cpu")
+    obj, train = state.objective, state.train
+    v = obj.grad(query_batch())
+    s_test = hessian.lissa(obj, v, train, cfg.lissa).s_test
+    values = influence.score_candidates(obj, s_test, train, candidates, cfg.score_batch_size, "cpu")
+    return s_test, values
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.fixture(scope="module")
+def group():
+    ctx = ParallelContext.start("cpu:2", timeout_s=120)
+    ctx.load("tiny", LOADER, seed=0)
+    yield ctx
+    ctx.close()
+
+
+@pytest.mark.parametrize("scale", [50.0, 0.0])  # 0 = estimated (must resolve identically on every rank)
+def test_two_ranks_equal_serial(group, scale):
+    cfg = InfluenceConfig(
+        lissa=LissaConfig(depth=25, batch_size=2, repeats=3, scale=scale), k=None, score_batch_size=3
+    )
+    candidates = [11, 0, 5, 3, 8, 2, 9]  # an arbitrary order: results come back in this order
+    result = group.influence("tiny", query_batch(), candidates, cfg)
+    s_test, values = serial(cfg, candidates)
+    assert result.s_test_stats["ranks"] == 2
+    assert result.s_test_stats["repetitions"] == 3  # every repetition ran exactly once across the ranks
+    assert result.indices.tolist() == candidates
+    assert rel_err(result.s_test, s_test) < 1e-5
+    assert rel_err(result.values, values) < 1e-5
+    assert torch.allclose(
+        result.values.double(), values.double(), rtol=1e-5, atol=1e-9 * float(values.abs().max())
+    )
+
+
+def test_all_candidates_and_progress(group):
+    cfg = InfluenceConfig(lissa=LissaConfig(depth=10, batch_size=1, repeats=2, scale=50.0), k=None)
+    seen: list[tuple[float, str]] = []
+    result = group.influence("tiny", query_batch(), None, cfg, progress=lambda f, m: seen.append((f, m)))
+    _, values = serial(cfg, list(range(12)))
+    assert result.indices.tolist() == list(range(12))
+    assert rel_err(result.values, values) < 1e-5
+    assert seen and all(0.0 <= f <= 1.0 for f, _ in seen)
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen)
+
+
+def test_rank_error_reaches_rank0_and_group_keeps_serving(group):
+    bad = InfluenceConfig(
+        lissa=LissaConfig(depth=50, batch_size=1, repeats=2, scale=1e-6, max_norm=1e3), k=None
+    )
+    with pytest.raises(LissaDivergenceError, match="diverged"):
+        group.influence("tiny", query_batch(), [0, 1], bad)
+    good = InfluenceConfig(lissa=LissaConfig(depth=5, batch_size=1, repeats=2, scale=50.0), k=None)
+    with pytest.raises(QueryCancelled):
+        group.influence("tiny", query_batch(), [0, 1], good, should_stop=lambda: True)
+    assert group.influence("tiny", query_batch(), [0, 1, 2], good).values.shape == (3,)
+    assert group.alive()
+
+
+def test_load_error_names_loader(group):
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        group.load("other", "fastif_core.no_such_module:load")
+    assert group.influence("tiny", query_batch(), [0], InfluenceConfig(lissa=LissaConfig(depth=2), k=None))
+
+
+def test_single_rank_runs_without_torch_distributed():
+    with ParallelContext.start("cpu:1") as ctx:
+        assert not ctx.distributed
+        ctx.load("tiny", LOADER, seed=0)
+        cfg = InfluenceConfig(lissa=LissaConfig(depth=8, batch_size=2, repeats=2, scale=50.0), k=None)
+        result = ctx.influence("tiny", query_batch(), [1, 4], cfg)
+    s_test, values = serial(cfg, [1, 4])
+    assert rel_err(result.s_test, s_test) < 1e-6
+    assert rel_err(result.values, values) < 1e-6
+
+
+def test_parse_devices():
+    assert parse_devices("cpu:3").devices == ("cpu",) * 3
+    assert parse_devices("cpu").world_size == 1
+    assert parse_devices("auto").world_size >= 1
+    assert str(parse_devices("cpu:2")) == "cpu:2"
+    for bad in ("cpu:0", "gpu", "cuda:0,cpu", "cpu:x"):
+        with pytest.raises(ConfigError, match="devices="):
+            parse_devices(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="not visible"):
+            parse_devices("cuda:0")
