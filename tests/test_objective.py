@@ -1,0 +1,93 @@
+"""Objective: which parameters count, the loss it defines, flat vectors, eval mode, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from factories import make_tiny_bert, make_tiny_examples
+from torch import nn
+
+from fastif_core.errors import ConfigError
+from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
+
+
+def _freeze_encoder_layer(model: nn.Module, layer: int) -> None:
+    for p in model.bert.encoder.layer[layer].parameters():
+        p.requires_grad_(False)
+
+
+def test_params_are_trainable_only_and_decay_skips_bias_and_layernorm():
+    model = make_tiny_bert(0)
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    _freeze_encoder_layer(model, 0)
+    obj = classifier_objective(model, weight_decay=0.01)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert obj.names == trainable
+    assert not any(n.startswith("bert.embeddings") or ".layer.0." in n for n in obj.names)
+    assert obj.num_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert all(not n.endswith("bias") and "LayerNorm" not in n for n in obj.decayed)
+    assert (
+        "classifier.weight" in obj.decayed
+        and "bert.encoder.layer.1.attention.self.query.weight" in obj.decayed
+    )
+    assert "bert.encoder.layer.1.output.LayerNorm.weight" in obj.names
+
+
+def test_per_example_loss_is_cross_entropy_plus_l2_of_decayed_params():
+    model = make_tiny_bert(1)
+    obj = classifier_objective(model, weight_decay=0.03)
+    batch = make_tiny_examples(5).collate(range(5))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        ce = F.cross_entropy(model(**inputs).logits, batch["labels"], reduction="none")
+    l2 = sum(p.pow(2).sum() for n, p in model.named_parameters() if n in obj.decayed)
+    expected = ce + 0.03 * l2
+    torch.testing.assert_close(obj.per_example_loss(obj.params, batch), expected)
+    torch.testing.assert_close(obj.batch_loss(obj.params, batch), expected.mean())
+
+
+def test_grad_matches_autograd_through_the_model():
+    model = nn.Linear(4, 1).double()
+    obj = Objective(model, forward=tensor_forward, loss=binary_cross_entropy, weight_decay=0.1)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    loss = F.binary_cross_entropy_with_logits(model(x)[:, 0], y.double()) + 0.1 * model.weight.pow(2).sum()
+    loss.backward()
+    expected = torch.cat([model.weight.grad.reshape(-1), model.bias.grad])
+    torch.testing.assert_close(obj.grad({"x": x, "labels": y}), expected)
+
+
+def test_flatten_unflatten_round_trip():
+    obj = classifier_objective(make_tiny_bert(2), weight_decay=0.0)
+    flat = torch.arange(obj.num_params, dtype=torch.float32)
+    back = obj.flatten(obj.unflatten(flat))
+    torch.testing.assert_close(back, flat)
+    assert {n: t.shape for n, t in obj.unflatten(flat).items()} == {n: p.shape for n, p in obj.params.items()}
+    with pytest.raises(ConfigError, match="expected"):
+        obj.unflatten(flat[:-1])
+
+
+def test_evaluating_disables_dropout_and_restores_modes():
+    model = make_tiny_bert(3)
+    model.bert.embeddings.dropout.p = 0.5
+    model.train()
+    model.classifier.eval()  # a mixed state must survive
+    obj = classifier_objective(model, weight_decay=0.0)
+    batch = make_tiny_examples(3).collate(range(3))
+    with obj.evaluating():
+        a, b = obj.data_loss(obj.params, batch), obj.data_loss(obj.params, batch)
+        assert not model.training
+    torch.testing.assert_close(a, b)
+    assert model.training and model.bert.training and not model.classifier.training
+
+
+def test_bad_settings_raise_config_errors():
+    model = nn.Linear(3, 1)
+    with pytest.raises(ConfigError, match="weight_decay"):
+        Objective(model, forward=tensor_forward, weight_decay=-1.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        Objective(model, forward=tensor_forward)
