@@ -1,0 +1,124 @@
+"""Widgets that only return parameters: no queries, no drawing of results (``*_controls()``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from fastif_core.config import InfluenceConfig, LissaConfig, PrepareConfig, help_of
+from fastif_core.store.records import ExampleFilter
+
+CORRECTNESS = ("All", "Correct", "Incorrect")
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """The values each browse filter can take (distinct values in the store)."""
+
+    datasets: list[str]
+    splits: list[str]
+    labels: list[str]
+    predicted: list[str]
+    genres: list[str]
+    heuristics: list[str]
+    subcases: list[str]
+
+
+def _multi(label: str, options: list[str], key: str, help: str) -> list[str] | None:  # noqa: A002
+    chosen = st.multiselect(label, options, key=key, placeholder="All", help=help)
+    return chosen or None
+
+
+def browse_filters_controls(options: FilterOptions) -> ExampleFilter:
+    """Filter widgets for the examples table; an empty widget means "no constraint"."""
+    c1, c2, c3, c4 = st.columns(4)
+    with c1:
+        dataset = _multi("Dataset", options.datasets, "f_dataset", "MNLI, HANS or the built-in corpus")
+    with c2:
+        split = _multi("Split", options.splits, "f_split", "train, heldout, challenge, ...")
+    with c3:
+        label = _multi("Gold label", options.labels, "f_label", "the annotated label")
+    with c4:
+        predicted = _multi("Predicted label", options.predicted, "f_pred", "the model's prediction")
+    c5, c6, c7, c8 = st.columns(4)
+    with c5:
+        genre = _multi("MNLI genre", options.genres, "f_genre", "MNLI text genre") if options.genres else None
+    with c6:
+        heuristic = (
+            _multi(
+                "HANS heuristic", options.heuristics, "f_heur", "lexical overlap, subsequence, constituent"
+            )
+            if options.heuristics
+            else None
+        )
+    with c7:
+        subcase = (
+            _multi("HANS subcase", options.subcases, "f_sub", "HANS subcase") if options.subcases else None
+        )
+    with c8:
+        correctness = st.segmented_control("Prediction", CORRECTNESS, default="All", key="f_correct")
+    search = st.text_input(
+        "Search text", key="f_search", placeholder="words in the premise, hypothesis or id"
+    )
+    correct = {"Correct": True, "Incorrect": False}.get(correctness or "All")
+    return ExampleFilter(
+        dataset=dataset, split=split, label=label, predicted=predicted, correct=correct,
+        genre=genre, heuristic=heuristic, subcase=subcase, search=search.strip() or None,
+    )  # fmt: skip
+
+
+def influence_controls(num_train: int, key: str = "influence_form") -> InfluenceConfig | None:
+    """The "Compute influence" form, pre-filled with FastIF's fast settings; the config when submitted."""
+    base, fast = InfluenceConfig(), LissaConfig.fast()
+    with st.form(key, border=True):
+        c1, c2, c3, c4 = st.columns(4)
+        k = c1.number_input(
+            "k neighbours",
+            1,
+            max(1, num_train),
+            min(base.k or 1, num_train),
+            help=help_of(InfluenceConfig, "k"),
+        )
+        depth = c2.number_input("J depth", 1, 100_000, fast.depth, help=help_of(LissaConfig, "depth"))
+        batch = c3.number_input("B batch", 1, 4096, fast.batch_size, help=help_of(LissaConfig, "batch_size"))
+        repeats = c4.number_input("T repeats", 1, 64, fast.repeats, help=help_of(LissaConfig, "repeats"))
+        with st.expander("Advanced"):
+            a1, a2, a3, a4 = st.columns(4)
+            damping = a1.number_input(
+                "Damping", 0.0, 0.999, fast.damping, format="%.4f", help=help_of(LissaConfig, "damping")
+            )
+            scale = a2.number_input(
+                "Scale", 0.0, 1e9, fast.scale, format="%.1f", help=help_of(LissaConfig, "scale")
+            )
+            top = a3.number_input("Top n", 1, 1000, base.top, help=help_of(InfluenceConfig, "top"))
+            full = a4.toggle(
+                "Full mode (all training examples)", False, help="score every training example (slow)"
+            )
+        submitted = st.form_submit_button("Compute influence", type="primary", icon=":material/bolt:")
+    if not submitted:
+        return None
+    lissa = LissaConfig.fast(
+        depth=int(depth),
+        batch_size=int(batch),
+        repeats=int(repeats),
+        damping=float(damping),
+        scale=float(scale),
+    )
+    return InfluenceConfig(lissa=lissa, k=None if full else int(k), top=int(top))
+
+
+def prepare_controls() -> PrepareConfig | None:
+    """The "prepare the built-in corpus" button; the PrepareConfig to enqueue when clicked."""
+    clicked = st.button("Prepare the built-in corpus", type="primary", icon=":material/play_arrow:")
+    return PrepareConfig(train="demo") if clicked else None
+
+
+def jobs_controls(kinds: list[str]) -> tuple[list[str] | None, list[str] | None]:
+    """Status and kind filters of the jobs page (None = all)."""
+    c1, c2 = st.columns(2)
+    statuses = c1.multiselect(
+        "Status", ["queued", "running", "done", "failed", "cancelled"], placeholder="All", key="j_status"
+    )
+    chosen = c2.multiselect("Kind", kinds, placeholder="All", key="j_kind")
+    return statuses or None, chosen or None

@@ -1,0 +1,38 @@
+"""fastif dashboard: browse examples, open one, compute its influential training examples.
+
+Run from the repository root: ``streamlit run app/dashboard.py`` (workspace: $FASTIF_WORKSPACE or
+./workspaces/demo). The script reads the store and enqueues jobs; a background worker does the work.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run app/dashboard.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+from app import data_access as da  # noqa: E402
+from app import shell  # noqa: E402
+
+st.set_page_config(page_title="fastif", page_icon=str(ROOT / "assets" / "logo.svg"), layout="wide")
+
+PAGES = {
+    "browse": st.Page("views/browse.py", title="Browse", icon=":material/table_rows:", default=True),
+    "example": st.Page("views/example.py", title="Example", icon=":material/article:", url_path="example"),
+    "jobs": st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:", url_path="jobs"),
+}
+
+page = st.navigation(list(PAGES.values()))
+root = da.workspace_root()
+state = da.workspace_state(root)
+shell.sidebar(state, da.ensure_worker(root))
+if page is PAGES["browse"] and "example" in st.query_params:  # deep link /?example=<id>
+    st.switch_page(PAGES["example"], query_params={"example": st.query_params["example"]})
+if state.ready or page is PAGES["jobs"]:
+    page.run()
+else:
+    shell.onboarding(state)

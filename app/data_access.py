@@ -1,0 +1,263 @@
+"""Read-only queries through the store (cached briefly) and the two writes the dashboard makes:
+enqueueing a job and cancelling one. Nothing here runs torch work: the worker does.
+
+The workspace is ``$FASTIF_WORKSPACE`` or ``./workspaces/demo``; no page opens a path typed by a user.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app import formatting as fmt
+from app.controls import FilterOptions
+from fastif_core import jobs
+from fastif_core.config import InfluenceConfig, PrepareConfig
+from fastif_core.query import cache_key
+from fastif_core.store import (
+    ExampleFilter,
+    ExampleRow,
+    ExampleSummary,
+    GroupSummary,
+    InfluenceRunInfo,
+    JobInfo,
+    NeighborInfo,
+    Store,
+    WorkerInfo,
+)
+from fastif_core.workspace import default_workspace, read_manifest
+
+AUTOSTART_ENV = "FASTIF_AUTOSTART_WORKER"  # "0" = never start a worker from the app (tests, shared hosts)
+WORKER_DEVICES_ENV = "FASTIF_WORKER_DEVICES"  # devices of an auto-started worker (default "auto")
+TABLE_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class WorkspaceState:
+    """What the app knows about its workspace before any query: where it is, whether it is ready."""
+
+    root: str
+    manifest: dict[str, Any] | None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.manifest) and self.manifest.get("status") == "ready"
+
+    @property
+    def num_train(self) -> int:
+        return int((self.manifest or {}).get("num_train", 0))
+
+    @property
+    def model_id(self) -> int | None:
+        value = (self.manifest or {}).get("model_id")
+        return int(value) if value is not None else None
+
+    @property
+    def labels(self) -> list[str]:
+        return list((self.manifest or {}).get("labels", []))
+
+
+def workspace_root() -> str:
+    """The workspace directory as an absolute path (the cache key of every query)."""
+    return str(default_workspace().resolve())
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def workspace_state(root: str) -> WorkspaceState:
+    """The workspace's manifest (None while it is not prepared)."""
+    return WorkspaceState(root=root, manifest=read_manifest(root) if Path(root).exists() else None)
+
+
+@st.cache_resource(show_spinner=False)
+def store(root: str) -> Store:
+    """One store (connection pool) per workspace and process; creates and migrates the database."""
+    return Store.open(root)
+
+
+# ---- browse ---------------------------------------------------------------------------------------
+@st.cache_data(ttl=30, show_spinner=False)
+def filter_options(root: str) -> FilterOptions:
+    """Distinct values for each browse filter."""
+    s = store(root)
+    values = {
+        c: [str(v) for v in s.distinct_values(c)]
+        for c in ("split", "label", "predicted", "genre", "heuristic", "subcase")
+    }
+    datasets = [d.name for d in s.list_datasets()]
+    return FilterOptions(
+        datasets=datasets, splits=values["split"], labels=values["label"], predicted=values["predicted"],
+        genres=values["genre"], heuristics=values["heuristic"], subcases=values["subcase"],
+    )  # fmt: skip
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def browse(
+    root: str, filters: ExampleFilter, limit: int = TABLE_LIMIT
+) -> tuple[pd.DataFrame, ExampleSummary]:
+    """The first ``limit`` matching examples as a table, and counts + accuracy of all matching ones."""
+    s = store(root)
+    rows = s.query_examples(filters, limit=limit)
+    return fmt.examples_frame(rows), s.summarize_examples(filters)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def accuracy_by(root: str, column: str, filters: ExampleFilter) -> list[GroupSummary]:
+    """Counts and accuracy per value of ``column`` (e.g. per HANS heuristic) under ``filters``."""
+    return store(root).summarize_by(column, filters)
+
+
+# ---- one example ----------------------------------------------------------------------------------
+@st.cache_data(ttl=30, show_spinner=False)
+def example(root: str, example_id: str) -> ExampleRow | None:
+    """The example with the workspace model's prediction, or None if the id is unknown."""
+    return store(root).get_example(example_id, workspace_state(root).model_id)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def neighbors(root: str, example_id: str) -> list[NeighborInfo]:
+    """Stored nearest training neighbours, nearest first (empty before any are stored)."""
+    model_id = workspace_state(root).model_id
+    return store(root).get_neighbors(model_id, example_id) if model_id is not None else []
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def influence_run(root: str, run_id: int) -> InfluenceRunInfo | None:
+    """A stored influence run with its scores and the training examples' text."""
+    return store(root).get_influence_run(run_id)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def latest_run_id(root: str, example_id: str, config: InfluenceConfig | None = None) -> int | None:
+    """Newest stored run for the example (for ``config``'s settings when given; ``top`` is ignored)."""
+    runs = store(root).list_influence_runs(model_id=workspace_state(root).model_id, example_id=example_id)
+    if config is not None:
+        key = cache_key(config)
+        runs = [
+            r
+            for r in runs
+            if r.config.get("cache_key", cache_key(InfluenceConfig.from_json_dict(_plain(r.config)))) == key
+        ]
+    return runs[0].id if runs else None
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "cache_key"}
+
+
+def run_for_job(root: str, job: JobInfo) -> int | None:
+    """The influence run a finished job produced (its result, else the stored run for its settings)."""
+    run_id = (job.result or {}).get("influence_run_id") or (job.result or {}).get("run_id")
+    if run_id is not None:
+        return int(run_id)
+    params = jobs.parse_params("influence", job.params)
+    return latest_run_id(root, params.example_id, params.config)
+
+
+# ---- jobs -----------------------------------------------------------------------------------------
+def job(root: str, job_id: int) -> JobInfo | None:
+    """A job row, fresh (polled by the progress fragment, never cached)."""
+    return store(root).get_job(job_id)
+
+
+def list_jobs(
+    root: str, statuses: list[str] | None = None, kind: str | None = None, limit: int = 200
+) -> list[JobInfo]:
+    """Jobs newest first (fresh)."""
+    return store(root).list_jobs(status=statuses, kind=kind, limit=limit)
+
+
+def active_job(root: str, kind: str, example_id: str | None = None) -> JobInfo | None:
+    """The newest queued or running job of ``kind`` (for ``example_id`` when given)."""
+    for j in list_jobs(root, ["queued", "running"], kind):
+        if example_id is None or j.params.get("example_id") == example_id:
+            return j
+    return None
+
+
+def latest_job(root: str, kind: str) -> JobInfo | None:
+    found = list_jobs(root, kind=kind, limit=1)
+    return found[0] if found else None
+
+
+def enqueue_influence(root: str, example_id: str, config: InfluenceConfig) -> JobInfo:
+    """Queue "influence of the training set on this example" (an equal queued/running/done job is reused)."""
+    params = jobs.InfluenceParams(
+        example_id=example_id, config=config, model_id=workspace_state(root).model_id
+    )
+    return jobs.enqueue(store(root), "influence", params)
+
+
+def enqueue_prepare(root: str, config: PrepareConfig) -> JobInfo:
+    """Queue preparing the workspace (an equal job is reused)."""
+    return jobs.enqueue(store(root), "prepare", config)
+
+
+def cancel_job(root: str, job_id: int) -> JobInfo:
+    """Cancel a queued job at once, or ask a running job's worker to stop."""
+    return store(root).cancel_job(job_id)
+
+
+# ---- the worker -----------------------------------------------------------------------------------
+def workers(root: str, alive_within_s: float | None = None) -> list[WorkerInfo]:
+    return store(root).list_workers(alive_within_s=alive_within_s)
+
+
+@st.cache_resource(show_spinner=False)
+def _started() -> dict[str, subprocess.Popen]:
+    """Worker processes this app process started, by workspace."""
+    return {}
+
+
+def worker_alive(root: str, within_s: float = 30.0) -> bool:
+    """A worker of this workspace sent a heartbeat within ``within_s`` (and, on this host, still exists).
+
+    The same rule as ``fastif_core.worker.worker_alive``, through the app's cached store and without
+    importing the worker module (which imports torch).
+    """
+    host = socket.gethostname()
+    return any(w.host != host or _pid_running(w.pid) for w in workers(root, alive_within_s=within_s))
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_worker(root: str, devices: str) -> subprocess.Popen:
+    """A detached ``python -m fastif_core.worker`` for the workspace, logging to ``<root>/worker.log``."""
+    cmd = [sys.executable, "-m", "fastif_core.worker", "--workspace", root, "--devices", devices]
+    with open(Path(root) / "worker.log", "ab") as log:
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def ensure_worker(root: str) -> str:
+    """Start a background worker when none is alive for the workspace.
+
+    Returns "alive" (one is running), "started" (this call started one), "starting" (started earlier,
+    not registered yet) or "off" (none alive and auto-start disabled by $FASTIF_AUTOSTART_WORKER=0).
+    """
+    store(root)  # the database exists before the worker polls it
+    if worker_alive(root):
+        return "alive"
+    proc = _started().get(root)
+    if proc is not None and proc.poll() is None:
+        return "starting"
+    if os.environ.get(AUTOSTART_ENV, "1") == "0":
+        return "off"
+    _started()[root] = start_worker(root, os.environ.get(WORKER_DEVICES_ENV, "auto"))
+    return "started"

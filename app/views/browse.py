@@ -1,0 +1,35 @@
+"""Browse: filter the examples, see counts and accuracy, click a row to open the example."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import controls, render
+from app import data_access as da
+from app import formatting as fmt
+
+root = da.workspace_root()
+st.title("Browse examples")
+filters = controls.browse_filters_controls(da.filter_options(root))
+frame, summary = da.browse(root, filters)
+render.summary_metrics(summary, shown=len(frame))
+if frame.empty:
+    st.info("No example matches these filters. Clear a filter or change the search text.")
+    st.stop()
+st.caption("Click a row to open the example: its prediction, nearest training neighbours and influence.")
+selected = render.examples_table(frame)
+if selected:
+    st.switch_page(render.EXAMPLE_PAGE, query_params={"example": str(frame.iloc[selected[0]]["id"])})
+with st.expander("Accuracy by slice"):
+    column = st.segmented_control(
+        "Group by",
+        ["dataset", "split", "label", "genre", "heuristic", "subcase"],
+        default="split",
+        key="group_by",
+    )
+    groups = da.accuracy_by(root, column or "split", filters)
+    st.dataframe(
+        [{"value": fmt.pretty(g.value), "examples": g.count, "predicted": g.predicted,
+          "accuracy": "—" if g.accuracy is None else f"{g.accuracy:.1%}"} for g in groups],
+        hide_index=True,
+    )  # fmt: skip

@@ -1,0 +1,65 @@
+"""Example: text, prediction, nearest training neighbours, and its most influential training examples.
+
+Deep link: ``?example=<id>``. Computing influence enqueues a job; its progress shows live and the
+ranked lists appear when the worker has stored them. Stored results show at once.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import controls, render, shell
+from app import data_access as da
+
+root = da.workspace_root()
+state = da.workspace_state(root)
+example_id = st.query_params.get("example", "").strip()
+
+st.title("Example")
+if not example_id:
+    st.info("Open an example from the Browse page, or type its id.")
+    typed = st.text_input("Example id", key="example_id_input").strip()
+    if typed:
+        st.query_params["example"] = typed
+        st.rerun()
+    st.page_link("views/browse.py", label="Browse examples", icon=":material/table_rows:")
+    st.stop()
+
+ex = da.example(root, example_id)
+if ex is None:
+    st.error(
+        f"There is no example with id `{example_id}` in this workspace. The link may be from another workspace."
+    )
+    st.page_link("views/browse.py", label="Browse examples", icon=":material/table_rows:")
+    st.stop()
+
+render.example_header(ex)
+render.prediction_block(ex, state.labels)
+neighbors = da.neighbors(root, ex.id)
+with st.expander(f"Nearest training neighbours ({len(neighbors)})", expanded=False):
+    render.neighbors_table(neighbors)
+neighbor_ids = {n.train_id for n in neighbors}
+
+st.subheader("Influential training examples")
+config = controls.influence_controls(state.num_train)
+if config is not None:
+    job = da.enqueue_influence(root, ex.id, config)
+    st.session_state[f"influence_job:{ex.id}"] = job.id
+
+job_id = st.session_state.get(f"influence_job:{ex.id}")
+job = da.job(root, job_id) if job_id is not None else da.active_job(root, "influence", ex.id)
+if job is not None and not job.finished:
+    shell.job_progress(root, job.id)
+    st.stop()
+if job is not None and job.status != "done":
+    render.job_status(job)  # failed or cancelled: say why, then fall back to what is stored
+run_id = (
+    da.run_for_job(root, job) if job is not None and job.status == "done" else da.latest_run_id(root, ex.id)
+)
+run = da.influence_run(root, run_id) if run_id is not None else None
+if run is None:
+    st.caption("No influence results are stored for this example yet: press “Compute influence”.")
+    st.stop()
+top = int(run.config.get("top") or 0) or None
+render.influence_lists(run, neighbor_ids, top or len(run.scores))
+render.export_buttons(run, neighbor_ids)
