@@ -193,7 +193,7 @@ def confirm_cancel(s: Session, job_id: int, owner: str) -> Job:
 
 def counts(s: Session) -> dict[str, int]:
     """Number of jobs per status."""
-    return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    return {status: n for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status))}
 
 
 def worker_info(w: Worker) -> WorkerInfo:

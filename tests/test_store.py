@@ -1,0 +1,316 @@
+"""Store: schema and migrations, idempotent writes, filters against ground truth, atomic results."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+
+from fastif_core.config import InfluenceConfig, config_hash
+from fastif_core.data.records import NLIExample
+from fastif_core.errors import LeaseLostError, WorkspaceError
+from fastif_core.store import ExampleFilter, PredictionIn, Store, head_revision
+from fastif_core.store import engine as eng
+from fastif_core.store.jobs_queue import _claimable
+from fastif_core.store.schema import Base, utcnow
+
+MNLI = ("entailment", "neutral", "contradiction")
+GENRES = ("fiction", "slate", "travel")
+HEURISTICS = ("lexical_overlap", "subsequence", "constituent")
+
+
+def make_examples(seed: int = 0) -> list[NLIExample]:
+    """30 MNLI-like and 24 HANS-like examples with slices, deterministic for a seed."""
+    rng = random.Random(seed)
+    mnli = [
+        NLIExample(f"mnli:dev:{i}", f"A premise {i} about {GENRES[i % 3]}.", f"Hypothesis {i}.",
+                   MNLI[rng.randrange(3)], "mnli", "dev", {"genre": GENRES[i % 3]})
+        for i in range(30)
+    ]  # fmt: skip
+    hans = [
+        NLIExample(f"hans:eval:{i}", f"The doctor {i} saw the lawyer.", f"The lawyer saw the doctor {i}.",
+                   ("entailment", "non-entailment")[i % 2], "hans", "eval",
+                   {"heuristic": HEURISTICS[i % 3], "subcase": f"sub_{i % 4}", "template": f"t{i % 5}"},
+                   {"note": "x"})
+        for i in range(24)
+    ]  # fmt: skip
+    return mnli + hans
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.open(tmp_path / "ws") as st:
+        yield st
+
+
+@pytest.fixture
+def filled(store):
+    """A store with examples, a model and its predictions; returns (store, examples, model, predictions)."""
+    exs = make_examples()
+    store.add_examples(exs)
+    model = store.get_or_create_model("tiny", "/ckpt", {"epochs": 1}, MNLI)
+    rng = random.Random(1)
+    preds = {}
+    for ex in exs[:-4]:  # the last 4 HANS examples have no prediction
+        probs = [rng.random() for _ in range(3)]
+        label = MNLI[max(range(3), key=probs.__getitem__)]
+        label = (
+            label if ex.dataset == "mnli" else ("entailment" if label == "entailment" else "non-entailment")
+        )
+        preds[ex.id] = PredictionIn(ex.id, [p / sum(probs) for p in probs], label, label == ex.label)
+    store.save_predictions(model.id, preds.values())
+    return store, exs, model, preds
+
+
+def test_open_sets_sqlite_pragmas_and_head_revision(store, tmp_path):
+    assert store.url.endswith("ws/fastif.db") and (tmp_path / "ws" / "fastif.db").exists()
+    assert store.revision() == head_revision() == "0002"
+    with store.session() as s:
+        assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert s.execute(text("PRAGMA busy_timeout")).scalar() == eng.BUSY_TIMEOUT_MS
+
+
+def test_url_from_argument_and_environment(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv(eng.ENV_URL, url)
+    assert eng.resolve_url(tmp_path / "ws") == url
+    with Store.open(tmp_path / "ws") as st:
+        st.upsert_dataset("d")
+    assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "ws" / "fastif.db").exists()
+    monkeypatch.delenv(eng.ENV_URL)
+    assert eng.resolve_url(tmp_path, "sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(WorkspaceError, match="FASTIF_DB_URL"):
+        eng.resolve_url(None)
+
+
+def test_migrations_create_exactly_the_orm_schema(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_database_of_first_migration_opens_and_upgrades(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = eng.make_engine(url)
+    eng.upgrade(old, "0001")
+    assert eng.current_revision(old) == "0001" and "workers" not in inspect(old).get_table_names()
+    now = utcnow().replace(tzinfo=None)
+    with old.begin() as conn:  # rows written by a version that only knew revision 0001
+        conn.execute(
+            text("INSERT INTO datasets VALUES (1, 'mnli', 'mnli3', '[]', 'demo', '{}', 1, :t)"), {"t": now}
+        )
+        conn.execute(text("INSERT INTO examples (id, dataset_id, split, premise, hypothesis, label, slices, extra) "
+                          "VALUES ('e1', 1, 'dev', 'p', 'h', 'neutral', '{}', '{}')"))  # fmt: skip
+        conn.execute(text("INSERT INTO jobs (kind, params, params_hash, dedup_key, status, priority, attempts, "
+                          "max_attempts, progress, message, cancel_requested, created_at) VALUES ('influence', "
+                          "'{}', 'h1', 'h1', 'queued', 0, 0, 3, 0, '', 0, :t)"), {"t": now})  # fmt: skip
+    old.dispose()
+    with Store.open(url=url) as st:
+        assert st.revision() == "0002"
+        assert st.get_example("e1").label == "neutral"
+        assert st.claim_job("w").params_hash == "h1"
+        assert st.worker_heartbeat("w", pid=1).status == "running"
+        assert "ix_jobs_claim" in {ix["name"] for ix in inspect(st.engine).get_indexes("jobs")}
+
+
+def test_database_from_a_newer_version_is_refused(tmp_path):
+    with Store.open(tmp_path) as st, st.transaction() as s:
+        s.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(WorkspaceError, match="cannot migrate"):
+        Store.open(tmp_path)
+
+
+def test_add_examples_is_idempotent_and_updates_in_place(store):
+    exs = make_examples()
+    assert store.add_examples(exs) == len(exs)
+    store.add_examples(exs)
+    assert store.count_examples() == len(exs)
+    assert {d.name: d.counts for d in store.list_datasets()} == {"hans": {"eval": 24}, "mnli": {"dev": 30}}
+    moved = NLIExample(exs[0].id, exs[0].premise, exs[0].hypothesis, exs[0].label, "mnli", "heldout", {})
+    store.add_examples([moved])
+    row = store.get_example(moved.id)
+    assert (row.split, row.slices, row.genre) == ("heldout", {}, None)
+    assert store.get_dataset("mnli").counts == {"dev": 29, "heldout": 1}
+    assert row.to_record() == moved
+    hans = store.get_example("hans:eval:5")
+    assert (hans.heuristic, hans.subcase, hans.extra) == ("constituent", "sub_1", {"note": "x"})
+
+
+def test_upsert_dataset_keeps_unspecified_fields(store):
+    store.upsert_dataset("hans", label_scheme="hans2", labels=["entailment", "non-entailment"], source="demo")
+    info = store.upsert_dataset("hans", source="file.txt")
+    assert (info.label_scheme, info.labels, info.source) == (
+        "hans2",
+        ["entailment", "non-entailment"],
+        "file.txt",
+    )
+
+
+def _expected(exs, preds, **f):
+    """Ground truth for a filter, computed in Python from the records."""
+    out = []
+    for ex in exs:
+        p = preds.get(ex.id)
+        checks = [
+            f.get("dataset") in (None, ex.dataset),
+            f.get("label") is None or ex.label in f["label"],
+            f.get("genre") in (None, ex.slices.get("genre")),
+            f.get("heuristic") in (None, ex.slices.get("heuristic")),
+            f.get("correct") is None or (p is not None and p.correct == f["correct"]),
+            f.get("predicted") is None or (p is not None and p.predicted == f["predicted"]),
+            f.get("search") is None or f["search"].lower() in (ex.premise + ex.hypothesis + ex.id).lower(),
+        ]
+        if all(checks):
+            out.append(ex.id)
+    return sorted(out)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        {}, {"dataset": "mnli"}, {"dataset": "hans", "correct": False}, {"genre": "slate", "correct": True},
+        {"heuristic": "subsequence"}, {"label": ("neutral", "contradiction")}, {"predicted": "non-entailment"},
+        {"search": "DOCTOR 1"}, {"dataset": "mnli", "search": "fiction", "correct": False},
+    ],
+)  # fmt: skip
+def test_filters_and_summary_match_ground_truth(filled, f):
+    store, exs, model, preds = filled
+    want = _expected(exs, preds, **f)
+    got = store.query_examples(ExampleFilter(**f), limit=None)
+    assert sorted(r.id for r in got) == want
+    summary = store.summarize_examples(**f)
+    with_pred = [i for i in want if i in preds]
+    assert (summary.count, summary.predicted, summary.correct) == (
+        len(want), len(with_pred), sum(preds[i].correct for i in with_pred))  # fmt: skip
+    for r in got:
+        assert (r.predicted, r.correct) == ((preds[r.id].predicted, preds[r.id].correct) if r.id in preds
+                                            else (None, None))  # fmt: skip
+
+
+def test_summary_by_group_and_distinct_values(filled):
+    store, exs, _, preds = filled
+    groups = {g.value: g for g in store.summarize_by("heuristic", dataset="hans")}
+    for h in HEURISTICS:
+        ids = [e.id for e in exs if e.slices.get("heuristic") == h]
+        assert groups[h].count == len(ids)
+        assert groups[h].correct == sum(preds[i].correct for i in ids if i in preds)
+    assert store.distinct_values("genre") == sorted(GENRES)
+    assert store.distinct_values("dataset") == ["hans", "mnli"]
+    assert store.distinct_values("subcase", heuristic="lexical_overlap") == [
+        "sub_0",
+        "sub_1",
+        "sub_2",
+        "sub_3",
+    ]
+    assert set(store.distinct_values("predicted", dataset="hans")) <= {"entailment", "non-entailment"}
+
+
+def test_order_paging_and_search_escaping(filled):
+    store, exs, _, preds = filled
+    by_conf = store.query_examples(dataset="mnli", order_by="confidence", descending=True, limit=None)
+    assert [r.confidence for r in by_conf] == sorted((preds[e.id].probs and max(preds[e.id].probs)
+                                                      for e in exs[:30]), reverse=True)  # fmt: skip
+    pages = [store.query_examples(order_by="id", limit=10, offset=o) for o in range(0, 60, 10)]
+    assert [r.id for p in pages for r in p] == sorted(e.id for e in exs)
+    store.add_examples([NLIExample("odd", "100% sure", "a_b", "neutral", "mnli", "dev")])
+    assert [r.id for r in store.query_examples(search="%")] == ["odd"]
+    assert [r.id for r in store.query_examples(search="_")] == ["odd"]
+    with pytest.raises(Exception, match="order_by"):
+        store.query_examples(order_by="premise; DROP TABLE examples")
+
+
+def test_training_set_maps_positions_to_ids(filled):
+    store, exs, _, _ = filled
+    ids = [e.id for e in exs[:10]][::-1]
+    store.set_training_set(ids)
+    assert store.train_ids() == ids
+    assert [r.train_pos for r in store.get_examples(ids)] == list(range(10))
+    assert store.count_examples(in_training_set=True) == 10
+    store.set_training_set(ids[:3])  # replaces, no unique-position clash
+    assert store.train_ids() == ids[:3] and store.get_example(ids[5]).train_pos is None
+    with pytest.raises(WorkspaceError, match="not in the store"):
+        store.set_training_set(["nope"])
+
+
+def test_models_and_predictions_are_idempotent(filled):
+    store, exs, model, preds = filled
+    again = store.get_or_create_model("other name", "/x", {"epochs": 1}, MNLI)
+    assert again.id == model.id and store.find_model().id == model.id
+    assert store.find_model(config_hash=config_hash({"epochs": 1})).id == model.id
+    new = PredictionIn(exs[0].id, [0.1, 0.1, 0.8], "contradiction", exs[0].label == "contradiction")
+    store.save_predictions(model.id, [new, new])
+    assert store.get_prediction(model.id, exs[0].id).probs == [0.1, 0.1, 0.8]
+    assert len(store.get_predictions(model.id)) == len(preds)
+    assert store.update_model(model.id, metrics={"acc": 0.5}).metrics == {"acc": 0.5}
+    with pytest.raises(IntegrityError):  # foreign keys are enforced
+        store.save_predictions(model.id, [PredictionIn("unknown", [1.0], "entailment", True)])
+
+
+def test_neighbors_replace_per_query(filled):
+    store, exs, model, _ = filled
+    store.save_neighbors(model.id, {exs[0].id: [(exs[1].id, 0.5), (exs[2].id, 0.7), (exs[3].id, 0.9)]})
+    store.save_neighbors(model.id, {exs[0].id: [(exs[4].id, 0.1), (exs[1].id, 0.2)]})
+    got = store.get_neighbors(model.id, exs[0].id)
+    assert [(n.rank, n.train_id, n.distance) for n in got] == [(0, exs[4].id, 0.1), (1, exs[1].id, 0.2)]
+    assert got[0].premise == exs[4].premise and store.get_neighbors(model.id, exs[0].id, limit=1) == got[:1]
+
+
+def test_influence_run_with_job_is_atomic_and_idempotent(filled):
+    store, exs, model, _ = filled
+    cfg = InfluenceConfig(k=4)
+    scores = {exs[1].id: 0.3, exs[2].id: -0.5, exs[3].id: 0.0, exs[4].id: -0.1}
+    job = store.enqueue_job("influence", {"example_id": exs[0].id})
+    assert store.claim_job("w1").id == job.id
+    with pytest.raises(LeaseLostError):
+        store.save_influence_run(model.id, exs[0].id, cfg, scores, job_id=job.id, owner="intruder")
+    assert store.find_influence_run(model.id, exs[0].id, config_hash(cfg)) is None
+    bad = {**scores, "no-such-example": 1.0}
+    with pytest.raises(IntegrityError):  # one bad score: neither the run nor the job changes
+        store.save_influence_run(model.id, exs[0].id, cfg, bad, job_id=job.id, owner="w1")
+    assert store.find_influence_run(model.id, exs[0].id, config_hash(cfg)) is None
+    assert store.get_job(job.id).status == "running"
+    run_id = store.save_influence_run(model.id, exs[0].id, cfg, scores, timings={"total": 1.5}, job_id=job.id,
+                                      owner="w1")  # fmt: skip
+    done = store.get_job(job.id)
+    assert (done.status, done.result, done.progress) == ("done", {"influence_run_id": run_id}, 1.0)
+    assert store.save_influence_run(model.id, exs[0].id, cfg, scores) == run_id
+    run = store.get_influence_run(run_id)
+    assert [s.value for s in run.scores] == [-0.5, -0.1, 0.0, 0.3] and [s.rank for s in run.scores] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    assert [s.train_id for s in run.helpful()] == [exs[2].id, exs[4].id]
+    assert [s.train_id for s in run.harmful(1)] == [exs[1].id] and run.scores[0].premise == exs[2].premise
+    assert (run.num_candidates, run.timings, run.config["k"], run.job_id) == (4, {"total": 1.5}, 4, job.id)
+    assert store.list_influence_runs(example_id=exs[0].id)[0].id == run_id
+
+
+def test_app_results_unique_per_config_and_bench_appends(filled):
+    store, _, model, _ = filled
+    g1 = store.save_app_result("graph", {"top": 5}, {"nodes": [1, 2]}, model_id=model.id)
+    g2 = store.save_app_result("graph", {"top": 5}, {"nodes": [9]}, model_id=model.id)
+    assert g1.id == g2.id and g2.result == {"nodes": [1, 2]}
+    assert store.find_app_result("graph", config_hash({"top": 5}), model_id=model.id).id == g1.id
+    c = store.save_app_result(
+        "correction", {"m": 10}, {"before": 0.5, "after": 0.6}, model_id=model.id, kind="remove"
+    )
+    assert store.get_app_result("correction", c.id).kind == "remove"
+    b1, b2 = store.save_bench({"quick": True}, {"t": 1}), store.save_bench({"quick": True}, {"t": 2})
+    assert b1.id != b2.id and store.latest_bench().result == {"t": 2}
+    assert [r.id for r in store.list_app_results("bench")] == [b2.id, b1.id]
+    with pytest.raises(Exception, match="allowed"):
+        store.save_app_result("nonsense", {}, {})
+
+
+def test_claim_statement_uses_skip_locked_on_postgresql():
+    sql = str(_claimable(utcnow(), ["influence"]).compile(dialect=postgresql.dialect()))
+    assert "FOR UPDATE SKIP LOCKED" in sql and "LIMIT" in sql
