@@ -1,0 +1,284 @@
+"""The ``fastif`` command line (also ``python -m fastif_core``).
+
+Commands: ``prepare``, ``examples``, ``influence``, ``worker``, ``submit``, ``jobs``, ``bench``, ``corpus``.
+Every user error (bad file, unknown id, missing workspace, bad setting) exits 2 with one clear line on
+stderr, never a traceback. Heavy modules (torch, transformers, faiss) are imported inside the command
+that needs them so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastif_core.config import InfluenceConfig, KnnConfig, LissaConfig, PrepareConfig, TrainConfig, help_of
+from fastif_core.errors import FastifError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _workspace_arg(p: argparse.ArgumentParser) -> None:
+    from fastif_core.workspace import default_workspace
+
+    p.add_argument(
+        "--workspace",
+        "-w",
+        type=Path,
+        default=default_workspace(),
+        help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)",
+    )
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if present, else cpu), cpu, cuda:N"
+    )
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="import data, fine-tune the model, store predictions, build the kNN index",
+        description="Turn a data source and a model into a ready workspace. Re-running with the same "
+        "arguments reuses what is already there.",
+    )
+    _workspace_arg(p)
+    d, t = PrepareConfig(), TrainConfig()
+    p.add_argument("--train", default=d.train, help=help_of(PrepareConfig, "train"))
+    p.add_argument(
+        "--eval",
+        dest="evals",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="evaluation source (repeatable): a file path or hf:<dataset>[:<split>]",
+    )
+    p.add_argument("--max-train", type=int, default=None, help=help_of(PrepareConfig, "max_train"))
+    p.add_argument("--holdout", type=float, default=d.holdout, help=help_of(PrepareConfig, "holdout"))
+    p.add_argument("--demo-size", type=int, default=d.demo_size, help=help_of(PrepareConfig, "demo_size"))
+    p.add_argument("--model", default=None, help=help_of(PrepareConfig, "model"))
+    p.add_argument("--epochs", type=float, default=t.epochs, help=help_of(TrainConfig, "epochs"))
+    p.add_argument("--batch-size", type=int, default=t.batch_size, help=help_of(TrainConfig, "batch_size"))
+    p.add_argument("--lr", type=float, default=t.lr, help=help_of(TrainConfig, "lr"))
+    p.add_argument(
+        "--weight-decay", type=float, default=t.weight_decay, help=help_of(TrainConfig, "weight_decay")
+    )
+    p.add_argument(
+        "--freeze-layers", type=int, default=t.freeze_layers, help=help_of(TrainConfig, "freeze_layers")
+    )
+    p.add_argument("--max-length", type=int, default=t.max_length, help=help_of(TrainConfig, "max_length"))
+    p.add_argument(
+        "--labels", type=int, choices=(2, 3), default=t.labels, help=help_of(TrainConfig, "labels")
+    )
+    p.add_argument("--seed", type=int, default=t.seed, help=help_of(TrainConfig, "seed"))
+    p.add_argument("--neighbors", type=int, default=d.neighbors, help=help_of(PrepareConfig, "neighbors"))
+    p.add_argument("--index", default=KnnConfig().index, help=help_of(KnnConfig, "index"))
+    _device_arg(p)
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_prepare)
+
+
+def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
+    train = TrainConfig(
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        freeze_layers=a.freeze_layers,
+        max_length=a.max_length,
+        seed=a.seed,
+        labels=a.labels,
+    )
+    return PrepareConfig(
+        train=a.train,
+        evals=tuple(a.evals),
+        max_train=a.max_train,
+        holdout=a.holdout,
+        model=a.model,
+        train_config=train,
+        neighbors=a.neighbors,
+        knn=KnnConfig(index=a.index),
+        demo_size=a.demo_size,
+    ).validate()
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from fastif_core.device import resolve_device
+    from fastif_core.prepare import prepare
+
+    manifest = prepare(a.workspace, prepare_config_from_args(a), device=str(resolve_device(a.device)))
+    if a.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print(format_manifest(manifest))
+    return 0
+
+
+def format_manifest(m: dict[str, Any]) -> str:
+    """Accuracy per eval set and per slice, as aligned text."""
+    lines = [
+        f"workspace ready ({'reused' if m.get('reused') else 'built'} in {m.get('seconds', 0):.1f} s): "
+        f"{m['num_train']} training examples, model {m['model_id']}"
+    ]
+    for name, rep in m.get("accuracy", {}).items():
+        lines.append(f"  {name:<32} n={rep['n']:<6} accuracy {rep['accuracy']:.3f}")
+        for key, groups in rep.get("slices", {}).items():
+            for value, g in groups.items():
+                lines.append(f"      {key}={value:<30} n={g['n']:<6} accuracy {g['accuracy']:.3f}")
+    return "\n".join(lines)
+
+
+def _add_examples(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("examples", help="list examples with their labels and predictions")
+    _workspace_arg(p)
+    p.add_argument("--dataset", help="only this dataset (e.g. demo, demo-hans, mnli)")
+    p.add_argument("--split", help="only this split (train, heldout, challenge, ...)")
+    p.add_argument("--incorrect", action="store_true", help="only examples the model gets wrong")
+    p.add_argument("--limit", type=int, default=20, help="at most this many rows (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON (one object with a list of examples)")
+    p.set_defaults(func=cmd_examples)
+
+
+def cmd_examples(a: argparse.Namespace) -> int:
+    from fastif_core.query import list_examples
+
+    rows = list_examples(a.workspace, dataset=a.dataset, split=a.split, incorrect=a.incorrect, limit=a.limit)
+    if a.json:
+        print(json.dumps({"examples": rows}, indent=2))
+        return 0
+    for r in rows:
+        mark = "" if r.get("correct") in (None, True) else "  ✗"
+        print(
+            f"{r['id']:<24} {r['dataset']}/{r['split']:<10} gold={r['label']:<15} pred={r.get('predicted')}{mark}"
+        )
+    return 0
+
+
+def _add_influence(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "influence",
+        help="most helpful and harmful training examples for one example",
+        description="Influence I(z, z_test) = -grad L(z_test)^T H^-1 grad L(z): negative = helpful, "
+        "positive = harmful. Fast mode scores the k nearest training examples with the fast s_test "
+        "preset; --full scores every training example with the original preset.",
+    )
+    _workspace_arg(p)
+    f = LissaConfig.fast()
+    p.add_argument("--example", required=True, help="example id (see `fastif examples`)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--k", type=int, default=InfluenceConfig().k, help=help_of(InfluenceConfig, "k"))
+    mode.add_argument(
+        "--full", action="store_true", help="score all training examples (original s_test preset)"
+    )
+    p.add_argument(
+        "--depth", type=int, default=None, help=f"{help_of(LissaConfig, 'depth')} (default {f.depth})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"{help_of(LissaConfig, 'batch_size')} (default {f.batch_size}; --full: 128)",
+    )
+    p.add_argument("--repeats", type=int, default=None, help=f"{help_of(LissaConfig, 'repeats')} (default 1)")
+    p.add_argument("--damping", type=float, default=f.damping, help=help_of(LissaConfig, "damping"))
+    p.add_argument("--scale", type=float, default=f.scale, help=help_of(LissaConfig, "scale"))
+    p.add_argument("--tolerance", type=float, default=f.tolerance, help=help_of(LissaConfig, "tolerance"))
+    p.add_argument("--seed", type=int, default=f.seed, help=help_of(LissaConfig, "seed"))
+    p.add_argument("--top", type=int, default=InfluenceConfig().top, help=help_of(InfluenceConfig, "top"))
+    _device_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_influence)
+
+
+def influence_config_from_args(a: argparse.Namespace) -> InfluenceConfig:
+    """--full switches to all candidates and the original s_test preset; explicit flags override presets."""
+    preset = LissaConfig.original() if a.full else LissaConfig.fast()
+    given = {"depth": a.depth, "batch_size": a.batch_size, "repeats": a.repeats}
+    lissa = dataclasses.replace(
+        preset,
+        **{k: v for k, v in given.items() if v is not None},
+        damping=a.damping,
+        scale=a.scale,
+        tolerance=a.tolerance,
+        seed=a.seed,
+    )
+    return InfluenceConfig(lissa=lissa, k=None if a.full else a.k, top=a.top).validate()
+
+
+def cmd_influence(a: argparse.Namespace) -> int:
+    from fastif_core.device import resolve_device
+    from fastif_core.query import influence_query
+
+    cfg = influence_config_from_args(a)
+    result = influence_query(
+        a.workspace, a.example, cfg, device=str(resolve_device(a.device)), show_progress=True
+    )
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_influence(result))
+    return 0
+
+
+def format_influence(r: dict[str, Any]) -> str:
+    s = r["seconds"]
+    lines = [
+        f"example {r['example_id']}: {r['num_candidates']} candidates, {s['total']:.2f} s "
+        f"(knn {s['knn']:.2f}, s_test {s['s_test']:.2f}, scoring {s['scoring']:.2f})"
+        + (" [cached]" if r["cached"] else "")
+    ]
+    for title, rows in (("most helpful (negative)", r["helpful"]), ("most harmful (positive)", r["harmful"])):
+        lines.append(f"{title}:")
+        for row in rows:
+            lines.append(
+                f"  {row['influence']:+.4e}  {row['train_id']:<20} [{row['label']}] "
+                f"{row['premise']} || {row['hypothesis']}"
+            )
+    return "\n".join(lines)
+
+
+def _add_corpus(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("corpus", help="write the built-in corpus's challenge set in the official HANS format")
+    p.add_argument("--out", type=Path, required=True, help="output file, e.g. heuristics_evaluation_set.txt")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.set_defaults(func=cmd_corpus)
+
+
+def cmd_corpus(a: argparse.Namespace) -> int:
+    from fastif_core.data.demo import demo_corpus, write_hans_format
+
+    challenge = demo_corpus(seed=a.seed)["challenge"]
+    write_hans_format(challenge, a.out)
+    print(f"wrote {len(challenge)} HANS-format examples to {a.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastif", description="Fast influence functions (FastIF) for transformer NLP models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_examples, _add_influence, _add_corpus):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FastifError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

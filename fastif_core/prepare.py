@@ -1,0 +1,293 @@
+"""``fastif prepare``: data and a model in, a ready workspace out.
+
+Steps (each skipped when its result is already there for the same configuration, so a re-run with the
+same arguments reuses everything): import examples into the store → fine-tune (or reuse) the model →
+store predictions for every example → pooled features and the FAISS index over the training set →
+store each example's nearest training neighbours → manifest with accuracy per eval set and per slice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fastif_core.config import PrepareConfig, config_hash, to_dict
+from fastif_core.data.loaders import load_source
+from fastif_core.data.records import HANS_LABELS, NLIExample, labels_for, to_two_way
+from fastif_core.errors import WorkspaceError
+from fastif_core.store import Store
+from fastif_core.store.records import PredictionIn
+from fastif_core.workspace import WorkspacePaths, prepare_hash, read_manifest, write_manifest
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class PreparedData:
+    """The examples of a workspace: the training set (in FAISS position order) and evaluation sets."""
+
+    train: list[NLIExample]
+    evals: dict[str, list[NLIExample]] = field(default_factory=dict)  # name → examples
+    skipped: dict[str, int] = field(default_factory=dict)  # source → rows without a consensus label
+    sources: dict[str, str] = field(default_factory=dict)  # dataset name → the source it came from
+
+    def all_examples(self) -> list[NLIExample]:
+        return self.train + [ex for exs in self.evals.values() for ex in exs]
+
+
+def split_train_source(examples: list[NLIExample], cfg: PrepareConfig) -> tuple[list, list]:
+    """Shuffle with the seed, hold out ``cfg.holdout`` of the source, cap training at ``cfg.max_train``."""
+    rows = list(examples)
+    random.Random(cfg.train_config.seed).shuffle(rows)
+    n_hold = int(round(cfg.holdout * len(rows)))
+    held, train = rows[:n_hold], rows[n_hold:]
+    if cfg.max_train is not None:
+        train = train[: cfg.max_train]
+    if len(train) < 2:
+        raise WorkspaceError(
+            f"training source {cfg.train!r} leaves {len(train)} training examples; need >= 2"
+        )
+    return train, held
+
+
+def collect_data(cfg: PrepareConfig) -> PreparedData:
+    """Load the training source (and its hold-out) and every evaluation source as records."""
+    skipped: dict[str, int] = {}
+    if cfg.train == "demo":
+        from fastif_core.data.demo import demo_corpus
+
+        corpus = demo_corpus(
+            seed=cfg.train_config.seed,
+            train_size=cfg.demo_size,
+            dev_size=max(20, cfg.demo_size // 5),
+            per_subcase=max(2, cfg.demo_size // 130),
+            augment_size=max(10, cfg.demo_size // 10),
+        )
+        source = corpus.pop("train")
+        evals = {_eval_name(exs): exs for exs in corpus.values() if exs}
+    else:
+        loaded = load_source(cfg.train)
+        skipped[cfg.train] = loaded.skipped_no_consensus
+        source, evals = loaded.examples, {}
+    train, held = split_train_source(source, cfg)
+    train = [_with_split(ex, "train") for ex in train]
+    if held:
+        evals[_eval_name(held, "heldout")] = [_with_split(ex, "heldout") for ex in held]
+    sources = {ex.dataset: cfg.train for exs in [train, *evals.values()] for ex in exs[:1]}
+    for src in cfg.evals:
+        loaded = load_source(src)
+        skipped[src] = loaded.skipped_no_consensus
+        evals.setdefault(_eval_name(loaded.examples), []).extend(loaded.examples)
+        sources.setdefault(loaded.examples[0].dataset, src)
+    data = PreparedData(train=train, evals=evals, skipped=skipped, sources=sources)
+    return to_label_scheme(data, cfg.train_config.labels)
+
+
+def to_label_scheme(data: PreparedData, num_labels: int) -> PreparedData:
+    """For a 2-way model every example is relabelled entailment / non-entailment (3-way stays as is)."""
+    if num_labels == 3:
+        return data
+    two = lambda exs: [replace(ex, label=to_two_way(ex.label)) for ex in exs]  # noqa: E731
+    return replace(data, train=two(data.train), evals={k: two(v) for k, v in data.evals.items()})
+
+
+def _with_split(ex: NLIExample, split: str) -> NLIExample:
+    return ex if ex.split == split else replace(ex, split=split)
+
+
+def _eval_name(examples: list[NLIExample], split: str | None = None) -> str:
+    ex = examples[0]
+    return f"{ex.dataset}/{split or ex.split}"
+
+
+def accuracy_report(
+    examples: list[NLIExample], predicted: dict[str, str], slice_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Accuracy of ``predicted`` (id → label, already in each example's label scheme) overall and per slice."""
+    total = [ex for ex in examples if ex.id in predicted]
+    correct = sum(predicted[ex.id] == ex.label for ex in total)
+    report: dict[str, Any] = {"n": len(total), "accuracy": correct / max(len(total), 1), "slices": {}}
+    for key in slice_keys:
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for ex in total:
+            value = ex.label if key == "label" else ex.slices.get(key)
+            if value is not None:
+                groups[value].append(predicted[ex.id] == ex.label)
+        if groups:
+            report["slices"][key] = {
+                v: {"n": len(hits), "accuracy": sum(hits) / len(hits)} for v, hits in sorted(groups.items())
+            }
+    return report
+
+
+def predicted_label(probs: list[float], model_labels: tuple[str, ...], example: NLIExample) -> str:
+    """The predicted label in the example's own scheme (3-way models on 2-way data: n/c → non-entailment)."""
+    best = model_labels[max(range(len(probs)), key=probs.__getitem__)]
+    if example.label in HANS_LABELS and len(model_labels) == 3:
+        return to_two_way(best)
+    return best
+
+
+def model_key(cfg: PrepareConfig, train: list[NLIExample]) -> str:
+    """Hash of what determines the fine-tuned weights: base model, training config, training ids."""
+    return config_hash(
+        {
+            "model": cfg.model or "packaged-minilm",
+            "train": to_dict(cfg.train_config),
+            "ids": [e.id for e in train],
+        }
+    )
+
+
+SLICES = ("label", "genre", "heuristic", "subcase")
+
+
+def prepare(
+    root: str | Path, cfg: PrepareConfig, *, device: str = "cpu", progress: Progress | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Build (or reuse) the workspace at ``root`` for ``cfg``; returns the manifest (also in workspace.json)."""
+    cfg.validate()
+    paths = WorkspacePaths(Path(root))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    old, phash = read_manifest(paths.root), prepare_hash(cfg)
+    if old and old.get("status") == "ready" and old.get("prepare_hash") == phash and paths.index.exists():
+        return {**old, "reused": True}
+    report = progress or (lambda f, m: None)
+    started = time.perf_counter()
+    report(0.0, "loading data")
+    data = collect_data(cfg)
+    store = Store.open(paths.root)
+    try:
+        import_examples(store, data, cfg)
+        report(0.05, f"imported {len(data.all_examples())} examples")
+        model, tokenizer, model_info, train_seconds = fit_model(
+            store, paths, data, cfg, device, report, show_progress
+        )
+        manifest = index_and_predict(store, paths, data, cfg, model, tokenizer, model_info, device, report)
+    finally:
+        store.close()
+    manifest.update(
+        status="ready", prepare_hash=phash, prepare_config=to_dict(cfg), reused=False,
+        seconds=time.perf_counter() - started, train_seconds=train_seconds, skipped_no_consensus=data.skipped,
+    )  # fmt: skip
+    write_manifest(paths.root, manifest)
+    report(1.0, "workspace ready")
+    return manifest
+
+
+def import_examples(store: Store, data: PreparedData, cfg: PrepareConfig) -> None:
+    """Datasets, examples and the training-set order (FAISS position ↔ example id) into the store."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for ex in data.all_examples():
+        seen[ex.dataset].add(ex.label)
+    for name, labels in sorted(seen.items()):
+        two_way = labels <= set(HANS_LABELS)
+        scheme, names = ("hans", HANS_LABELS) if two_way else ("mnli", labels_for(3))
+        store.upsert_dataset(name, label_scheme=scheme, labels=list(names), source=data.sources.get(name))
+    store.add_examples(data.all_examples())
+    store.set_training_set([ex.id for ex in data.train])
+
+
+def fit_model(
+    store: Store, paths: WorkspacePaths, data: PreparedData, cfg: PrepareConfig, device: str, report: Progress,
+    show_progress: bool,
+) -> tuple[Any, Any, Any, float]:  # fmt: skip
+    """Fine-tune the classifier on the training set, or reuse the checkpoint trained with the same key."""
+    from fastif_core import model as M
+
+    key, tc = model_key(cfg, data.train), cfg.train_config
+    known = store.find_model(config_hash=key)
+    if known is not None and (Path(known.checkpoint_path) / M.TRAIN_META).exists():
+        model, tokenizer, _, _ = M.load_checkpoint(known.checkpoint_path, device)
+        return model, tokenizer, known, 0.0
+    model, tokenizer = M.load_classifier(cfg.model or M.default_model_path(), tc.labels, device, seed=tc.seed)
+    M.freeze_layers(model, tc.freeze_layers)
+    train = M.encode(tokenizer, data.train, labels_for(tc.labels), tc.max_length)
+    started = time.perf_counter()
+    metrics = M.train_classifier(
+        model, train, tc, device, progress=show_progress,
+        on_progress=lambda f, m: report(0.05 + 0.75 * f, f"fine-tuning: {m}"),
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    M.save_checkpoint(model, tokenizer, paths.model_dir, tc, metrics)
+    info = store.get_or_create_model(
+        f"{Path(cfg.model or 'minilm').name}-ft-{key[:8]}", paths.model_dir, tc, labels_for(tc.labels),
+        metrics=metrics, config_hash=key,
+    )  # fmt: skip
+    return model.eval(), tokenizer, info, seconds
+
+
+def index_and_predict(
+    store: Store, paths: WorkspacePaths, data: PreparedData, cfg: PrepareConfig, model: Any, tokenizer: Any,
+    info: Any, device: str, report: Progress,
+) -> dict[str, Any]:  # fmt: skip
+    """Predictions and pooled features for every example, the FAISS index, neighbours, accuracy."""
+    from fastif_core import model as M
+    from fastif_core.knn import KnnIndex
+
+    examples, labels = data.all_examples(), tuple(info.label_names)
+    report(0.8, f"predicting {len(examples)} examples")
+    encoded = M.encode(
+        tokenizer, [_in_scheme(ex, labels) for ex in examples], labels, cfg.train_config.max_length
+    )
+    probs, feats = M.infer(model, encoded, batch_size=64, device=device, features=True)
+    predicted = {
+        ex.id: predicted_label(p, labels, ex) for ex, p in zip(examples, probs.tolist(), strict=True)
+    }
+    store.save_predictions(info.id, [
+        PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
+        for ex, p in zip(examples, probs.tolist(), strict=True)
+    ])  # fmt: skip
+    report(0.92, "building the kNN index")
+    n_train = len(data.train)
+    index = KnnIndex.build(feats[:n_train], cfg.knn)
+    index.save(paths.index)
+    save_features(paths.features, feats, [ex.id for ex in examples])
+    store.save_neighbors(info.id, neighbors_of(index, feats, examples, n_train, cfg.neighbors))
+    return {
+        "model_id": info.id, "num_train": n_train, "num_examples": len(examples),
+        "labels": list(labels), "feature_dim": int(feats.shape[1]),
+        "accuracy": {name: accuracy_report(exs, predicted, SLICES) for name, exs in data.evals.items()},
+        "train_accuracy": accuracy_report(data.train, predicted)["accuracy"],
+    }  # fmt: skip
+
+
+def _in_scheme(ex: NLIExample, labels: tuple[str, ...]) -> NLIExample:
+    """2-way examples encoded for a 3-way model get a placeholder label (their loss is handled separately)."""
+    return ex if ex.label in labels else replace(ex, label=labels[-1])
+
+
+def neighbors_of(
+    index: Any, feats: Any, examples: list[NLIExample], n_train: int, k: int
+) -> dict[str, list[tuple[str, float]]]:
+    """Each example's ``k`` nearest training examples (a training example is not its own neighbour)."""
+    k_eff = min(k + 1, n_train)
+    dist, pos = index.search(feats, k_eff)
+    out: dict[str, list[tuple[str, float]]] = {}
+    for row, ex in enumerate(examples):
+        pairs = [(examples[p].id, float(d)) for d, p in zip(dist[row].tolist(), pos[row].tolist(), strict=True)
+                 if p >= 0 and not (row < n_train and p == row)]  # fmt: skip
+        out[ex.id] = pairs[:k]
+    return out
+
+
+def save_features(path: Path, feats: Any, ids: list[str]) -> None:
+    """Pooled features of every example, ids in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    save_file({"features": feats.contiguous()}, str(path), metadata={"ids": json.dumps(ids)})
+
+
+def load_features(path: Path) -> tuple[Any, list[str]]:
+    """``(features (N, d), ids)`` as saved by :func:`save_features`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("features"), json.loads(f.metadata()["ids"])
