@@ -1,0 +1,235 @@
+"""The dashboard's pages through ``streamlit.testing.v1.AppTest`` on a real tiny workspace.
+
+No mocks of fastif_core: the workspace is built with the real pipeline, jobs go through the real
+queue, and the assertions compare what the page shows with what the store holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from fastif_core.config import InfluenceConfig, LissaConfig, to_dict
+from fastif_core.store import ExampleFilter, Store
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app" / "dashboard.py")
+EXAMPLE_PAGE = "views/example.py"
+JOBS_PAGE = "views/jobs.py"
+TIMEOUT = 60
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_workspace import build_tiny_workspace, store_run  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny prepared workspace for the whole session (built by the real prepare pipeline)."""
+    return build_tiny_workspace(tmp_path_factory.mktemp("app_ws") / "ws")
+
+
+@pytest.fixture
+def app_env(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The app pointed at the tiny workspace, with no auto-started worker; fresh query caches."""
+    monkeypatch.setenv("FASTIF_WORKSPACE", str(workspace))
+    monkeypatch.setenv("FASTIF_AUTOSTART_WORKER", "0")
+    st.cache_data.clear()
+    store = Store.open(workspace)
+    yield store
+    store.close()
+
+
+def _app(**query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [e.value for e in (*at.info, *at.error, *at.warning, *at.success)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_browse_shows_every_example_with_counts_and_accuracy(app_env: Store) -> None:
+    at = _ok(_app())
+    summary = app_env.summarize_examples()
+    metrics = _metrics(at)
+    assert metrics["Matching examples"] == f"{summary.count:,}"
+    assert metrics["Correct"] == f"{summary.correct:,}"
+    assert metrics["Accuracy"] == f"{summary.accuracy:.1%}"
+    table = at.dataframe[0].value
+    assert len(table) == summary.count and set(table["id"]) == {
+        r.id for r in app_env.query_examples(limit=None)
+    }
+
+
+def test_filters_narrow_the_table(app_env: Store) -> None:
+    at = _ok(_app())
+    split = "challenge"
+    _ok(at.multiselect(key="f_split").set_value([split]).run())
+    table = at.dataframe[0].value
+    expected = app_env.query_examples(ExampleFilter(split=split), limit=None)
+    assert 0 < len(table) < app_env.summarize_examples().count
+    assert set(table["id"]) == {r.id for r in expected} and set(table["split"]) == {split}
+    _ok(at.segmented_control(key="f_correct").set_value("Incorrect").run())
+    table = at.dataframe[0].value
+    wrong = app_env.summarize_examples(ExampleFilter(split=split, correct=False))
+    assert len(table) == wrong.count and not table["correct"].any()
+    assert _metrics(at)["Accuracy"] == "0.0%"
+    word = expected[0].premise.split()[1]
+    _ok(at.segmented_control(key="f_correct").set_value("All").run())
+    _ok(at.text_input(key="f_search").set_value(word).run())
+    table = at.dataframe[0].value
+    assert len(table) == app_env.summarize_examples(ExampleFilter(split=split, search=word)).count
+    assert all(
+        word.lower() in (p + " " + h).lower()
+        for p, h in zip(table["premise"], table["hypothesis"], strict=True)
+    )
+
+
+def test_deep_link_opens_the_example(app_env: Store) -> None:
+    ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1)[0]
+    at = _ok(_app(example=ex.id))
+    text = _texts(at)
+    assert ex.id in text and ex.premise.split()[0] in text
+    assert f"Gold label {ex.label}" in text.replace(":orange-badge[", "").replace(
+        ":green-badge[", ""
+    ).replace("]", "")
+    assert len(at.get("vega_lite_chart")) == 1  # class probabilities
+    neighbors = at.dataframe[0].value
+    model_id = json.loads((Path(os.environ["FASTIF_WORKSPACE"]) / "workspace.json").read_text())["model_id"]
+    assert list(neighbors["id"]) == [n.train_id for n in app_env.get_neighbors(model_id, ex.id)]
+    assert [b.label for b in at.button] == ["Compute influence"]
+
+
+def test_unknown_example_in_the_url_is_explained(app_env: Store) -> None:
+    at = _ok(_app(example="no-such-example"))
+    assert any("no example with id `no-such-example`" in e.value for e in at.error)
+
+
+def test_compute_influence_twice_creates_one_job(app_env: Store) -> None:
+    ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1, offset=3)[0]
+    at = _ok(_app(example=ex.id))
+    before = [j for j in app_env.list_jobs(kind="influence") if j.params["example_id"] == ex.id]
+    _ok(at.button[0].click().run())
+    _ok(at.button[0].click().run())
+    after = [j for j in app_env.list_jobs(kind="influence") if j.params["example_id"] == ex.id]
+    assert len(before) == 0 and len(after) == 1
+    job = after[0]
+    assert job.status == "queued" and job.params["config"]["lissa"] == to_dict(LissaConfig.fast())
+    assert f"Job **#{job.id}**" in _texts(at)
+    assert any("No background worker is alive" in w.value for w in at.warning)
+    app_env.cancel_job(job.id)
+
+
+def test_stored_results_show_at_once_with_links_and_exports(app_env: Store, workspace: Path) -> None:
+    ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1, offset=1)[0]
+    cfg = InfluenceConfig(lissa=LissaConfig.fast(depth=10), k=12, top=3)
+    run = store_run(workspace, ex.id, cfg)
+    at = _ok(_app(example=ex.id))
+    text = _texts(at)
+    assert "Most helpful" in text and "Most harmful" in text
+    for s in run.helpful(3) + run.harmful(3):
+        assert f"{s.value:+.3e}" in text
+    links = at.get("page_link")
+    assert {link.proto.query_string for link in links} >= {
+        f"example={s.train_id}".replace(":", "%3A") for s in run.helpful(3)
+    }
+    downloads = at.get("download_button")
+    assert len(downloads) == 2
+
+
+def test_jobs_page_lists_failed_job_error_and_cancels(app_env: Store) -> None:
+    ex = app_env.query_examples(limit=1)[0]
+    failing = app_env.enqueue_job("influence", {"example_id": ex.id, "config": {"k": 0}, "model_id": None})
+    claimed = app_env.claim_job("test-owner")
+    assert claimed is not None and claimed.id == failing.id
+    app_env.fail_job(failing.id, "test-owner", "k=0 is invalid: allowed an integer >= 1")
+    queued = app_env.enqueue_job("influence", {"example_id": ex.id, "config": {"k": 3}, "model_id": None})
+    at = _app()
+    at.switch_page(JOBS_PAGE)
+    _ok(at.run())
+    table = at.dataframe[0].value
+    assert {failing.id, queued.id} <= set(table["id"])
+    assert any("k=0 is invalid" in e.value for e in at.error)
+    _ok(at.selectbox[0].set_value(queued.id).run())
+    _ok(at.button(key="FormSubmitter:cancel_form-Cancel job").click().run())
+    assert app_env.get_job(queued.id).status == "cancelled"
+
+
+def test_unprepared_workspace_offers_to_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "fresh"
+    monkeypatch.setenv("FASTIF_WORKSPACE", str(root))
+    monkeypatch.setenv("FASTIF_AUTOSTART_WORKER", "0")
+    st.cache_data.clear()
+    at = _ok(_app())
+    assert any("is not prepared yet" in i.value for i in at.info)
+    assert "fastif prepare --workspace" in at.code[0].value
+    _ok(at.button[0].click().run())
+    _ok(at.run())
+    with Store.open(root) as store:
+        jobs = store.list_jobs(kind="prepare")
+    assert len(jobs) == 1 and jobs[0].params["train"] == "demo"
+    assert f"Job **#{jobs[0].id}**" in _texts(at)
+
+
+def test_app_starts_a_worker_when_none_is_alive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "autostart"
+    monkeypatch.setenv("FASTIF_WORKSPACE", str(root))
+    monkeypatch.setenv("FASTIF_AUTOSTART_WORKER", "1")
+    monkeypatch.setenv("FASTIF_WORKER_DEVICES", "cpu:1")
+    st.cache_data.clear()
+    at = _ok(_app())
+    assert "worker started" in _texts(at)
+    assert any("started one in the background" in t.value for t in at.toast)
+    with Store.open(root) as store:
+        pid = _wait_for_worker_pid(store)
+    try:
+        assert "worker running" in _texts(_ok(_app()))
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+def _wait_for_worker_pid(store: Store, limit_s: float = 90.0) -> int:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        alive = store.list_workers(alive_within_s=30)
+        if alive:
+            return alive[0].pid
+        time.sleep(0.5)
+    raise AssertionError(f"the auto-started worker never registered (see {store.url} and worker.log)")
+
+
+def test_app_process_never_imports_torch(workspace: Path) -> None:
+    code = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout={TIMEOUT}).run()\n"
+        "assert not at.exception, at.exception\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "FASTIF_WORKSPACE": str(workspace), "FASTIF_AUTOSTART_WORKER": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
