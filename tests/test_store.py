@@ -9,7 +9,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
-from fastif_core.config import InfluenceConfig, config_hash
+from fastif_core.config import InfluenceConfig, config_hash, to_dict
 from fastif_core.data.records import NLIExample
 from fastif_core.errors import LeaseLostError, WorkspaceError
 from fastif_core.store import ExampleFilter, PredictionIn, Store, head_revision
@@ -314,3 +314,13 @@ def test_app_results_unique_per_config_and_bench_appends(filled):
 def test_claim_statement_uses_skip_locked_on_postgresql():
     sql = str(_claimable(utcnow(), ["influence"]).compile(dialect=postgresql.dialect()))
     assert "FOR UPDATE SKIP LOCKED" in sql and "LIMIT" in sql
+
+
+def test_influence_run_under_a_caller_chosen_key(filled):
+    store, exs, model, _ = filled
+    cfg = InfluenceConfig(k=2, top=1)
+    run_id = store.save_influence_run(model.id, exs[0].id, cfg, [(exs[1].id, 0.2), (exs[2].id, -0.2)],
+                                      config_hash="without-top")  # fmt: skip
+    assert store.find_influence_run(model.id, exs[0].id, "without-top").id == run_id
+    assert store.find_influence_run(model.id, exs[0].id, config_hash(cfg)) is None
+    assert store.get_influence_run(run_id).config == {**to_dict(cfg)}

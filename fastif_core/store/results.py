@@ -135,10 +135,14 @@ def find_run(s: Session, model_id: int, example_id: str, digest: str) -> Influen
 def save_run(
     s: Session, model_id: int, example_id: str, config: Any, scores: Mapping[str, float] | Sequence[tuple[str, float]],
     num_candidates: int | None, timings: Mapping[str, Any] | None, s_test_stats: Mapping[str, Any] | None,
-    job_id: int | None,
+    job_id: int | None, key: str | None = None,
 ) -> InfluenceRun:  # fmt: skip
-    """Write a run and all its scores, or return the run already stored under the same key."""
+    """Write a run and all its scores, or return the run already stored under the same key.
+
+    ``key`` overrides the config hash (e.g. one that ignores display-only fields such as ``top``).
+    """
     cfg, digest = as_config(config)
+    digest = key or digest
     existing = find_run(s, model_id, example_id, digest)
     if existing is not None:
         return existing

@@ -274,17 +274,19 @@ class Store(QueueMethods):
         self, model_id: int, example_id: str, config: Any, scores: Mapping[str, float] | Sequence[tuple[str, float]],
         *, num_candidates: int | None = None, timings: Mapping[str, Any] | None = None,
         s_test_stats: Mapping[str, Any] | None = None, job_id: int | None = None, owner: str | None = None,
+        config_hash: str | None = None,
     ) -> int:  # fmt: skip
         """Store a run and all its scores atomically; returns the run id.
 
-        ``config`` is the InfluenceConfig (or its dict); ranks are assigned by value ascending. With
+        ``config`` is the InfluenceConfig (or its dict), stored under ``config_hash`` (default: the hash
+        of ``config``, see ``fastif_core.config.config_hash``); ranks are assigned by value ascending. With
         ``job_id``/``owner`` the job is marked done (``result={"influence_run_id": id}``) in the same
         transaction, and LeaseLostError is raised (nothing written) if ``owner`` lost the job. A
         run already stored under the same key is returned as is (retried writes are idempotent).
         """
         return self._write_for_job(
             lambda s: res.save_run(s, model_id, example_id, config, scores, num_candidates, timings, s_test_stats,
-                                   job_id).id,
+                                   job_id, config_hash).id,
             lambda run_id: {"influence_run_id": run_id}, job_id, owner,
         )  # fmt: skip
 
@@ -304,15 +306,17 @@ class Store(QueueMethods):
     # ---- application results ----------------------------------------------------------------------
     def save_app_result(
         self, app: str, config: Any, result: Mapping[str, Any], *, model_id: int | None = None,
-        kind: str = "default", job_id: int | None = None, owner: str | None = None,
+        kind: str = "default", job_id: int | None = None, owner: str | None = None, config_hash: str | None = None,
     ) -> AppResultInfo:  # fmt: skip
         """Store a result of app "graph", "correction" or "bench" (the latter always appended).
 
-        Graph and correction results are unique per (model, kind, config): a repeat returns the stored
-        one. With ``job_id``/``owner`` the job is done in the same transaction (``{"<app>_id": id}``).
+        Graph and correction results are unique per (model, kind, config hash; default: hash of
+        ``config``): a repeat returns the stored one. With ``job_id``/``owner`` the job is done in the
+        same transaction (``result={"<app>_id": id}``).
         """
         return self._write_for_job(
-            lambda s: res.app_info(app, res.save_app_result(s, app, model_id, config, result, kind, job_id)),
+            lambda s: res.app_info(app, res.save_app_result(s, app, model_id, config, result, kind, job_id,
+                                                            config_hash)),
             lambda info: {f"{app}_id": info.id}, job_id, owner,
         )  # fmt: skip
 
