@@ -300,6 +300,8 @@ def test_app_results_unique_per_config_and_bench_appends(filled):
     g2 = store.save_app_result("graph", {"top": 5}, {"nodes": [9]}, model_id=model.id)
     assert g1.id == g2.id and g2.result == {"nodes": [1, 2]}
     assert store.find_app_result("graph", config_hash({"top": 5}), model_id=model.id).id == g1.id
+    g3 = store.save_app_result("graph", {"top": 5, "seed": 1}, {}, model_id=model.id, config_hash="k")
+    assert store.find_app_result("graph", "k", model_id=model.id).id == g3.id != g1.id
     c = store.save_app_result(
         "correction", {"m": 10}, {"before": 0.5, "after": 0.6}, model_id=model.id, kind="remove"
     )

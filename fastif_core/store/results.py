@@ -200,16 +200,12 @@ def find_app_result(s: Session, app: str, model_id: int | None, kind: str, diges
 
 
 def save_app_result(
-    s: Session,
-    app: str,
-    model_id: int | None,
-    config: Any,
-    result: Mapping[str, Any],
-    kind: str,
-    job_id: int | None,
-) -> Any:
-    """Store an application result; graphs and correction runs are unique per (model, kind, config)."""
+    s: Session, app: str, model_id: int | None, config: Any, result: Mapping[str, Any], kind: str,
+    job_id: int | None, key: str | None = None,
+) -> Any:  # fmt: skip
+    """Store an application result; graphs and correction runs are unique per (model, kind, config hash)."""
     table, (cfg, digest) = app_table(app), as_config(config)
+    digest = key or digest
     if app != "bench" and (existing := find_app_result(s, app, model_id, kind, digest)) is not None:
         return existing
     if app == "bench" and model_id is not None:
