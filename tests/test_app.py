@@ -19,6 +19,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from fastif_core.config import InfluenceConfig, LissaConfig, to_dict
+from fastif_core.query import influence_query
 from fastif_core.store import ExampleFilter, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,13 +29,13 @@ JOBS_PAGE = "views/jobs.py"
 TIMEOUT = 60
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_workspace import build_tiny_workspace, store_run  # noqa: E402
+from factories import make_tiny_workspace  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny prepared workspace for the whole session (built by the real prepare pipeline)."""
-    return build_tiny_workspace(tmp_path_factory.mktemp("app_ws") / "ws")
+    return make_tiny_workspace(tmp_path_factory.mktemp("app_ws") / "ws")
 
 
 @pytest.fixture
@@ -145,7 +146,8 @@ def test_compute_influence_twice_creates_one_job(app_env: Store) -> None:
 def test_stored_results_show_at_once_with_links_and_exports(app_env: Store, workspace: Path) -> None:
     ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1, offset=1)[0]
     cfg = InfluenceConfig(lissa=LissaConfig.fast(depth=10), k=12, top=3)
-    run = store_run(workspace, ex.id, cfg)
+    answer = influence_query(workspace, ex.id, cfg)  # the real engine, as the worker runs it
+    run = app_env.get_influence_run(answer["run_id"])
     at = _ok(_app(example=ex.id))
     text = _texts(at)
     assert "Most helpful" in text and "Most harmful" in text
