@@ -164,7 +164,8 @@ def _make_index(x: np.ndarray, factory: str) -> Any:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1][:200]
         raise ConfigError(
-            f"index={factory!r} cannot be built over N={n} vectors of dim {d}: {first}"
+            f"index={factory!r} cannot be built over N={n} vectors of dim {d} ({first}); "
+            "approximate indexes need more training vectors than cells: use fewer cells or index='Flat'"
         ) from exc
     return index
 

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,16 +28,13 @@ from transformers.optimization import get_linear_schedule_with_warmup
 
 from fastif_core.batches import EncodedExamples, Examples, length_sorted_chunks, to_device
 from fastif_core.config import TrainConfig, from_dict, to_dict
+from fastif_core.data.records import NLIExample, label_index, labels_for
 from fastif_core.device import DeviceLike, resolve_device
 from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
-
-if TYPE_CHECKING:
-    from fastif_core.data.records import NLIExample
 
 log = logging.getLogger(__name__)
 
 TRAIN_META = "fastif_train.json"
-TWO_WAY_FOLD = {"neutral": "non-entailment", "contradiction": "non-entailment"}
 BUCKET_BATCHES = 50  # length bucketing sorts windows of this many batches, then shuffles the batches
 WARMUP_FRACTION = 0.1
 MAX_GRAD_NORM = 1.0
@@ -124,6 +121,9 @@ def load_classifier(
     except (OSError, ValueError, RuntimeError) as exc:
         raise WorkspaceError(f"{root} cannot be loaded as a sequence classifier: {exc}") from exc
     _report_missing(model, root, info)
+    if num_labels in (2, 3):
+        model.config.id2label = dict(enumerate(labels_for(num_labels)))
+        model.config.label2id = {name: i for i, name in model.config.id2label.items()}
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
@@ -165,24 +165,18 @@ def count_trainable(model: nn.Module) -> int:
 
 
 # -------------------------------------------------------------------------------------------- encoding
-def label_index(label: str, label_names: Sequence[str], where: str = "") -> int:
-    """Position of ``label`` in ``label_names``; in a 2-way scheme neutral/contradiction -> non-entailment."""
-    names = tuple(label_names)
-    if label not in names and "non-entailment" in names:
-        label = TWO_WAY_FOLD.get(label, label)
-    if label not in names:
-        raise DataFormatError(f"{where}label {label!r} is not one of {list(names)}")
-    return names.index(label)
+def _label_of(example: NLIExample, label_names: Sequence[str]) -> int:
+    try:
+        return label_index(example.label, label_names)
+    except DataFormatError as exc:
+        raise DataFormatError(f"example {example.id!r}: {exc}") from exc
 
 
 def encode(
     tokenizer: Any, examples: Sequence[NLIExample], label_names: Sequence[str], max_length: int
 ) -> EncodedExamples:
     """Tokenise premise/hypothesis pairs (truncated to ``max_length``) into unpadded ``EncodedExamples``."""
-    labels = [
-        label_index(ex.label, label_names, f"example {getattr(ex, 'id', i)!r}: ")
-        for i, ex in enumerate(examples)
-    ]
+    labels = [_label_of(ex, label_names) for ex in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if not examples:
         return EncodedExamples([], torch.zeros(0, dtype=torch.long), pad_id, None)

@@ -1,0 +1,130 @@
+"""FAISS kNN index: exact search equals brute force, approximate search, save/load, errors, GPU."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from fastif_core.config import KnnConfig
+from fastif_core.errors import ConfigError, WorkspaceError
+from fastif_core.knn import KnnIndex, faiss_gpu_count
+
+
+def _features(n: int = 500, d: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))  # (N, d)
+
+
+def _brute_force(x: torch.Tensor, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    d2 = torch.cdist(q.double(), x.double()) ** 2  # (Q, N) squared L2
+    dist, pos = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    return dist, pos
+
+
+def test_each_training_example_is_its_own_nearest_neighbour():
+    x = _features()
+    index = KnnIndex.build(x, KnnConfig(use_gpu=False))
+    dist, pos = index.search_by_position(range(len(x)), 1)
+    assert torch.equal(pos[:, 0], torch.arange(len(x)))
+    assert torch.all(dist[:, 0].abs() < 1e-4)
+
+
+def test_exact_index_matches_brute_force_cdist_ranking():
+    x, q = _features(500), _features(40, seed=1)
+    index = KnnIndex.build(x, KnnConfig(use_gpu=False))
+    dist, pos = index.search(q, 10)
+    ref_dist, ref_pos = _brute_force(x, q, 10)
+    assert dist.shape == (40, 10) and pos.dtype == torch.long
+    assert torch.equal(pos, ref_pos)
+    torch.testing.assert_close(dist.double(), ref_dist, rtol=1e-4, atol=1e-4)  # squared L2, as FAISS returns
+
+
+def test_batched_queries_equal_one_by_one(monkeypatch):
+    import fastif_core.knn as knn
+
+    x, q = _features(300), _features(25, seed=2)
+    index = KnnIndex.build(x, KnnConfig(use_gpu=False))
+    whole = index.search(q, 5)
+    monkeypatch.setattr(knn, "QUERY_BATCH", 4)  # 7 FAISS calls instead of 1
+    batched = index.search(q, 5)
+    assert torch.equal(whole[1], batched[1]) and torch.equal(whole[0], batched[0])
+
+
+def test_ivf_factory_string_sets_nprobe_and_probing_all_cells_is_exact():
+    x, q = _features(2000), _features(30, seed=3)
+    approx = KnnIndex.build(x, KnnConfig(index="IVF8,Flat", nprobe=8, use_gpu=False))
+    assert faiss.extract_index_ivf(approx.cpu_index).nprobe == 8
+    assert torch.equal(approx.search(q, 5)[1], _brute_force(x, q, 5)[1])
+    one_cell = KnnIndex.build(x, KnnConfig(index="IVF8,Flat", nprobe=1, use_gpu=False))
+    pos = one_cell.search(q, 5)[1]
+    assert faiss.extract_index_ivf(one_cell.cpu_index).nprobe == 1
+    assert ((pos >= 0) & (pos < 2000)).all()  # valid rows, possibly not the exact neighbours
+
+
+@pytest.mark.parametrize("factory", ["IVF4,SQ8", "PCA16,IVF4,Flat", "HNSW16"])
+def test_approximate_indexes_still_find_each_row_first(factory):
+    x = _features(2000, d=32)
+    index = KnnIndex.build(x, KnnConfig(index=factory, nprobe=4, use_gpu=False))
+    pos = index.search_by_position(range(200), 1)[1]
+    assert (pos[:, 0] == torch.arange(200)).float().mean() > 0.9
+
+
+def test_exclude_self_drops_the_query_row():
+    x = _features(200)
+    index = KnnIndex.build(x, KnnConfig(use_gpu=False))
+    with_self = index.search_by_position([3, 7], 4)
+    without = index.search_by_position([3, 7], 3, exclude_self=True)
+    assert torch.equal(without[1], with_self[1][:, 1:])
+    assert not (without[1] == torch.tensor([[3], [7]])).any()
+
+
+def test_save_load_round_trip(tmp_path):
+    x, q = _features(2000), _features(20, seed=4)
+    index = KnnIndex.build(x, KnnConfig(index="IVF8,Flat", nprobe=2, use_gpu=False))
+    path = index.save(tmp_path / "index.faiss")
+    loaded = KnnIndex.load(path, KnnConfig(nprobe=2, use_gpu=False))
+    assert loaded.ntotal == 2000 and loaded.dim == 16
+    for a, b in zip(index.search(q, 7), loaded.search(q, 7), strict=True):
+        assert torch.equal(a, b)
+    wider = KnnIndex.load(path, KnnConfig(nprobe=8, use_gpu=False))
+    assert faiss.extract_index_ivf(wider.cpu_index).nprobe == 8
+
+
+def test_k_larger_than_n_names_k_and_n():
+    index = KnnIndex.build(_features(50), KnnConfig(use_gpu=False))
+    with pytest.raises(ConfigError, match=r"k=51.*N=50"):
+        index.search(_features(2), 51)
+    with pytest.raises(ConfigError, match=r"k=51.*N=50"):
+        index.search_by_position([0], 50, exclude_self=True)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    index = KnnIndex.build(_features(50), KnnConfig(use_gpu=False))
+    with pytest.raises(ConfigError, match=r"\(N, 16\)"):
+        index.search(torch.zeros(3, 8), 1)
+    with pytest.raises(ConfigError, match="positions must lie in 0..49"):
+        index.search_by_position([50], 1)
+    with pytest.raises(ConfigError, match="IVF64"):
+        KnnIndex.build(_features(20), KnnConfig(index="IVF64,Flat", use_gpu=False))
+    with pytest.raises(WorkspaceError, match="does not exist"):
+        KnnIndex.load(tmp_path / "missing.faiss")
+
+
+def test_numpy_input_and_float64_are_accepted():
+    x = _features(100).double().numpy()
+    index = KnnIndex.build(x, KnnConfig(use_gpu=False))
+    dist, pos = index.search(np.asarray(x[:3]), 2)
+    assert pos[:, 0].tolist() == [0, 1, 2] and dist.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_gpu_index_matches_cpu_index():
+    if faiss_gpu_count() == 0:
+        pytest.skip("faiss has no GPU support here (faiss-cpu build or no visible GPU)")
+    x, q = _features(5000, d=64), _features(100, seed=5, d=64)
+    cpu = KnnIndex.build(x, KnnConfig(use_gpu=False))
+    gpu = KnnIndex.build(x, KnnConfig(use_gpu=True))
+    assert gpu.on_gpu and not cpu.on_gpu
+    assert torch.equal(cpu.search(q, 10)[1], gpu.search(q, 10)[1])
+    assert torch.equal(cpu.search(q, 3000)[1][:, :10], gpu.search(q, 3000)[1][:, :10])  # k > GPU limit
