@@ -46,6 +46,7 @@ _NEUTRAL_VPS = (
 )  # fmt: skip
 _INCOMPATIBLE_VPS = ("stayed at home all day", "spent the whole day at home", "left the country that morning")
 Pair = tuple[str, str, str, dict[str, str]]  # premise, hypothesis, label, slices
+_MAX_MISSES = 20_000  # consecutive draws without a new pair before a stream counts as exhausted
 
 
 def _bin(premise: str, hypothesis: str) -> int:
@@ -57,16 +58,20 @@ def _draw(seed: int, stream: str, split: str, n: int, make: Callable[[random.Ran
     rng = random.Random(f"fastif-demo:{seed}:{stream}")
     seen: set[tuple[str, str]] = set()
     out: list[Pair] = []
-    for _ in range(200 * n + 1000):
-        if len(out) == n:
-            return out
+    misses = 0
+    while len(out) < n:
         pair = make(rng)
-        if (pair[0], pair[1]) not in seen and _bin(pair[0], pair[1]) in _BINS[split]:
-            seen.add((pair[0], pair[1]))
-            out.append(pair)
-    if len(out) == n:
-        return out
-    raise ConfigError(f"demo corpus: stream {stream!r} has only {len(out)} distinct pairs; asked for {n}")
+        if (pair[0], pair[1]) in seen or _bin(pair[0], pair[1]) not in _BINS[split]:
+            misses += 1
+            if misses > _MAX_MISSES:
+                raise ConfigError(
+                    f"demo corpus: stream {stream!r} ran out of distinct pairs after {len(out)}; asked for {n}"
+                )
+            continue
+        misses = 0
+        seen.add((pair[0], pair[1]))
+        out.append(pair)
+    return out
 
 
 # ---- the MNLI-style mixture -------------------------------------------------------------------------

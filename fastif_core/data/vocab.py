@@ -149,8 +149,14 @@ def negate(tokens: Tokens, rng: random.Random) -> Tokens:
     raise ValueError(f"no verb to negate in {' '.join(tokens)!r}")
 
 
+LEMMA: dict[str, str] = {**BASE_FORM, **{part: base for _, part, base in TRANSITIVE}}
+
+
 def content_overlap(premise: str, hypothesis: str) -> float:
-    """Share of the hypothesis's words (lower case, no punctuation) that also occur in the premise."""
-    p = set(premise.lower().replace(",", " ").replace(".", " ").split())
-    h = hypothesis.lower().replace(",", " ").replace(".", " ").split()
+    """Share of the hypothesis's words found in the premise (lower case, verbs lemmatised, no punctuation)."""
+
+    def lemmas(text: str) -> list[str]:
+        return [LEMMA.get(w, w) for w in text.lower().replace(",", " ").replace(".", " ").split()]
+
+    p, h = set(lemmas(premise)), lemmas(hypothesis)
     return sum(w in p for w in h) / max(len(h), 1)
