@@ -192,7 +192,13 @@ def default_split(path: Path) -> str:
     return clean_name(stem.removesuffix("_set"))
 
 
-def _read_tsv(path: Path, lines: Iterator[tuple[int, str]], names: list[str], cols, out: Collector) -> int:
+def _read_tsv(
+    path: Path,
+    lines: Iterator[tuple[int, str]],
+    names: list[str],
+    cols: dict[str, str | None],
+    out: Collector,
+) -> int:
     """Feed TSV rows to ``out``; returns how many data rows were read."""
     rows = 0
     for rownum, (number, line) in enumerate(lines):
@@ -219,6 +225,7 @@ def _json_text(value: Any) -> str:
 
 
 def _read_jsonl(path: Path, lines: Iterator[tuple[int, str]], schema: Schema, out: Collector) -> int:
+    """Feed JSON-lines rows to ``out`` (columns are resolved per row); returns how many rows were read."""
     rows = 0
     for rownum, (number, line) in enumerate(lines):
         rows += 1

@@ -17,7 +17,6 @@ NOUNS: tuple[tuple[str, str], ...] = tuple(
         "teacher", "chef", "nurse", "writer", "singer", "engineer",
     )
 )  # fmt: skip
-NOUN_FORMS = frozenset(w for pair in NOUNS for w in pair)
 # (past, past participle, base): transitive verbs taking a person as object
 TRANSITIVE = (
     ("saw", "seen", "see"), ("helped", "helped", "help"), ("thanked", "thanked", "thank"),
@@ -50,33 +49,11 @@ FACTIVE = (("knew", "know"), ("learned", "learn"), ("forgot", "forget"), ("remem
            ("realized", "realize"), ("noticed", "notice"))  # fmt: skip
 NONFACTIVE = (("believed", "believe"), ("thought", "think"), ("hoped", "hope"), ("assumed", "assume"),
               ("said", "say"), ("suspected", "suspect"), ("claimed", "claim"), ("imagined", "imagine"))  # fmt: skip
-ADJECTIVES = (
-    "tall",
-    "old",
-    "young",
-    "famous",
-    "happy",
-    "smart",
-    "shy",
-    "busy",
-    "tired",
-    "rich",
-    "quiet",
-    "new",
-)
+ADJECTIVES = ("tall", "old", "young", "famous", "happy", "smart", "shy", "busy", "tired", "rich", "quiet",
+              "new")  # fmt: skip
 PREPOSITIONS = ("near", "behind", "beside", "with")
-LOCATIONS = (
-    "office",
-    "library",
-    "hospital",
-    "park",
-    "museum",
-    "garden",
-    "school",
-    "station",
-    "theater",
-    "hotel",
-)
+LOCATIONS = ("office", "library", "hospital", "park", "museum", "garden", "school", "station", "theater",
+             "hotel")  # fmt: skip
 ENTAILING_ADVERBS = ("certainly", "clearly", "definitely", "obviously", "undoubtedly")
 NONENTAILING_ADVERBS = ("probably", "maybe", "hopefully", "supposedly", "perhaps", "possibly")
 ENTAILING_SUBORDINATORS = ("since", "because", "although", "after", "while")
