@@ -32,3 +32,22 @@ def mnli_dev_path() -> Path:
     if not MNLI_DEV.exists():
         pytest.skip(f"real MNLI data not found at {MNLI_DEV}")
     return MNLI_DEV
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace_template(tmp_path_factory) -> Path:
+    """One prepared tiny workspace per test session (tiny BERT, ~60 demo examples). Do not write to it:
+    tests that enqueue jobs or store results use the ``tiny_workspace`` copy."""
+    from factories import make_tiny_workspace
+
+    return make_tiny_workspace(tmp_path_factory.mktemp("ws") / "tiny")
+
+
+@pytest.fixture
+def tiny_workspace(tiny_workspace_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the prepared tiny workspace (its own SQLite file, model and index)."""
+    import shutil
+
+    dst = tmp_path / "ws"
+    shutil.copytree(tiny_workspace_template, dst)
+    return dst

@@ -74,3 +74,45 @@ def make_tiny_examples(n: int = 8, seed: int = 0, max_length: int = 48) -> Encod
         pad_id=tok.pad_token_id,
         token_type_ids=[list(x) for x in enc["token_type_ids"]],
     )
+
+
+def make_tiny_logistic(seed: int = 0, n: int = 100, d: int = 5, dtype: torch.dtype = torch.float64):
+    """Binary logistic regression ``nn.Linear(d, 1)`` and ``n`` noisy linearly generated examples.
+
+    Returns ``(model, TensorExamples)``; labels are 0/1 drawn from the true logistic model.
+    """
+    from fastif_core.batches import TensorExamples
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    w = torch.randn(d, generator=g, dtype=dtype)
+    labels = torch.bernoulli(torch.sigmoid(x @ w + 0.3), generator=g).long()
+    torch.manual_seed(seed)
+    return torch.nn.Linear(d, 1).to(dtype), TensorExamples(x, labels)
+
+
+def save_tiny_checkpoint(directory: Path, seed: int = 0, num_labels: int = 3) -> Path:
+    """A tiny random BERT classifier + the packaged tokenizer as a local transformers checkpoint dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    make_tiny_bert(seed, num_labels).save_pretrained(directory)
+    make_tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def tiny_prepare_config(model_dir: Path | None, **overrides):
+    """A PrepareConfig small enough for a test: ~60 demo training examples, 1 epoch, short sequences."""
+    from fastif_core.config import KnnConfig, PrepareConfig, TrainConfig
+
+    train = TrainConfig(epochs=1, batch_size=16, lr=5e-4, max_length=48, seed=0, freeze_layers=0)
+    base = dict(train="demo", demo_size=60, holdout=0.0, model=str(model_dir) if model_dir else None,
+                train_config=train, neighbors=5, knn=KnnConfig(k=20, use_gpu=False))
+    return PrepareConfig(**{**base, **overrides})
+
+
+def make_tiny_workspace(root: Path, seed: int = 0) -> Path:
+    """A real prepared workspace (store, checkpoint, FAISS index) on the tiny BERT and the built-in corpus."""
+    from fastif_core.prepare import prepare
+
+    model_dir = save_tiny_checkpoint(root.parent / f"{root.name}-base-model", seed)
+    prepare(root, tiny_prepare_config(model_dir), device="cpu", show_progress=False)
+    return root

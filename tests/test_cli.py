@@ -1,0 +1,142 @@
+"""The ``fastif`` command line end to end, as a user runs it: real subprocesses, real workspace files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from factories import save_tiny_checkpoint
+
+TINY_PREPARE = ["--demo-size", "60", "--holdout", "0", "--epochs", "1", "--max-length", "48", "--batch-size", "16"]
+FAST = ["--k", "15", "--depth", "15", "--top", "3", "--device", "cpu"]
+
+
+def fastif(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "fastif_core", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli_workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    model = save_tiny_checkpoint(root / "base")
+    ws = root / "ws"
+    proc = fastif("prepare", "--workspace", str(ws), "--train", "demo", "--model", str(model), *TINY_PREPARE)
+    assert proc.returncode == 0, proc.stderr
+    assert "workspace ready (built" in proc.stdout
+    assert "demo-hans/challenge" in proc.stdout  # accuracy per eval set
+    assert "heuristic=lexical_overlap" in proc.stdout  # ... and per slice
+    return ws
+
+
+def test_help_of_every_command():
+    top = fastif("--help")
+    assert top.returncode == 0
+    for command in ("prepare", "examples", "influence", "worker", "submit", "jobs", "bench", "corpus"):
+        assert command in top.stdout
+        sub = fastif(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "--" in sub.stdout  # documents its options
+
+
+def test_prepare_twice_reuses(cli_workspace: Path):
+    model = cli_workspace.parent / "base"
+    proc = fastif("prepare", "--workspace", str(cli_workspace), "--train", "demo", "--model", str(model),
+                  *TINY_PREPARE, "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["reused"] is True and manifest["status"] == "ready"
+
+
+def test_examples_json_lists_labels_and_predictions(cli_workspace: Path):
+    proc = fastif("examples", "--workspace", str(cli_workspace), "--split", "challenge", "--limit", "7", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["examples"]
+    assert len(rows) == 7
+    for row in rows:
+        assert row["split"] == "challenge" and row["dataset"] == "demo-hans"
+        assert row["label"] in ("entailment", "non-entailment")
+        assert row["predicted"] in ("entailment", "non-entailment")
+        assert {"heuristic", "subcase"} <= set(row)
+    wrong = json.loads(fastif("examples", "-w", str(cli_workspace), "--incorrect", "--limit", "50", "--json").stdout)
+    assert all(r["predicted"] != r["label"] for r in wrong["examples"])
+
+
+def test_influence_end_to_end_then_cached(cli_workspace: Path):
+    ex = json.loads(fastif("examples", "-w", str(cli_workspace), "--split", "challenge", "--limit", "1",
+                           "--json").stdout)["examples"][0]["id"]  # fmt: skip
+    first = fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST, "--json")
+    assert first.returncode == 0, first.stderr
+    a = json.loads(first.stdout)
+    assert a["example_id"] == ex and a["num_candidates"] == 15 and a["cached"] is False
+    assert set(a["seconds"]) >= {"knn", "s_test", "scoring", "total"}
+    assert a["config"]["k"] == 15 and a["config"]["lissa"]["depth"] == 15
+    assert 0 < len(a["helpful"]) <= 3 and all(r["influence"] < 0 for r in a["helpful"])
+    assert all(r["influence"] > 0 for r in a["harmful"])
+    assert {"train_id", "influence", "premise", "hypothesis", "label"} <= set(a["helpful"][0])
+    second = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST, "--json").stdout)
+    assert second["cached"] is True
+    assert second["helpful"] == a["helpful"] and second["harmful"] == a["harmful"]
+    every = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST[:-4], "--top", "0",
+                              "--json").stdout)  # fmt: skip
+    assert every["cached"] is True  # top only selects what is shown
+    assert len(every["helpful"]) + len(every["harmful"]) == 15
+
+
+def test_errors_are_one_clear_line(cli_workspace: Path, tmp_path: Path):
+    unknown = fastif("influence", "-w", str(cli_workspace), "--example", "no-such-id", *FAST)
+    assert_one_line_error(unknown, "no-such-id", "fastif examples")
+    too_many = fastif("influence", "-w", str(cli_workspace), "--example", "demo-hans:challenge:ex0", "--k", "100000")
+    assert_one_line_error(too_many, "k=100000", "training set")
+    missing = fastif("examples", "-w", str(tmp_path / "nowhere"))
+    assert_one_line_error(missing, "does not exist", "fastif prepare")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence1\tsentence2\tgold_label\nA man.\tA person.\tmaybe\n")
+    bad_file = fastif("prepare", "-w", str(tmp_path / "ws"), "--train", str(bad), *TINY_PREPARE)
+    assert_one_line_error(bad_file, "bad.tsv", "maybe")
+    depth0 = fastif("influence", "-w", str(cli_workspace), "--example", "demo-hans:challenge:ex0", "--depth", "0")
+    assert_one_line_error(depth0, "depth")
+
+
+def test_corpus_writes_hans_format(tmp_path: Path):
+    out = tmp_path / "heuristics_evaluation_set.txt"
+    proc = fastif("corpus", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    header = out.read_text().splitlines()[0].split("\t")
+    assert header[:1] == ["gold_label"] and "heuristic" in header and "subcase" in header
+
+
+def test_real_mnli_end_to_end(mnli_dev_path: Path, tmp_path: Path):
+    """A subset of the real MNLI dev file: prepare (tiny model), then one influence query on held-out data."""
+    model = save_tiny_checkpoint(tmp_path / "base")
+    ws = tmp_path / "mnli"
+    proc = fastif("prepare", "-w", str(ws), "--train", str(mnli_dev_path), "--max-train", "80", "--holdout", "0.005",
+                  "--model", str(model), "--epochs", "1", "--max-length", "64", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["num_train"] == 80
+    (name,) = [n for n in manifest["accuracy"] if n.endswith("/heldout")]
+    assert manifest["accuracy"][name]["n"] == 49  # 0.5% of 9,815
+    assert set(manifest["accuracy"][name]["slices"]["label"]) <= {"entailment", "neutral", "contradiction"}
+    held = json.loads(fastif("examples", "-w", str(ws), "--split", "heldout", "--limit", "1", "--json").stdout)
+    ex = held["examples"][0]["id"]
+    ans = fastif("influence", "-w", str(ws), "--example", ex, *FAST, "--json")
+    assert ans.returncode == 0, ans.stderr
+    result = json.loads(ans.stdout)
+    assert result["num_candidates"] == 15
+    assert all(r["label"] in ("entailment", "neutral", "contradiction") for r in result["helpful"] + result["harmful"])
