@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from db_backends import BACKENDS, fresh_url
 
 from fastif_core import jobs
 from fastif_core.config import InfluenceConfig, KnnConfig, LissaConfig, PrepareConfig
@@ -21,9 +22,14 @@ from fastif_core.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path) -> str:
+    return fresh_url(request.param, tmp_path)
+
+
 @pytest.fixture
-def store(tmp_path):
-    with Store.open(tmp_path / "ws") as st:
+def store(db_url):
+    with Store.open(url=db_url) as st:
         yield st
 
 
@@ -124,8 +130,8 @@ CLAIMER = textwrap.dedent(
 )
 
 
-def test_two_processes_racing_claim_each_job_exactly_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+def test_two_processes_racing_claim_each_job_exactly_once(tmp_path, db_url):
+    url = db_url
     with Store.open(url=url) as st:
         ids = [st.enqueue_job("influence", {"example_id": f"e{i}"}).id for i in range(20)]
     go = tmp_path / "go"
@@ -170,8 +176,8 @@ def test_after_max_attempts_an_abandoned_job_fails_with_the_last_error(store):
     assert jobs.enqueue(store, "influence", {"example_id": "x"}).id != job.id  # may be queued again
 
 
-def test_a_killed_process_loses_its_job_to_another(tmp_path):
-    url = f"sqlite:///{tmp_path / 'kill.db'}"
+def test_a_killed_process_loses_its_job_to_another(db_url):
+    url = db_url
     script = ("import sys, time\nfrom fastif_core.store import Store\n"
               "job = Store.open(url=sys.argv[1]).claim_job('doomed', lease_seconds=0.5)\n"
               "print(job.id, flush=True)\ntime.sleep(600)\n")  # fmt: skip

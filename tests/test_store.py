@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from db_backends import BACKENDS, fresh_url
 from sqlalchemy import inspect, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
@@ -40,9 +41,14 @@ def make_examples(seed: int = 0) -> list[NLIExample]:
     return mnli + hans
 
 
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path) -> str:
+    return fresh_url(request.param, tmp_path)
+
+
 @pytest.fixture
-def store(tmp_path):
-    with Store.open(tmp_path / "ws") as st:
+def store(db_url):
+    with Store.open(url=db_url) as st:
         yield st
 
 
@@ -65,7 +71,8 @@ def filled(store):
     return store, exs, model, preds
 
 
-def test_open_sets_sqlite_pragmas_and_head_revision(store, tmp_path):
+def test_open_sets_sqlite_pragmas_and_head_revision(tmp_path):
+    store = Store.open(tmp_path / "ws")
     assert store.url.endswith("ws/fastif.db") and (tmp_path / "ws" / "fastif.db").exists()
     assert store.revision() == head_revision() == "0002"
     with store.session() as s:
@@ -96,8 +103,8 @@ def test_migrations_create_exactly_the_orm_schema(store):
     assert diff == []
 
 
-def test_database_of_first_migration_opens_and_upgrades(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_database_of_first_migration_opens_and_upgrades(db_url):
+    url = db_url
     old = eng.make_engine(url)
     eng.upgrade(old, "0001")
     assert eng.current_revision(old) == "0001" and "workers" not in inspect(old).get_table_names()
@@ -110,7 +117,7 @@ def test_database_of_first_migration_opens_and_upgrades(tmp_path):
                           "VALUES ('e1', 1, 'dev', 'p', 'h', 'neutral', '{}', '{}')"))  # fmt: skip
         conn.execute(text("INSERT INTO jobs (kind, params, params_hash, dedup_key, status, priority, attempts, "
                           "max_attempts, progress, message, cancel_requested, created_at) VALUES ('influence', "
-                          "'{}', 'h1', 'h1', 'queued', 0, 0, 3, 0, '', 0, :t)"), {"t": now})  # fmt: skip
+                          "'{}', 'h1', 'h1', 'queued', 0, 0, 3, 0, '', FALSE, :t)"), {"t": now})  # fmt: skip
     old.dispose()
     with Store.open(url=url) as st:
         assert st.revision() == "0002"
@@ -218,7 +225,8 @@ def test_order_paging_and_search_escaping(filled):
     assert [r.confidence for r in by_conf] == sorted((preds[e.id].probs and max(preds[e.id].probs)
                                                       for e in exs[:30]), reverse=True)  # fmt: skip
     pages = [store.query_examples(order_by="id", limit=10, offset=o) for o in range(0, 60, 10)]
-    assert [r.id for p in pages for r in p] == sorted(e.id for e in exs)
+    in_order = [r.id for r in store.query_examples(order_by="id", limit=None)]
+    assert [r.id for p in pages for r in p] == in_order and sorted(in_order) == sorted(e.id for e in exs)
     store.add_examples([NLIExample("odd", "100% sure", "a_b", "neutral", "mnli", "dev")])
     assert [r.id for r in store.query_examples(search="%")] == ["odd"]
     assert [r.id for r in store.query_examples(search="_")] == ["odd"]
