@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastif_core.config import InfluenceConfig, KnnConfig, LissaConfig, PrepareConfig, TrainConfig, help_of
-from fastif_core.errors import FastifError
+from fastif_core.errors import FastifError, JobError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -47,6 +47,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         description="Turn a data source and a model into a ready workspace. Re-running with the same "
         "arguments reuses what is already there.",
     )
+    _prepare_options(p)
+    p.set_defaults(func=cmd_prepare)
+
+
+def _prepare_options(p: argparse.ArgumentParser) -> None:
     _workspace_arg(p)
     d, t = PrepareConfig(), TrainConfig()
     p.add_argument("--train", default=d.train, help=help_of(PrepareConfig, "train"))
@@ -79,8 +84,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neighbors", type=int, default=d.neighbors, help=help_of(PrepareConfig, "neighbors"))
     p.add_argument("--index", default=KnnConfig().index, help=help_of(KnnConfig, "index"))
     _device_arg(p)
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    p.set_defaults(func=cmd_prepare)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
@@ -167,6 +171,11 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
         "positive = harmful. Fast mode scores the k nearest training examples with the fast s_test "
         "preset; --full scores every training example with the original preset.",
     )
+    _influence_options(p)
+    p.set_defaults(func=cmd_influence)
+
+
+def _influence_options(p: argparse.ArgumentParser) -> None:
     _workspace_arg(p)
     f = LissaConfig.fast()
     p.add_argument("--example", required=True, help="example id (see `fastif examples`)")
@@ -192,7 +201,6 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=InfluenceConfig().top, help=help_of(InfluenceConfig, "top"))
     _device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_influence)
 
 
 def influence_config_from_args(a: argparse.Namespace) -> InfluenceConfig:
@@ -258,12 +266,131 @@ def cmd_corpus(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker", help="run queued jobs on every visible device (or N CPU processes)",
+        description="Serve the workspace's job queue until stopped (SIGTERM/Ctrl-C finish or release the "
+        "current job). Under torchrun every rank runs this command; rank 0 talks to the store.",
+    )  # fmt: skip
+    _workspace_arg(p)
+    p.add_argument("--devices", default="auto", help="auto (all GPUs, else cpu:1) | cpu:N | cuda:0,cuda:1")
+    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between claims while idle (default 1)")
+    p.add_argument("--lease-seconds", type=float, default=60.0,
+                   help="a job whose worker stops heartbeating for this long is claimed again (default 60)")  # fmt: skip
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    import logging
+
+    from fastif_core.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds)
+    print(f"worker stopped after {n} job(s)", file=sys.stderr)
+    return 0
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="queue a job for the worker (the same one twice = one job)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    inf = kinds.add_parser("influence", help="influence for one example (same options as `fastif influence`)")
+    _influence_options(inf)
+    inf.set_defaults(func=cmd_submit)
+    prep = kinds.add_parser("prepare", help="prepare the workspace (same options as `fastif prepare`)")
+    _prepare_options(prep)
+    prep.set_defaults(func=cmd_submit)
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from fastif_core import jobs
+    from fastif_core.store import Store
+
+    if a.kind == "influence":
+        params: Any = jobs.InfluenceParams(example_id=a.example, config=influence_config_from_args(a))
+    else:
+        params = prepare_config_from_args(a)
+    store = Store.open(a.workspace)
+    try:
+        job = jobs.enqueue(store, a.kind, params)
+    finally:
+        store.close()
+    print(json.dumps(job_to_dict(job), indent=2) if a.json else f"job {job.id} ({job.kind}): {job.status}")
+    return 0
+
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="list queued, running and finished jobs; cancel one")
+    _workspace_arg(p)
+    p.add_argument(
+        "--status", choices=("queued", "running", "done", "failed", "cancelled"), help="only this status"
+    )
+    p.add_argument("--limit", type=int, default=20, help="at most this many jobs, newest first (default 20)")
+    p.add_argument(
+        "--cancel", type=int, metavar="ID", help="cancel job ID (queued: at once; running: next step)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_jobs)
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from fastif_core.store import Store
+
+    store = Store.open(a.workspace)
+    try:
+        if a.cancel is not None:
+            if store.get_job(a.cancel) is None:
+                raise JobError(f"job {a.cancel} does not exist (list jobs with `fastif jobs`)")
+            store.cancel_job(a.cancel)
+        rows = [job_to_dict(j) for j in store.list_jobs(status=a.status, limit=a.limit)]
+    finally:
+        store.close()
+    if a.json:
+        print(json.dumps({"jobs": rows}, indent=2))
+        return 0
+    for r in rows:
+        done = f"{100 * r['progress']:.0f}%"
+        print(
+            f"{r['id']:>5} {r['kind']:<12} {r['status']:<10} {done:>5} {r['message'] or ''} {r['error'] or ''}"
+        )
+    return 0
+
+
+def job_to_dict(job: Any) -> dict[str, Any]:
+    keys = ("id", "kind", "status", "params", "attempts", "max_attempts", "progress", "message", "error",
+            "result", "device", "cancel_requested")  # fmt: skip
+    out = {k: getattr(job, k) for k in keys}
+    out["created_at"] = job.created_at.isoformat() if job.created_at else None
+    out["duration_s"] = job.duration_s
+    return out
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="speed and quality benchmarks (the paper's Table 1, Table 3, Fig. 3, Fig. 4, App. A)",
+        add_help=False, prefix_chars="\x00",
+    )  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    """Parsed by the benchmark module itself, so `fastif --help` does not import torch."""
+    from fastif_core import bench_suite
+
+    parser = argparse.ArgumentParser(prog="fastif bench", description=bench_suite.__doc__.splitlines()[0])
+    bench_suite.add_arguments(parser)
+    return int(bench_suite.run_from_args(parser.parse_args(a.rest)) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastif", description="Fast influence functions (FastIF) for transformer NLP models."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_examples, _add_influence, _add_corpus):
+    for add in (_add_prepare, _add_examples, _add_influence, _add_worker, _add_submit, _add_jobs, _add_bench,
+                _add_corpus):  # fmt: skip
         add(sub)
     return parser
 
