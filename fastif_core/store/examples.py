@@ -105,7 +105,7 @@ def latest_model_id(s: Session) -> int | None:
     return s.scalar(select(Model.id).order_by(Model.id.desc()).limit(1))
 
 
-def _filtered(s: Session, f: ExampleFilter, *cols: Any) -> tuple[Select[Any], int | None]:
+def _filtered(s: Session, f: ExampleFilter, *cols: Any) -> Select[Any]:
     """SELECT ``cols`` FROM examples JOIN datasets LEFT JOIN predictions (of the filter's model) WHERE ..."""
     model_id = f.model_id if f.model_id is not None else latest_model_id(s)
     on = (Prediction.example_id == Example.id) & (
@@ -127,12 +127,13 @@ def _filtered(s: Session, f: ExampleFilter, *cols: Any) -> tuple[Select[Any], in
         q = q.where(Prediction.correct.is_(bool(f.correct)))
     if f.in_training_set is not None:
         q = q.where(Example.train_pos.is_not(None) if f.in_training_set else Example.train_pos.is_(None))
-    if f.search:
-        pattern = "%" + f.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        q = q.where(
-            or_(*(c.ilike(pattern, escape="\\") for c in (Example.premise, Example.hypothesis, Example.id)))
-        )
-    return q, model_id
+    return q.where(_text_search(f.search)) if f.search else q
+
+
+def _text_search(text: str) -> Any:
+    """Case-insensitive substring of premise, hypothesis or id (LIKE wildcards in ``text`` are literal)."""
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(*(c.ilike(pattern, escape="\\") for c in (Example.premise, Example.hypothesis, Example.id)))
 
 
 ROW_COLUMNS = (Example, Dataset.name, Prediction.predicted, Prediction.correct, Prediction.confidence,
@@ -153,7 +154,7 @@ def query(
     """Examples matching ``f``, sorted by ``order_by`` (then id), one page of ``limit`` from ``offset``."""
     if order_by not in ORDER_COLUMNS:
         raise ConfigError(f"order_by={order_by!r} is invalid: allowed {sorted(ORDER_COLUMNS)}")
-    q, _ = _filtered(s, f, *ROW_COLUMNS)
+    q = _filtered(s, f, *ROW_COLUMNS)
     col = ORDER_COLUMNS[order_by]
     q = q.order_by(col.desc() if descending else col, Example.id).offset(offset)
     if limit is not None:
@@ -165,7 +166,7 @@ def get_examples(s: Session, ids: Sequence[str], model_id: int | None) -> list[E
     """The examples with these ids, in the given order (unknown ids are left out)."""
     found: dict[str, ExampleRow] = {}
     for part in chunks(ids):
-        q, _ = _filtered(s, ExampleFilter(model_id=model_id), *ROW_COLUMNS)
+        q = _filtered(s, ExampleFilter(model_id=model_id), *ROW_COLUMNS)
         found.update(
             (r.id, r) for r in (_row(*row) for row in s.execute(q.where(Example.id.in_(list(part)))))
         )
@@ -179,7 +180,7 @@ def _sums() -> tuple[Any, Any, Any]:
 
 def summary(s: Session, f: ExampleFilter) -> ExampleSummary:
     """How many examples match ``f``, how many have a prediction, how many of those are correct."""
-    q, _ = _filtered(s, f, *_sums())
+    q = _filtered(s, f, *_sums())
     count, predicted, correct = s.execute(q).one()
     return ExampleSummary(count=count, predicted=predicted, correct=int(correct or 0))
 
@@ -189,7 +190,7 @@ def summary_by(s: Session, column: str, f: ExampleFilter) -> list[GroupSummary]:
     if column not in GROUP_COLUMNS:
         raise ConfigError(f"column={column!r} is invalid: allowed {sorted(GROUP_COLUMNS)}")
     col = GROUP_COLUMNS[column]
-    q, _ = _filtered(s, f, col, *_sums())
+    q = _filtered(s, f, col, *_sums())
     rows = s.execute(q.group_by(col).order_by(col)).all()
     return [GroupSummary(value=v, count=c, predicted=p, correct=int(k or 0)) for v, c, p, k in rows]
 
@@ -199,5 +200,5 @@ def distinct_values(s: Session, column: str, f: ExampleFilter) -> list[Any]:
     if column not in GROUP_COLUMNS:
         raise ConfigError(f"column={column!r} is invalid: allowed {sorted(GROUP_COLUMNS)}")
     col = GROUP_COLUMNS[column]
-    q, _ = _filtered(s, f, col)
+    q = _filtered(s, f, col)
     return list(s.scalars(q.where(col.is_not(None)).distinct().order_by(col)))
