@@ -43,6 +43,9 @@ def test_gradient(
         return objective.grad(test_batch)
 
 
+test_gradient.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into one
+
+
 def _regularizer_dot(objective: Objective, s: dict[str, Tensor]) -> Tensor:
     """``∇(wd·Σθ²) · s = 2·wd·Σ_decayed θ·s``: the same for every candidate, added analytically."""
     if objective.weight_decay == 0.0 or not objective.decayed:
