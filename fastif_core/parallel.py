@@ -187,17 +187,23 @@ class ParallelContext:
             _set_cuda(spec.devices[0])
             return ctx
         ctx._store_dir = tempfile.mkdtemp(prefix="fastif-rdzv-")
-        init = f"file://{os.path.join(ctx._store_dir, 'store')}"
+        path = os.path.join(ctx._store_dir, "store")
+        store = dist.FileStore(path, spec.world_size)
         spawn = mp.get_context("spawn")
         for rank in range(1, spec.world_size):
-            args = (rank, spec, init, timeout_s, os.getpid())
+            args = (rank, spec, path, timeout_s, os.getpid())
             proc = spawn.Process(target=_follower_main, args=args, daemon=True, name=f"fastif-rank{rank}")
             proc.start()
             ctx._procs.append(proc)
+        try:
+            ctx._await_ranks(store)
+        except BaseException:
+            ctx.close()
+            raise
         _set_cuda(spec.devices[0])
         dist.init_process_group(
             spec.backend,
-            init_method=init,
+            store=store,
             rank=0,
             world_size=spec.world_size,
             timeout=timedelta(seconds=timeout_s),
@@ -215,6 +221,18 @@ class ParallelContext:
             backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
         )
         return cls(rank, world, device, f"torchrun:{world}")
+
+    def _await_ranks(self, store: dist.Store) -> None:
+        """Wait until every spawned rank checked in; a rank that died first is an error, not a hang."""
+        keys = [f"ready/{r}" for r in range(1, self.world_size)]
+        while not store.check(keys):
+            dead = [(p.name, p.exitcode) for p in self._procs if not p.is_alive()]
+            if dead:
+                raise JobError(
+                    f"device group {self.spec}: {dead[0][0]} exited (code {dead[0][1]}) before joining; "
+                    "a script that starts cpu:N must guard its code with `if __name__ == '__main__':`"
+                )
+            time.sleep(0.05)
 
     def alive(self) -> bool:
         """False when a spawned rank has exited (rank 0 then cannot finish a collective)."""
@@ -490,19 +508,16 @@ def _set_cuda(device: str) -> None:
         torch.cuda.set_device(torch.device(device))
 
 
-def _follower_main(rank: int, spec: DeviceSpec, init: str, timeout_s: float, parent: int) -> None:
+def _follower_main(rank: int, spec: DeviceSpec, path: str, timeout_s: float, parent: int) -> None:
     """Entry point of a spawned rank: join the group, serve rank 0, exit with it."""
     _share_cpu(spec)
     device = spec.devices[rank]
     _set_cuda(device)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    dist.init_process_group(
-        spec.backend,
-        init_method=init,
-        rank=rank,
-        world_size=spec.world_size,
-        timeout=timedelta(seconds=timeout_s),
-    )
+    store = dist.FileStore(path, spec.world_size)
+    store.set(f"ready/{rank}", "1")
+    timeout = timedelta(seconds=timeout_s)
+    dist.init_process_group(spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=timeout)
     ctx = ParallelContext(rank, spec.world_size, device, str(spec))
     try:
         ctx.serve()

@@ -1,0 +1,423 @@
+"""``fastif worker``: the background process that runs queued jobs on every device of one machine
+(or of a ``torchrun`` launch) and writes every result to the store.
+
+One worker = one :class:`~fastif_core.parallel.ParallelContext`, started once. Rank 0 claims jobs
+(atomically, with a lease), dispatches them by kind through :func:`register_handler`'s registry, and
+keeps a heartbeat thread that renews the lease, publishes progress and refreshes the ``workers`` row
+(so the dashboard can tell whether a worker is alive: :func:`worker_alive`, :func:`start_worker_process`).
+
+Outcomes of a job:
+- done: the handler's results and ``done`` land in one transaction (``Store.save_influence_run(...,
+  job_id=, owner=)`` or ``Store.complete_job``);
+- failed: a :class:`~fastif_core.errors.FastifError` (bad parameters, unknown example, diverging LiSSA)
+  fails the job for good with its one-line message; other errors are retried only when transient;
+- cancelled: cancellation is seen by the heartbeat, the handler stops at its next step (progress
+  callback) and nothing is stored;
+- released: on SIGTERM / SIGINT the current job stops at its next step and goes back to the queue.
+
+A worker killed outright (``kill -9``) stops renewing its lease; another worker claims the job again
+when the lease has expired (``--lease-seconds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastif_core import jobs
+from fastif_core.errors import FastifError, JobError, LeaseLostError
+from fastif_core.parallel import ParallelContext, QueryCancelled, RankState
+
+log = logging.getLogger("fastif.worker")
+
+Handler = Callable[["JobContext"], Any]  # returns None (job already done) or a result dict
+_HANDLERS: dict[str, Handler] = {}
+LOG_FILE = "worker.log"
+
+
+class WorkerStopping(JobError):
+    """The worker was asked to stop (SIGTERM/SIGINT): the current job goes back to the queue."""
+
+
+def register_handler(kind: str, handler: Handler) -> Handler:
+    """Run jobs of ``kind`` (registered in :mod:`fastif_core.jobs`) with ``handler(ctx)``."""
+    jobs.get_kind(kind)
+    _HANDLERS[kind] = handler
+    return handler
+
+
+def handler_for(kind: str) -> Handler:
+    if kind not in _HANDLERS:
+        raise JobError(f"no worker handler for job kind {kind!r}: this worker runs {sorted(_HANDLERS)}")
+    return _HANDLERS[kind]
+
+
+@dataclass
+class _Signals:
+    """What the heartbeat thread and the signal handlers tell the job's thread."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: tuple[float, str] | None = None
+
+
+@dataclass
+class JobContext:
+    """Everything a handler needs: the claimed job, its validated parameters, the store, the devices."""
+
+    worker: Worker
+    job: Any  # JobInfo
+    params: Any
+    signals: _Signals
+
+    @property
+    def store(self) -> Any:
+        return self.worker.store
+
+    @property
+    def root(self) -> Path:
+        return self.worker.root
+
+    @property
+    def group(self) -> ParallelContext:
+        return self.worker.group
+
+    @property
+    def owner(self) -> str:
+        return self.worker.id
+
+    def progress(self, fraction: float, message: str) -> None:
+        """Record progress (published by the heartbeat) and stop here if the job must stop."""
+        self.signals.progress = (fraction, message)
+        self.check()
+
+    def should_stop(self) -> bool:
+        return any(e.is_set() for e in (self.signals.cancel, self.signals.lost, self.signals.stop))
+
+    def check(self) -> None:
+        """Raise between steps: JobCancelled, LeaseLostError or WorkerStopping."""
+        if self.signals.lost.is_set():
+            raise LeaseLostError(f"job {self.job.id}: lease lost by {self.owner}")
+        if self.signals.cancel.is_set():
+            raise jobs.JobCancelled(f"job {self.job.id} was cancelled")
+        if self.signals.stop.is_set():
+            raise WorkerStopping(f"worker {self.owner} is stopping")
+
+
+class _Heartbeat(threading.Thread):
+    """Every ``interval`` s: renew the current job's lease with its progress; refresh the worker row."""
+
+    def __init__(self, worker: Worker, interval: float) -> None:
+        super().__init__(daemon=True, name="fastif-heartbeat")
+        self.worker, self.interval = worker, interval
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        w = self.worker
+        ctx = w.current
+        try:
+            if (
+                ctx is not None and w.group.alive()
+            ):  # a dead rank: let the lease expire, another worker retries
+                fraction, message = ctx.signals.progress or (None, None)
+                if w.store.heartbeat_job(ctx.job.id, w.id, lease_seconds=w.lease_seconds, progress=fraction,
+                                         message=message):  # fmt: skip
+                    ctx.signals.cancel.set()
+            w.store.worker_heartbeat(w.id, current_job_id=ctx.job.id if ctx else None)
+        except LeaseLostError:
+            if ctx is not None:
+                ctx.signals.lost.set()
+        except Exception as exc:  # noqa: BLE001 - e.g. a locked database: try again next beat
+            log.warning("heartbeat failed: %s", exc)
+
+
+class Worker:
+    """Rank 0 of a worker: claims and runs jobs until stopped (see :func:`run_worker`)."""
+
+    def __init__(
+        self, root: Path, group: ParallelContext, store: Any, *, poll: float, lease_seconds: float
+    ) -> None:
+        self.root, self.group, self.store = root, group, store
+        self.poll, self.lease_seconds = poll, lease_seconds
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stop = threading.Event()
+        self.current: JobContext | None = None
+        self.processed = 0
+
+    def run(self, once: bool = False, stop_event: threading.Event | None = None) -> int:
+        """Serve until stopped (or, with ``once``, until the queue is empty); returns jobs processed."""
+        self.store.worker_heartbeat(
+            self.id, host=socket.gethostname(), pid=os.getpid(), devices=[self.group.spec]
+        )
+        beat = _Heartbeat(self, interval=min(max(self.lease_seconds / 4, 0.2), 10.0))
+        beat.start()
+        log.info("worker %s serving %s on %s", self.id, self.root, self.group.spec)
+        try:
+            while not self._stopping(stop_event):
+                if self.run_next():
+                    continue
+                if once:
+                    break
+                self.group.keepalive()
+                (stop_event or self.stop).wait(self.poll)
+        finally:
+            beat.halt.set()
+            beat.join()
+            self.store.worker_heartbeat(self.id, current_job_id=None, status="stopped")
+        return self.processed
+
+    def _stopping(self, stop_event: threading.Event | None) -> bool:
+        if stop_event is not None and stop_event.is_set():
+            self.stop.set()
+        return self.stop.is_set()
+
+    def run_next(self) -> bool:
+        """Claim and run one job; False when nothing was claimable."""
+        job = self.store.claim_job(self.id, lease_seconds=self.lease_seconds, kinds=sorted(_HANDLERS),
+                                   device=self.group.spec)  # fmt: skip
+        if job is None:
+            return False
+        log.info("job %s (%s) claimed, attempt %s/%s", job.id, job.kind, job.attempts, job.max_attempts)
+        signals = _Signals()
+        if self.stop.is_set():
+            signals.stop.set()
+        self.current = JobContext(self, job, None, signals)
+        try:
+            self.current.params = jobs.job_params(job)
+            result = handler_for(job.kind)(self.current)
+            self._complete(job, result)
+        except BaseException as exc:  # noqa: BLE001 - every outcome is recorded; KeyboardInterrupt re-raised
+            self._settle(job, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.current = None
+            self.processed += 1
+        return True
+
+    def _complete(self, job: Any, result: Any) -> None:
+        current = self.store.get_job(job.id)
+        if current is not None and current.status == "running" and current.lease_owner == self.id:
+            self.store.complete_job(job.id, self.id, result=result if isinstance(result, dict) else None)
+        log.info("job %s done", job.id)
+
+    def _settle(self, job: Any, exc: BaseException) -> None:
+        """Record a job that did not complete: cancelled, released, lost, failed or retried."""
+        try:
+            if isinstance(exc, LeaseLostError):
+                log.warning("job %s: %s", job.id, exc)
+            elif isinstance(exc, jobs.JobCancelled | QueryCancelled):
+                self.store.confirm_cancel(job.id, self.id)
+                log.info("job %s cancelled: nothing stored", job.id)
+            elif isinstance(exc, WorkerStopping | KeyboardInterrupt):
+                self.store.release_job(job.id, self.id)
+                log.info("job %s released: worker stopping", job.id)
+            elif isinstance(exc, FastifError):
+                self.store.fail_job(job.id, self.id, f"{type(exc).__name__}: {exc}")
+                log.info("job %s failed: %s", job.id, exc)
+            else:
+                retry = jobs.is_retryable(exc) or not self.group.alive()
+                text = "".join(traceback.format_exception(exc))[-4000:]
+                self.store.fail_job(job.id, self.id, f"{type(exc).__name__}: {exc}\n{text}", retry=retry)
+                log.error("job %s error (retry=%s): %s", job.id, retry, exc)
+        except LeaseLostError as lost:
+            log.warning("job %s: %s", job.id, lost)
+
+
+def run_worker(
+    workspace: str | Path,
+    devices: str = "auto",
+    once: bool = False,
+    poll: float = 1.0,
+    lease_seconds: float = 60.0,
+    stop_event: threading.Event | None = None,
+) -> int:
+    """Start the device group once and serve jobs until stopped; returns the number of jobs processed.
+
+    Args:
+        workspace: directory holding ``fastif.db`` (or ``$FASTIF_DB_URL``) and the prepared artefacts.
+        devices: ``auto`` | ``cpu:N`` | ``cuda:0,cuda:1`` (ignored under ``torchrun``).
+        once: exit when no job is claimable instead of waiting for more.
+        poll: seconds between claims while idle.
+        lease_seconds: a job whose heartbeat stops for this long is claimed again by another worker.
+        stop_event: set it to stop the worker (as SIGTERM does) when running in a thread.
+    """
+    from fastif_core.store import Store
+
+    if lease_seconds <= 0 or poll <= 0:
+        raise JobError(f"lease_seconds={lease_seconds} and poll={poll} must be > 0")
+    group = ParallelContext.start(devices)
+    if not group.is_coordinator:  # torchrun ranks > 0 only execute rank 0's commands
+        try:
+            group.serve()
+        finally:
+            group.close()
+        return 0
+    store = Store.open(workspace)
+    worker = Worker(Path(workspace), group, store, poll=poll, lease_seconds=lease_seconds)
+    restore = _install_signals(worker)
+    try:
+        return worker.run(once=once, stop_event=stop_event)
+    finally:
+        restore()
+        group.close()
+        store.close()
+
+
+def _install_signals(worker: Worker) -> Callable[[], None]:
+    """SIGTERM/SIGINT: stop claiming, release the current job at its next step (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping after releasing the current job", signum)
+        worker.stop.set()
+        if worker.current is not None:
+            worker.current.signals.stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+    return restore
+
+
+# ---- job handlers ---------------------------------------------------------------------------------
+
+
+def load_workspace_state(device: str, root: str) -> RankState:
+    """Rank loader (imported by module path on every rank): the workspace's model, objective, train set."""
+    from fastif_core.workspace import LoadedWorkspace
+
+    loaded = LoadedWorkspace.load(root, device)
+    return RankState(loaded.objective, loaded.train, {"loaded": loaded})
+
+
+def run_influence(ctx: JobContext) -> dict[str, Any]:
+    """``influence`` jobs: the workspace pipeline with s_test and scoring spread over the device group."""
+    from fastif_core.query import influence_query
+    from fastif_core.workspace import require_prepared
+
+    params = ctx.params
+    manifest = require_prepared(ctx.root)
+    if params.model_id is not None and int(params.model_id) != int(manifest["model_id"]):
+        raise JobError(f"model_id={params.model_id} is not this workspace's model ({manifest['model_id']})")
+    key = f"{Path(ctx.root).resolve()}#{manifest['model_id']}#{manifest.get('prepare_hash', '')}"
+    ctx.progress(0.0, "loading the workspace on every rank")
+    state = ctx.group.load(key, f"{__name__}:load_workspace_state", root=str(Path(ctx.root).resolve()))
+
+    def runner(loaded: Any, batch: dict, candidates: list[int] | None, cfg: Any, progress: Any) -> Any:
+        return ctx.group.influence(key, batch, candidates, cfg, progress, ctx.should_stop)
+
+    out = influence_query(ctx.root, params.example_id, params.config, device=ctx.group.device,
+                          loaded=state.info["loaded"], runner=runner, progress=ctx.progress, job_id=ctx.job.id,
+                          owner=ctx.owner)  # fmt: skip
+    return {"influence_run_id": out["run_id"], "cached": out["cached"]}  # completes a cached answer's job
+
+
+def run_prepare(ctx: JobContext) -> dict[str, Any]:
+    """``prepare`` jobs on rank 0's device; the manifest's model id is the job's result."""
+    from fastif_core.prepare import prepare
+
+    manifest = prepare(
+        ctx.root, ctx.params, device=ctx.group.device, progress=ctx.progress, show_progress=False
+    )
+    return {"model_id": manifest.get("model_id"), "status": manifest.get("status")}
+
+
+register_handler("influence", run_influence)
+register_handler("prepare", run_prepare)
+
+
+# ---- liveness and process management ---------------------------------------------------------------
+
+
+def worker_alive(workspace: str | Path, within_s: float = 30.0) -> bool:
+    """Whether a worker serving this workspace's store sent a heartbeat within ``within_s`` seconds
+    (and, when it runs on this host, its process still exists)."""
+    from fastif_core.store import Store
+
+    with Store.open(workspace) as store:
+        workers = store.list_workers(alive_within_s=within_s)
+    host = socket.gethostname()
+    return any(w.host != host or _pid_running(w.pid) for w in workers)
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_command(workspace: str | Path, devices: str = "auto", *, poll: float = 1.0,
+                   lease_seconds: float = 60.0, once: bool = False) -> list[str]:  # fmt: skip
+    """The command line of a worker process (``python -m fastif_core.worker ...``)."""
+    cmd = [sys.executable, "-m", "fastif_core.worker", "--workspace", str(workspace), "--devices", devices,
+           "--poll", str(poll), "--lease-seconds", str(lease_seconds)]  # fmt: skip
+    return cmd + (["--once"] if once else [])
+
+
+def start_worker_process(workspace: str | Path, devices: str = "auto", **options: Any) -> int:
+    """Start a detached worker (own session, survives its parent) logging to ``<workspace>/worker.log``;
+    returns its pid. ``options``: ``poll``, ``lease_seconds``, ``once``."""
+    root = Path(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOG_FILE, "ab") as out:
+        proc = subprocess.Popen(worker_command(root, devices, **options), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return proc.pid
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``fastif worker`` options (shared with the CLI)."""
+    p.add_argument("--workspace", "-w", type=Path, required=True, help="workspace directory")
+    p.add_argument("--devices", default="auto", help="auto (all GPUs, else cpu:1) | cpu:N | cuda:0,cuda:1")
+    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between claims while idle")
+    p.add_argument("--lease-seconds", type=float, default=60.0,
+                   help="a job whose worker stops heartbeating for this long is claimed again")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fastif_core.worker`` (the same as ``fastif worker``)."""
+    parser = argparse.ArgumentParser(prog="fastif worker", description="Run queued fastif jobs.")
+    add_arguments(parser)
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds)
+    except FastifError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("worker exiting after %d job(s)", n)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
