@@ -161,6 +161,12 @@ def run_for_job(root: str, job: JobInfo) -> int | None:
     return latest_run_id(root, params.example_id, params.config)
 
 
+def shown_top(job: JobInfo | None) -> int | None:
+    """How many helpful / harmful examples to show: the job's ``top`` (None = all), else the default."""
+    top = (job.params.get("config", {}) if job is not None else {}).get("top", InfluenceConfig().top)
+    return int(top) or None
+
+
 # ---- jobs -----------------------------------------------------------------------------------------
 def job(root: str, job_id: int) -> JobInfo | None:
     """A job row, fresh (polled by the progress fragment, never cached)."""

@@ -142,11 +142,7 @@ def config_lines(config: dict[str, Any]) -> str:
     lissa = config.get("lissa", {})
     k = "full" if config.get("k") is None else f"k={config['k']}"
     parts = [k, f"J={lissa.get('depth')}", f"B={lissa.get('batch_size')}", f"T={lissa.get('repeats')}"]
-    parts += [
-        f"damping={lissa.get('damping'):g}",
-        f"scale={lissa.get('scale'):g}",
-        f"top={config.get('top')}",
-    ]
+    parts += [f"damping={lissa.get('damping'):g}", f"scale={lissa.get('scale'):g}"]
     return " · ".join(parts)
 
 
@@ -168,23 +164,23 @@ def _score_row(kind: str, position: int, s: ScoreInfo, neighbor_ids: set[str]) -
     }  # fmt: skip
 
 
-def export_csv(run: InfluenceRunInfo, neighbor_ids: set[str]) -> str:
+def export_csv(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None = None) -> str:
     """The shown influence results as CSV; the config that made them in '#' header lines."""
     buf = io.StringIO()
     buf.write(f"# fastif influence for example {run.example_id} (model {run.model_id}, run {run.id})\n")
     buf.write(f"# config: {json.dumps(run.config, sort_keys=True)}\n")
-    rows = influence_rows(run, neighbor_ids)
+    rows = influence_rows(run, neighbor_ids, top)
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["direction"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
 
 
-def export_json(run: InfluenceRunInfo, neighbor_ids: set[str]) -> str:
+def export_json(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None = None) -> str:
     """The shown influence results as JSON, with the config, its hash, timings and candidate count."""
-    rows = influence_rows(run, neighbor_ids)
+    rows = influence_rows(run, neighbor_ids, top)
     payload = {
-        "example_id": run.example_id, "model_id": run.model_id, "run_id": run.id, "config": run.config,
+        "example_id": run.example_id, "model_id": run.model_id, "run_id": run.id, "config": run.config, "top": top,
         "config_hash": run.config_hash, "num_candidates": run.num_candidates, "seconds": run.timings,
         "created_at": when(run.created_at),
         "helpful": [r for r in rows if r["direction"] == "helpful"],

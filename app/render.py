@@ -57,7 +57,7 @@ def examples_table(frame: pd.DataFrame, key: str = "examples_table") -> list[int
 
 def example_header(ex: ExampleRow) -> None:
     """Premise, hypothesis and the example's provenance, readable at any length."""
-    st.markdown(f"#### Example {fmt.code(ex.id)}")
+    st.markdown(f"## Example {fmt.code(ex.id)}")
     st.caption(" · ".join(_provenance(ex)))
     with st.container(border=True):
         st.markdown("**Premise**")
@@ -84,7 +84,8 @@ def prediction_block(ex: ExampleRow, label_names: list[str]) -> None:
     verdict = ":green[correct]" if ex.correct else ":red[incorrect]"
     c2.markdown(f"Predicted {palette.label_badge(ex.predicted)} — {verdict}")
     if ex.probs and len(ex.probs) == len(label_names):
-        probability_chart(ex.probs, label_names)
+        with st.columns([3, 2])[0]:
+            probability_chart(ex.probs, label_names)
 
 
 def probability_chart(probs: list[float], label_names: list[str]) -> None:
@@ -92,11 +93,18 @@ def probability_chart(probs: list[float], label_names: list[str]) -> None:
     data = pd.DataFrame({"label": label_names, "probability": probs})
     colors = alt.Scale(domain=label_names, range=[palette.label_color(n) for n in label_names])
     chart = (
-        alt.Chart(data, height=36 * len(label_names) + 20)
-        .mark_bar()
+        alt.Chart(data, height=34 * len(label_names))
+        .mark_bar(cornerRadiusEnd=3)
         .encode(
-            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            y=alt.Y("label:N", sort=label_names, title=None),
+            x=alt.X(
+                "probability:Q",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%", tickCount=5),
+                title=None,
+            ),
+            y=alt.Y(
+                "label:N", sort=label_names, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=160)
+            ),
             color=alt.Color("label:N", scale=colors, legend=None),
             tooltip=["label", alt.Tooltip("probability:Q", format=".1%")],
         )
@@ -119,7 +127,7 @@ def neighbors_table(neighbors: list[NeighborInfo]) -> None:
     )  # fmt: skip
 
 
-def influence_lists(run: InfluenceRunInfo, neighbor_ids: set[str], top: int) -> None:
+def influence_lists(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None) -> None:
     """Ranked helpful and harmful training examples side by side, each linking to its own view."""
     st.caption(
         f"{run.num_candidates:,} candidates scored in {fmt.seconds(run.timings.get('total'))} · "
@@ -177,20 +185,20 @@ def jobs_table(frame: pd.DataFrame) -> None:
     )  # fmt: skip
 
 
-def export_buttons(run: InfluenceRunInfo, neighbor_ids: set[str]) -> None:
+def export_buttons(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None) -> None:
     """Download the shown results as CSV and JSON, each carrying the config that made them."""
     c1, c2, _ = st.columns([1, 1, 3])
     name = f"influence_{run.example_id}_{run.config_hash}"
     c1.download_button(
         "Download CSV",
-        fmt.export_csv(run, neighbor_ids),
+        fmt.export_csv(run, neighbor_ids, top),
         f"{name}.csv",
         "text/csv",
         icon=":material/download:",
     )
     c2.download_button(
         "Download JSON",
-        fmt.export_json(run, neighbor_ids),
+        fmt.export_json(run, neighbor_ids, top),
         f"{name}.json",
         "application/json",
         icon=":material/download:",

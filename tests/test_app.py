@@ -6,6 +6,7 @@ queue, and the assertions compare what the page shows with what the store holds.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 import streamlit as st
@@ -20,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from fastif_core.config import InfluenceConfig, LissaConfig, to_dict
 from fastif_core.query import influence_query
-from fastif_core.store import ExampleFilter, Store
+from fastif_core.store import ExampleFilter, InfluenceRunInfo, Store
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app" / "dashboard.py")
@@ -29,7 +31,10 @@ JOBS_PAGE = "views/jobs.py"
 TIMEOUT = 60
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
 from factories import make_tiny_workspace  # noqa: E402
+
+from app.formatting import export_csv, export_json  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -143,22 +148,51 @@ def test_compute_influence_twice_creates_one_job(app_env: Store) -> None:
     app_env.cancel_job(job.id)
 
 
-def test_stored_results_show_at_once_with_links_and_exports(app_env: Store, workspace: Path) -> None:
-    ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1, offset=1)[0]
-    cfg = InfluenceConfig(lissa=LissaConfig.fast(depth=10), k=12, top=3)
-    answer = influence_query(workspace, ex.id, cfg)  # the real engine, as the worker runs it
-    run = app_env.get_influence_run(answer["run_id"])
-    at = _ok(_app(example=ex.id))
+@pytest.fixture(scope="session")
+def stored_run(workspace: Path) -> InfluenceRunInfo:
+    """One influence run computed by the real engine (as the worker runs it) and stored."""
+    with Store.open(workspace) as store:
+        ex = store.query_examples(ExampleFilter(split="challenge"), limit=1, offset=1)[0]
+        answer = influence_query(
+            workspace, ex.id, InfluenceConfig(lissa=LissaConfig.fast(depth=10), k=12, top=3)
+        )
+        return store.get_influence_run(answer["run_id"])
+
+
+def test_stored_results_show_at_once_with_links_and_exports(
+    app_env: Store, stored_run: InfluenceRunInfo
+) -> None:
+    at = _ok(_app(example=stored_run.example_id))
     text = _texts(at)
     assert "Most helpful" in text and "Most harmful" in text
-    for s in run.helpful(3) + run.harmful(3):
-        assert f"{s.value:+.3e}" in text
-    links = at.get("page_link")
-    assert {link.proto.query_string for link in links} >= {
-        f"example={s.train_id}".replace(":", "%3A") for s in run.helpful(3)
-    }
-    downloads = at.get("download_button")
-    assert len(downloads) == 2
+    shown = stored_run.helpful(10) + stored_run.harmful(10)
+    assert shown and all(f"{s.value:+.3e}" in text for s in shown)
+    links = {link.proto.query_string for link in at.get("page_link")}
+    assert {urlencode({"example": s.train_id}) for s in shown} <= links
+    assert [d.proto.label for d in at.get("download_button")] == ["Download CSV", "Download JSON"]
+
+
+def test_exports_carry_the_scores_and_the_config(stored_run: InfluenceRunInfo) -> None:
+    neighbor_ids = {stored_run.scores[0].train_id}
+    rows = list(
+        csv.DictReader(
+            line for line in export_csv(stored_run, neighbor_ids, 2).splitlines() if not line.startswith("#")
+        )
+    )
+    expected = stored_run.helpful(2) + stored_run.harmful(2)
+    assert [r["train_id"] for r in rows] == [s.train_id for s in expected]
+    assert [float(r["influence"]) for r in rows] == pytest.approx([s.value for s in expected])
+    assert [r["nearest_neighbor"] == "True" for r in rows] == [s.train_id in neighbor_ids for s in expected]
+    config_line = export_csv(stored_run, neighbor_ids, 2).splitlines()[1]
+    assert json.loads(config_line.removeprefix("# config: ")) == stored_run.config
+    payload = json.loads(export_json(stored_run, neighbor_ids, 2))
+    assert payload["config"] == stored_run.config and payload["num_candidates"] == stored_run.num_candidates
+    assert [r["influence"] for r in payload["helpful"]] == pytest.approx(
+        [s.value for s in stored_run.helpful(2)]
+    )
+    assert all(r["influence"] > 0 for r in payload["harmful"]) and all(
+        r["influence"] < 0 for r in payload["helpful"]
+    )
 
 
 def test_jobs_page_lists_failed_job_error_and_cancels(app_env: Store) -> None:

@@ -15,8 +15,8 @@ root = da.workspace_root()
 state = da.workspace_state(root)
 example_id = st.query_params.get("example", "").strip()
 
-st.title("Example")
 if not example_id:
+    st.title("Example")
     st.info("Open an example from the Browse page, or type its id.")
     typed = st.text_input("Example id", key="example_id_input").strip()
     if typed:
@@ -27,6 +27,7 @@ if not example_id:
 
 ex = da.example(root, example_id)
 if ex is None:
+    st.title("Example")
     st.error(
         f"There is no example with id `{example_id}` in this workspace. The link may be from another workspace."
     )
@@ -60,6 +61,6 @@ run = da.influence_run(root, run_id) if run_id is not None else None
 if run is None:
     st.caption("No influence results are stored for this example yet: press “Compute influence”.")
     st.stop()
-top = int(run.config.get("top") or 0) or None
-render.influence_lists(run, neighbor_ids, top or len(run.scores))
-render.export_buttons(run, neighbor_ids)
+top = da.shown_top(job)
+render.influence_lists(run, neighbor_ids, top)
+render.export_buttons(run, neighbor_ids, top)
