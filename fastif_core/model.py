@@ -255,12 +255,13 @@ def train_classifier(
     on_progress: ProgressFn | None = None,
     *,
     bucketed: bool = True,
-    amp: bool = True,
+    amp: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune the trainable parameters with AdamW + linear warm-up/decay; returns training metrics.
 
-    ``amp`` uses bfloat16 autocast on CUDA devices that support it (no effect on CPU). The model is
-    left in eval mode on ``device``.
+    ``amp`` uses bfloat16 autocast on CUDA devices that support it (no effect on CPU; off by default:
+    MiniLM-sized models are launch-bound, and fp32 keeps training numerics equal to the influence
+    engine's). The model is left in eval mode on ``device``.
     """
     cfg.validate()
     if len(train) == 0:

@@ -264,4 +264,6 @@ def test_training_and_inference_on_cuda_match_cpu():
     torch.testing.assert_close(probs_gpu, probs_cpu, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(feats_gpu, feats_cpu, atol=1e-4, rtol=1e-4)
     bf16 = make_tiny_bert(0, 3)
-    assert train_classifier(bf16, enc, TrainConfig(epochs=1, batch_size=4), device="cuda")["amp_bf16"]
+    assert train_classifier(bf16, enc, TrainConfig(epochs=1, batch_size=4), device="cuda", amp=True)[
+        "amp_bf16"
+    ]
