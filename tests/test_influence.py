@@ -125,3 +125,23 @@ def test_bad_inputs_raise_config_errors():
         score_candidates(obj, torch.zeros(3), train, [0])
     with pytest.raises(ConfigError, match="top"):
         compute_influence(obj, train.collate([0]), train, [1], InfluenceConfig(top=-1))
+
+
+@pytest.mark.gpu
+def test_engine_on_cuda_matches_cpu():
+    cpu = make_tiny_bert(7)
+    for p in cpu.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    gpu = make_tiny_bert(7).cuda()
+    for p in gpu.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    obj_cpu, obj_gpu = classifier_objective(cpu, 0.01), classifier_objective(gpu, 0.01)
+    train, test = make_tiny_examples(10, seed=5), make_tiny_examples(1, seed=8).collate([0])
+    cfg = InfluenceConfig(lissa=LissaConfig(depth=10, batch_size=2, repeats=2, scale=100.0), k=None)
+    on_cpu = compute_influence(obj_cpu, test, train, None, cfg)
+    on_gpu = compute_influence(obj_gpu, test, train, None, cfg, device="cuda")
+    assert on_gpu.values.device.type == "cuda" and on_gpu.s_test.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.s_test.cpu(), on_cpu.s_test, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(on_gpu.values.cpu(), on_cpu.values, rtol=1e-3, atol=1e-5)
+    slow = score_candidates_reference(obj_gpu, on_gpu.s_test, train, range(10))
+    assert _rel(on_gpu.values, slow) < 1e-4
