@@ -1,0 +1,93 @@
+"""Plain-text tables of a ``bench.json`` result (printed by ``fastif bench``; no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(x: Any, fmt: str = ".3g") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _pm(stat: dict[str, Any]) -> str:
+    return "—" if stat.get("mean") is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def speed_lines(result: dict[str, Any]) -> list[str]:
+    s = result["settings"]
+    lines = [f"Speed (Table 1): {len(result['speed']['single']['rows']['full']['per_example'])} timed test examples, "
+             f"N={result['num_train']}, J={s['depth']}, original B={s['original_batch']}, fast B=1"
+             + (" (scaled down from the paper's J=1000, B=128)" if s["scaled_down"] else ""),
+             f"  {'row':<18}{'median s':>10}{'q1':>9}{'q3':>9}{'speed-up':>10}"]  # fmt: skip
+    for name, r in result["speed"]["single"]["rows"].items():
+        sec = r["seconds"]
+        lines.append(
+            f"  {name:<18}{sec['median']:>10.3g}{sec['q1']:>9.3g}{sec['q3']:>9.3g}{r['speedup_vs_full']:>9.1f}×"
+        )
+    multi = result["speed"].get("multi")
+    if multi:
+        lines.append(f"  on {multi['devices']}:")
+        for name, r in multi["rows"].items():
+            lines.append(f"  {name:<18}{r['seconds']['median']:>10.3g}{'':>18}{r['speedup_vs_full']:>9.1f}×")
+    return lines
+
+
+def other_lines(result: dict[str, Any]) -> list[str]:
+    lat, eng = result["latency"], result["engine"]
+    sec = lat["seconds"]
+    lissa = lat["config"]["lissa"]
+    lines = [f"One click (k={lat['config']['k']}, J={lissa['depth']}, B={lissa['batch_size']}): total {sec['total']:.3g} s = "
+             + ", ".join(f"{k} {sec[k]:.3g}" for k in ("knn", "test_gradient", "s_test", "scoring")),
+             f"Engine: JVP scoring {eng['scoring']['jvp']['examples_per_s']:.1f}/s vs reference "
+             f"{eng['scoring']['reference']['examples_per_s']:.1f}/s = {eng['jvp_speedup_vs_reference']:.1f}×; "
+             f"forward {eng['forward']['examples_per_s']:.1f}/s, scoring costs {eng['scoring_cost_vs_forward']:.2f}× "
+             "a forward",
+             "HVP s/example: " + ", ".join(f"{k} {v['seconds_per_example']:.3g}" for k, v in eng["hvp"].items())]  # fmt: skip
+    lines.append("Quality (Table 3), correlation with full over the kNN candidates, mean ± std:")
+    lines.append(f"  {'row':<18}{'pearson':>16}{'spearman':>16}{'kendall':>16}")
+    for name, r in result["quality"]["rows"].items():
+        g = r["by_group"]["all"]
+        lines.append(f"  {name:<18}{_pm(g['pearson']):>16}{_pm(g['spearman']):>16}{_pm(g['kendall']):>16}")
+    return lines
+
+
+def recall_lines(result: dict[str, Any]) -> list[str]:
+    rec = result["recall"]
+    lines = [f"kNN recall R@m (k = {rec['ks']}; random = k/N):"]
+    for m in rec["ms"]:
+        for group in ("correct", "incorrect"):
+            for kind in ("helpful", "harmful", "unsigned"):
+                curve = rec["by_group"][group][str(m)][kind]
+                if curve:
+                    lines.append(f"  R@{m:<4} {group:<10}{kind:<9}" + " ".join(f"{x:.2f}" for x in curve))
+        lines.append(f"  R@{m:<4} {'random':<19}" + " ".join(f"{x:.2f}" for x in rec["random"]))
+    return lines
+
+
+def retrain_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    grid = result["lissa_tradeoff"]
+    ref = grid["reference"]
+    lines.append(f"s_test trade-off vs J={ref['depth']} B={ref['batch_size']} T={ref['repeats']}:")
+    for p in grid["points"]:
+        lines.append(f"  J={p['depth']:<5} B={p['batch_size']:<4} T={p['repeats']:<3} {p['seconds']:>8.3g} s  "
+                     f"error {p['error_norm']:.3f}  influence r {_num(p['influence_pearson'], '.3f')}")  # fmt: skip
+    for name in ("convex", "transformer"):
+        r = result["retrain"].get(name)
+        if not r:
+            continue
+        lines.append(f"Retraining check ({name}): Pearson(predicted, actual) = "
+                     f"{_num(r['pearson_predicted_vs_actual'], '.3f')}; signs {r['signs_at_max_m']}")  # fmt: skip
+        for kind, by_m in r["by_kind"].items():
+            lines.append(f"  {kind:<8}" + "  ".join(
+                f"m={m}: {_num(v['actual']['mean'], '+.2e')} (pred {_num(v['predicted']['mean'], '+.2e')})"
+                for m, v in by_m.items()))  # fmt: skip
+    return lines
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """Every headline table of a bench result, one section after the other."""
+    lines = speed_lines(result) + other_lines(result) + recall_lines(result) + retrain_lines(result)
+    if result["plots"].get("png_error"):
+        lines.append(f"note: {result['plots']['png_error']}")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""``run_bench``: every section of ``fastif bench`` in one run, written to ``bench.json`` + plots and the store."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastif_core.bench import engine_benchmark
+from fastif_core.benchmarks import lissa_grid, quality, retrain, speed
+from fastif_core.benchmarks.common import (
+    PAPER,
+    BenchConfig,
+    Progress,
+    choose_test_examples,
+    clip,
+    sub_progress,
+)
+from fastif_core.benchmarks.plots import write_plots
+from fastif_core.config import InfluenceConfig, to_dict
+
+# share of the progress bar per stage: engine, examples, multi-device, latency, grid, convex, transformer
+STAGES = {"engine": 0.05, "examples": 0.45, "multi": 0.1, "latency": 0.08, "grid": 0.12, "convex": 0.1,
+          "transformer": 0.1}  # fmt: skip
+
+
+def _stage_ranges() -> dict[str, tuple[float, float]]:
+    total, start, out = sum(STAGES.values()), 0.0, {}
+    for name, share in STAGES.items():
+        out[name] = (start / total, (start + share) / total)
+        start += share
+    return out
+
+
+def run_bench(
+    workspace: str | Path, out_dir: str | Path, *, test_examples: int = 10, quick: bool = False,
+    devices: str = "cpu:1", retrain: bool = False, progress: Progress | None = None,
+    config: BenchConfig | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run every benchmark section on a prepared workspace; write ``out_dir/bench.json`` and the plots,
+    store the result (``Store.save_bench``) and return it. ``config`` overrides the keyword settings."""
+    from fastif_core.parallel import parse_devices
+    from fastif_core.store import Store
+    from fastif_core.workspace import LoadedWorkspace
+
+    cfg = config or BenchConfig(test_examples=test_examples, quick=quick, devices=devices, retrain=retrain)
+    device = parse_devices(cfg.validate().devices).devices[0]
+    cfg = cfg.resolved(on_gpu=device.startswith("cuda"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started, ranges = time.perf_counter(), _stage_ranges()
+    stage = lambda name: sub_progress(progress, *ranges[name])  # noqa: E731
+    stage("engine")(0.0, "loading the workspace")
+    loaded = LoadedWorkspace.load(workspace, device)
+    store = Store.open(workspace)
+    try:
+        result = _sections(loaded, store, cfg, stage)
+        result["seconds"] = time.perf_counter() - started
+        result["plots"] = write_plots(result, out)
+        (out / "bench.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        result["bench_id"] = store.save_bench(
+            to_dict(cfg), result, kind="quick" if cfg.quick else "default"
+        ).id
+    finally:
+        store.close()
+    if progress is not None:
+        progress(1.0, f"wrote {out / 'bench.json'}")
+    return result
+
+
+def _sections(loaded: Any, store: Any, cfg: BenchConfig, stage: Any) -> dict[str, Any]:
+    n = len(loaded.train_ids)
+    ks = clip(cfg.ks, n)
+    examples = choose_test_examples(store, loaded, cfg.test_examples, cfg.seed)
+    result = _header(loaded, cfg, ks, examples)
+    clock: dict[str, float] = {}
+
+    def section(name: str, fn: Any) -> Any:
+        start = time.perf_counter()
+        out = fn()
+        clock[name] = time.perf_counter() - start
+        return out
+
+    obj, train = loaded.objective, loaded.train
+    result["engine"] = section("engine", lambda: engine_benchmark(obj, train, **_engine_sizes(cfg)))
+    data = section("examples", lambda: _example_data(loaded, store, examples, cfg, ks, stage("examples")))
+    timed_data = [d for d in data if d.seconds is not None]
+    result["test_examples"] = [{"id": d.example.id, "correct": d.example.correct, "label": d.example.record.label,
+                                "timed": d.seconds is not None} for d in data]  # fmt: skip
+    result["speed"] = {
+        "single": speed.speed_table(timed_data, cfg, ks, n),
+        "multi": section("multi", lambda: speed.multi_device(loaded, [d.example for d in timed_data], cfg, ks,
+                                                             stage("multi"))),
+    }  # fmt: skip
+    result["latency"] = section("latency", lambda: speed.latency(loaded, examples[0], _click_config(cfg, ks)))
+    stage("latency")(1.0, "one-click latency done")
+    result["quality"] = quality.quality(data, ks)
+    recall_ks = quality.default_recall_ks(n, ks)
+    neighbours = [loaded.nearest(d.example.id, max(recall_ks))[0] for d in data]
+    result["recall"] = quality.recall_curves(data, neighbours, recall_ks, cfg.recall_ms)
+    result["lissa_tradeoff"] = section(
+        "grid", lambda: lissa_grid.tradeoff(loaded, examples[0], cfg, stage("grid"))
+    )
+    convex = section("convex", lambda: retrain.convex_check(loaded, examples, cfg, stage("convex")))
+    result["retrain"] = {"convex": convex, "transformer": None}
+    if cfg.retrain:
+        result["retrain"]["transformer"] = section("transformer", lambda: retrain.transformer_check(
+            loaded, examples, [d.full for d in data], cfg, stage("transformer")))  # fmt: skip
+    result["section_seconds"] = clock
+    return result
+
+
+def _example_data(
+    loaded: Any, store: Any, examples: Sequence[Any], cfg: BenchConfig, ks: list[int], progress: Progress
+) -> list[speed.ExampleData]:
+    """Fresh timed computations for the first ``timed_examples``, cached-or-computed values for the rest."""
+    timed_n = len(examples) if cfg.timed_examples is None else min(cfg.timed_examples, len(examples))
+    data = []
+    for i, ex in enumerate(examples):
+        progress(
+            i / len(examples),
+            f"test example {i + 1}/{len(examples)} ({'timed' if i < timed_n else 'values'})",
+        )
+        if i < timed_n:
+            data.append(speed.measure_example(loaded, ex, cfg, ks))
+            speed.save_runs(loaded, store, data[-1], cfg)
+        else:
+            data.append(speed.stored_or_computed(loaded, store, ex, cfg, ks))
+    return data
+
+
+def _engine_sizes(cfg: BenchConfig) -> dict[str, Any]:
+    if cfg.quick:
+        return {"candidates": 16, "batch_size": 16, "reference_count": 2, "hvp_batch_sizes": (1,), "hvp_repeats": 1,
+                "seed": cfg.seed}  # fmt: skip
+    return {"candidates": 256, "batch_size": cfg.score_batch_size, "reference_count": 32, "hvp_batch_sizes": (1, 8),
+            "hvp_repeats": 3, "seed": cfg.seed}  # fmt: skip
+
+
+def _click_config(cfg: BenchConfig, ks: list[int]) -> InfluenceConfig:
+    """The dashboard's default preset (InfluenceConfig()), or the run's fast kNN row when scaled down."""
+    if cfg.latency_default_preset:
+        return InfluenceConfig()
+    return replace(cfg.influence("fast", max(ks)), top=InfluenceConfig().top)
+
+
+def _header(loaded: Any, cfg: BenchConfig, ks: list[int], examples: Sequence[Any]) -> dict[str, Any]:
+    paper_scale = (
+        cfg.depth == PAPER["fast"]["depth"] and cfg.original_batch == PAPER["original"]["batch_size"]
+    )
+    return {
+        "version": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "workspace": str(loaded.root),
+        "model_id": loaded.model_id,
+        "num_train": len(loaded.train_ids),
+        "trainable_params": loaded.objective.num_params,
+        "device": str(loaded.device),
+        "threads": torch.get_num_threads(),
+        "host": {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "settings": {
+            **to_dict(cfg),
+            "ks_used": ks,
+            "scaled_down": not paper_scale,
+            "paper": PAPER,
+            "presets": {p: to_dict(cfg.preset(p)) for p in speed.PRESETS},
+            "test_examples_found": {
+                "correct": sum(e.correct for e in examples),
+                "incorrect": sum(not e.correct for e in examples),
+            },
+        },  # fmt: skip
+    }
