@@ -50,7 +50,8 @@ def _regularizer_dot(objective: Objective, s: dict[str, Tensor]) -> Tensor:
     """``∇(wd·Σθ²) · s = 2·wd·Σ_decayed θ·s``: the same for every candidate, added analytically."""
     if objective.weight_decay == 0.0 or not objective.decayed:
         return torch.zeros((), dtype=objective.dtype, device=objective.device)
-    return 2.0 * objective.weight_decay * sum((objective.params[n] * s[n]).sum() for n in objective.decayed)
+    params = objective.params
+    return 2.0 * objective.weight_decay * sum((params[n] * s[n]).sum() for n in objective.decayed)
 
 
 def _jvp_loss_dots(objective: Objective, batch: Batch, s: dict[str, Tensor]) -> Tensor:

@@ -112,12 +112,18 @@ class Objective:
         self.loss = loss
         self.weight_decay = float(weight_decay)
         self.names = [n for n, _ in named]
-        self.params: Params = {n: p.detach() for n, p in named}  # shares storage with the model
+        self._refs = dict(named)
         self.decayed = [n for n in self.names if decay(n, owners.get(n))]
         self._apply = _Apply(model, forward)
         self._keys = [f"model.{n}" for n in self.names]
         self._shapes = [p.shape for _, p in named]
         self._numels = [p.numel() for _, p in named]
+
+    @property
+    def params(self) -> Params:
+        """The trainable parameters, detached (same storage), read from the model now: a later
+        ``model.to(device)`` or in-place weight update is seen."""
+        return {n: p.detach() for n, p in self._refs.items()}
 
     @property
     def num_params(self) -> int:
@@ -126,11 +132,11 @@ class Objective:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.params.values())).device
+        return next(iter(self._refs.values())).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(iter(self.params.values())).dtype
+        return next(iter(self._refs.values())).dtype
 
     def outputs(self, params: Params, batch: Batch) -> Tensor:
         """Model outputs with the trainable parameters replaced by ``params``."""

@@ -91,3 +91,14 @@ def test_bad_settings_raise_config_errors():
         p.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
         Objective(model, forward=tensor_forward)
+
+
+def test_params_follow_the_model_after_in_place_updates():
+    model = nn.Linear(3, 2)
+    obj = Objective(model, forward=tensor_forward, weight_decay=0.0)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    model.double()  # dtype conversion swaps the parameters' data
+    assert obj.dtype == torch.float64 and torch.equal(
+        obj.params["weight"], torch.full((2, 3), 2.0, dtype=torch.float64)
+    )
