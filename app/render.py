@@ -45,11 +45,14 @@ def examples_table(frame: pd.DataFrame, key: str = "examples_table") -> list[int
         _label_styler(frame), key=key, on_select="rerun", selection_mode="single-row", hide_index=True,
         width="stretch", height=420,
         column_config={
-            "id": st.column_config.TextColumn("ID", width="small"),
-            "correct": st.column_config.CheckboxColumn("Correct", width="small"),
-            "confidence": st.column_config.ProgressColumn("Confidence", format="percent", min_value=0.0, max_value=1.0),
+            "id": st.column_config.TextColumn("ID", width="medium"),
             "premise": st.column_config.TextColumn("Premise", width="large"),
             "hypothesis": st.column_config.TextColumn("Hypothesis", width="large"),
+            "label": st.column_config.TextColumn("Gold"),
+            "predicted": st.column_config.TextColumn("Predicted"),
+            "correct": st.column_config.CheckboxColumn("Correct", width="small"),
+            "confidence": st.column_config.ProgressColumn("Confidence", format="percent", min_value=0.0, max_value=1.0),
+            **{c: st.column_config.TextColumn(c.capitalize()) for c in ("dataset", "split", "genre", "heuristic", "subcase")},
         },
     )  # fmt: skip
     return list(event.selection.rows)
@@ -120,7 +123,10 @@ def neighbors_table(neighbors: list[NeighborInfo]) -> None:
     st.dataframe(
         _label_styler(fmt.neighbors_frame(neighbors), ("label",)), hide_index=True, width="stretch",
         column_config={
+            "rank": st.column_config.NumberColumn("Rank", width="small"),
             "distance": st.column_config.NumberColumn("Distance", format="%.3f"),
+            "label": st.column_config.TextColumn("Gold"),
+            "id": st.column_config.TextColumn("ID"),
             "premise": st.column_config.TextColumn("Premise", width="large"),
             "hypothesis": st.column_config.TextColumn("Hypothesis", width="large"),
         },
@@ -178,6 +184,8 @@ def jobs_table(frame: pd.DataFrame) -> None:
     st.dataframe(
         frame, hide_index=True, width="stretch",
         column_config={
+            **{c: st.column_config.TextColumn(c.capitalize()) for c in ("kind", "subject", "status", "device", "duration", "attempts", "created")},
+            "id": st.column_config.NumberColumn("Job", format="#%d", width="small"),
             "progress": st.column_config.ProgressColumn("Progress", format="percent", min_value=0.0, max_value=1.0),
             "message": st.column_config.TextColumn("Message", width="medium"),
             "error": st.column_config.TextColumn("Error", width="large"),

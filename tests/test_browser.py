@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fastif_core.store import ExampleFilter, Store
+from fastif_core.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from factories import make_tiny_workspace  # noqa: E402
@@ -35,6 +36,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 RESULT_TIMEOUT_S = 300
+ROW_PX = 35  # st.dataframe's header and row height
 DEPTH = (
     100  # LiSSA depth J typed into the form (the fast default is 1000; the journey, not the math, is tested)
 )
@@ -141,13 +143,18 @@ def test_compute_influence_journey(dashboard: tuple[str, Path], tmp_path: Path) 
 
     url, root = dashboard
     with Store.open(root) as store:
-        example = store.query_examples(ExampleFilter(split="challenge"), limit=1)[0]
+        example = store.query_examples(limit=1)[0]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{url}/?example={example.id}")
+            page.goto(url)  # Browse; the table is sorted by id, so its first row is `example`
+            grid = page.get_by_test_id("stDataFrame").first
+            expect(grid).to_be_visible(timeout=60_000)
+            box = grid.bounding_box()
+            page.mouse.click(box["x"] + 15, box["y"] + 1.5 * ROW_PX)  # the first row's selection cell
             expect(page.get_by_text("Premise", exact=True)).to_be_visible(timeout=60_000)
+            expect(page).to_have_url(re.compile(r"/example\?example="))
             expect(page.get_by_text(example.hypothesis)).to_be_visible()
             page.get_by_role("spinbutton", name="J depth").fill(str(DEPTH))
             clicked = time.monotonic()
