@@ -242,10 +242,10 @@ def lissa_repetitions(
     Raises:
         LissaDivergenceError: non-finite or exploding ``‖h‖`` (message names the step and a scale).
     """
-    cfg = resolve_scale(objective, train, cfg, device)
-    device = resolve_device(objective, device)
     if len(train) == 0:
         raise ConfigError("LiSSA needs at least one training example to draw HVP batches from")
+    device = resolve_device(objective, device)
+    cfg = resolve_scale(objective, train, cfg, device)
     v = v.to(device, objective.dtype)
     start = time.perf_counter()
     total, sq, depths = torch.zeros_like(v), 0.0, {}
