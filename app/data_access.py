@@ -188,6 +188,14 @@ def active_job(root: str, kind: str, example_id: str | None = None) -> JobInfo |
     return None
 
 
+def influence_job(root: str, example_id: str, job_id: int | None) -> JobInfo | None:
+    """The influence job to show for an example: the one this session queued, else its newest one."""
+    if job_id is not None:
+        return job(root, job_id)
+    found = [j for j in list_jobs(root, kind="influence") if j.params.get("example_id") == example_id]
+    return found[0] if found else None
+
+
 def latest_job(root: str, kind: str) -> JobInfo | None:
     found = list_jobs(root, kind=kind, limit=1)
     return found[0] if found else None

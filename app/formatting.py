@@ -52,6 +52,12 @@ def when(ts: datetime | None) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "—"
 
 
+def error_summary(error: str | None) -> str:
+    """One line for a job's error: the message itself, or a traceback's last line."""
+    lines = [line.strip() for line in (error or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error message was recorded"
+
+
 def examples_frame(rows: list[ExampleRow]) -> pd.DataFrame:
     """The browse table: one row per example, slice fields as columns, no nested values."""
     records = [

@@ -174,9 +174,17 @@ def job_status(job: JobInfo) -> None:
         text = job.message or ("waiting for the worker" if job.status == "queued" else "running")
         st.progress(min(max(job.progress, 0.0), 1.0), text=text)
     elif job.status == "failed":
-        st.error(f"Job #{job.id} failed after {job.attempts} attempt(s): {job.error or 'no error message'}")
+        job_error(job)
     elif job.status == "cancelled":
         st.warning(f"Job #{job.id} was cancelled.")
+
+
+def job_error(job: JobInfo) -> None:
+    """Why a job failed, in one line; a traceback (an unexpected crash) goes in a details expander."""
+    st.error(f"Job #{job.id} failed after {job.attempts} attempt(s): {fmt.error_summary(job.error)}")
+    if job.error and "\n" in job.error.strip():
+        with st.expander("Error details"):
+            st.code(job.error, language=None)
 
 
 def jobs_table(frame: pd.DataFrame) -> None:

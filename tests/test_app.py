@@ -195,19 +195,28 @@ def test_exports_carry_the_scores_and_the_config(stored_run: InfluenceRunInfo) -
     )
 
 
-def test_jobs_page_lists_failed_job_error_and_cancels(app_env: Store) -> None:
-    ex = app_env.query_examples(limit=1)[0]
+def test_failed_job_is_explained_on_its_example_and_on_the_jobs_page(app_env: Store) -> None:
+    ex = app_env.query_examples(limit=1, offset=2)[0]
     failing = app_env.enqueue_job("influence", {"example_id": ex.id, "config": {"k": 0}, "model_id": None})
     claimed = app_env.claim_job("test-owner")
     assert claimed is not None and claimed.id == failing.id
-    app_env.fail_job(failing.id, "test-owner", "k=0 is invalid: allowed an integer >= 1")
+    app_env.fail_job(failing.id, "test-owner", "ConfigError: k=0 is invalid: allowed an integer >= 1")
+    at = _ok(_app(example=ex.id))
+    assert any(f"Job #{failing.id} failed" in e.value and "k=0 is invalid" in e.value for e in at.error)
+    at.switch_page(JOBS_PAGE)
+    _ok(at.run())
+    assert failing.id in set(at.dataframe[0].value["id"])
+    assert any("k=0 is invalid" in e.value for e in at.error)
+
+
+def test_jobs_page_cancels_a_queued_job(app_env: Store) -> None:
+    ex = app_env.query_examples(limit=1, offset=4)[0]
     queued = app_env.enqueue_job("influence", {"example_id": ex.id, "config": {"k": 3}, "model_id": None})
     at = _app()
     at.switch_page(JOBS_PAGE)
     _ok(at.run())
-    table = at.dataframe[0].value
-    assert {failing.id, queued.id} <= set(table["id"])
-    assert any("k=0 is invalid" in e.value for e in at.error)
+    row = at.dataframe[0].value.set_index("id").loc[queued.id]
+    assert row["status"] == "queued" and row["subject"] == f"example {ex.id}"
     _ok(at.selectbox[0].set_value(queued.id).run())
     _ok(at.button(key="FormSubmitter:cancel_form-Cancel job").click().run())
     assert app_env.get_job(queued.id).status == "cancelled"

@@ -47,8 +47,7 @@ if config is not None:
     job = da.enqueue_influence(root, ex.id, config)
     st.session_state[f"influence_job:{ex.id}"] = job.id
 
-job_id = st.session_state.get(f"influence_job:{ex.id}")
-job = da.job(root, job_id) if job_id is not None else da.active_job(root, "influence", ex.id)
+job = da.influence_job(root, ex.id, st.session_state.get(f"influence_job:{ex.id}"))
 if job is not None and not job.finished:
     shell.job_progress(root, job.id)
     st.stop()

@@ -29,8 +29,7 @@ def queue() -> None:
     render.jobs_table(fmt.jobs_frame(listed))
     for j in listed:
         if j.status == "failed":
-            with st.expander(f"Job #{j.id} failed: {fmt.job_subject(j)}"):
-                st.error(j.error or "no error message")
+            render.job_error(j)
 
 
 queue()
