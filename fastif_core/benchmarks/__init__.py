@@ -57,7 +57,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "format_summary", "run_bench", "run_from_args"]
+__all__ = ["add_arguments", "config_from_args", "format_summary", "run_bench", "run_from_args"]
 
 
 def run_bench(workspace: str | Path, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

@@ -64,7 +64,9 @@ def run_bench(
         result = _sections(loaded, store, cfg, stage)
         result["seconds"] = time.perf_counter() - started
         result["plots"] = write_plots(result, out)
-        (out / "bench.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        text = json.dumps(result, indent=2, allow_nan=False)
+        (out / "bench.json").write_text(text)
+        result = json.loads(text)  # exactly what bench.json and the store hold (tuples become lists)
         result["bench_id"] = store.save_bench(
             to_dict(cfg), result, kind="quick" if cfg.quick else "default"
         ).id

@@ -1,0 +1,208 @@
+"""``fastif bench`` (fastif_core.benchmarks): the quick bench on the tiny prepared workspace, checked for
+structure and invariants against ground truth recomputed here (no timing assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastif_core.benchmarks import add_arguments, config_from_args, format_summary, run_bench
+from fastif_core.benchmarks.common import BenchConfig, _balanced
+from fastif_core.benchmarks.lissa_grid import grid_points
+from fastif_core.benchmarks.quality import correlations, recall_curves, top_sets
+from fastif_core.query import cache_key
+from fastif_core.store import Store
+from fastif_core.workspace import LoadedWorkspace
+
+QUICK = BenchConfig(test_examples=2, quick=True, ks=(10, 100))
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_workspace_template: Path, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """One quick bench run on a private copy of the tiny workspace: (workspace, out dir, result)."""
+    root = tmp_path_factory.mktemp("bench") / "ws"
+    shutil.copytree(tiny_workspace_template, root)
+    out = root.parent / "out"
+    seen: list[float] = []
+    result = run_bench(root, out, config=QUICK, progress=lambda f, m: seen.append(f))
+    assert seen and 0.0 <= min(seen) and max(seen) == 1.0
+    return root, out, result
+
+
+def _all_numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _all_numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _all_numbers(v)
+    elif isinstance(obj, float):
+        yield obj
+
+
+def test_bench_json_is_written_and_stored(bench):
+    root, out, result = bench
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk == {k: v for k, v in result.items() if k != "bench_id"}
+    assert all(math.isfinite(x) for x in _all_numbers(on_disk))
+    with Store.open(root) as store:
+        latest = store.latest_bench()
+    assert latest is not None and latest.id == result["bench_id"] and latest.kind == "quick"
+    assert latest.result["num_train"] == result["num_train"] == 60
+    for name in result["plots"]["html"]:
+        assert (out / name).stat().st_size > 0
+    assert {f"{s}.html" for s in ("speed", "latency", "quality", "recall", "lissa_tradeoff", "retrain", "engine")} <= set(
+        result["plots"]["html"]
+    )
+    assert all((out / name).exists() for name in result["plots"]["png"])
+    assert result["plots"]["png"] or result["plots"]["png_error"]
+    assert "Speed (Table 1)" in format_summary(result)
+
+
+def test_test_examples_are_balanced_non_training_and_settings_recorded(bench):
+    root, _, result = bench
+    examples = result["test_examples"]
+    assert sorted(e["correct"] for e in examples) == [False, True]
+    loaded_ids = set(LoadedWorkspace.load(root).train_ids)
+    assert not {e["id"] for e in examples} & loaded_ids
+    s = result["settings"]
+    assert s["ks_used"] == [10, 60] and s["scaled_down"] is True
+    assert s["presets"]["original"]["batch_size"] == s["original_batch"] and s["presets"]["fast"]["batch_size"] == 1
+
+
+def test_speed_table_rows_and_speedups(bench):
+    _, _, result = bench
+    rows = result["speed"]["single"]["rows"]
+    assert list(rows) == ["full", "knn10/original", "knn10/fast", "knn60/original", "knn60/fast"]
+    for name, row in rows.items():
+        assert row["speedup_vs_full"] > 0 and row["seconds"]["n"] == 2
+        assert row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
+        assert all(x > 0 for x in row["per_example"])
+    assert rows["full"]["speedup_vs_full"] == 1.0 and rows["full"]["candidates"] == 60
+    assert result["speed"]["multi"] is None  # cpu:1
+    lat = result["latency"]["seconds"]
+    parts = lat["knn"] + lat["test_gradient"] + lat["s_test"] + lat["scoring"]
+    assert parts == pytest.approx(lat["total"], rel=1e-6)
+    eng = result["engine"]
+    assert eng["jvp_speedup_vs_reference"] > 0 and eng["scoring_cost_vs_forward"] > 0
+
+
+def test_quality_correlations_in_range_and_full_vs_full_is_one(bench):
+    _, _, result = bench
+    for name, row in result["quality"]["rows"].items():
+        for per in row["per_example"]:
+            for value in per.values():
+                assert value is None or -1.0 - 1e-9 <= value <= 1.0 + 1e-9
+        if row["preset"] == "original":  # same s_test as full: the kNN and full paths must agree
+            for metric in ("pearson", "spearman", "kendall"):
+                assert row["by_group"]["all"][metric]["mean"] == pytest.approx(1.0, abs=1e-4), (name, metric)
+
+
+def test_recall_matches_stored_full_runs_and_is_one_at_k_equals_n(bench):
+    root, _, result = bench
+    rec = result["recall"]
+    n = rec["num_train"]
+    assert rec["ks"][-1] == n and rec["random"] == [k / n for k in rec["ks"]]
+    for group in ("correct", "incorrect"):
+        for m in rec["ms"]:
+            for kind, curve in rec["by_group"][group][str(m)].items():
+                assert all(0.0 <= x <= 1.0 for x in curve) and curve[-1] == 1.0, (group, m, kind)
+    # ground truth from the store: the bench saved each test example's full run
+    loaded = LoadedWorkspace.load(root)
+    correct = next(e for e in result["test_examples"] if e["correct"])
+    full_cfg = QUICK.resolved(on_gpu=False).influence("original", None)
+    with Store.open(root) as store:
+        found = store.find_influence_run(loaded.model_id, correct["id"], cache_key(full_cfg))
+        run = store.get_influence_run(found.id, with_text=False)
+    assert run.num_candidates == n
+    helpful = [loaded.train_ids.index(s.train_id) for s in run.scores[:10]]  # most negative first
+    nearest = loaded.nearest(correct["id"], 10)[0]
+    expected = len(set(helpful) & set(nearest)) / 10
+    assert rec["by_group"]["correct"]["10"]["helpful"][0] == pytest.approx(expected)
+
+
+def test_lissa_tradeoff_reference_has_zero_error(bench):
+    _, _, result = bench
+    grid = result["lissa_tradeoff"]
+    s = result["settings"]
+    assert len(grid["points"]) == len(grid_points(s["grid_depths"], s["grid_batches"], s["grid_repeats"]))
+    ref = grid["points"][0]
+    assert (ref["depth"], ref["batch_size"], ref["repeats"]) == tuple(grid["reference"].values())
+    assert ref["error_norm"] == 0.0 and ref["influence_pearson"] == pytest.approx(1.0)
+    assert all(p["error_norm"] >= 0 and p["seconds"] > 0 for p in grid["points"])
+
+
+def test_convex_retraining_matches_influence(bench):
+    """Exact influence on the convex model predicts leave-one-out retraining, with the paper's signs."""
+    _, _, result = bench
+    convex = result["retrain"]["convex"]
+    assert convex["max_final_grad_norm"] < 1e-6
+    assert convex["signs_at_max_m"]["harmful_lowers_loss"] and convex["signs_at_max_m"]["helpful_raises_loss"]
+    for p in convex["points"]:
+        if p["m"] == 1:
+            assert p["predicted"] == pytest.approx(p["actual"], rel=0.25, abs=1e-6), p
+    assert convex["pearson_predicted_vs_actual"] > 0.5
+    assert result["retrain"]["transformer"] is None
+
+
+def test_balanced_choice_tops_up_from_the_other_pool():
+    import random
+
+    pools = {True: list(range(10)), False: ["x"]}
+    rows = _balanced(pools, 4, random.Random(0))
+    assert len(rows) == 4 and rows.count("x") == 1
+    assert _balanced(pools, 4, random.Random(0)) == rows  # deterministic
+
+
+def test_recall_curves_and_correlations_on_known_values():
+    from fastif_core.benchmarks.common import TestExample
+    from fastif_core.benchmarks.speed import ExampleData
+
+    values = torch.tensor([-5.0, 4.0, -3.0, 2.0, -1.0, 0.5])  # helpful: 0, 2, 4; harmful: 1, 3, 5
+    assert top_sets(values, 2) == {"helpful": {0, 2}, "harmful": {1, 3}, "unsigned": {0, 1}}
+    ex = TestExample("t", None, {}, True)
+    data = [ExampleData(ex, values, {}, {})]
+    rec = recall_curves(data, [[0, 1, 2, 3, 4, 5]], [1, 2, 6], [2])
+    assert rec["by_group"]["correct"]["2"] == {"helpful": [0.5, 0.5, 1.0], "harmful": [0.0, 0.5, 1.0],
+                                               "unsigned": [0.5, 1.0, 1.0]}  # fmt: skip
+    assert rec["by_group"]["incorrect"]["2"]["helpful"] == []
+    r = correlations(values, 2 * values + 1)
+    assert r == pytest.approx({"pearson": 1.0, "spearman": 1.0, "kendall": 1.0})
+    assert correlations(values, torch.ones(6))["pearson"] is None
+
+
+def test_cli_arguments_build_the_config(tmp_path):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    a = p.parse_args(["--workspace", str(tmp_path), "--out", str(tmp_path / "o"), "--quick", "--ks", "5,50",
+                      "--depth", "7", "--click-preset", "scaled"])  # fmt: skip
+    cfg = config_from_args(a)
+    assert cfg.quick and cfg.ks == (5, 50) and cfg.depth == 7 and cfg.latency_default_preset is False
+    assert cfg.resolved(on_gpu=False).depth == 7 and cfg.resolved(on_gpu=False).original_batch == 4
+    with pytest.raises(SystemExit):
+        p.parse_args(["--out", "o", "--ks", "a,b"])
+
+
+@pytest.mark.slow
+def test_multi_device_rows_and_transformer_retraining(tiny_workspace: Path):
+    """cpu:2 Table 1 rows through the device group, and the transformer retraining check (one removal)."""
+    from fastif_core.benchmarks import retrain, speed
+    from fastif_core.benchmarks.common import choose_test_examples
+
+    loaded = LoadedWorkspace.load(tiny_workspace)
+    cfg = BenchConfig(quick=True, devices="cpu:2", ks=(10,), retrain_ms=(1,), retrain_examples=1).resolved(False)
+    with Store.open(tiny_workspace) as store:
+        examples = choose_test_examples(store, loaded, 1, 0)
+    multi = speed.multi_device(loaded, examples, cfg, [10], lambda f, m: None)
+    assert multi["world_size"] == 2 and list(multi["rows"]) == ["full", "knn10/original", "knn10/fast"]
+    assert all(r["speedup_vs_full"] > 0 for r in multi["rows"].values())
+    full = speed.measure_example(loaded, examples[0], cfg, [10]).full
+    out = retrain.transformer_check(loaded, examples, [full], cfg, lambda f, m: None)
+    assert out["fine_tunings"] == 4 and len(out["points"]) == 3
+    assert all(math.isfinite(p["actual"]) and math.isfinite(p["predicted"]) for p in out["points"])
