@@ -31,7 +31,7 @@ def bench(tiny_workspace_template: Path, tmp_path_factory) -> tuple[Path, Path, 
     out = root.parent / "out"
     seen: list[float] = []
     result = run_bench(root, out, config=QUICK, progress=lambda f, m: seen.append(f))
-    assert seen and 0.0 <= min(seen) and max(seen) == 1.0
+    assert seen and min(seen) >= 0.0 and max(seen) == 1.0
     return root, out, result
 
 
@@ -57,9 +57,9 @@ def test_bench_json_is_written_and_stored(bench):
     assert latest.result["num_train"] == result["num_train"] == 60
     for name in result["plots"]["html"]:
         assert (out / name).stat().st_size > 0
-    assert {f"{s}.html" for s in ("speed", "latency", "quality", "recall", "lissa_tradeoff", "retrain", "engine")} <= set(
-        result["plots"]["html"]
-    )
+    assert {
+        f"{s}.html" for s in ("speed", "latency", "quality", "recall", "lissa_tradeoff", "retrain", "engine")
+    } <= set(result["plots"]["html"])
     assert all((out / name).exists() for name in result["plots"]["png"])
     assert result["plots"]["png"] or result["plots"]["png_error"]
     assert "Speed (Table 1)" in format_summary(result)
@@ -73,14 +73,17 @@ def test_test_examples_are_balanced_non_training_and_settings_recorded(bench):
     assert not {e["id"] for e in examples} & loaded_ids
     s = result["settings"]
     assert s["ks_used"] == [10, 60] and s["scaled_down"] is True
-    assert s["presets"]["original"]["batch_size"] == s["original_batch"] and s["presets"]["fast"]["batch_size"] == 1
+    assert (
+        s["presets"]["original"]["batch_size"] == s["original_batch"]
+        and s["presets"]["fast"]["batch_size"] == 1
+    )
 
 
 def test_speed_table_rows_and_speedups(bench):
     _, _, result = bench
     rows = result["speed"]["single"]["rows"]
     assert list(rows) == ["full", "knn10/original", "knn10/fast", "knn60/original", "knn60/fast"]
-    for name, row in rows.items():
+    for row in rows.values():
         assert row["speedup_vs_full"] > 0 and row["seconds"]["n"] == 2
         assert row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
         assert all(x > 0 for x in row["per_example"])
@@ -196,7 +199,8 @@ def test_multi_device_rows_and_transformer_retraining(tiny_workspace: Path):
     from fastif_core.benchmarks.common import choose_test_examples
 
     loaded = LoadedWorkspace.load(tiny_workspace)
-    cfg = BenchConfig(quick=True, devices="cpu:2", ks=(10,), retrain_ms=(1,), retrain_examples=1).resolved(False)
+    cfg = BenchConfig(quick=True, devices="cpu:2", ks=(10,), retrain_ms=(1,), retrain_examples=1)
+    cfg = cfg.resolved(on_gpu=False)
     with Store.open(tiny_workspace) as store:
         examples = choose_test_examples(store, loaded, 1, 0)
     multi = speed.multi_device(loaded, examples, cfg, [10], lambda f, m: None)
