@@ -26,6 +26,13 @@ STATUS_MD: dict[str, str] = {
     "failed": "red",
     "cancelled": "gray",
 }
+STATUS_HEX: dict[str, str] = {
+    "queued": "#1971c2",
+    "running": "#7048e8",
+    "done": "#2b8a3e",
+    "failed": "#c92a2a",
+    "cancelled": "#868e96",
+}
 STATUS_ICON: dict[str, str] = {
     "queued": "⏳",
     "running": "⚙️",
@@ -60,3 +67,9 @@ def label_cell_style(value: object) -> str:
     if isinstance(value, str) and value in LABEL_COLORS:
         return f"color: {LABEL_COLORS[value]}; font-weight: 600"
     return ""
+
+
+def status_cell_style(value: object) -> str:
+    """A pandas Styler cell style colouring a job status."""
+    color = STATUS_HEX.get(value) if isinstance(value, str) else None
+    return f"color: {color}; font-weight: 600" if color else ""

@@ -190,7 +190,7 @@ def job_error(job: JobInfo) -> None:
 def jobs_table(frame: pd.DataFrame) -> None:
     """Queue and history of jobs."""
     st.dataframe(
-        frame, hide_index=True, width="stretch",
+        frame.style.map(palette.status_cell_style, subset=["status"]), hide_index=True, width="stretch",
         column_config={
             **{c: st.column_config.TextColumn(c.capitalize()) for c in ("kind", "subject", "status", "device", "duration", "attempts", "created")},
             "id": st.column_config.NumberColumn("Job", format="#%d", width="small"),

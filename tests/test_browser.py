@@ -41,7 +41,7 @@ DEPTH = (
     100  # LiSSA depth J typed into the form (the fast default is 1000; the journey, not the math, is tested)
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _free_port() -> int:

@@ -10,6 +10,7 @@ import streamlit as st
 
 from app import controls, render, shell
 from app import data_access as da
+from app import formatting as fmt
 
 root = da.workspace_root()
 state = da.workspace_state(root)
@@ -29,7 +30,7 @@ ex = da.example(root, example_id)
 if ex is None:
     st.title("Example")
     st.error(
-        f"There is no example with id `{example_id}` in this workspace. The link may be from another workspace."
+        f"There is no example with id {fmt.code(example_id)} in this workspace. The link may be from another workspace."
     )
     st.page_link("views/browse.py", label="Browse examples", icon=":material/table_rows:")
     st.stop()
