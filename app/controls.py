@@ -41,22 +41,24 @@ def browse_filters_controls(options: FilterOptions) -> ExampleFilter:
         label = _multi("Gold label", options.labels, "f_label", "the annotated label")
     with c4:
         predicted = _multi("Predicted label", options.predicted, "f_pred", "the model's prediction")
-    c5, c6, c7, c8 = st.columns(4)
-    with c5:
-        genre = _multi("MNLI genre", options.genres, "f_genre", "MNLI text genre") if options.genres else None
-    with c6:
-        heuristic = (
-            _multi(
-                "HANS heuristic", options.heuristics, "f_heur", "lexical overlap, subsequence, constituent"
-            )
-            if options.heuristics
-            else None
-        )
-    with c7:
-        subcase = (
-            _multi("HANS subcase", options.subcases, "f_sub", "HANS subcase") if options.subcases else None
-        )
-    with c8:
+    slices = [
+        ("genre", "MNLI genre", options.genres, "f_genre", "MNLI text genre"),
+        (
+            "heuristic",
+            "HANS heuristic",
+            options.heuristics,
+            "f_heur",
+            "lexical overlap, subsequence, constituent",
+        ),
+        ("subcase", "HANS subcase", options.subcases, "f_sub", "HANS subcase"),
+    ]
+    present = [row for row in slices if row[2]]
+    cols = st.columns(4)
+    chosen: dict[str, list[str] | None] = {}
+    for col, (name, label_, values, key, help_) in zip(cols, present, strict=False):
+        with col:
+            chosen[name] = _multi(label_, values, key, help_)
+    with cols[len(present)]:
         correctness = st.segmented_control("Prediction", CORRECTNESS, default="All", key="f_correct")
     search = st.text_input(
         "Search text", key="f_search", placeholder="words in the premise, hypothesis or id"
@@ -64,7 +66,8 @@ def browse_filters_controls(options: FilterOptions) -> ExampleFilter:
     correct = {"Correct": True, "Incorrect": False}.get(correctness or "All")
     return ExampleFilter(
         dataset=dataset, split=split, label=label, predicted=predicted, correct=correct,
-        genre=genre, heuristic=heuristic, subcase=subcase, search=search.strip() or None,
+        genre=chosen.get("genre"), heuristic=chosen.get("heuristic"), subcase=chosen.get("subcase"),
+        search=search.strip() or None,
     )  # fmt: skip
 
 

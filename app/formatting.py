@@ -17,7 +17,7 @@ import pandas as pd
 from fastif_core.store.records import ExampleRow, InfluenceRunInfo, JobInfo, NeighborInfo, ScoreInfo
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|$~:])")
-EXAMPLE_COLUMNS = ["id", "premise", "hypothesis", "label", "predicted", "correct", "confidence", "dataset", "split", "genre", "heuristic", "subcase"]  # fmt: skip
+EXAMPLE_COLUMNS = ["id", "label", "predicted", "correct", "confidence", "premise", "hypothesis", "dataset", "split", "genre", "heuristic", "subcase"]  # fmt: skip
 
 
 def md_escape(text: str) -> str:

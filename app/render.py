@@ -47,11 +47,11 @@ def examples_table(frame: pd.DataFrame, key: str = "examples_table") -> list[int
         column_config={
             "id": st.column_config.TextColumn("ID", width="medium"),
             "premise": st.column_config.TextColumn("Premise", width="large"),
-            "hypothesis": st.column_config.TextColumn("Hypothesis", width="large"),
+            "hypothesis": st.column_config.TextColumn("Hypothesis", width="medium"),
             "label": st.column_config.TextColumn("Gold"),
             "predicted": st.column_config.TextColumn("Predicted"),
             "correct": st.column_config.CheckboxColumn("Correct", width="small"),
-            "confidence": st.column_config.ProgressColumn("Confidence", format="percent", min_value=0.0, max_value=1.0),
+            "confidence": st.column_config.ProgressColumn("Confidence", format="percent", min_value=0.0, max_value=1.0, width="small"),
             **{c: st.column_config.TextColumn(c.capitalize()) for c in ("dataset", "split", "genre", "heuristic", "subcase")},
         },
     )  # fmt: skip
