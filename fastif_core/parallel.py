@@ -176,7 +176,7 @@ class ParallelContext:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, devices: str = "auto", *, timeout_s: float = 3600.0) -> ParallelContext:
+    def start(cls, devices: str = "auto", *, timeout_s: float = 86400.0) -> ParallelContext:
         """Start the group once: under ``torchrun`` from its env, else rank 0 here + spawned ranks."""
         if launched_by_torchrun():
             return cls._from_env(timeout_s)
@@ -213,8 +213,8 @@ class ParallelContext:
     @classmethod
     def _from_env(cls, timeout_s: float) -> ParallelContext:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}" if cuda_count() > local else "cpu"
+        local, per_node = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        device = f"cuda:{local}" if cuda_count() >= per_node else "cpu"  # one backend for all ranks
         backend = "nccl" if device.startswith("cuda") else "gloo"
         _set_cuda(device)
         dist.init_process_group(

@@ -172,6 +172,7 @@ class Worker:
         try:
             while not self._stopping(stop_event):
                 if self.run_next():
+                    self._require_group()
                     continue
                 if once:
                     break
@@ -182,6 +183,13 @@ class Worker:
             beat.join()
             self.store.worker_heartbeat(self.id, current_job_id=None, status="stopped")
         return self.processed
+
+    def _require_group(self) -> None:
+        """A rank died (its job was requeued): exit, so that a fresh worker starts a fresh group."""
+        if not self.group.alive():
+            raise JobError(
+                f"worker {self.id}: a rank of the device group {self.group.spec} exited; restart the worker"
+            )
 
     def _stopping(self, stop_event: threading.Event | None) -> bool:
         if stop_event is not None and stop_event.is_set():
@@ -326,7 +334,11 @@ def run_influence(ctx: JobContext) -> dict[str, Any]:
     state = ctx.group.load(key, f"{__name__}:load_workspace_state", root=str(Path(ctx.root).resolve()))
 
     def runner(loaded: Any, batch: dict, candidates: list[int] | None, cfg: Any, progress: Any) -> Any:
-        return ctx.group.influence(key, batch, candidates, cfg, progress, ctx.should_stop)
+        try:
+            return ctx.group.influence(key, batch, candidates, cfg, progress, ctx.should_stop)
+        except QueryCancelled:
+            ctx.check()  # the precise reason: cancelled, lease lost or worker stopping
+            raise
 
     out = influence_query(ctx.root, params.example_id, params.config, device=ctx.group.device,
                           loaded=state.info["loaded"], runner=runner, progress=ctx.progress, job_id=ctx.job.id,

@@ -230,3 +230,20 @@ def test_two_ranks_store_the_serial_scores(prepared, tmp_path):
     assert expected and set(expected) <= set(parallel)
     for train_id, value in expected.items():
         assert parallel[train_id] == pytest.approx(value, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_worker_under_torchrun_uses_every_rank(ws):
+    import subprocess
+    import sys
+
+    queued = enqueue(ws, eval_ids(ws, 1)[0], config(depth=10, repeats=2))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "fastif_core", "worker", "--workspace", str(ws), "--once", "--poll", "0.2"]  # fmt: skip
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = job(ws, queued.id)
+    assert done.status == "done" and done.device == "torchrun:2"
+    (run,) = runs_of(ws)
+    assert run.s_test_stats["ranks"] == 2 and run.s_test_stats["repetitions"] == 2
