@@ -139,17 +139,14 @@ def latest_run_id(root: str, example_id: str, config: InfluenceConfig | None = N
     """Newest stored run for the example (for ``config``'s settings when given; ``top`` is ignored)."""
     runs = store(root).list_influence_runs(model_id=workspace_state(root).model_id, example_id=example_id)
     if config is not None:
-        key = cache_key(config)
-        runs = [
-            r
-            for r in runs
-            if r.config.get("cache_key", cache_key(InfluenceConfig.from_json_dict(_plain(r.config)))) == key
-        ]
+        runs = [r for r in runs if _run_key(r.config) == cache_key(config)]
     return runs[0].id if runs else None
 
 
-def _plain(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "cache_key"}
+def _run_key(config: dict[str, Any]) -> str:
+    """The settings key of a stored run's config (``query.cache_key``: everything but ``top``)."""
+    plain = {k: v for k, v in config.items() if k != "cache_key"}
+    return config.get("cache_key") or cache_key(InfluenceConfig.from_json_dict(plain))
 
 
 def run_for_job(root: str, job: JobInfo) -> int | None:
