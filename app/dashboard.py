@@ -24,6 +24,7 @@ PAGES = {
     "browse": st.Page("views/browse.py", title="Browse", icon=":material/table_rows:", default=True),
     "example": st.Page("views/example.py", title="Example", icon=":material/article:", url_path="example"),
     "jobs": st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:", url_path="jobs"),
+    "bench": st.Page("views/bench.py", title="Bench", icon=":material/speed:", url_path="bench"),
 }
 
 page = st.navigation(list(PAGES.values()))

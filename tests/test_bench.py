@@ -210,3 +210,39 @@ def test_multi_device_rows_and_transformer_retraining(tiny_workspace: Path):
     out = retrain.transformer_check(loaded, examples, [full], cfg, lambda f, m: None)
     assert out["fine_tunings"] == 4 and len(out["points"]) == 3
     assert all(math.isfinite(p["actual"]) and math.isfinite(p["predicted"]) for p in out["points"])
+
+
+def _bench_page(workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("FASTIF_WORKSPACE", str(workspace))
+    monkeypatch.setenv("FASTIF_AUTOSTART_WORKER", "0")
+    monkeypatch.syspath_prepend(str(repo))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(repo / "app" / "dashboard.py"), default_timeout=60)
+    at.run()
+    at.switch_page("views/bench.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_dashboard_bench_page_shows_the_latest_result(bench, monkeypatch):
+    root, _, result = bench
+    at = _bench_page(root, monkeypatch)
+    assert at.title[0].value == "Bench"
+    speed = at.dataframe[0].value
+    assert list(speed["row"]) == list(result["speed"]["single"]["rows"])
+    assert speed["speed-up"].tolist() == pytest.approx(
+        [r["speedup_vs_full"] for r in result["speed"]["single"]["rows"].values()]
+    )
+    assert len(at.get("plotly_chart")) == 7
+    assert f"Bench #{result['bench_id']}" in at.caption[0].value
+
+
+def test_dashboard_bench_page_without_a_result_says_how_to_run_one(tiny_workspace, monkeypatch):
+    at = _bench_page(tiny_workspace, monkeypatch)
+    assert "fastif bench" in at.info[0].value
