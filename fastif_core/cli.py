@@ -76,6 +76,11 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--freeze-layers", type=int, default=t.freeze_layers, help=help_of(TrainConfig, "freeze_layers")
     )
+    p.add_argument(
+        "--train-embeddings",
+        action="store_true",
+        help="fine-tune the embeddings too (default: frozen, as in the paper)",
+    )
     p.add_argument("--max-length", type=int, default=t.max_length, help=help_of(TrainConfig, "max_length"))
     p.add_argument(
         "--labels", type=int, choices=(2, 3), default=t.labels, help=help_of(TrainConfig, "labels")
@@ -94,6 +99,7 @@ def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
         lr=a.lr,
         weight_decay=a.weight_decay,
         freeze_layers=a.freeze_layers,
+        freeze_embeddings=not a.train_embeddings,
         max_length=a.max_length,
         seed=a.seed,
         labels=a.labels,

@@ -39,7 +39,11 @@ def to_json(cfg: Any) -> str:
 
 def config_hash(cfg: Any) -> str:
     """Stable 16-hex-digit hash of a config (or any JSON-able dict) for unique keys and caching."""
-    text = to_json(cfg) if dataclasses.is_dataclass(cfg) else json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    text = (
+        to_json(cfg)
+        if dataclasses.is_dataclass(cfg)
+        else json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -53,10 +57,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def help_of(cls: type, name: str) -> str:
-    """The one-line help of a config field (used by the CLI and the UI)."""
+    """The one-line help of a config field, escaped for argparse (used by the CLI)."""
     for f in dataclasses.fields(cls):
         if f.name == name:
-            return f.metadata.get("help", "")
+            return f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
     raise KeyError(name)
 
 
@@ -70,7 +74,9 @@ class LissaConfig:
     damping: float = _f(5e-3, "damping d; the recursion solves (H + d·scale·I) s = v")
     scale: float = _f(1e4, "scale s; must exceed the largest Hessian eigenvalue (0 = estimate it)")
     seed: int = _f(0, "repetition t samples its batches with seed + t")
-    tolerance: float = _f(0.0, "stop a repetition early when the relative change of h falls below this (0 = off)")
+    tolerance: float = _f(
+        0.0, "stop a repetition early when the relative change of h falls below this (0 = off)"
+    )
     max_norm: float = _f(1e8, "abort with a clear error when ‖h‖ exceeds this (diverging recursion)")
 
     def validate(self) -> LissaConfig:
@@ -118,7 +124,8 @@ class TrainConfig:
     batch_size: int = _f(32, "examples per optimisation step")
     lr: float = _f(1e-4, "AdamW learning rate (linear decay, 10% warm-up)")
     weight_decay: float = _f(0.005, "AdamW weight decay; also the L2 term of the influence loss")
-    freeze_layers: int = _f(0, "freeze the embeddings and the first L encoder layers (the paper: 9 of 12)")
+    freeze_layers: int = _f(0, "freeze the first L encoder layers (the paper: 9 of 12)")
+    freeze_embeddings: bool = _f(True, "freeze the embeddings (the paper's setting; keeps every HVP small)")
     max_length: int = _f(128, "maximum tokens per premise/hypothesis pair")
     seed: int = _f(0, "seed for the head initialisation and the data order")
     labels: int = _f(3, "label scheme: 3 (MNLI) or 2 (HANS entailment / non-entailment)")
@@ -165,7 +172,9 @@ class InfluenceConfig:
 class PrepareConfig:
     """Everything ``fastif prepare`` needs to turn data and a model into a ready workspace."""
 
-    train: str = _f("demo", "training data: 'demo' (built-in corpus), a file path, or 'hf:<dataset>[:<split>]'")
+    train: str = _f(
+        "demo", "training data: 'demo' (built-in corpus), a file path, or 'hf:<dataset>[:<split>]'"
+    )
     evals: tuple[str, ...] = _f((), "extra evaluation sources (same forms as train)")
     max_train: int | None = _f(None, "use at most this many training examples (after the hold-out split)")
     holdout: float = _f(0.1, "fraction of the training source held out for evaluation")
@@ -179,7 +188,9 @@ class PrepareConfig:
         self.train_config.validate()
         self.knn.validate()
         _require(0.0 <= self.holdout < 1.0, "holdout", "0 <= holdout < 1", self.holdout)
-        _require(self.max_train is None or self.max_train >= 2, "max_train", "an integer >= 2", self.max_train)
+        _require(
+            self.max_train is None or self.max_train >= 2, "max_train", "an integer >= 2", self.max_train
+        )
         _require(self.neighbors >= 1, "neighbors", "an integer >= 1", self.neighbors)
         _require(self.demo_size >= 20, "demo_size", "an integer >= 20", self.demo_size)
         return self

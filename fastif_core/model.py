@@ -139,21 +139,23 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ConfigError(f"{type(model).__name__}: no encoder layer list found, so freeze_layers must be 0")
 
 
-def freeze_layers(model: nn.Module, n: int) -> int:
-    """Freeze the embeddings and the first ``n`` encoder layers (``n=0`` trains everything).
+def freeze_layers(model: nn.Module, n: int, *, embeddings: bool = True) -> int:
+    """Freeze the embeddings (unless ``embeddings=False``) and the first ``n`` encoder layers.
 
-    Idempotent: every parameter is unfrozen first. Returns the number of trainable parameters.
+    ``freeze_layers(model, 0, embeddings=False)`` trains everything. Frozen embeddings are the paper's
+    setting and keep the influence parameter count (and every HVP) small. Idempotent: every parameter
+    is unfrozen first. Returns the number of trainable parameters.
     """
     for p in model.parameters():
         p.requires_grad_(True)
-    if n == 0:
+    if n == 0 and not embeddings:
         return count_trainable(model)
-    layers = encoder_layers(model)
+    layers = encoder_layers(model) if n != 0 else []
     if not 0 <= n <= len(layers):
         raise ConfigError(f"freeze_layers={n} is out of range: allowed 0..{len(layers)} for this model")
-    embeddings = getattr(model.base_model, "embeddings", None)
-    embeddings = embeddings if isinstance(embeddings, nn.Module) else model.get_input_embeddings()
-    for module in [embeddings, *layers[:n]]:
+    emb = getattr(model.base_model, "embeddings", None)
+    emb = emb if isinstance(emb, nn.Module) else model.get_input_embeddings()
+    for module in [*([emb] if embeddings else []), *layers[:n]]:
         for p in module.parameters():
             p.requires_grad_(False)
     return count_trainable(model)
@@ -350,7 +352,7 @@ def load_checkpoint(
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise WorkspaceError(f"{meta_path} is unreadable: {exc}") from exc
     model, tokenizer = load_classifier(directory, cfg.labels, device, seed=cfg.seed)
-    freeze_layers(model, cfg.freeze_layers)
+    freeze_layers(model, cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
     return model, tokenizer, cfg, meta.get("metrics", {})
 
 

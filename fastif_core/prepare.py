@@ -208,7 +208,7 @@ def fit_model(
         model, tokenizer, _, _ = M.load_checkpoint(known.checkpoint_path, device)
         return model, tokenizer, known, 0.0
     model, tokenizer = M.load_classifier(cfg.model or M.default_model_path(), tc.labels, device, seed=tc.seed)
-    M.freeze_layers(model, tc.freeze_layers)
+    M.freeze_layers(model, tc.freeze_layers, embeddings=tc.freeze_embeddings)
     train = M.encode(tokenizer, data.train, labels_for(tc.labels), tc.max_length)
     started = time.perf_counter()
     metrics = M.train_classifier(

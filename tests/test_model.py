@@ -91,7 +91,9 @@ def test_freeze_layers_counts(minilm):
     emb = sum(p.numel() for p in model.bert.embeddings.parameters())
     per_layer = sum(p.numel() for p in model.bert.encoder.layer[0].parameters())
     try:
-        assert freeze_layers(model, 0) == total
+        assert freeze_layers(model, 0, embeddings=False) == total
+        assert freeze_layers(model, 0) == total - emb  # embeddings frozen by default, as in the paper
+        assert freeze_layers(model, 2, embeddings=False) == total - 2 * per_layer
         for n in (1, 4, 6):
             assert freeze_layers(model, n) == total - emb - n * per_layer == count_trainable(model)
         assert not model.bert.encoder.layer[3].attention.self.query.weight.requires_grad
@@ -100,7 +102,7 @@ def test_freeze_layers_counts(minilm):
         with pytest.raises(ConfigError, match=r"freeze_layers=7 .*allowed 0\.\.6"):
             freeze_layers(model, 7)
     finally:
-        freeze_layers(model, 0)
+        freeze_layers(model, 0, embeddings=False)
 
 
 def test_freeze_layers_finds_other_encoder_layouts():
