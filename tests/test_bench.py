@@ -246,3 +246,25 @@ def test_dashboard_bench_page_shows_the_latest_result(bench, monkeypatch):
 def test_dashboard_bench_page_without_a_result_says_how_to_run_one(tiny_workspace, monkeypatch):
     at = _bench_page(tiny_workspace, monkeypatch)
     assert "fastif bench" in at.info[0].value
+
+
+def test_untimed_examples_reuse_the_stored_runs_with_the_fresh_values(bench):
+    """An example beyond ``timed_examples`` takes its values from the runs the bench stored, unchanged."""
+    from fastif_core.benchmarks import speed
+    from fastif_core.benchmarks.common import choose_test_examples
+
+    root, _, result = bench
+    loaded = LoadedWorkspace.load(root)
+    cfg = QUICK.resolved(on_gpu=False)
+    ks = result["settings"]["ks_used"]
+    with Store.open(root) as store:
+        ex = choose_test_examples(store, loaded, cfg.test_examples, cfg.seed)[0]
+        cached = speed.stored_or_computed(loaded, store, ex, cfg, ks)
+    fresh = speed.measure_example(loaded, ex, cfg, ks)
+    assert cached.seconds is None and fresh.seconds is not None
+    torch.testing.assert_close(cached.full, fresh.full.double(), rtol=1e-5, atol=1e-7)
+    for k in ks:
+        assert cached.knn[k] == fresh.knn[k]
+        torch.testing.assert_close(
+            cached.scores["fast"][k], fresh.scores["fast"][k].double(), rtol=1e-5, atol=1e-7
+        )

@@ -65,7 +65,7 @@ class BenchConfig:
             "original_batch": (4, 16, 128)[pick],
             "grid_depths": ((1, 4), (10, 30, 100), (100, 300, 1000))[pick],
             "grid_batches": ((1, 4), (1, 4, 16), (1, 16, 128))[pick],
-            "grid_repeats": ((1, 2), (1, 2, 4), (1, 4, 16))[pick],
+            "grid_repeats": ((1, 2), (1, 2, 4), (1, 4))[pick],
             "latency_default_preset": tier != "quick",
         }
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
