@@ -383,11 +383,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     """Parsed by the benchmark module itself, so `fastif --help` does not import torch."""
-    from fastif_core import bench_suite
+    from fastif_core import benchmarks
 
-    parser = argparse.ArgumentParser(prog="fastif bench", description=bench_suite.__doc__.splitlines()[0])
-    bench_suite.add_arguments(parser)
-    return int(bench_suite.run_from_args(parser.parse_args(a.rest)) or 0)
+    parser = argparse.ArgumentParser(prog="fastif bench", description=benchmarks.__doc__.splitlines()[0])
+    benchmarks.add_arguments(parser)
+    return int(benchmarks.run_from_args(parser.parse_args(a.rest)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
