@@ -106,8 +106,10 @@ def parse_devices(spec: str = "auto") -> DeviceSpec:
         if n < 1:
             raise ConfigError(f"devices={spec!r} is invalid: cpu:N needs N >= 1")
         return DeviceSpec(("cpu",) * n)
+    if text == "cuda" and not gpus:
+        raise ConfigError(f"devices={spec!r}: no CUDA device is visible here; use auto or cpu:N")
     names = [f"cuda:{i}" for i in range(gpus)] if text == "cuda" else text.split(",")
-    if not names or not all(re.fullmatch(r"cuda:\d+", n) for n in names):
+    if not all(re.fullmatch(r"cuda:\d+", n) for n in names):
         raise ConfigError(f"devices={spec!r} is invalid: allowed {allowed}")
     missing = [n for n in names if int(n.split(":")[1]) >= gpus]
     if missing:
@@ -152,12 +154,9 @@ class ParallelContext:
     :meth:`influence`, :meth:`keepalive` and finally :meth:`close`; other ranks call :meth:`serve`.
     """
 
-    def __init__(self, rank: int, world_size: int, device: str, spec: str, procs: list | None = None) -> None:
-        self.rank = rank
-        self.world_size = world_size
-        self.device = device
-        self.spec = spec
-        self._procs = procs or []
+    def __init__(self, rank: int, world_size: int, device: str, spec: str) -> None:
+        self.rank, self.world_size, self.device, self.spec = rank, world_size, device, spec
+        self._procs: list[Any] = []  # spawned ranks 1..N-1 (none under torchrun)
         self._states: dict[str, RankState] = {}
         self._store_dir: str | None = None
         self._threads: int | None = None
@@ -201,12 +200,9 @@ class ParallelContext:
             ctx.close()
             raise
         _set_cuda(spec.devices[0])
+        timeout = timedelta(seconds=timeout_s)
         dist.init_process_group(
-            spec.backend,
-            store=store,
-            rank=0,
-            world_size=spec.world_size,
-            timeout=timedelta(seconds=timeout_s),
+            spec.backend, store=store, rank=0, world_size=spec.world_size, timeout=timeout
         )
         return ctx
 
@@ -277,14 +273,9 @@ class ParallelContext:
         return self._states[key]
 
     def influence(
-        self,
-        key: str,
-        test_batch: Batch,
-        candidates: Sequence[int] | None,
-        cfg: InfluenceConfig,
-        progress: Progress | None = None,
-        should_stop: ShouldStop | None = None,
-    ) -> InfluenceResult:
+        self, key: str, test_batch: Batch, candidates: Sequence[int] | None, cfg: InfluenceConfig,
+        progress: Progress | None = None, should_stop: ShouldStop | None = None,
+    ) -> InfluenceResult:  # fmt: skip
         """Influence of ``candidates`` (training rows; None = all) on one test example, on all ranks.
 
         Raises:
@@ -294,13 +285,9 @@ class ParallelContext:
         if key not in self._states:
             raise JobError(f"state {key!r} is not loaded on the group: call load() first")
         cfg.validate()
-        cmd = {
-            "op": "influence",
-            "key": key,
-            "batch": {k: v.cpu() for k, v in test_batch.items()},
-            "candidates": None if candidates is None else [int(i) for i in candidates],
-            "cfg": to_dict(cfg),
-        }
+        rows = None if candidates is None else [int(i) for i in candidates]
+        batch = {k: v.cpu() for k, v in test_batch.items()}
+        cmd = {"op": "influence", "key": key, "batch": batch, "candidates": rows, "cfg": to_dict(cfg)}
         return self._command(cmd, progress=progress, should_stop=should_stop)
 
     def keepalive(self) -> None:
@@ -440,13 +427,9 @@ def _length_order(train: Examples, rows: list[int]) -> list[int]:
 
 
 def _score_shard(
-    ctx: ParallelContext,
-    state: RankState,
-    s_test: Tensor,
-    rows: list[int],
-    cfg: InfluenceConfig,
+    ctx: ParallelContext, state: RankState, s_test: Tensor, rows: list[int], cfg: InfluenceConfig,
     progress: Progress | None,
-) -> tuple[Tensor, BaseException | None]:
+) -> tuple[Tensor, BaseException | None]:  # fmt: skip
     """Influence values ``(len(rows),)`` of this rank's shard (on CPU), or the error."""
     obj = state.objective
     if not rows:
@@ -469,14 +452,9 @@ def _gather(ctx: ParallelContext, payload: dict[str, Any]) -> list[dict[str, Any
 
 
 def _assemble(
-    ctx: ParallelContext,
-    rows: list[int],
-    order: list[int],
-    gathered: list[dict[str, Any]],
-    total: hessian.LissaPartial,
-    cfg: InfluenceConfig,
-    seconds: dict[str, float],
-) -> InfluenceResult:
+    ctx: ParallelContext, rows: list[int], order: list[int], gathered: list[dict[str, Any]],
+    total: hessian.LissaPartial, cfg: InfluenceConfig, seconds: dict[str, float],
+) -> InfluenceResult:  # fmt: skip
     """Rank 0: every shard back in candidate order; LiSSA statistics over all repetitions."""
     values = torch.empty(len(rows), dtype=gathered[0]["values"].dtype)  # (k,)
     for rank, g in enumerate(gathered):

@@ -22,6 +22,8 @@ when the lease has expired (``--lease-seconds``).
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fastif_core import jobs
-from fastif_core.errors import FastifError, JobError, LeaseLostError
+from fastif_core.errors import ConfigError, FastifError, JobError, LeaseLostError
 from fastif_core.parallel import ParallelContext, QueryCancelled, RankState
 
 log = logging.getLogger("fastif.worker")
@@ -45,10 +47,25 @@ log = logging.getLogger("fastif.worker")
 Handler = Callable[["JobContext"], Any]  # returns None (job already done) or a result dict
 _HANDLERS: dict[str, Handler] = {}
 LOG_FILE = "worker.log"
+HANDLER_MODULES = ("fastif_core.apps",)  # application packages register their kinds and handlers on import
+MODULES_ENV = "FASTIF_WORKER_MODULES"
 
 
 class WorkerStopping(JobError):
     """The worker was asked to stop (SIGTERM/SIGINT): the current job goes back to the queue."""
+
+
+def load_handler_modules() -> None:
+    """Import the modules that register more kinds and handlers: :data:`HANDLER_MODULES` when installed,
+    plus ``$FASTIF_WORKER_MODULES`` (comma-separated module names, each must exist)."""
+    for name in HANDLER_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    for name in filter(None, os.environ.get(MODULES_ENV, "").split(",")):
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as exc:
+            raise ConfigError(f"{MODULES_ENV}: cannot import {name.strip()!r}: {exc}") from exc
 
 
 def register_handler(kind: str, handler: Handler) -> Handler:
@@ -133,9 +150,8 @@ class _Heartbeat(threading.Thread):
         w = self.worker
         ctx = w.current
         try:
-            if (
-                ctx is not None and w.group.alive()
-            ):  # a dead rank: let the lease expire, another worker retries
+            # with a dead rank the lease is left to expire: another worker retries the job
+            if ctx is not None and w.group.alive():
                 fraction, message = ctx.signals.progress or (None, None)
                 if w.store.heartbeat_job(ctx.job.id, w.id, lease_seconds=w.lease_seconds, progress=fraction,
                                          message=message):  # fmt: skip
@@ -163,9 +179,8 @@ class Worker:
 
     def run(self, once: bool = False, stop_event: threading.Event | None = None) -> int:
         """Serve until stopped (or, with ``once``, until the queue is empty); returns jobs processed."""
-        self.store.worker_heartbeat(
-            self.id, host=socket.gethostname(), pid=os.getpid(), devices=[self.group.spec]
-        )
+        devices = self.group.spec.split(",")
+        self.store.worker_heartbeat(self.id, host=socket.gethostname(), pid=os.getpid(), devices=devices)
         beat = _Heartbeat(self, interval=min(max(self.lease_seconds / 4, 0.2), 10.0))
         beat.start()
         log.info("worker %s serving %s on %s", self.id, self.root, self.group.spec)
@@ -271,6 +286,7 @@ def run_worker(
 
     if lease_seconds <= 0 or poll <= 0:
         raise JobError(f"lease_seconds={lease_seconds} and poll={poll} must be > 0")
+    load_handler_modules()
     group = ParallelContext.start(devices)
     if not group.is_coordinator:  # torchrun ranks > 0 only execute rank 0's commands
         try:

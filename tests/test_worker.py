@@ -3,7 +3,8 @@
 Two workers share 20 jobs, each done exactly once; a worker killed with SIGKILL mid-job loses its
 lease and a second worker completes the job (scores complete, not duplicated); bad parameters fail
 clearly and the worker serves the next job; a cancelled job stores nothing; SIGTERM releases the
-current job; a cpu:2 worker stores the same scores as the serial pipeline.
+current job; a cpu:2 worker stores the same scores as the serial pipeline; under torchrun both ranks
+work on a job; a prepare job makes a new workspace ready for influence jobs.
 """
 
 from __future__ import annotations
@@ -28,19 +29,23 @@ from fastif_core.worker import LOG_FILE, run_worker, start_worker_process, worke
 K = 4  # candidates per query (the tiny workspace has 30 training examples)
 
 
+def tiny_prepare_config(model_dir: Path) -> PrepareConfig:
+    """30 demo training examples on a random 2-layer BERT saved at ``model_dir``."""
+    make_tiny_bert(0).save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    return PrepareConfig(
+        train="demo", demo_size=40, max_train=30, model=str(model_dir), neighbors=3,
+        train_config=TrainConfig(epochs=0.5, batch_size=8, max_length=32), knn=KnnConfig(k=K, use_gpu=False),
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    """A tiny prepared workspace (random 2-layer BERT, 30 demo training examples), built once."""
+    """A tiny prepared workspace, built once."""
     from fastif_core.prepare import prepare
 
     base = tmp_path_factory.mktemp("tiny")
-    make_tiny_bert(0).save_pretrained(base / "model")
-    make_tiny_tokenizer().save_pretrained(base / "model")
-    cfg = PrepareConfig(
-        train="demo", demo_size=40, max_train=30, model=str(base / "model"), neighbors=3,
-        train_config=TrainConfig(epochs=0.5, batch_size=8, max_length=32), knn=KnnConfig(k=K, use_gpu=False),
-    )  # fmt: skip
-    prepare(base / "ws", cfg, show_progress=False)
+    prepare(base / "ws", tiny_prepare_config(base / "model"), show_progress=False)
     return base / "ws"
 
 
@@ -100,7 +105,6 @@ def runs_of(root: Path) -> list:
         return [store.get_influence_run(r.id, with_text=False) for r in store.list_influence_runs(limit=1000)]
 
 
-@pytest.mark.slow
 def test_two_workers_run_twenty_jobs_exactly_once(ws):
     queued = [enqueue(ws, ex, config()) for ex in eval_ids(ws, 20)]
     assert len({j.id for j in queued}) == 20
@@ -181,6 +185,32 @@ def test_bad_parameters_fail_clearly_and_the_worker_serves_the_next_job(ws):
     assert [r.example_id for r in runs_of(ws)] == [good_id]
 
 
+def test_prepare_job_then_influence_job_on_a_new_workspace(tmp_path):
+    from fastif_core.workspace import read_manifest
+
+    root = tmp_path / "fresh"
+    with Store.open(root) as store:
+        prep = jobs.enqueue(store, "prepare", tiny_prepare_config(tmp_path / "model"))
+    assert run_worker(root, "cpu:1", once=True, poll=0.1) == 1
+    done = job(root, prep.id)
+    assert done.status == "done", done.error
+    assert (
+        read_manifest(root)["status"] == "ready"
+        and done.result["model_id"] == read_manifest(root)["model_id"]
+    )
+    query = enqueue(root, eval_ids(root, 1)[0], config())
+    assert run_worker(root, "cpu:1", once=True, poll=0.1) == 1
+    assert job(root, query.id).status == "done" and len(runs_of(root)) == 1
+
+
+def test_unknown_handler_module_is_a_clear_error(ws, monkeypatch):
+    from fastif_core.errors import ConfigError
+
+    monkeypatch.setenv("FASTIF_WORKER_MODULES", "fastif_core.no_such_app")
+    with pytest.raises(ConfigError, match="FASTIF_WORKER_MODULES: cannot import 'fastif_core.no_such_app'"):
+        run_worker(ws, "cpu:1", once=True)
+
+
 def test_cancelled_job_stops_and_stores_nothing(ws):
     first, second = eval_ids(ws, 2)
     long = enqueue(ws, first, config(depth=2000))
@@ -203,7 +233,6 @@ def test_cancelled_job_stops_and_stores_nothing(ws):
     assert [r.example_id for r in runs_of(ws)] == [second]  # nothing stored for the cancelled job
 
 
-@pytest.mark.slow
 def test_sigterm_releases_the_current_job(ws):
     queued = enqueue(ws, eval_ids(ws, 1)[0], config(depth=2000))
     pid = start_worker_process(ws, "cpu:1", poll=0.2, lease_seconds=30)
@@ -215,6 +244,7 @@ def test_sigterm_releases_the_current_job(ws):
     assert "released" in (ws / LOG_FILE).read_text()
 
 
+@pytest.mark.slow
 def test_two_ranks_store_the_serial_scores(prepared, tmp_path):
     par, ser = (Path(shutil.copytree(prepared, tmp_path / name)) for name in ("par", "ser"))
     example = eval_ids(par, 1)[0]
@@ -232,7 +262,6 @@ def test_two_ranks_store_the_serial_scores(prepared, tmp_path):
         assert parallel[train_id] == pytest.approx(value, rel=1e-5, abs=1e-9)
 
 
-@pytest.mark.slow
 def test_worker_under_torchrun_uses_every_rank(ws):
     import subprocess
     import sys
