@@ -22,12 +22,14 @@ Rank 0 runs in the calling process; ranks 1..N-1 are spawned and rendezvous once
 Across machines, launch every rank with ``torchrun``; ``ParallelContext.start`` then reads ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` and uses ``cuda:LOCAL_RANK`` (or the CPU)::
 
-    # on each of 2 machines with 4 GPUs; the workspace directory must be on a shared file system and the
-    # store reachable from machine 0 (e.g. FASTIF_DB_URL=postgresql://...)
+    # on each of 2 machines with 4 GPUs: the same workspace path on every machine (a shared file system)
+    # and a store every machine reaches (FASTIF_DB_URL=postgresql://...)
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
         -m fastif_core worker --workspace /shared/ws
 
-Only rank 0 claims jobs and writes results; the other ranks only read the workspace's model and data.
+Only rank 0 claims jobs and writes results; the other ranks only read the workspace (model files and
+the training examples from the store). A torchrun launch uses the GPUs only when every local rank gets
+one (``LOCAL_WORLD_SIZE`` <= visible GPUs), else gloo on the CPU for all ranks.
 """
 
 from __future__ import annotations
