@@ -7,9 +7,7 @@ The workspace is ``$FASTIF_WORKSPACE`` or ``./workspaces/demo``; no page opens a
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from fastif_core.store import (
     Store,
     WorkerInfo,
 )
+from fastif_core.worker_process import any_alive, spawn_worker
 from fastif_core.workspace import default_workspace, read_manifest
 
 AUTOSTART_ENV = "FASTIF_AUTOSTART_WORKER"  # "0" = never start a worker from the app (tests, shared hosts)
@@ -228,32 +227,8 @@ def _started() -> dict[str, subprocess.Popen]:
 
 
 def worker_alive(root: str, within_s: float = 30.0) -> bool:
-    """A worker of this workspace sent a heartbeat within ``within_s`` (and, on this host, still exists).
-
-    The same rule as ``fastif_core.worker.worker_alive``, through the app's cached store and without
-    importing the worker module (which imports torch).
-    """
-    host = socket.gethostname()
-    return any(w.host != host or _pid_running(w.pid) for w in workers(root, alive_within_s=within_s))
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def start_worker(root: str, devices: str) -> subprocess.Popen:
-    """A detached ``python -m fastif_core.worker`` for the workspace, logging to ``<root>/worker.log``."""
-    cmd = [sys.executable, "-m", "fastif_core.worker", "--workspace", root, "--devices", devices]
-    with open(Path(root) / "worker.log", "ab") as log:
-        return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    """A worker of this workspace sent a heartbeat within ``within_s`` (through the app's cached store)."""
+    return any_alive(workers(root, alive_within_s=within_s))
 
 
 def ensure_worker(root: str) -> str:
@@ -270,5 +245,5 @@ def ensure_worker(root: str) -> str:
         return "starting"
     if os.environ.get(AUTOSTART_ENV, "1") == "0":
         return "off"
-    _started()[root] = start_worker(root, os.environ.get(WORKER_DEVICES_ENV, "auto"))
+    _started()[root] = spawn_worker(root, os.environ.get(WORKER_DEVICES_ENV, "auto"))
     return "started"

@@ -4,7 +4,7 @@
 One worker = one :class:`~fastif_core.parallel.ParallelContext`, started once. Rank 0 claims jobs
 (atomically, with a lease), dispatches them by kind through :func:`register_handler`'s registry, and
 keeps a heartbeat thread that renews the lease, publishes progress and refreshes the ``workers`` row
-(so the dashboard can tell whether a worker is alive: :func:`worker_alive`, :func:`start_worker_process`).
+(so the dashboard can tell whether a worker is alive: see :mod:`fastif_core.worker_process`).
 
 Outcomes of a job:
 - done: the handler's results and ``done`` land in one transaction (``Store.save_influence_run(...,
@@ -21,14 +21,12 @@ when the lease has expired (``--lease-seconds``).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import traceback
@@ -46,7 +44,6 @@ log = logging.getLogger("fastif.worker")
 
 Handler = Callable[["JobContext"], Any]  # returns None (job already done) or a result dict
 _HANDLERS: dict[str, Handler] = {}
-LOG_FILE = "worker.log"
 HANDLER_MODULES = ("fastif_core.apps",)  # application packages register their kinds and handlers on import
 MODULES_ENV = "FASTIF_WORKER_MODULES"
 
@@ -376,75 +373,14 @@ register_handler("influence", run_influence)
 register_handler("prepare", run_prepare)
 
 
-# ---- liveness and process management ---------------------------------------------------------------
-
-
-def worker_alive(workspace: str | Path, within_s: float = 30.0) -> bool:
-    """Whether a worker serving this workspace's store sent a heartbeat within ``within_s`` seconds
-    (and, when it runs on this host, its process still exists)."""
-    from fastif_core.store import Store
-
-    with Store.open(workspace) as store:
-        workers = store.list_workers(alive_within_s=within_s)
-    host = socket.gethostname()
-    return any(w.host != host or _pid_running(w.pid) for w in workers)
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def worker_command(workspace: str | Path, devices: str = "auto", *, poll: float = 1.0,
-                   lease_seconds: float = 60.0, once: bool = False) -> list[str]:  # fmt: skip
-    """The command line of a worker process (``python -m fastif_core.worker ...``)."""
-    cmd = [sys.executable, "-m", "fastif_core.worker", "--workspace", str(workspace), "--devices", devices,
-           "--poll", str(poll), "--lease-seconds", str(lease_seconds)]  # fmt: skip
-    return cmd + (["--once"] if once else [])
-
-
-def start_worker_process(workspace: str | Path, devices: str = "auto", **options: Any) -> int:
-    """Start a detached worker (own session, survives its parent) logging to ``<workspace>/worker.log``;
-    returns its pid. ``options``: ``poll``, ``lease_seconds``, ``once``."""
-    root = Path(workspace)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOG_FILE, "ab") as out:
-        proc = subprocess.Popen(worker_command(root, devices, **options), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    return proc.pid
-
-
 # ---- command line ---------------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``fastif worker`` options (shared with the CLI)."""
-    p.add_argument("--workspace", "-w", type=Path, required=True, help="workspace directory")
-    p.add_argument("--devices", default="auto", help="auto (all GPUs, else cpu:1) | cpu:N | cuda:0,cuda:1")
-    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between claims while idle")
-    p.add_argument("--lease-seconds", type=float, default=60.0,
-                   help="a job whose worker stops heartbeating for this long is claimed again")  # fmt: skip
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fastif_core.worker`` (the same as ``fastif worker``)."""
-    parser = argparse.ArgumentParser(prog="fastif worker", description="Run queued fastif jobs.")
-    add_arguments(parser)
-    a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds)
-    except FastifError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info("worker exiting after %d job(s)", n)
-    return 0
+    """``python -m fastif_core.worker ARGS`` = ``fastif worker ARGS`` (one parser, in :mod:`fastif_core.cli`)."""
+    from fastif_core.cli import main as cli_main
+
+    return cli_main(["worker", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from fastif_core import jobs
 from fastif_core.config import InfluenceConfig, KnnConfig, LissaConfig, PrepareConfig, TrainConfig
 from fastif_core.query import influence_query
 from fastif_core.store import Store
-from fastif_core.worker import LOG_FILE, run_worker, start_worker_process, worker_alive
+from fastif_core.worker import run_worker
+from fastif_core.worker_process import LOG_FILE, start_worker_process, worker_alive
 
 K = 4  # candidates per query (the tiny workspace has 30 training examples)
 

@@ -1,0 +1,67 @@
+"""The worker as an operating-system process: is one alive for a workspace, and start one detached.
+
+Torch-free on purpose, so the dashboard can call it on every rerun. A worker is alive when it sent a
+heartbeat to the store recently and, if it runs on this host, its process still exists.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+LOG_FILE = "worker.log"  # in the workspace directory
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def any_alive(workers: Iterable[Any]) -> bool:
+    """Of workers that sent a recent heartbeat (``WorkerInfo`` rows), is one still running?"""
+    host = socket.gethostname()
+    return any(w.host != host or pid_running(w.pid) for w in workers)
+
+
+def worker_alive(workspace: str | Path, within_s: float = 30.0) -> bool:
+    """Whether a worker serving this workspace's store sent a heartbeat within ``within_s`` seconds."""
+    from fastif_core.store import Store
+
+    with Store.open(workspace) as store:
+        return any_alive(store.list_workers(alive_within_s=within_s))
+
+
+def worker_command(
+    workspace: str | Path, devices: str = "auto", *, poll: float = 1.0, lease_seconds: float = 60.0,
+    once: bool = False,
+) -> list[str]:  # fmt: skip
+    """The command line of a worker process (``python -m fastif_core worker ...``)."""
+    cmd = [sys.executable, "-m", "fastif_core", "worker", "--workspace", str(workspace), "--devices", devices,
+           "--poll", str(poll), "--lease-seconds", str(lease_seconds)]  # fmt: skip
+    return cmd + (["--once"] if once else [])
+
+
+def spawn_worker(workspace: str | Path, devices: str = "auto", **options: Any) -> subprocess.Popen:
+    """Start a detached worker (own session, survives its parent) logging to ``<workspace>/worker.log``.
+    ``options``: ``poll``, ``lease_seconds``, ``once``."""
+    root = Path(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOG_FILE, "ab") as out:
+        return subprocess.Popen(worker_command(root, devices, **options), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def start_worker_process(workspace: str | Path, devices: str = "auto", **options: Any) -> int:
+    """:func:`spawn_worker`, returning the pid."""
+    return spawn_worker(workspace, devices, **options).pid
