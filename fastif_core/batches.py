@@ -101,9 +101,7 @@ def sample_indices(n: int, batch_size: int, generator: torch.Generator) -> list[
     return torch.randint(n, (batch_size,), generator=generator).tolist()
 
 
-def length_sorted_chunks(
-    indices: Sequence[int], lengths: Tensor, batch_size: int
-) -> Iterator[list[int]]:
+def length_sorted_chunks(indices: Sequence[int], lengths: Tensor, batch_size: int) -> Iterator[list[int]]:
     """Split ``indices`` into batches of similar length (longest first) so padding is minimal.
 
     Yields lists of the original indices; callers scatter results back by these indices.

@@ -50,7 +50,9 @@ def _open(root: str | Path) -> tuple[Any, dict[str, Any]]:
 def _example_or_error(store: Any, example_id: str, model_id: int) -> Any:
     ex = store.get_example(example_id, model_id)
     if ex is None:
-        raise WorkspaceError(f"example {example_id!r} is not in this workspace (list ids with `fastif examples`)")
+        raise WorkspaceError(
+            f"example {example_id!r} is not in this workspace (list ids with `fastif examples`)"
+        )
     return ex
 
 

@@ -104,8 +104,15 @@ def tiny_prepare_config(model_dir: Path | None, **overrides):
     from fastif_core.config import KnnConfig, PrepareConfig, TrainConfig
 
     train = TrainConfig(epochs=1, batch_size=16, lr=5e-4, max_length=48, seed=0, freeze_layers=0)
-    base = dict(train="demo", demo_size=60, holdout=0.0, model=str(model_dir) if model_dir else None,
-                train_config=train, neighbors=5, knn=KnnConfig(k=20, use_gpu=False))
+    base = dict(
+        train="demo",
+        demo_size=60,
+        holdout=0.0,
+        model=str(model_dir) if model_dir else None,
+        train_config=train,
+        neighbors=5,
+        knn=KnnConfig(k=20, use_gpu=False),
+    )
     return PrepareConfig(**{**base, **overrides})
 
 

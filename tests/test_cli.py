@@ -11,14 +11,30 @@ from pathlib import Path
 import pytest
 from factories import save_tiny_checkpoint
 
-TINY_PREPARE = ["--demo-size", "60", "--holdout", "0", "--epochs", "1", "--max-length", "48", "--batch-size", "16"]
+TINY_PREPARE = [
+    "--demo-size",
+    "60",
+    "--holdout",
+    "0",
+    "--epochs",
+    "1",
+    "--max-length",
+    "48",
+    "--batch-size",
+    "16",
+]
 FAST = ["--k", "15", "--depth", "15", "--top", "3", "--device", "cpu"]
 
 
 def fastif(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "fastif_core", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+        [sys.executable, "-m", "fastif_core", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -64,7 +80,9 @@ def test_prepare_twice_reuses(cli_workspace: Path):
 
 
 def test_examples_json_lists_labels_and_predictions(cli_workspace: Path):
-    proc = fastif("examples", "--workspace", str(cli_workspace), "--split", "challenge", "--limit", "7", "--json")
+    proc = fastif(
+        "examples", "--workspace", str(cli_workspace), "--split", "challenge", "--limit", "7", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["examples"]
     assert len(rows) == 7
@@ -73,7 +91,9 @@ def test_examples_json_lists_labels_and_predictions(cli_workspace: Path):
         assert row["label"] in ("entailment", "non-entailment")
         assert row["predicted"] in ("entailment", "non-entailment")
         assert {"heuristic", "subcase"} <= set(row)
-    wrong = json.loads(fastif("examples", "-w", str(cli_workspace), "--incorrect", "--limit", "50", "--json").stdout)
+    wrong = json.loads(
+        fastif("examples", "-w", str(cli_workspace), "--incorrect", "--limit", "50", "--json").stdout
+    )
     assert all(r["predicted"] != r["label"] for r in wrong["examples"])
 
 
@@ -89,7 +109,9 @@ def test_influence_end_to_end_then_cached(cli_workspace: Path):
     assert 0 < len(a["helpful"]) <= 3 and all(r["influence"] < 0 for r in a["helpful"])
     assert all(r["influence"] > 0 for r in a["harmful"])
     assert {"train_id", "influence", "premise", "hypothesis", "label"} <= set(a["helpful"][0])
-    second = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST, "--json").stdout)
+    second = json.loads(
+        fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST, "--json").stdout
+    )
     assert second["cached"] is True
     assert second["helpful"] == a["helpful"] and second["harmful"] == a["harmful"]
     every = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST[:-4], "--top", "0",
@@ -101,7 +123,9 @@ def test_influence_end_to_end_then_cached(cli_workspace: Path):
 def test_errors_are_one_clear_line(cli_workspace: Path, tmp_path: Path):
     unknown = fastif("influence", "-w", str(cli_workspace), "--example", "no-such-id", *FAST)
     assert_one_line_error(unknown, "no-such-id", "fastif examples")
-    too_many = fastif("influence", "-w", str(cli_workspace), "--example", "demo-hans:challenge:ex0", "--k", "100000")
+    too_many = fastif(
+        "influence", "-w", str(cli_workspace), "--example", "demo-hans:challenge:ex0", "--k", "100000"
+    )
     assert_one_line_error(too_many, "k=100000", "training set")
     missing = fastif("examples", "-w", str(tmp_path / "nowhere"))
     assert_one_line_error(missing, "does not exist", "fastif prepare")
@@ -109,7 +133,9 @@ def test_errors_are_one_clear_line(cli_workspace: Path, tmp_path: Path):
     bad.write_text("sentence1\tsentence2\tgold_label\nA man.\tA person.\tmaybe\n")
     bad_file = fastif("prepare", "-w", str(tmp_path / "ws"), "--train", str(bad), *TINY_PREPARE)
     assert_one_line_error(bad_file, "bad.tsv", "maybe")
-    depth0 = fastif("influence", "-w", str(cli_workspace), "--example", "demo-hans:challenge:ex0", "--depth", "0")
+    depth0 = fastif(
+        "influence", "-w", str(cli_workspace), "--example", "demo-hans:challenge:ex0", "--depth", "0"
+    )
     assert_one_line_error(depth0, "depth")
 
 
@@ -133,10 +159,15 @@ def test_real_mnli_end_to_end(mnli_dev_path: Path, tmp_path: Path):
     (name,) = [n for n in manifest["accuracy"] if n.endswith("/heldout")]
     assert manifest["accuracy"][name]["n"] == 49  # 0.5% of 9,815
     assert set(manifest["accuracy"][name]["slices"]["label"]) <= {"entailment", "neutral", "contradiction"}
-    held = json.loads(fastif("examples", "-w", str(ws), "--split", "heldout", "--limit", "1", "--json").stdout)
+    held = json.loads(
+        fastif("examples", "-w", str(ws), "--split", "heldout", "--limit", "1", "--json").stdout
+    )
     ex = held["examples"][0]["id"]
     ans = fastif("influence", "-w", str(ws), "--example", ex, *FAST, "--json")
     assert ans.returncode == 0, ans.stderr
     result = json.loads(ans.stdout)
     assert result["num_candidates"] == 15
-    assert all(r["label"] in ("entailment", "neutral", "contradiction") for r in result["helpful"] + result["harmful"])
+    assert all(
+        r["label"] in ("entailment", "neutral", "contradiction")
+        for r in result["helpful"] + result["harmful"]
+    )
