@@ -126,12 +126,18 @@ def accuracy_report(
     return report
 
 
-def predicted_label(probs: list[float], model_labels: tuple[str, ...], example: NLIExample) -> str:
-    """The predicted label in the example's own scheme (3-way models on 2-way data: n/c → non-entailment)."""
+def predicted_label(probs: list[float], model_labels: tuple[str, ...], two_way: bool) -> str:
+    """The predicted label in the example's dataset's scheme (3-way model on 2-way data: n/c → non-entailment)."""
     best = model_labels[max(range(len(probs)), key=probs.__getitem__)]
-    if example.label in HANS_LABELS and len(model_labels) == 3:
-        return to_two_way(best)
-    return best
+    return to_two_way(best) if two_way and len(model_labels) == 3 else best
+
+
+def two_way_datasets(examples: list[NLIExample]) -> set[str]:
+    """Datasets labelled entailment / non-entailment only (HANS-style), judged by all their labels."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for ex in examples:
+        seen[ex.dataset].add(ex.label)
+    return {name for name, labels in seen.items() if labels <= set(HANS_LABELS)}
 
 
 def model_key(cfg: PrepareConfig, train: list[NLIExample]) -> str:
@@ -184,12 +190,9 @@ def prepare(
 
 def import_examples(store: Store, data: PreparedData, cfg: PrepareConfig) -> None:
     """Datasets, examples and the training-set order (FAISS position ↔ example id) into the store."""
-    seen: dict[str, set[str]] = defaultdict(set)
-    for ex in data.all_examples():
-        seen[ex.dataset].add(ex.label)
-    for name, labels in sorted(seen.items()):
-        two_way = labels <= set(HANS_LABELS)
-        scheme, names = ("hans", HANS_LABELS) if two_way else ("mnli", labels_for(3))
+    two_way = two_way_datasets(data.all_examples())
+    for name in sorted({ex.dataset for ex in data.all_examples()}):
+        scheme, names = ("hans", HANS_LABELS) if name in two_way else ("mnli", labels_for(3))
         store.upsert_dataset(name, label_scheme=scheme, labels=list(names), source=data.sources.get(name))
     store.add_examples(data.all_examples())
     store.set_training_set([ex.id for ex in data.train])
@@ -233,13 +236,15 @@ def index_and_predict(
     from fastif_core.knn import KnnIndex
 
     examples, labels = data.all_examples(), tuple(info.label_names)
+    two_way = two_way_datasets(examples)
     report(0.8, f"predicting {len(examples)} examples")
     encoded = M.encode(
         tokenizer, [_in_scheme(ex, labels) for ex in examples], labels, cfg.train_config.max_length
     )
     probs, feats = M.infer(model, encoded, batch_size=64, device=device, features=True)
     predicted = {
-        ex.id: predicted_label(p, labels, ex) for ex, p in zip(examples, probs.tolist(), strict=True)
+        ex.id: predicted_label(p, labels, ex.dataset in two_way)
+        for ex, p in zip(examples, probs.tolist(), strict=True)
     }
     store.save_predictions(info.id, [
         PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)

@@ -93,9 +93,12 @@ def write_manifest(root: Path, data: dict[str, Any]) -> None:
     tmp.replace(root / MANIFEST)
 
 
+PIPELINE_VERSION = 2  # bump when prepare's outputs change for the same config, so old workspaces rebuild
+
+
 def prepare_hash(cfg: PrepareConfig) -> str:
     """Hash of everything that determines the prepared artefacts."""
-    return config_hash(to_dict(cfg))
+    return config_hash({"config": to_dict(cfg), "pipeline": PIPELINE_VERSION})
 
 
 def now() -> float:
