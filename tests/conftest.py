@@ -51,3 +51,21 @@ def tiny_workspace(tiny_workspace_template: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "ws"
     shutil.copytree(tiny_workspace_template, dst)
     return dst
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_workers(tmp_path_factory):
+    """No test may start a background worker in the repository's default workspace: point the default
+    workspace at a temporary directory and turn the dashboard's worker auto-start off (tests that check
+    auto-start turn it on with monkeypatch and stop the worker they started)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("FASTIF_WORKSPACE", "FASTIF_AUTOSTART_WORKER")}
+    os.environ["FASTIF_WORKSPACE"] = str(tmp_path_factory.mktemp("default-workspace") / "demo")
+    os.environ["FASTIF_AUTOSTART_WORKER"] = "0"
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
