@@ -22,7 +22,8 @@ from fastif_core.errors import FastifError, JobError
 Command = Callable[[argparse.Namespace], int]
 
 
-def _workspace_arg(p: argparse.ArgumentParser) -> None:
+def add_workspace_argument(p: argparse.ArgumentParser) -> None:
+    """``--workspace/-w`` with the default every command shares."""
     from fastif_core.workspace import default_workspace
 
     p.add_argument(
@@ -52,7 +53,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare_options(p: argparse.ArgumentParser) -> None:
-    _workspace_arg(p)
+    add_workspace_argument(p)
     d, t = PrepareConfig(), TrainConfig()
     p.add_argument("--train", default=d.train, help=help_of(PrepareConfig, "train"))
     p.add_argument(
@@ -147,7 +148,7 @@ def format_manifest(m: dict[str, Any]) -> str:
 
 def _add_examples(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("examples", help="list examples with their labels and predictions")
-    _workspace_arg(p)
+    add_workspace_argument(p)
     p.add_argument("--dataset", help="only this dataset (e.g. demo, demo-hans, mnli)")
     p.add_argument("--split", help="only this split (train, heldout, challenge, ...)")
     p.add_argument("--incorrect", action="store_true", help="only examples the model gets wrong")
@@ -184,7 +185,7 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
 
 
 def _influence_options(p: argparse.ArgumentParser) -> None:
-    _workspace_arg(p)
+    add_workspace_argument(p)
     f = LissaConfig.fast()
     p.add_argument("--example", required=True, help="example id (see `fastif examples`)")
     mode = p.add_mutually_exclusive_group()
@@ -280,7 +281,7 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
         description="Serve the workspace's job queue until stopped (SIGTERM/Ctrl-C finish or release the "
         "current job). Under torchrun every rank runs this command; rank 0 talks to the store.",
     )  # fmt: skip
-    _workspace_arg(p)
+    add_workspace_argument(p)
     p.add_argument("--devices", default="auto", help="auto (all GPUs, else cpu:1) | cpu:N | cuda:0,cuda:1")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between claims while idle (default 1)")
@@ -330,7 +331,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jobs", help="list queued, running and finished jobs; cancel one")
-    _workspace_arg(p)
+    add_workspace_argument(p)
     p.add_argument(
         "--status", choices=("queued", "running", "done", "failed", "cancelled"), help="only this status"
     )

@@ -76,15 +76,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fastif bench`` (the CLI's subparser delegates here)."""
-    from fastif_core.workspace import default_workspace
+    from fastif_core.cli import add_workspace_argument
 
-    p.add_argument(
-        "--workspace",
-        "-w",
-        type=Path,
-        default=default_workspace(),
-        help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)",
-    )
+    add_workspace_argument(p)
     p.add_argument("--out", type=Path, required=True, help="output directory for bench.json and the plots")
     p.add_argument("--test-examples", type=int, default=10, help="test examples, half correct (default 10)")
     p.add_argument("--quick", action="store_true", help="tiny settings: minutes on a small workspace")
