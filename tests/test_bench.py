@@ -89,6 +89,11 @@ def test_speed_table_rows_and_speedups(bench):
         assert all(x > 0 for x in row["per_example"])
     assert rows["full"]["speedup_vs_full"] == 1.0 and rows["full"]["candidates"] == 60
     assert result["speed"]["multi"] is None  # cpu:1
+    geometry = result["speed"]["single"]["s_test"]
+    assert geometry["original"]["cos_with_original"]["mean"] == pytest.approx(1.0)
+    for preset in ("original", "fast"):
+        for key in ("cos_with_gradient", "cos_with_original"):
+            assert -1.0 <= geometry[preset][key]["mean"] <= 1.0 and geometry[preset][key]["n"] == 2
     lat = result["latency"]["seconds"]
     parts = lat["knn"] + lat["test_gradient"] + lat["s_test"] + lat["scoring"]
     assert parts == pytest.approx(lat["total"], rel=1e-6)

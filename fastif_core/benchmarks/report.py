@@ -43,6 +43,10 @@ def other_lines(result: dict[str, Any]) -> list[str]:
              f"forward {eng['forward']['examples_per_s']:.1f}/s, scoring costs {eng['scoring_cost_vs_forward']:.2f}× "
              "a forward",
              "HVP s/example: " + ", ".join(f"{k} {v['seconds_per_example']:.3g}" for k, v in eng["hvp"].items())]  # fmt: skip
+    geometry = result["speed"]["single"].get("s_test", {})
+    lines.append("s_test geometry, mean ± std: " + "; ".join(
+        f"{p}: cos(s_test, ∇L_test) {_pm(g['cos_with_gradient'])}, cos(s_test, original) {_pm(g['cos_with_original'])}"
+        for p, g in geometry.items()))  # fmt: skip
     lines.append("Quality (Table 3), correlation with full over the kNN candidates, mean ± std:")
     lines.append(f"  {'row':<18}{'pearson':>16}{'spearman':>16}{'kendall':>16}")
     for name, r in result["quality"]["rows"].items():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, spread, timed
+from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, mean_std, spread, timed
 from fastif_core.config import InfluenceConfig, to_dict
 from fastif_core.hessian import lissa
 from fastif_core.influence import compute_influence, score_candidates, test_gradient
@@ -47,6 +47,8 @@ def measure_example(loaded: Any, ex: TestExample, cfg: BenchConfig, ks: Sequence
     for preset in PRESETS:
         est, seconds[f"s_test/{preset}"] = timed(lambda p=preset: lissa(obj, v, train, cfg.preset(p)))
         s_test[preset], stats[preset] = est.s_test, est.stats()
+    for preset in PRESETS:
+        stats[preset] |= s_test_geometry(v, s_test[preset], s_test["original"])
     full, seconds["score/full"] = timed(lambda: score_candidates(obj, s_test["original"], train,
                                                                  range(len(train)), bs))  # fmt: skip
     knn, scores = {}, {p: {} for p in PRESETS}
@@ -57,6 +59,18 @@ def measure_example(loaded: Any, ex: TestExample, cfg: BenchConfig, ks: Sequence
                 lambda p=preset, k=k: score_candidates(obj, s_test[p], train, knn[k], bs)
             )
     return ExampleData(ex, full.detach().cpu(), knn, _cpu(scores), stats, seconds)
+
+
+def s_test_geometry(v: Tensor, s: Tensor, s_original: Tensor) -> dict[str, float]:
+    """How far the Hessian moved s_test from the test gradient direction (``cos_with_gradient`` near 1: the
+    recursion is dominated by its identity term, e.g. at a scaled-down depth) and how close it lies to the
+    original preset's s_test (``cos_with_original``)."""
+    cos = torch.nn.functional.cosine_similarity
+    v64, s64, o64 = v.double().flatten(), s.double().flatten(), s_original.double().flatten()
+    return {
+        "cos_with_gradient": min(1.0, max(-1.0, float(cos(s64, v64, dim=0)))),
+        "cos_with_original": min(1.0, max(-1.0, float(cos(s64, o64, dim=0)))),
+    }
 
 
 def _cpu(scores: dict[str, dict[int, Tensor]]) -> dict[str, dict[int, Tensor]]:
@@ -138,7 +152,10 @@ def speed_table(timed_data: Sequence[ExampleData], cfg: BenchConfig, ks: Sequenc
     for info in rows.values():
         info["speedup_vs_full"] = full_median / info["seconds"]["median"]
     stages = sorted({s for d in timed_data for s in (d.seconds or {})})
-    return {"rows": rows, "stages": {s: spread([d.seconds[s] for d in timed_data]) for s in stages}}
+    geometry = {p: {key: mean_std([d.s_test_stats[p][key] for d in timed_data])
+                    for key in ("cos_with_gradient", "cos_with_original")} for p in PRESETS}  # fmt: skip
+    return {"rows": rows, "stages": {s: spread([d.seconds[s] for d in timed_data]) for s in stages},
+            "s_test": geometry}  # fmt: skip
 
 
 def _row_info(row: str, cfg: BenchConfig, n_train: int) -> dict:
