@@ -71,9 +71,12 @@ def browse_filters_controls(options: FilterOptions) -> ExampleFilter:
     )  # fmt: skip
 
 
-def influence_controls(num_train: int, key: str = "influence_form") -> InfluenceConfig | None:
-    """The "Compute influence" form, pre-filled with FastIF's fast settings; the config when submitted."""
-    base, fast = InfluenceConfig(), LissaConfig.fast()
+def influence_controls(
+    num_train: int, on_gpu: bool = False, key: str = "influence_form"
+) -> InfluenceConfig | None:
+    """The "Compute influence" form, pre-filled with FastIF's fast settings (at a CPU depth when no worker
+    has a GPU: ``LissaConfig.interactive``); the config when submitted."""
+    base, fast = InfluenceConfig(), LissaConfig.interactive(on_gpu)
     with st.form(key, border=True):
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input(
@@ -99,6 +102,11 @@ def influence_controls(num_train: int, key: str = "influence_form") -> Influence
                 "Full mode (all training examples)", False, help="score every training example (slow)"
             )
         submitted = st.form_submit_button("Compute influence", type="primary", icon=":material/bolt:")
+        if not on_gpu:
+            st.caption(
+                f"No worker has a GPU: J is pre-filled at {fast.depth} instead of the paper's 1000, which "
+                "takes minutes per click on a few CPU cores. The Bench page shows what depth costs here."
+            )
     if not submitted:
         return None
     lissa = LissaConfig.fast(

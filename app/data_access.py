@@ -226,6 +226,15 @@ def _started() -> dict[str, subprocess.Popen]:
     return {}
 
 
+def worker_on_gpu(root: str, within_s: float = 30.0) -> bool:
+    """A live worker of the workspace computes on a CUDA device (else, before one has registered, the
+    devices the dashboard starts workers with name one)."""
+    alive = workers(root, alive_within_s=within_s)
+    if alive:
+        return any(d.startswith("cuda") for w in alive for d in w.devices)
+    return "cuda" in os.environ.get(WORKER_DEVICES_ENV, "")
+
+
 def worker_alive(root: str, within_s: float = 30.0) -> bool:
     """A worker of this workspace sent a heartbeat within ``within_s`` (through the app's cached store)."""
     return any_alive(workers(root, alive_within_s=within_s))

@@ -64,6 +64,9 @@ def help_of(cls: type, name: str) -> str:
     raise KeyError(name)
 
 
+CPU_INTERACTIVE_DEPTH = 100  # LiSSA depth pre-filled by the dashboard when no worker has a GPU
+
+
 @dataclass(frozen=True)
 class LissaConfig:
     """LiSSA estimate of s_test = (H + damping·scale·I)⁻¹ v (see ``hessian.lissa``)."""
@@ -98,6 +101,13 @@ class LissaConfig:
     def fast(cls, **overrides: Any) -> LissaConfig:
         """FastIF's fast s_test: B=1, J=1000, T=1 (raise T to reduce the variance)."""
         return cls(**{"depth": 1000, "batch_size": 1, "repeats": 1, **overrides})
+
+    @classmethod
+    def interactive(cls, on_gpu: bool, **overrides: Any) -> LissaConfig:
+        """The dashboard's pre-filled s_test: the fast preset on a GPU; on CPU-only workers the fast preset
+        at depth ``CPU_INTERACTIVE_DEPTH``, since J=1000 costs minutes per click on a few cores (an HVP at
+        B=1 is ~0.1-0.2 s there; see the README's benchmark figures)."""
+        return cls.fast(**{"depth": 1000 if on_gpu else CPU_INTERACTIVE_DEPTH, **overrides})
 
 
 @dataclass(frozen=True)

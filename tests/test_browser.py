@@ -37,9 +37,7 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 RESULT_TIMEOUT_S = 300
 ROW_PX = 35  # st.dataframe's header and row height
-DEPTH = (
-    100  # LiSSA depth J typed into the form (the fast default is 1000; the journey, not the math, is tested)
-)
+DEPTH = 100  # LiSSA depth J typed into the form (the CPU pre-fill; the journey, not the math, is tested)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -43,7 +43,7 @@ with st.expander(f"Nearest training neighbours ({len(neighbors)})", expanded=Fal
 neighbor_ids = {n.train_id for n in neighbors}
 
 st.subheader("Influential training examples")
-config = controls.influence_controls(state.num_train)
+config = controls.influence_controls(state.num_train, on_gpu=da.worker_on_gpu(root))
 if config is not None:
     job = da.enqueue_influence(root, ex.id, config)
     st.session_state[f"influence_job:{ex.id}"] = job.id

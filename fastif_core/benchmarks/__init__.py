@@ -29,9 +29,11 @@ key                                    meaning
                                        ``speedup_vs_full`` (median full / median row)
 ``speed.single.stages.<stage>``        spread of each stage: ``test_gradient``, ``s_test/<preset>``,
                                        ``score/full``, ``knn/<k>``, ``score/<preset>/<k>``
+``speed.single.s_test.<preset>``       mean±std of ``cos_with_gradient`` (cosine of s_test with the test
+                                       gradient: near 1, the Hessian barely moved it) and ``cos_with_original``
 ``speed.multi``                        the same rows end to end on every device of ``--devices``
                                        (``devices``, ``world_size``, ``rows``), null with one device
-``latency``                            one dashboard click: ``config``, ``seconds`` (``knn``,
+``latency``                            one dashboard click (its pre-filled preset for this hardware): ``config``, ``seconds`` (``knn``,
                                        ``test_gradient``, ``s_test``, ``scoring``, ``total``), ``share``
 ``quality.rows.knn<k>/<preset>``       Table 3: ``by_group.<group>.<pearson|spearman|kendall>`` mean±std over
                                        test examples of the correlation with full over the k candidates;

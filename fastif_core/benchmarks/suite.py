@@ -24,7 +24,7 @@ from fastif_core.benchmarks.common import (
     sub_progress,
 )
 from fastif_core.benchmarks.plots import write_plots
-from fastif_core.config import InfluenceConfig, to_dict
+from fastif_core.config import InfluenceConfig, LissaConfig, to_dict
 
 # share of the progress bar per stage: engine, examples, multi-device, latency, grid, convex, transformer
 STAGES = {"engine": 0.05, "examples": 0.45, "multi": 0.1, "latency": 0.08, "grid": 0.12, "convex": 0.1,
@@ -101,7 +101,10 @@ def _sections(loaded: Any, store: Any, cfg: BenchConfig, stage: Any) -> dict[str
         "multi": section("multi", lambda: speed.multi_device(loaded, [d.example for d in timed_data], cfg, ks,
                                                              stage("multi"))),
     }  # fmt: skip
-    result["latency"] = section("latency", lambda: speed.latency(loaded, examples[0], _click_config(cfg, ks)))
+    on_gpu = str(loaded.device).startswith("cuda")
+    result["latency"] = section(
+        "latency", lambda: speed.latency(loaded, examples[0], _click_config(cfg, ks, on_gpu))
+    )
     stage("latency")(1.0, "one-click latency done")
     result["quality"] = quality.quality(data, ks)
     recall_ks = quality.default_recall_ks(n, ks)
@@ -146,10 +149,11 @@ def _engine_sizes(cfg: BenchConfig) -> dict[str, Any]:
             "hvp_repeats": 3, "seed": cfg.seed}  # fmt: skip
 
 
-def _click_config(cfg: BenchConfig, ks: list[int]) -> InfluenceConfig:
-    """The dashboard's default preset (InfluenceConfig()), or the run's fast kNN row when scaled down."""
+def _click_config(cfg: BenchConfig, ks: list[int], on_gpu: bool) -> InfluenceConfig:
+    """The dashboard's default preset on this hardware (``LissaConfig.interactive``), or the run's fast kNN
+    row when scaled down."""
     if cfg.latency_default_preset:
-        return InfluenceConfig()
+        return InfluenceConfig(lissa=LissaConfig.interactive(on_gpu))
     return replace(cfg.influence("fast", max(ks)), top=InfluenceConfig().top)
 
 
