@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from db_backends import BACKENDS, fresh_url  # noqa: E402
 from factories import MNLI_DEV  # noqa: E402
 
 
@@ -25,6 +26,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_cuda)
         if "browser" in item.keywords and not has_chromium:
             item.add_marker(no_chromium)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path) -> str:
+    """A fresh empty database on each backend (SQLite always, PostgreSQL with FASTIF_TEST_PG_URL)."""
+    return fresh_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def store(db_url):
+    """A Store opened (and migrated) on ``db_url``."""
+    from fastif_core.store import Store
+
+    with Store.open(url=db_url) as st:
+        yield st
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from db_backends import BACKENDS, fresh_url
 from sqlalchemy import inspect, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
@@ -39,17 +38,6 @@ def make_examples(seed: int = 0) -> list[NLIExample]:
         for i in range(24)
     ]  # fmt: skip
     return mnli + hans
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path) -> str:
-    return fresh_url(request.param, tmp_path)
-
-
-@pytest.fixture
-def store(db_url):
-    with Store.open(url=db_url) as st:
-        yield st
 
 
 @pytest.fixture

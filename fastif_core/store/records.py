@@ -113,17 +113,10 @@ class ExampleSummary:
 
 
 @dataclass(frozen=True)
-class GroupSummary:
+class GroupSummary(ExampleSummary):
     """:class:`ExampleSummary` for one value of a grouping column (e.g. one HANS heuristic)."""
 
     value: str | None
-    count: int
-    predicted: int
-    correct: int
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.predicted if self.predicted else None
 
 
 @dataclass(frozen=True)
