@@ -31,7 +31,7 @@ from fastif_core.store import (
     Store,
     WorkerInfo,
 )
-from fastif_core.worker_process import any_alive, spawn_worker
+from fastif_core.worker_process import running, spawn_worker
 from fastif_core.workspace import default_workspace, read_manifest
 
 AUTOSTART_ENV = "FASTIF_AUTOSTART_WORKER"  # "0" = never start a worker from the app (tests, shared hosts)
@@ -229,7 +229,7 @@ def _started() -> dict[str, subprocess.Popen]:
 def worker_on_gpu(root: str, within_s: float = 30.0) -> bool:
     """A live worker of the workspace computes on a CUDA device (else, before one has registered, the
     devices the dashboard starts workers with name one)."""
-    alive = workers(root, alive_within_s=within_s)
+    alive = running(workers(root, alive_within_s=within_s))
     if alive:
         return any(d.startswith("cuda") for w in alive for d in w.devices)
     return "cuda" in os.environ.get(WORKER_DEVICES_ENV, "")
@@ -237,7 +237,7 @@ def worker_on_gpu(root: str, within_s: float = 30.0) -> bool:
 
 def worker_alive(root: str, within_s: float = 30.0) -> bool:
     """A worker of this workspace sent a heartbeat within ``within_s`` (through the app's cached store)."""
-    return any_alive(workers(root, alive_within_s=within_s))
+    return bool(running(workers(root, alive_within_s=within_s)))
 
 
 def ensure_worker(root: str) -> str:

@@ -28,10 +28,16 @@ def pid_running(pid: int) -> bool:
     return True
 
 
+def running(workers: Iterable[Any]) -> list[Any]:
+    """Of workers that sent a recent heartbeat (``WorkerInfo`` rows), those still running (a worker on
+    another host counts while its heartbeats are recent; one on this host only while its process exists)."""
+    host = socket.gethostname()
+    return [w for w in workers if w.host != host or pid_running(w.pid)]
+
+
 def any_alive(workers: Iterable[Any]) -> bool:
     """Of workers that sent a recent heartbeat (``WorkerInfo`` rows), is one still running?"""
-    host = socket.gethostname()
-    return any(w.host != host or pid_running(w.pid) for w in workers)
+    return bool(running(workers))
 
 
 def worker_alive(workspace: str | Path, within_s: float = 30.0) -> bool:

@@ -65,12 +65,12 @@ def s_test_geometry(v: Tensor, s: Tensor, s_original: Tensor) -> dict[str, float
     """How far the Hessian moved s_test from the test gradient direction (``cos_with_gradient`` near 1: the
     recursion is dominated by its identity term, e.g. at a scaled-down depth) and how close it lies to the
     original preset's s_test (``cos_with_original``)."""
-    cos = torch.nn.functional.cosine_similarity
-    v64, s64, o64 = v.double().flatten(), s.double().flatten(), s_original.double().flatten()
-    return {
-        "cos_with_gradient": min(1.0, max(-1.0, float(cos(s64, v64, dim=0)))),
-        "cos_with_original": min(1.0, max(-1.0, float(cos(s64, o64, dim=0)))),
-    }
+
+    def cos(a: Tensor, b: Tensor) -> float:  # in float64, clipped to [-1, 1] against round-off
+        c = torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0)
+        return float(c.clamp(-1.0, 1.0))
+
+    return {"cos_with_gradient": cos(s, v), "cos_with_original": cos(s, s_original)}
 
 
 def _cpu(scores: dict[str, dict[int, Tensor]]) -> dict[str, dict[int, Tensor]]:
