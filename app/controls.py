@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from fastif_core.config import InfluenceConfig, LissaConfig, PrepareConfig, help_of
+from fastif_core.config import InfluenceConfig, PrepareConfig, STestConfig, help_of
 from fastif_core.store.records import ExampleFilter
 
 CORRECTNESS = ("All", "Correct", "Incorrect")
@@ -75,8 +75,8 @@ def influence_controls(
     num_train: int, on_gpu: bool = False, key: str = "influence_form"
 ) -> InfluenceConfig | None:
     """The "Compute influence" form, pre-filled with FastIF's fast settings (at a CPU depth when no worker
-    has a GPU: ``LissaConfig.interactive``); the config when submitted."""
-    base, fast = InfluenceConfig(), LissaConfig.interactive(on_gpu)
+    has a GPU: ``STestConfig.interactive``); the config when submitted."""
+    base, fast = InfluenceConfig(), STestConfig.interactive(on_gpu)
     with st.form(key, border=True):
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input(
@@ -86,16 +86,16 @@ def influence_controls(
             min(base.k or 1, num_train),
             help=help_of(InfluenceConfig, "k"),
         )
-        depth = c2.number_input("J depth", 1, 100_000, fast.depth, help=help_of(LissaConfig, "depth"))
-        batch = c3.number_input("B batch", 1, 4096, fast.batch_size, help=help_of(LissaConfig, "batch_size"))
-        repeats = c4.number_input("T repeats", 1, 64, fast.repeats, help=help_of(LissaConfig, "repeats"))
+        depth = c2.number_input("J depth", 1, 100_000, fast.depth, help=help_of(STestConfig, "depth"))
+        batch = c3.number_input("B batch", 1, 4096, fast.batch_size, help=help_of(STestConfig, "batch_size"))
+        repeats = c4.number_input("T repeats", 1, 64, fast.repeats, help=help_of(STestConfig, "repeats"))
         with st.expander("Advanced"):
             a1, a2, a3, a4 = st.columns(4)
             damping = a1.number_input(
-                "Damping", 0.0, 0.999, fast.damping, format="%.4f", help=help_of(LissaConfig, "damping")
+                "Damping", 0.0, 0.999, fast.damping, format="%.4f", help=help_of(STestConfig, "damping")
             )
             scale = a2.number_input(
-                "Scale", 0.0, 1e9, fast.scale, format="%.1f", help=help_of(LissaConfig, "scale")
+                "Scale", 0.0, 1e9, fast.scale, format="%.1f", help=help_of(STestConfig, "scale")
             )
             top = a3.number_input("Top n", 1, 1000, base.top, help=help_of(InfluenceConfig, "top"))
             full = a4.toggle(
@@ -109,14 +109,14 @@ def influence_controls(
             )
     if not submitted:
         return None
-    lissa = LissaConfig.fast(
+    lissa = STestConfig.fast(
         depth=int(depth),
         batch_size=int(batch),
         repeats=int(repeats),
         damping=float(damping),
         scale=float(scale),
     )
-    return InfluenceConfig(lissa=lissa, k=None if full else int(k), top=int(top))
+    return InfluenceConfig(s_test=lissa, k=None if full else int(k), top=int(top))
 
 
 def prepare_controls() -> PrepareConfig | None:

@@ -145,7 +145,7 @@ def job_subject(job: JobInfo) -> str:
 
 def config_lines(config: dict[str, Any]) -> str:
     """An influence config in one human line: "k=1000 · J=1000 · B=1 · T=1 · damping=0.005 · scale=10000"."""
-    lissa = config.get("lissa", {})
+    lissa = config.get("s_test", {})
     k = "full" if config.get("k") is None else f"k={config['k']}"
     parts = [k, f"J={lissa.get('depth')}", f"B={lissa.get('batch_size')}", f"T={lissa.get('repeats')}"]
     parts += [f"damping={lissa.get('damping'):g}", f"scale={lissa.get('scale'):g}"]

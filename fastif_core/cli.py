@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastif_core.config import InfluenceConfig, KnnConfig, LissaConfig, PrepareConfig, TrainConfig, help_of
+from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestConfig, TrainConfig, help_of
 from fastif_core.errors import FastifError, JobError
 
 Command = Callable[[argparse.Namespace], int]
@@ -186,7 +186,7 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
 
 def _influence_options(p: argparse.ArgumentParser) -> None:
     add_workspace_argument(p)
-    f = LissaConfig.fast()
+    f = STestConfig.fast()
     p.add_argument("--example", required=True, help="example id (see `fastif examples`)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--k", type=int, default=InfluenceConfig().k, help=help_of(InfluenceConfig, "k"))
@@ -194,19 +194,19 @@ def _influence_options(p: argparse.ArgumentParser) -> None:
         "--full", action="store_true", help="score all training examples (original s_test preset)"
     )
     p.add_argument(
-        "--depth", type=int, default=None, help=f"{help_of(LissaConfig, 'depth')} (default {f.depth})"
+        "--depth", type=int, default=None, help=f"{help_of(STestConfig, 'depth')} (default {f.depth})"
     )
     p.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help=f"{help_of(LissaConfig, 'batch_size')} (default {f.batch_size}; --full: 128)",
+        help=f"{help_of(STestConfig, 'batch_size')} (default {f.batch_size}; --full: 128)",
     )
-    p.add_argument("--repeats", type=int, default=None, help=f"{help_of(LissaConfig, 'repeats')} (default 1)")
-    p.add_argument("--damping", type=float, default=f.damping, help=help_of(LissaConfig, "damping"))
-    p.add_argument("--scale", type=float, default=f.scale, help=help_of(LissaConfig, "scale"))
-    p.add_argument("--tolerance", type=float, default=f.tolerance, help=help_of(LissaConfig, "tolerance"))
-    p.add_argument("--seed", type=int, default=f.seed, help=help_of(LissaConfig, "seed"))
+    p.add_argument("--repeats", type=int, default=None, help=f"{help_of(STestConfig, 'repeats')} (default 1)")
+    p.add_argument("--damping", type=float, default=f.damping, help=help_of(STestConfig, "damping"))
+    p.add_argument("--scale", type=float, default=f.scale, help=help_of(STestConfig, "scale"))
+    p.add_argument("--tolerance", type=float, default=f.tolerance, help=help_of(STestConfig, "tolerance"))
+    p.add_argument("--seed", type=int, default=f.seed, help=help_of(STestConfig, "seed"))
     p.add_argument("--top", type=int, default=InfluenceConfig().top, help=help_of(InfluenceConfig, "top"))
     _device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -214,7 +214,7 @@ def _influence_options(p: argparse.ArgumentParser) -> None:
 
 def influence_config_from_args(a: argparse.Namespace) -> InfluenceConfig:
     """--full switches to all candidates and the original s_test preset; explicit flags override presets."""
-    preset = LissaConfig.original() if a.full else LissaConfig.fast()
+    preset = STestConfig.original() if a.full else STestConfig.fast()
     given = {"depth": a.depth, "batch_size": a.batch_size, "repeats": a.repeats}
     lissa = dataclasses.replace(
         preset,
@@ -224,7 +224,7 @@ def influence_config_from_args(a: argparse.Namespace) -> InfluenceConfig:
         tolerance=a.tolerance,
         seed=a.seed,
     )
-    return InfluenceConfig(lissa=lissa, k=None if a.full else a.k, top=a.top).validate()
+    return InfluenceConfig(s_test=lissa, k=None if a.full else a.k, top=a.top).validate()
 
 
 def cmd_influence(a: argparse.Namespace) -> int:

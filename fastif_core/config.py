@@ -68,7 +68,7 @@ CPU_INTERACTIVE_DEPTH = 100  # LiSSA depth pre-filled by the dashboard when no w
 
 
 @dataclass(frozen=True)
-class LissaConfig:
+class STestConfig:
     """LiSSA estimate of s_test = (H + damping·scale·I)⁻¹ v (see ``hessian.lissa``)."""
 
     depth: int = _f(1000, "recursion depth J (HVPs per repetition)")
@@ -82,7 +82,7 @@ class LissaConfig:
     )
     max_norm: float = _f(1e8, "abort with a clear error when ‖h‖ exceeds this (diverging recursion)")
 
-    def validate(self) -> LissaConfig:
+    def validate(self) -> STestConfig:
         _require(self.depth >= 1, "depth", "an integer >= 1", self.depth)
         _require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _require(self.repeats >= 1, "repeats", "an integer >= 1", self.repeats)
@@ -93,17 +93,17 @@ class LissaConfig:
         return self
 
     @classmethod
-    def original(cls, **overrides: Any) -> LissaConfig:
+    def original(cls, **overrides: Any) -> STestConfig:
         """The original code's MNLI setting: B=128, J=1000, T=1."""
         return cls(**{"depth": 1000, "batch_size": 128, "repeats": 1, **overrides})
 
     @classmethod
-    def fast(cls, **overrides: Any) -> LissaConfig:
+    def fast(cls, **overrides: Any) -> STestConfig:
         """FastIF's fast s_test: B=1, J=1000, T=1 (raise T to reduce the variance)."""
         return cls(**{"depth": 1000, "batch_size": 1, "repeats": 1, **overrides})
 
     @classmethod
-    def interactive(cls, on_gpu: bool, **overrides: Any) -> LissaConfig:
+    def interactive(cls, on_gpu: bool, **overrides: Any) -> STestConfig:
         """The dashboard's pre-filled s_test: the fast preset on a GPU; on CPU-only workers the fast preset
         at depth ``CPU_INTERACTIVE_DEPTH``, since J=1000 costs minutes per click on a few cores (an HVP at
         B=1 is ~0.1-0.2 s there; see the README's benchmark figures)."""
@@ -155,7 +155,7 @@ class TrainConfig:
 class InfluenceConfig:
     """One influence query: candidates (kNN or full) and the s_test estimator."""
 
-    lissa: LissaConfig = field(default_factory=LissaConfig.fast, metadata={"help": "s_test estimator"})
+    s_test: STestConfig = field(default_factory=STestConfig.fast, metadata={"help": "s_test estimator"})
     k: int | None = _f(1000, "score the k nearest training examples; None = full (all training examples)")
     top: int = _f(10, "helpful / harmful examples returned (0 = every candidate)")
     score_batch_size: int = _f(64, "candidates per JVP scoring batch")
@@ -165,7 +165,7 @@ class InfluenceConfig:
         return self.k is None
 
     def validate(self) -> InfluenceConfig:
-        self.lissa.validate()
+        self.s_test.validate()
         _require(self.k is None or self.k >= 1, "k", "an integer >= 1 or None (full)", self.k)
         _require(self.top >= 0, "top", "an integer >= 0", self.top)
         _require(self.score_batch_size >= 1, "score_batch_size", "an integer >= 1", self.score_batch_size)
@@ -174,8 +174,8 @@ class InfluenceConfig:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> InfluenceConfig:
         data = dict(data)
-        lissa = from_dict(LissaConfig, data.pop("lissa", {}))
-        return from_dict(cls, {**data, "lissa": lissa})
+        s_test = from_dict(STestConfig, data.pop("s_test", {}))
+        return from_dict(cls, {**data, "s_test": s_test})
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from fastif_core.batches import Batch, Examples, sample_indices, to_device
-from fastif_core.config import LissaConfig
+from fastif_core.config import STestConfig
 from fastif_core.errors import ConfigError, LissaDivergenceError
 from fastif_core.objective import Objective, resolve_device
 
@@ -211,8 +211,8 @@ def _power_iteration(objective: Objective, batch: Batch, u: Tensor, iterations: 
 
 
 def resolve_scale(
-    objective: Objective, train: Examples, cfg: LissaConfig, device: torch.device | str | None = None
-) -> LissaConfig:
+    objective: Objective, train: Examples, cfg: STestConfig, device: torch.device | str | None = None
+) -> STestConfig:
     """``cfg`` with a positive scale: itself, or ``scale`` estimated (deterministically) when it is 0."""
     cfg.validate()
     if cfg.scale > 0:
@@ -224,7 +224,7 @@ def lissa_repetitions(
     objective: Objective,
     v: Tensor,
     train: Examples,
-    cfg: LissaConfig,
+    cfg: STestConfig,
     repetitions: Sequence[int],
     device: torch.device | str | None = None,
     progress: Progress | None = None,
@@ -274,7 +274,7 @@ def _lissa_one(
     objective: Objective,
     v: Tensor,
     train: Examples,
-    cfg: LissaConfig,
+    cfg: STestConfig,
     t: int,
     method: str,
     tick: Callable[[int], None],
@@ -295,7 +295,7 @@ def _lissa_one(
     return h / cfg.scale, step
 
 
-def _check_finite(h: Tensor, step: int, t: int, cfg: LissaConfig, v_norm: float) -> float:
+def _check_finite(h: Tensor, step: int, t: int, cfg: STestConfig, v_norm: float) -> float:
     """``‖h‖``, or a LissaDivergenceError when it is not finite or above ``cfg.max_norm``."""
     norm = float(h.norm())
     if math.isfinite(norm) and norm <= cfg.max_norm:
@@ -308,7 +308,7 @@ def _check_finite(h: Tensor, step: int, t: int, cfg: LissaConfig, v_norm: float)
     )
 
 
-def finish_lissa(partial: LissaPartial, cfg: LissaConfig) -> LissaResult:
+def finish_lissa(partial: LissaPartial, cfg: STestConfig) -> LissaResult:
     """Average a (combined) partial into s_test and its spread across repetitions."""
     if partial.count < 1:
         raise ConfigError("no LiSSA repetitions were run: repetitions must be non-empty")
@@ -325,7 +325,7 @@ def lissa(
     objective: Objective,
     v: Tensor,
     train: Examples,
-    cfg: LissaConfig,
+    cfg: STestConfig,
     device: torch.device | str | None = None,
     progress: Progress | None = None,
     method: str = DEFAULT_HVP_METHOD,

@@ -160,19 +160,19 @@ def compute_influence(
 ) -> InfluenceResult:
     """Influence of ``candidates`` (None = every training example, "full") on ``test_batch``.
 
-    s_test comes from LiSSA over ``train`` with ``cfg.lissa``; candidates are scored with
+    s_test comes from LiSSA over ``train`` with ``cfg.s_test``; candidates are scored with
     :func:`score_candidates` in batches of ``cfg.score_batch_size``. ``progress`` gets
     ``(fraction, message)``, with the fraction split by the estimated cost of the two stages.
     """
     cfg.validate()
     device = resolve_device(objective, device)
     rows = list(range(len(train))) if candidates is None else [int(i) for i in candidates]
-    lissa_cost = 3 * cfg.lissa.repeats * cfg.lissa.depth * cfg.lissa.batch_size  # an HVP ≈ 3 forwards
+    lissa_cost = 3 * cfg.s_test.repeats * cfg.s_test.depth * cfg.s_test.batch_size  # an HVP ≈ 3 forwards
     split = lissa_cost / (lissa_cost + 2 * len(rows))  # a JVP ≈ 2 forwards
     t0 = time.perf_counter()
     v = test_gradient(objective, test_batch, device)
     t1 = time.perf_counter()
-    est = lissa(objective, v, train, cfg.lissa, device, _sub_progress(progress, 0.0, split), method)
+    est = lissa(objective, v, train, cfg.s_test, device, _sub_progress(progress, 0.0, split), method)
     t2 = time.perf_counter()
     values = score_candidates(
         objective, est.s_test, train, rows, cfg.score_batch_size, device, _sub_progress(progress, split, 1.0)

@@ -377,7 +377,7 @@ def _run_influence(
     state, cfg = ctx._states[cmd["key"]], InfluenceConfig.from_json_dict(cmd["cfg"])
     obj, train = state.objective, state.train
     rows = list(range(len(train))) if cmd["candidates"] is None else cmd["candidates"]
-    lissa_cost = 3 * cfg.lissa.repeats * cfg.lissa.depth * cfg.lissa.batch_size  # as compute_influence
+    lissa_cost = 3 * cfg.s_test.repeats * cfg.s_test.depth * cfg.s_test.batch_size  # as compute_influence
     split = lissa_cost / (lissa_cost + 2 * len(rows))
     partial, error = _local_lissa(ctx, state, cmd["batch"], cfg, _sub(progress, 0.0, split))
     stop = ctx.is_coordinator and should_stop is not None and should_stop()
@@ -411,7 +411,7 @@ def _local_lissa(
     obj, train = state.objective, state.train
     try:
         # scale=0 is estimated deterministically (seeded), so every rank resolves the same scale
-        lissa_cfg = hessian.resolve_scale(obj, train, cfg.lissa, ctx.device)
+        lissa_cfg = hessian.resolve_scale(obj, train, cfg.s_test, ctx.device)
         v = influence.test_gradient(obj, to_device(batch, ctx.device), ctx.device)  # (P,)
         reps = range(ctx.rank, lissa_cfg.repeats, ctx.world_size)
         return hessian.lissa_repetitions(obj, v, train, lissa_cfg, reps, ctx.device, progress), None
@@ -462,7 +462,7 @@ def _assemble(
     for rank, g in enumerate(gathered):
         values[torch.as_tensor(order[rank :: ctx.world_size], dtype=torch.long)] = g["values"]
     depths = {t: d for g in gathered for t, d in g["depths"].items()}
-    est = hessian.finish_lissa(replace(total, depths=depths), cfg.lissa)
+    est = hessian.finish_lissa(replace(total, depths=depths), cfg.s_test)
     stats = {**est.stats(), "ranks": ctx.world_size, "devices": ctx.spec}
     return InfluenceResult(torch.as_tensor(rows, dtype=torch.long), values, est.s_test.cpu(), stats, seconds)
 

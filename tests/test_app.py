@@ -20,7 +20,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from fastif_core.config import CPU_INTERACTIVE_DEPTH, InfluenceConfig, LissaConfig, to_dict
+from fastif_core.config import CPU_INTERACTIVE_DEPTH, InfluenceConfig, STestConfig, to_dict
 from fastif_core.query import influence_query
 from fastif_core.store import ExampleFilter, InfluenceRunInfo, Store
 
@@ -142,7 +142,9 @@ def test_compute_influence_twice_creates_one_job(app_env: Store) -> None:
     after = [j for j in app_env.list_jobs(kind="influence") if j.params["example_id"] == ex.id]
     assert len(before) == 0 and len(after) == 1
     job = after[0]
-    assert job.status == "queued" and job.params["config"]["lissa"] == to_dict(LissaConfig.interactive(False))
+    assert job.status == "queued" and job.params["config"]["s_test"] == to_dict(
+        STestConfig.interactive(False)
+    )
     assert f"Job **#{job.id}**" in _texts(at)
     assert any("No background worker is alive" in w.value for w in at.warning)
     app_env.cancel_job(job.id)
@@ -155,14 +157,14 @@ def _depth_input(at: AppTest) -> int:
 def test_form_prefills_the_depth_for_the_workers_hardware(app_env: Store) -> None:
     ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1, offset=5)[0]
     at = _ok(_app(example=ex.id))
-    assert _depth_input(at) == CPU_INTERACTIVE_DEPTH < LissaConfig.fast().depth
+    assert _depth_input(at) == CPU_INTERACTIVE_DEPTH < STestConfig.fast().depth
     assert f"J is pre-filled at {CPU_INTERACTIVE_DEPTH}" in _texts(at)
     # a live worker that registered a CUDA device gets the paper's fast preset
     app_env.worker_heartbeat("gpu-box-worker", host="gpu-box", pid=1, devices=["cuda:0", "cuda:1"])
     try:
         st.cache_data.clear()
         at = _ok(_app(example=ex.id))
-        assert _depth_input(at) == LissaConfig.fast().depth
+        assert _depth_input(at) == STestConfig.fast().depth
         assert "J is pre-filled" not in _texts(at)
     finally:
         app_env.worker_heartbeat("gpu-box-worker", status="stopped")
@@ -174,7 +176,7 @@ def stored_run(workspace: Path) -> InfluenceRunInfo:
     with Store.open(workspace) as store:
         ex = store.query_examples(ExampleFilter(split="challenge"), limit=1, offset=1)[0]
         answer = influence_query(
-            workspace, ex.id, InfluenceConfig(lissa=LissaConfig.fast(depth=10), k=12, top=3)
+            workspace, ex.id, InfluenceConfig(s_test=STestConfig.fast(depth=10), k=12, top=3)
         )
         return store.get_influence_run(answer["run_id"])
 

@@ -169,7 +169,7 @@ def test_compute_influence_journey(dashboard: tuple[str, Path], tmp_path: Path) 
             browser.close()
     with Store.open(root) as store:
         runs = store.list_influence_runs(example_id=example.id)
-    assert len(runs) == 1 and runs[0].num_candidates > 0 and runs[0].config["lissa"]["depth"] == DEPTH
+    assert len(runs) == 1 and runs[0].num_candidates > 0 and runs[0].config["s_test"]["depth"] == DEPTH
     ARTIFACTS.mkdir(exist_ok=True)
     record = {"example_id": example.id, "config": runs[0].config, "click_to_ranked_list_s": round(seconds, 2), "screenshot": str(shot),
               "run_timings_s": runs[0].timings, "num_candidates": runs[0].num_candidates}  # fmt: skip

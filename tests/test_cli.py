@@ -105,7 +105,7 @@ def test_influence_end_to_end_then_cached(cli_workspace: Path):
     a = json.loads(first.stdout)
     assert a["example_id"] == ex and a["num_candidates"] == 15 and a["cached"] is False
     assert set(a["seconds"]) >= {"knn", "s_test", "scoring", "total"}
-    assert a["config"]["k"] == 15 and a["config"]["lissa"]["depth"] == 15
+    assert a["config"]["k"] == 15 and a["config"]["s_test"]["depth"] == 15
     assert 0 < len(a["helpful"]) <= 3 and all(r["influence"] < 0 for r in a["helpful"])
     assert all(r["influence"] > 0 for r in a["harmful"])
     assert {"train_id", "influence", "premise", "hypothesis", "label"} <= set(a["helpful"][0])

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from fastif_core import jobs
-from fastif_core.config import InfluenceConfig, LissaConfig
+from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.query import influence_query
 from fastif_core.store import Store
 from fastif_core.workspace import LoadedWorkspace
 
 pytestmark = pytest.mark.gpu
 
-CFG = InfluenceConfig(lissa=LissaConfig(depth=30, batch_size=4, repeats=2, seed=3), k=20, top=0)
+CFG = InfluenceConfig(s_test=STestConfig(depth=30, batch_size=4, repeats=2, seed=3), k=20, top=0)
 
 
 def _scores(result: dict) -> dict[str, float]:

@@ -10,7 +10,7 @@ from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
 from torch import nn
 
 from fastif_core.batches import TensorExamples
-from fastif_core.config import LissaConfig
+from fastif_core.config import STestConfig
 from fastif_core.errors import ConfigError, LissaDivergenceError
 from fastif_core.hessian import (
     HVP_METHODS,
@@ -75,7 +75,7 @@ def test_lissa_full_batch_converges_to_damped_solve():
     full = train.collate(range(N))
     lam_max = float(torch.linalg.eigvalsh(exact_hessian(obj, full))[-1])
     v = obj.grad(train.collate([0, 1]))
-    cfg = LissaConfig(depth=1000, batch_size=N, damping=0.01, scale=2 * lam_max)
+    cfg = STestConfig(depth=1000, batch_size=N, damping=0.01, scale=2 * lam_max)
     result = lissa(obj, v, train, cfg)
     exact = exact_inverse_hvp(obj, full, v, damping=cfg.damping * cfg.scale)
     assert _rel(result.s_test, exact) < 0.02
@@ -86,7 +86,7 @@ def test_early_stop_reports_depth_used_and_keeps_accuracy():
     obj, train = _logistic()
     full = train.collate(range(N))
     v = obj.grad(train.collate([3]))
-    cfg = LissaConfig(depth=5000, batch_size=N, damping=0.01, scale=5.0, tolerance=1e-9)
+    cfg = STestConfig(depth=5000, batch_size=N, damping=0.01, scale=5.0, tolerance=1e-9)
     result = lissa(obj, v, train, cfg)
     assert 10 < result.depth_used < 5000
     assert _rel(result.s_test, exact_inverse_hvp(obj, full, v, damping=0.05)) < 0.02
@@ -100,7 +100,7 @@ def test_automatic_scale_exceeds_largest_eigenvalue_and_converges():
         lam_max, rel=1e-2
     )
     v = obj.grad(train.collate([5]))
-    result = lissa(obj, v, train, LissaConfig(depth=1000, batch_size=N, damping=0.01, scale=0.0))
+    result = lissa(obj, v, train, STestConfig(depth=1000, batch_size=N, damping=0.01, scale=0.0))
     assert result.scale > lam_max
     exact = exact_inverse_hvp(obj, full, v, damping=0.01 * result.scale)
     assert _rel(result.s_test, exact) < 0.02
@@ -117,7 +117,7 @@ def _single_example_scale(train: TensorExamples, wd: float = 0.01) -> float:
 def test_repetitions_reduce_the_error_of_b1_estimates_and_split_exactly():
     obj, train = _logistic()
     v = obj.grad(train.collate([7]))
-    cfg = LissaConfig(depth=60, batch_size=1, repeats=16, damping=0.2, scale=_single_example_scale(train))
+    cfg = STestConfig(depth=60, batch_size=1, repeats=16, damping=0.2, scale=_single_example_scale(train))
     exact = exact_inverse_hvp(obj, train.collate(range(N)), v, damping=cfg.damping * cfg.scale)
     reps = torch.stack([lissa_repetitions(obj, v, train, cfg, [t]).total for t in range(16)])  # (T, P)
     many = lissa(obj, v, train, cfg)
@@ -142,31 +142,31 @@ def test_divergence_raises_with_step_norm_and_scale_advice():
     obj, train = _logistic()
     lam_max = float(torch.linalg.eigvalsh(exact_hessian(obj, train.collate(range(N))))[-1])
     v = obj.grad(train.collate([0]))
-    cfg = LissaConfig(depth=1000, batch_size=N, damping=0.0, scale=0.05 * lam_max)
+    cfg = STestConfig(depth=1000, batch_size=N, damping=0.0, scale=0.05 * lam_max)
     with pytest.raises(
         LissaDivergenceError, match=r"diverged at step \d+/1000 of repetition 0.*larger scale"
     ):
         lissa(obj, v, train, cfg)
     with pytest.raises(LissaDivergenceError, match="nan"):
-        lissa(obj, torch.full_like(v, float("nan")), train, LissaConfig(depth=5, batch_size=N, scale=10.0))
+        lissa(obj, torch.full_like(v, float("nan")), train, STestConfig(depth=5, batch_size=N, scale=10.0))
 
 
 def test_bad_settings_raise_config_errors():
     obj, train = _logistic()
     v = obj.grad(train.collate([0]))
     with pytest.raises(ConfigError, match="depth"):
-        lissa(obj, v, train, LissaConfig(depth=0))
+        lissa(obj, v, train, STestConfig(depth=0))
     with pytest.raises(ConfigError, match="damping"):
-        lissa(obj, v, train, LissaConfig(damping=1.5))
+        lissa(obj, v, train, STestConfig(damping=1.5))
     with pytest.raises(ConfigError, match="method"):
         hvp(obj, train.collate([0]), v, "finite_differences")
     with pytest.raises(ConfigError, match="repetitions"):
-        finish_lissa(lissa_repetitions(obj, v, train, LissaConfig(depth=3, scale=10.0), []), LissaConfig())
+        finish_lissa(lissa_repetitions(obj, v, train, STestConfig(depth=3, scale=10.0), []), STestConfig())
 
 
 def test_progress_reports_increasing_fractions_up_to_one():
     obj, train = _logistic()
     seen: list[float] = []
-    cfg = LissaConfig(depth=50, batch_size=4, repeats=3, scale=10.0)
+    cfg = STestConfig(depth=50, batch_size=4, repeats=3, scale=10.0)
     lissa(obj, obj.grad(train.collate([0])), train, cfg, progress=lambda f, msg: seen.append(f))
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) >= 3

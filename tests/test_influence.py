@@ -7,7 +7,7 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples, packaged_model_path
 from transformers import AutoModelForSequenceClassification
 
-from fastif_core.config import InfluenceConfig, LissaConfig
+from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.errors import ConfigError
 from fastif_core.hessian import lissa
 from fastif_core.influence import compute_influence, rank, score_candidates, score_candidates_reference
@@ -94,10 +94,10 @@ def test_compute_influence_combines_test_gradient_lissa_and_scoring():
     obj = classifier_objective(model, weight_decay=0.01)
     train = make_tiny_examples(10, seed=4)
     test = make_tiny_examples(1, seed=9).collate([0])
-    cfg = InfluenceConfig(lissa=LissaConfig(depth=20, batch_size=2, repeats=2, scale=100.0), k=None, top=3)
+    cfg = InfluenceConfig(s_test=STestConfig(depth=20, batch_size=2, repeats=2, scale=100.0), k=None, top=3)
     seen: list[float] = []
     result = compute_influence(obj, test, train, None, cfg, progress=lambda f, m: seen.append(f))
-    expected = lissa(obj, gradient_of_test(obj, test), train, cfg.lissa)
+    expected = lissa(obj, gradient_of_test(obj, test), train, cfg.s_test)
     torch.testing.assert_close(result.s_test, expected.s_test)
     torch.testing.assert_close(
         result.values,
@@ -137,7 +137,7 @@ def test_engine_on_cuda_matches_cpu():
         p.requires_grad_(False)
     obj_cpu, obj_gpu = classifier_objective(cpu, 0.01), classifier_objective(gpu, 0.01)
     train, test = make_tiny_examples(10, seed=5), make_tiny_examples(1, seed=8).collate([0])
-    cfg = InfluenceConfig(lissa=LissaConfig(depth=10, batch_size=2, repeats=2, scale=100.0), k=None)
+    cfg = InfluenceConfig(s_test=STestConfig(depth=10, batch_size=2, repeats=2, scale=100.0), k=None)
     on_cpu = compute_influence(obj_cpu, test, train, None, cfg)
     on_gpu = compute_influence(obj_gpu, test, train, None, cfg, device="cuda")
     assert on_gpu.values.device.type == "cuda" and on_gpu.s_test.device.type == "cuda"

@@ -13,7 +13,7 @@ from factories import make_tiny_logistic
 from torch import Tensor
 
 from fastif_core.batches import TensorExamples
-from fastif_core.config import InfluenceConfig, LissaConfig
+from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.hessian import exact_inverse_hvp
 from fastif_core.influence import compute_influence
 from fastif_core.influence import test_gradient as gradient_of_test
@@ -62,8 +62,8 @@ def _test_loss(theta: Tensor, test: dict[str, Tensor]) -> float:
 
 
 def _influence(obj: Objective, train: TensorExamples, test: dict[str, Tensor]):
-    lissa = LissaConfig(depth=5000, batch_size=N, damping=0.0, scale=0.0, tolerance=1e-12)
-    return compute_influence(obj, test, train, None, InfluenceConfig(lissa=lissa, k=None, top=0))
+    lissa = STestConfig(depth=5000, batch_size=N, damping=0.0, scale=0.0, tolerance=1e-12)
+    return compute_influence(obj, test, train, None, InfluenceConfig(s_test=lissa, k=None, top=0))
 
 
 def test_influence_predicts_leave_one_out_retraining():

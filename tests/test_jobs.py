@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastif_core import jobs
-from fastif_core.config import InfluenceConfig, KnnConfig, LissaConfig, PrepareConfig
+from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestConfig
 from fastif_core.errors import JobError, LeaseLostError
 from fastif_core.store import Store
 
@@ -32,7 +32,7 @@ def test_enqueue_twice_is_one_job(store):
     assert a.id == b.id == c.id and store.job_counts() == {"queued": 1}
     other = jobs.enqueue(store, "influence", {"example_id": "x", "config": {"k": 10}})
     assert other.id != a.id
-    assert a.params["config"]["lissa"]["depth"] == LissaConfig.fast().depth  # defaults filled in
+    assert a.params["config"]["s_test"]["depth"] == STestConfig.fast().depth  # defaults filled in
     prep = jobs.enqueue(store, "prepare", PrepareConfig(evals=("demo",), knn=KnnConfig(k=5)))
     assert jobs.job_params(store.get_job(prep.id)) == PrepareConfig(evals=("demo",), knn=KnnConfig(k=5))
 
@@ -56,12 +56,12 @@ def test_running_and_done_jobs_are_reused_failed_and_cancelled_are_not(store):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"example_id": "x", "config": {"lissa": {"depth": 0}}}, "depth=0"),
+        ({"example_id": "x", "config": {"s_test": {"depth": 0}}}, "depth=0"),
         ({"example_id": "x", "config": {"k": 0}}, "k=0"),
         ({"example_id": ""}, "example_id"),
         ({"config": {}}, "example_id"),
         ({"example_id": "x", "cfg": {}}, "unknown field"),
-        ({"example_id": "x", "config": {"lissa": {"depth": "many"}}}, "invalid parameters"),
+        ({"example_id": "x", "config": {"s_test": {"depth": "many"}}}, "invalid parameters"),
     ],
 )
 def test_bad_parameters_are_rejected_at_enqueue(store, params, match):
@@ -79,7 +79,7 @@ def test_unknown_and_reserved_kinds(store):
 
 
 def test_bad_parameters_in_a_stored_job_fail_it_for_good(store):
-    raw = store.enqueue_job("influence", {"example_id": "x", "config": {"lissa": {"depth": 0}}})
+    raw = store.enqueue_job("influence", {"example_id": "x", "config": {"s_test": {"depth": 0}}})
     job = store.claim_job("w")
     with pytest.raises(JobError, match="depth=0") as err:
         jobs.job_params(job)

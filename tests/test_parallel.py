@@ -8,7 +8,7 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples
 
 from fastif_core import hessian, influence
-from fastif_core.config import InfluenceConfig, LissaConfig
+from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.errors import ConfigError, LissaDivergenceError
 from fastif_core.objective import classifier_objective
 from fastif_core.parallel import ParallelContext, QueryCancelled, RankState, parse_devices
@@ -31,7 +31,7 @@ def serial(cfg: InfluenceConfig, candidates: list[int]) -> tuple[torch.Tensor, t
     state = load_tiny("cpu")
     obj, train = state.objective, state.train
     v = obj.grad(query_batch())
-    s_test = hessian.lissa(obj, v, train, cfg.lissa).s_test
+    s_test = hessian.lissa(obj, v, train, cfg.s_test).s_test
     values = influence.score_candidates(obj, s_test, train, candidates, cfg.score_batch_size, "cpu")
     return s_test, values
 
@@ -51,7 +51,7 @@ def group():
 @pytest.mark.parametrize("scale", [50.0, 0.0])  # 0 = estimated (must resolve identically on every rank)
 def test_two_ranks_equal_serial(group, scale):
     cfg = InfluenceConfig(
-        lissa=LissaConfig(depth=25, batch_size=2, repeats=3, scale=scale), k=None, score_batch_size=3
+        s_test=STestConfig(depth=25, batch_size=2, repeats=3, scale=scale), k=None, score_batch_size=3
     )
     candidates = [11, 0, 5, 3, 8, 2, 9]  # an arbitrary order: results come back in this order
     result = group.influence("tiny", query_batch(), candidates, cfg)
@@ -67,7 +67,7 @@ def test_two_ranks_equal_serial(group, scale):
 
 
 def test_all_candidates_and_progress(group):
-    cfg = InfluenceConfig(lissa=LissaConfig(depth=10, batch_size=1, repeats=2, scale=50.0), k=None)
+    cfg = InfluenceConfig(s_test=STestConfig(depth=10, batch_size=1, repeats=2, scale=50.0), k=None)
     seen: list[tuple[float, str]] = []
     result = group.influence("tiny", query_batch(), None, cfg, progress=lambda f, m: seen.append((f, m)))
     _, values = serial(cfg, list(range(12)))
@@ -79,11 +79,11 @@ def test_all_candidates_and_progress(group):
 
 def test_rank_error_reaches_rank0_and_group_keeps_serving(group):
     bad = InfluenceConfig(
-        lissa=LissaConfig(depth=50, batch_size=1, repeats=2, scale=1e-6, max_norm=1e3), k=None
+        s_test=STestConfig(depth=50, batch_size=1, repeats=2, scale=1e-6, max_norm=1e3), k=None
     )
     with pytest.raises(LissaDivergenceError, match="diverged"):
         group.influence("tiny", query_batch(), [0, 1], bad)
-    good = InfluenceConfig(lissa=LissaConfig(depth=5, batch_size=1, repeats=2, scale=50.0), k=None)
+    good = InfluenceConfig(s_test=STestConfig(depth=5, batch_size=1, repeats=2, scale=50.0), k=None)
     with pytest.raises(QueryCancelled):
         group.influence("tiny", query_batch(), [0, 1], good, should_stop=lambda: True)
     assert group.influence("tiny", query_batch(), [0, 1, 2], good).values.shape == (3,)
@@ -93,14 +93,14 @@ def test_rank_error_reaches_rank0_and_group_keeps_serving(group):
 def test_load_error_names_loader(group):
     with pytest.raises(ConfigError, match="cannot be imported"):
         group.load("other", "fastif_core.no_such_module:load")
-    assert group.influence("tiny", query_batch(), [0], InfluenceConfig(lissa=LissaConfig(depth=2), k=None))
+    assert group.influence("tiny", query_batch(), [0], InfluenceConfig(s_test=STestConfig(depth=2), k=None))
 
 
 def test_single_rank_runs_without_torch_distributed():
     with ParallelContext.start("cpu:1") as ctx:
         assert not ctx.distributed
         ctx.load("tiny", LOADER, seed=0)
-        cfg = InfluenceConfig(lissa=LissaConfig(depth=8, batch_size=2, repeats=2, scale=50.0), k=None)
+        cfg = InfluenceConfig(s_test=STestConfig(depth=8, batch_size=2, repeats=2, scale=50.0), k=None)
         result = ctx.influence("tiny", query_batch(), [1, 4], cfg)
     s_test, values = serial(cfg, [1, 4])
     assert rel_err(result.s_test, s_test) < 1e-6

@@ -21,7 +21,7 @@ import pytest
 from factories import make_tiny_bert, make_tiny_tokenizer
 
 from fastif_core import jobs
-from fastif_core.config import InfluenceConfig, KnnConfig, LissaConfig, PrepareConfig, TrainConfig
+from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestConfig, TrainConfig
 from fastif_core.query import influence_query
 from fastif_core.store import Store
 from fastif_core.worker import run_worker
@@ -64,7 +64,7 @@ def eval_ids(root: Path, n: int) -> list[str]:
 
 
 def config(depth: int = 3, repeats: int = 1, k: int | None = K) -> InfluenceConfig:
-    return InfluenceConfig(lissa=LissaConfig(depth=depth, batch_size=1, repeats=repeats, scale=100.0), k=k)
+    return InfluenceConfig(s_test=STestConfig(depth=depth, batch_size=1, repeats=repeats, scale=100.0), k=k)
 
 
 def enqueue(root: Path, example_id: str, cfg: InfluenceConfig):
@@ -158,12 +158,12 @@ def test_killed_worker_job_is_completed_by_another(ws):
 
 def test_bad_parameters_fail_clearly_and_the_worker_serves_the_next_job(ws):
     good_id = eval_ids(ws, 1)[0]
-    cfg = {"k": K, "lissa": {"depth": 3, "batch_size": 1, "scale": 100.0}}
+    cfg = {"k": K, "s_test": {"depth": 3, "batch_size": 1, "scale": 100.0}}
     with Store.open(ws) as store:  # raw parameters, as an old client or a hand-made row would send them
         bad = {
             "unknown example": store.enqueue_job("influence", {"example_id": "no-such-id", "config": cfg}),
             "depth=0": store.enqueue_job(
-                "influence", {"example_id": good_id, "config": {"lissa": {"depth": 0}}}
+                "influence", {"example_id": good_id, "config": {"s_test": {"depth": 0}}}
             ),
             "k=0": store.enqueue_job("influence", {"example_id": good_id, "config": {"k": 0}}),
             "too large k": store.enqueue_job(

@@ -16,8 +16,8 @@ def speed_frame(result: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, r in result["speed"]["single"]["rows"].items():
         sec = r["seconds"]
-        rows.append({"row": name, "candidates": r["candidates"], "preset": r["preset"], "J": r["lissa"]["depth"],
-                     "B": r["lissa"]["batch_size"], "median s": sec["median"], "q1": sec["q1"], "q3": sec["q3"],
+        rows.append({"row": name, "candidates": r["candidates"], "preset": r["preset"], "J": r["s_test"]["depth"],
+                     "B": r["s_test"]["batch_size"], "median s": sec["median"], "q1": sec["q1"], "q3": sec["q3"],
                      "speed-up": r["speedup_vs_full"]})  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastif_core.config import InfluenceConfig, LissaConfig
+from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.errors import ConfigError, WorkspaceError
 
 Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
@@ -70,16 +70,16 @@ class BenchConfig:
         }
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
-    def preset(self, name: str) -> LissaConfig:
+    def preset(self, name: str) -> STestConfig:
         """The 'original' (B large, T=1) or 'fast' (B=1) s_test preset at this run's depth."""
         batch = self.original_batch if name == "original" else 1
-        return LissaConfig(
+        return STestConfig(
             depth=int(self.depth or 1000), batch_size=int(batch or 1), repeats=1, seed=self.seed
         )
 
     def influence(self, name: str, k: int | None) -> InfluenceConfig:
         """The InfluenceConfig of one table row (``k=None``: full enumeration)."""
-        return InfluenceConfig(lissa=self.preset(name), k=k, top=0, score_batch_size=self.score_batch_size)
+        return InfluenceConfig(s_test=self.preset(name), k=k, top=0, score_batch_size=self.score_batch_size)
 
 
 @dataclass

@@ -35,7 +35,7 @@ def speed_lines(result: dict[str, Any]) -> list[str]:
 def other_lines(result: dict[str, Any]) -> list[str]:
     lat, eng = result["latency"], result["engine"]
     sec = lat["seconds"]
-    lissa = lat["config"]["lissa"]
+    lissa = lat["config"]["s_test"]
     lines = [f"One click (k={lat['config']['k']}, J={lissa['depth']}, B={lissa['batch_size']}): total {sec['total']:.3g} s = "
              + ", ".join(f"{k} {sec[k]:.3g}" for k in ("knn", "test_gradient", "s_test", "scoring")),
              f"Engine: JVP scoring {eng['scoring']['jvp']['examples_per_s']:.1f}/s vs reference "

@@ -160,15 +160,15 @@ def speed_table(timed_data: Sequence[ExampleData], cfg: BenchConfig, ks: Sequenc
 
 def _row_info(row: str, cfg: BenchConfig, n_train: int) -> dict:
     if row == "full":
-        return {"candidates": n_train, "preset": "original", "lissa": to_dict(cfg.preset("original"))}
+        return {"candidates": n_train, "preset": "original", "s_test": to_dict(cfg.preset("original"))}
     k, preset = row.removeprefix("knn").split("/")
-    return {"candidates": int(k), "preset": preset, "lissa": to_dict(cfg.preset(preset))}
+    return {"candidates": int(k), "preset": preset, "s_test": to_dict(cfg.preset(preset))}
 
 
 def latency(loaded: Any, ex: TestExample, icfg: InfluenceConfig) -> dict:
     """One dashboard click, fresh: kNN search, test gradient, s_test and scoring seconds, and the total."""
     n = len(loaded.train_ids)
-    icfg = InfluenceConfig(lissa=icfg.lissa, k=None if icfg.k is None else min(icfg.k, n), top=icfg.top,
+    icfg = InfluenceConfig(s_test=icfg.s_test, k=None if icfg.k is None else min(icfg.k, n), top=icfg.top,
                            score_batch_size=icfg.score_batch_size)  # fmt: skip
     candidates, t_knn = timed(lambda: loaded.nearest(ex.id, icfg.k)[0] if icfg.k is not None else None)
     result = compute_influence(loaded.objective, ex.batch, loaded.train, candidates, icfg)

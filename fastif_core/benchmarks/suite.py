@@ -24,7 +24,7 @@ from fastif_core.benchmarks.common import (
     sub_progress,
 )
 from fastif_core.benchmarks.plots import write_plots
-from fastif_core.config import InfluenceConfig, LissaConfig, to_dict
+from fastif_core.config import InfluenceConfig, STestConfig, to_dict
 
 # share of the progress bar per stage: engine, examples, multi-device, latency, grid, convex, transformer
 STAGES = {"engine": 0.05, "examples": 0.45, "multi": 0.1, "latency": 0.08, "grid": 0.12, "convex": 0.1,
@@ -150,10 +150,10 @@ def _engine_sizes(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def _click_config(cfg: BenchConfig, ks: list[int], on_gpu: bool) -> InfluenceConfig:
-    """The dashboard's default preset on this hardware (``LissaConfig.interactive``), or the run's fast kNN
+    """The dashboard's default preset on this hardware (``STestConfig.interactive``), or the run's fast kNN
     row when scaled down."""
     if cfg.latency_default_preset:
-        return InfluenceConfig(lissa=LissaConfig.interactive(on_gpu))
+        return InfluenceConfig(s_test=STestConfig.interactive(on_gpu))
     return replace(cfg.influence("fast", max(ks)), top=InfluenceConfig().top)
 
 
