@@ -71,13 +71,28 @@ def browse_filters_controls(options: FilterOptions) -> ExampleFilter:
     )  # fmt: skip
 
 
+PRESET_LABELS = {
+    "default": "Default (Gauss-Newton CG: the benchmark's choice)",
+    "paper": "Paper (FastIF's LiSSA, J=1000, B=1)",
+    "lissa_batched": "LiSSA, B=16, estimated scale",
+    "gauss_newton_cg": "Gauss-Newton CG",
+    "original": "Original code (LiSSA, B=128)",
+}
+
+
 def influence_controls(
     num_train: int, on_gpu: bool = False, key: str = "influence_form"
 ) -> InfluenceConfig | None:
-    """The "Compute influence" form, pre-filled with FastIF's fast settings (at a CPU depth when no worker
-    has a GPU: ``STestConfig.interactive``); the config when submitted."""
-    base, fast = InfluenceConfig(), STestConfig.interactive(on_gpu)
-    with st.form(key, border=True):
+    """The "Compute influence" form: an s_test preset (the engine's default pre-selected, the same as
+    ``fastif influence``) whose fields pre-fill the form; the config when submitted."""
+    base = InfluenceConfig()
+    name = st.selectbox(
+        "s_test solver", list(PRESET_LABELS), format_func=PRESET_LABELS.__getitem__, key=f"{key}_preset",
+        help="The default solves the same damped system as the paper's LiSSA in a few conjugate-gradient "
+        "steps on a positive semi-definite curvature; 'Paper' is FastIF's recursion (minutes per click on CPU).",
+    )  # fmt: skip
+    pre = STestConfig.preset(name)
+    with st.form(f"{key}_{name}", border=True):
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input(
             "k neighbours",
@@ -86,37 +101,36 @@ def influence_controls(
             min(base.k or 1, num_train),
             help=help_of(InfluenceConfig, "k"),
         )
-        depth = c2.number_input("J depth", 1, 100_000, fast.depth, help=help_of(STestConfig, "depth"))
-        batch = c3.number_input("B batch", 1, 4096, fast.batch_size, help=help_of(STestConfig, "batch_size"))
-        repeats = c4.number_input("T repeats", 1, 64, fast.repeats, help=help_of(STestConfig, "repeats"))
+        depth = c2.number_input(
+            "J depth / iterations", 1, 100_000, pre.depth, help=help_of(STestConfig, "depth")
+        )
+        batch = c3.number_input("B batch", 1, 4096, pre.batch_size, help=help_of(STestConfig, "batch_size"))
+        repeats = c4.number_input("T repeats", 1, 64, pre.repeats, help=help_of(STestConfig, "repeats"))
         with st.expander("Advanced"):
             a1, a2, a3, a4 = st.columns(4)
             damping = a1.number_input(
-                "Damping", 0.0, 0.999, fast.damping, format="%.4f", help=help_of(STestConfig, "damping")
+                "Damping", 0.0, 0.999, pre.damping, format="%.4f", help=help_of(STestConfig, "damping")
             )
             scale = a2.number_input(
-                "Scale", 0.0, 1e9, fast.scale, format="%.1f", help=help_of(STestConfig, "scale")
+                "Scale", 0.0, 1e9, pre.scale, format="%.1f", help=help_of(STestConfig, "scale")
             )
-            top = a3.number_input("Top n", 1, 1000, base.top, help=help_of(InfluenceConfig, "top"))
-            full = a4.toggle(
-                "Full mode (all training examples)", False, help="score every training example (slow)"
+            mu = a3.number_input("μ", 0.0, 1e9, pre.mu, format="%.2f", help=help_of(STestConfig, "mu"))
+            tolerance = a4.number_input(
+                "Tolerance", 0.0, 1.0, pre.tolerance, format="%.4f", help=help_of(STestConfig, "tolerance")
             )
+            b1, b2 = st.columns(2)
+            top = b1.number_input("Top n", 1, 1000, base.top, help=help_of(InfluenceConfig, "top"))
+            full = b2.toggle("Full mode (all training examples)", False, help="score every training example")
         submitted = st.form_submit_button("Compute influence", type="primary", icon=":material/bolt:")
-        if not on_gpu:
-            st.caption(
-                f"No worker has a GPU: J is pre-filled at {fast.depth} instead of the paper's 1000, which "
-                "takes minutes per click on a few CPU cores. The Bench page shows what depth costs here."
-            )
+        if name == "paper" and not on_gpu:
+            st.caption("No worker has a GPU: the paper's J=1000 takes minutes per click on a few CPU cores.")
     if not submitted:
         return None
-    lissa = STestConfig.fast(
-        depth=int(depth),
-        batch_size=int(batch),
-        repeats=int(repeats),
-        damping=float(damping),
-        scale=float(scale),
-    )
-    return InfluenceConfig(s_test=lissa, k=None if full else int(k), top=int(top))
+    s_test = STestConfig.preset(
+        name, depth=int(depth), batch_size=int(batch), repeats=int(repeats), damping=float(damping),
+        scale=float(scale), mu=float(mu), tolerance=float(tolerance),
+    )  # fmt: skip
+    return InfluenceConfig(s_test=s_test, k=None if full else int(k), top=int(top))
 
 
 def prepare_controls() -> PrepareConfig | None:

@@ -144,11 +144,17 @@ def job_subject(job: JobInfo) -> str:
 
 
 def config_lines(config: dict[str, Any]) -> str:
-    """An influence config in one human line: "k=1000 · J=1000 · B=1 · T=1 · damping=0.005 · scale=10000"."""
-    lissa = config.get("s_test", {})
+    """An influence config in one human line: "k=1000 · cg (gauss_newton) · J=50 · B=32 · T=1 · μ=50"."""
+    s = config.get("s_test", {})
     k = "full" if config.get("k") is None else f"k={config['k']}"
-    parts = [k, f"J={lissa.get('depth')}", f"B={lissa.get('batch_size')}", f"T={lissa.get('repeats')}"]
-    parts += [f"damping={lissa.get('damping'):g}", f"scale={lissa.get('scale'):g}"]
+    solver = f"{s.get('solver', 'lissa')} ({s.get('curvature', 'hessian')})"
+    parts = [k, solver, f"J={s.get('depth')}", f"B={s.get('batch_size')}", f"T={s.get('repeats')}"]
+    if s.get("mu"):
+        parts.append(f"μ={s['mu']:g}")
+    else:
+        parts += [f"damping={s.get('damping', 0):g}", f"scale={s.get('scale', 0):g}"]
+    if config.get("gradient_l2", "none") != "none":
+        parts.append(f"L2 in gradients: {config['gradient_l2']}")
     return " · ".join(parts)
 
 

@@ -95,10 +95,23 @@ def to_device(batch: Batch, device: torch.device | str) -> Batch:
 
 
 def sample_indices(n: int, batch_size: int, generator: torch.Generator) -> list[int]:
-    """``batch_size`` distinct row indices drawn uniformly (with replacement if the set is smaller)."""
-    if batch_size <= n:
+    """``batch_size`` distinct row indices drawn uniformly (with replacement if the set is smaller).
+
+    O(batch_size) per call, not O(n): a draw with replacement, duplicates redrawn (a permutation only
+    when the batch is a large share of the set), so a LiSSA step at B=1 costs nothing to sample.
+    """
+    if batch_size > n:
+        return torch.randint(n, (batch_size,), generator=generator).tolist()
+    if 4 * batch_size > n:
         return torch.randperm(n, generator=generator)[:batch_size].tolist()
-    return torch.randint(n, (batch_size,), generator=generator).tolist()
+    picked: list[int] = []
+    seen: set[int] = set()
+    while len(picked) < batch_size:
+        for i in torch.randint(n, (batch_size - len(picked),), generator=generator).tolist():
+            if i not in seen:
+                seen.add(i)
+                picked.append(i)
+    return picked
 
 
 def length_sorted_chunks(indices: Sequence[int], lengths: Tensor, batch_size: int) -> Iterator[list[int]]:

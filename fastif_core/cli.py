@@ -9,14 +9,22 @@ that needs them so ``--help`` stays instant.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestConfig, TrainConfig, help_of
+from fastif_core.config import (
+    GRADIENT_L2,
+    PRESETS,
+    InfluenceConfig,
+    KnnConfig,
+    PrepareConfig,
+    STestConfig,
+    TrainConfig,
+    help_of,
+)
 from fastif_core.errors import FastifError, JobError
 
 Command = Callable[[argparse.Namespace], int]
@@ -177,8 +185,8 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
         "influence",
         help="most helpful and harmful training examples for one example",
         description="Influence I(z, z_test) = -grad L(z_test)^T H^-1 grad L(z): negative = helpful, "
-        "positive = harmful. Fast mode scores the k nearest training examples with the fast s_test "
-        "preset; --full scores every training example with the original preset.",
+        "positive = harmful. Scores the k nearest training examples (--full: all of them) with the "
+        "s_test of --preset (default: the engine's default solver).",
     )
     _influence_options(p)
     p.set_defaults(func=cmd_influence)
@@ -186,45 +194,43 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
 
 def _influence_options(p: argparse.ArgumentParser) -> None:
     add_workspace_argument(p)
-    f = STestConfig.fast()
     p.add_argument("--example", required=True, help="example id (see `fastif examples`)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--k", type=int, default=InfluenceConfig().k, help=help_of(InfluenceConfig, "k"))
-    mode.add_argument(
-        "--full", action="store_true", help="score all training examples (original s_test preset)"
-    )
+    mode.add_argument("--full", action="store_true", help="score all training examples")
     p.add_argument(
-        "--depth", type=int, default=None, help=f"{help_of(STestConfig, 'depth')} (default {f.depth})"
-    )
+        "--preset", choices=PRESETS, default="default",
+        help="s_test settings: default (the benchmark's choice, see the README) | paper (FastIF's LiSSA "
+        "J=1000, B=1, d=5e-3, s=1e4) | original (LiSSA B=128) | lissa_batched | gauss_newton_cg; "
+        "the flags below override single fields",
+    )  # fmt: skip
+    for name, kind in _S_TEST_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(
+            flag, type=kind, default=None, help=f"{help_of(STestConfig, name)} (default: the preset's)"
+        )
     p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"{help_of(STestConfig, 'batch_size')} (default {f.batch_size}; --full: 128)",
-    )
-    p.add_argument("--repeats", type=int, default=None, help=f"{help_of(STestConfig, 'repeats')} (default 1)")
-    p.add_argument("--damping", type=float, default=f.damping, help=help_of(STestConfig, "damping"))
-    p.add_argument("--scale", type=float, default=f.scale, help=help_of(STestConfig, "scale"))
-    p.add_argument("--tolerance", type=float, default=f.tolerance, help=help_of(STestConfig, "tolerance"))
-    p.add_argument("--seed", type=int, default=f.seed, help=help_of(STestConfig, "seed"))
+        "--gradient-l2", choices=GRADIENT_L2, default=InfluenceConfig().gradient_l2,
+        help=help_of(InfluenceConfig, "gradient_l2"),
+    )  # fmt: skip
     p.add_argument("--top", type=int, default=InfluenceConfig().top, help=help_of(InfluenceConfig, "top"))
     _device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+_S_TEST_FLAGS = (
+    ("solver", str), ("curvature", str), ("depth", int), ("batch_size", int), ("repeats", int),
+    ("damping", float), ("scale", float), ("mu", float), ("tolerance", float), ("window", int), ("seed", int),
+)  # fmt: skip
+
+
 def influence_config_from_args(a: argparse.Namespace) -> InfluenceConfig:
-    """--full switches to all candidates and the original s_test preset; explicit flags override presets."""
-    preset = STestConfig.original() if a.full else STestConfig.fast()
-    given = {"depth": a.depth, "batch_size": a.batch_size, "repeats": a.repeats}
-    lissa = dataclasses.replace(
-        preset,
-        **{k: v for k, v in given.items() if v is not None},
-        damping=a.damping,
-        scale=a.scale,
-        tolerance=a.tolerance,
-        seed=a.seed,
-    )
-    return InfluenceConfig(s_test=lissa, k=None if a.full else a.k, top=a.top).validate()
+    """The preset's s_test settings with every explicit flag applied on top; --full = all candidates."""
+    given = {name: getattr(a, name) for name, _ in _S_TEST_FLAGS if getattr(a, name) is not None}
+    s_test = STestConfig.preset(a.preset, **given)
+    return InfluenceConfig(
+        s_test=s_test, k=None if a.full else a.k, top=a.top, gradient_l2=a.gradient_l2
+    ).validate()
 
 
 def cmd_influence(a: argparse.Namespace) -> int:

@@ -64,50 +64,108 @@ def help_of(cls: type, name: str) -> str:
     raise KeyError(name)
 
 
-CPU_INTERACTIVE_DEPTH = 100  # LiSSA depth pre-filled by the dashboard when no worker has a GPU
+SOLVERS = ("lissa", "cg")
+CURVATURES = ("hessian", "gauss_newton")
+GRADIENT_L2 = ("none", "train", "test_and_train")
+PAPER_DAMPING, PAPER_SCALE = 5e-3, 1e4  # FastIF's MNLI LiSSA settings: effective damping μ = 50
 
 
 @dataclass(frozen=True)
 class STestConfig:
-    """LiSSA estimate of s_test = (H + damping·scale·I)⁻¹ v (see ``hessian.lissa``)."""
+    """How s_test = (C + μI)⁻¹ v is solved (``fastif_core.solvers``): C is the Hessian (or its Gauss-Newton
+    part) of the training loss, μ the effective damping, v the test gradient.
 
-    depth: int = _f(1000, "recursion depth J (HVPs per repetition)")
-    batch_size: int = _f(1, "training examples per HVP batch B (1 = the FastIF 'fast' setting)")
+    LiSSA (the paper's recursion) is parameterised by damping d and scale s with μ = d·s; CG solves the same
+    damped system on one fixed, seeded batch. ``mu > 0`` fixes μ directly (LiSSA then uses d = μ/s, which
+    lets ``scale = 0`` estimate s by power iteration without changing the system being solved).
+    """
+
+    solver: str = _f("lissa", f"s_test solver: {' | '.join(SOLVERS)}")
+    curvature: str = _f(
+        "hessian", f"curvature C: {' | '.join(CURVATURES)} (Gauss-Newton Jᵀ∇²ℓJ is positive semi-definite)"
+    )
+    depth: int = _f(1000, "LiSSA: recursion depth J (HVPs per repetition); CG: most iterations")
+    batch_size: int = _f(1, "training examples per curvature batch B (LiSSA: per step; CG: the fixed batch)")
     repeats: int = _f(1, "independent repetitions T, averaged (split across devices)")
-    damping: float = _f(5e-3, "damping d; the recursion solves (H + d·scale·I) s = v")
-    scale: float = _f(1e4, "scale s; must exceed the largest Hessian eigenvalue (0 = estimate it)")
+    damping: float = _f(PAPER_DAMPING, "LiSSA damping d; the recursion solves (C + d·scale·I) s = v")
+    scale: float = _f(PAPER_SCALE, "LiSSA scale s; must exceed the largest eigenvalue of C (0 = estimate it)")
+    mu: float = _f(0.0, "effective damping μ of (C + μI) s = v; 0 = damping × scale (the paper's form)")
     seed: int = _f(0, "repetition t samples its batches with seed + t")
     tolerance: float = _f(
-        0.0, "stop a repetition early when the relative change of h falls below this (0 = off)"
+        0.0,
+        "stop when converged (0 = off): CG relative residual ‖r‖/‖v‖; LiSSA relative change of h "
+        "(or of the window mean when window > 0)",
     )
+    window: int = _f(0, "LiSSA: average h over blocks of this many steps and compare block means (0 = off)")
     max_norm: float = _f(1e8, "abort with a clear error when ‖h‖ exceeds this (diverging recursion)")
 
     def validate(self) -> STestConfig:
+        _require(self.solver in SOLVERS, "solver", " | ".join(SOLVERS), self.solver)
+        _require(self.curvature in CURVATURES, "curvature", " | ".join(CURVATURES), self.curvature)
         _require(self.depth >= 1, "depth", "an integer >= 1", self.depth)
         _require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _require(self.repeats >= 1, "repeats", "an integer >= 1", self.repeats)
         _require(0.0 <= self.damping < 1.0, "damping", "0 <= damping < 1", self.damping)
         _require(self.scale >= 0.0, "scale", "a number > 0 (or 0 for automatic)", self.scale)
+        _require(self.mu >= 0.0, "mu", "a number >= 0 (0 = damping × scale)", self.mu)
         _require(self.tolerance >= 0.0, "tolerance", "a number >= 0", self.tolerance)
+        _require(self.window >= 0, "window", "an integer >= 0", self.window)
         _require(self.max_norm > 0.0, "max_norm", "a number > 0", self.max_norm)
+        _require(
+            self.solver != "cg" or self.mu > 0 or self.scale > 0,
+            "scale", "a number > 0 for solver=cg (or set mu)", self.scale,
+        )  # fmt: skip
         return self
+
+    @property
+    def effective_damping(self) -> float | None:
+        """μ of the solved system, or None while ``scale = 0`` is still to be estimated."""
+        if self.mu > 0:
+            return self.mu
+        return self.damping * self.scale if self.scale > 0 else None
 
     @classmethod
     def original(cls, **overrides: Any) -> STestConfig:
-        """The original code's MNLI setting: B=128, J=1000, T=1."""
+        """The original code's MNLI setting: LiSSA B=128, J=1000, T=1."""
         return cls(**{"depth": 1000, "batch_size": 128, "repeats": 1, **overrides})
 
     @classmethod
     def fast(cls, **overrides: Any) -> STestConfig:
-        """FastIF's fast s_test: B=1, J=1000, T=1 (raise T to reduce the variance)."""
+        """FastIF's fast s_test: LiSSA B=1, J=1000, T=1, d=5e-3, s=1e4 (raise T to reduce the variance)."""
         return cls(**{"depth": 1000, "batch_size": 1, "repeats": 1, **overrides})
 
+    paper = fast
+
     @classmethod
-    def interactive(cls, on_gpu: bool, **overrides: Any) -> STestConfig:
-        """The dashboard's pre-filled s_test: the fast preset on a GPU; on CPU-only workers the fast preset
-        at depth ``CPU_INTERACTIVE_DEPTH``, since J=1000 costs minutes per click on a few cores (an HVP at
-        B=1 is ~0.1-0.2 s there; see the README's benchmark figures)."""
-        return cls.fast(**{"depth": 1000 if on_gpu else CPU_INTERACTIVE_DEPTH, **overrides})
+    def lissa_batched(cls, **overrides: Any) -> STestConfig:
+        """LiSSA with B=16 and a power-iteration scale, the paper's μ = 50 kept, stopped by the window test."""
+        base = {"batch_size": 16, "scale": 0.0, "mu": PAPER_DAMPING * PAPER_SCALE, "depth": 300}
+        return cls(**{**base, "window": 25, "tolerance": 0.02, **overrides})
+
+    @classmethod
+    def gauss_newton_cg(cls, **overrides: Any) -> STestConfig:
+        """CG on the Gauss-Newton curvature of one seeded batch of 32, μ = 50, to a 1e-3 relative residual."""
+        base = {"solver": "cg", "curvature": "gauss_newton", "batch_size": 32, "depth": 50}
+        return cls(**{**base, "mu": PAPER_DAMPING * PAPER_SCALE, "tolerance": 1e-3, **overrides})
+
+    @classmethod
+    def default(cls, **overrides: Any) -> STestConfig:
+        """The engine's default (CLI, worker and dashboard): chosen by ``fastif bench``'s solver section on
+        the trained 8,000-example MNLI workspace (see the README)."""
+        return cls.gauss_newton_cg(**overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> STestConfig:
+        """A named preset: ``default``, ``paper`` (= ``fast``), ``original``, ``lissa_batched``, ``gauss_newton_cg``."""
+        makers = {
+            "default": cls.default, "paper": cls.fast, "fast": cls.fast, "original": cls.original,
+            "lissa_batched": cls.lissa_batched, "gauss_newton_cg": cls.gauss_newton_cg,
+        }  # fmt: skip
+        _require(name in makers, "preset", " | ".join(makers), name)
+        return makers[name](**overrides)
+
+
+PRESETS = ("default", "paper", "original", "lissa_batched", "gauss_newton_cg")
 
 
 @dataclass(frozen=True)
@@ -155,10 +213,15 @@ class TrainConfig:
 class InfluenceConfig:
     """One influence query: candidates (kNN or full) and the s_test estimator."""
 
-    s_test: STestConfig = field(default_factory=STestConfig.fast, metadata={"help": "s_test estimator"})
+    s_test: STestConfig = field(default_factory=STestConfig.default, metadata={"help": "s_test solver"})
     k: int | None = _f(1000, "score the k nearest training examples; None = full (all training examples)")
     top: int = _f(10, "helpful / harmful examples returned (0 = every candidate)")
     score_batch_size: int = _f(64, "candidates per JVP scoring batch")
+    gradient_l2: str = _f(
+        "none",
+        "L2 term in the gradients: none (test and candidate gradients of the data loss; the regulariser "
+        "only in the curvature) | train (candidate gradients only) | test_and_train (FastIF's code)",
+    )
 
     @property
     def full(self) -> bool:
@@ -169,7 +232,18 @@ class InfluenceConfig:
         _require(self.k is None or self.k >= 1, "k", "an integer >= 1 or None (full)", self.k)
         _require(self.top >= 0, "top", "an integer >= 0", self.top)
         _require(self.score_batch_size >= 1, "score_batch_size", "an integer >= 1", self.score_batch_size)
+        _require(self.gradient_l2 in GRADIENT_L2, "gradient_l2", " | ".join(GRADIENT_L2), self.gradient_l2)
         return self
+
+    @property
+    def test_l2(self) -> bool:
+        """Whether the test gradient carries the L2 term's gradient ``2·wd·θ``."""
+        return self.gradient_l2 == "test_and_train"
+
+    @property
+    def train_l2(self) -> bool:
+        """Whether the candidate gradients carry the L2 term's gradient ``2·wd·θ``."""
+        return self.gradient_l2 in ("train", "test_and_train")
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> InfluenceConfig:

@@ -13,8 +13,16 @@ class ConfigError(FastifError):
     """A setting is out of range or inconsistent: the message names the field and allowed values."""
 
 
-class LissaDivergenceError(FastifError):
+class SolverError(FastifError):
+    """An s_test solver could not return a trustworthy answer: the message says what to change."""
+
+
+class LissaDivergenceError(SolverError):
     """The LiSSA recursion produced non-finite values or an exploding norm (scale too small)."""
+
+
+class CurvatureBreakdownError(SolverError):
+    """Conjugate gradient met non-positive curvature pᵀ(C + μI)p <= 0: the damped matrix is indefinite."""
 
 
 class WorkspaceError(FastifError):

@@ -1,40 +1,33 @@
-"""Hessian-vector products, the LiSSA estimate of s_test, and exact references for tests.
+"""Curvature-vector products and exact references: the matrices the s_test solvers invert.
 
-H is the Hessian of the batch-mean objective (see :mod:`fastif_core.objective`) over the trainable
-parameters. :func:`hvp` computes ``H_b v`` exactly on a batch, by forward-over-reverse
-(``torch.func.jvp`` of ``torch.func.grad``) or double backward; both are kept for the benchmark.
+The curvature C is that of the batch-mean objective (see :mod:`fastif_core.objective`) over the
+trainable parameters, L2 term included:
 
-LiSSA (Agarwal et al. 2017, as used by Koh & Liang and FastIF). Repetition t draws J batches of B
-training examples with a generator seeded ``cfg.seed + t`` and runs::
+- ``hessian``: the true Hessian ``H_b``. :func:`hvp` computes ``H_b v`` exactly on a batch, by
+  forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``) or double backward.
+- ``gauss_newton``: ``G_b = (1/B) Σ_i J_iᵀ Q_i J_i + 2·wd·I_decayed``, with ``J_i`` the Jacobian of example
+  i's outputs and ``Q_i`` the Hessian of its loss w.r.t. those outputs, projected onto the positive
+  semi-definite cone (a no-op for cross-entropy; it matters for the 2-way HANS loss ``-log(p_n + p_c)``,
+  which is not convex in the logits). ``G_b`` is PSD by construction, so ``G_b + μI`` is positive definite
+  for every μ > 0: the curvature kronfluence, TRAK and LoGra build on. :func:`gnvp` computes ``G_b v`` with
+  one forward-mode pass and one backward pass.
 
-    h_0 = v,    h_j = v + (1 - d)·h_{j-1} - H_{b_j} h_{j-1} / s,    estimate_t = h_J / s
-
-with damping d and scale s. Its fixed point solves ``(H/s + d·I) h = v``, i.e.
-``estimate = (H + d·s·I)⁻¹ v``: the *effective* damping is d × s (50 for FastIF's MNLI defaults
-d=5e-3, s=1e4). The recursion is stable when s exceeds the largest Hessian eigenvalue (and d·s the
-most negative one); ``cfg.scale = 0`` estimates s by power iteration (:func:`estimate_scale`).
-s_test is the mean of the T estimates; ``rel_std`` is their spread
-``sqrt(mean_t ‖e_t - s_test‖²) / ‖s_test‖``.
-
-Parallel use (``parallel.py``): :func:`resolve_scale` once (deterministic), then each rank calls
-:func:`lissa_repetitions` on its repetition indices ``t ≡ rank (mod world)``, all-reduces
-``partial.to_flat()`` (sum), rebuilds with :meth:`LissaPartial.from_flat` and calls
-:func:`finish_lissa`; the result equals the serial :func:`lissa` up to float summation order.
+:func:`exact_hessian`, :func:`exact_gauss_newton` and :func:`exact_damped_solve` are dense references for
+tiny models (tests). :func:`estimate_scale` bounds ``λ_max`` by power iteration (LiSSA's scale). The
+solvers (LiSSA, conjugate gradient) live in :mod:`fastif_core.solvers`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from fastif_core.batches import Batch, Examples, sample_indices, to_device
-from fastif_core.config import STestConfig
-from fastif_core.errors import ConfigError, LissaDivergenceError
+from fastif_core.config import CURVATURES
+from fastif_core.errors import ConfigError
 from fastif_core.objective import Objective, resolve_device
 
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
@@ -101,71 +94,100 @@ def exact_inverse_hvp(objective: Objective, batch: Batch, v: Tensor, damping: fl
     return torch.linalg.solve(h + damping * eye, v.to(h.device, h.dtype))
 
 
-@dataclass
-class LissaPartial:
-    """Sum of the LiSSA estimates of some repetitions: all-reducible via ``to_flat``/``from_flat``."""
-
-    total: Tensor  # (P,) Σ_t estimate_t
-    sq_norm_total: float  # Σ_t ‖estimate_t‖²
-    count: int  # number of repetitions summed
-    scale: float  # the scale s used (resolved, > 0)
-    depths: dict[int, int] = field(default_factory=dict)  # repetition index -> depth actually used
-    seconds: float = 0.0
-
-    def to_flat(self) -> Tensor:
-        """``(P + 2,)``: ``total`` then ``sq_norm_total`` and ``count``; summing these sums the partials."""
-        stats = torch.tensor(
-            [self.sq_norm_total, float(self.count)], dtype=self.total.dtype, device=self.total.device
-        )
-        return torch.cat([self.total, stats])
-
-    @classmethod
-    def from_flat(
-        cls, flat: Tensor, scale: float, depths: dict[int, int], seconds: float = 0.0
-    ) -> LissaPartial:
-        """Rebuild a partial from an (all-reduced) ``to_flat`` vector."""
-        return cls(flat[:-2], float(flat[-2]), round(float(flat[-1])), scale, dict(depths), seconds)
-
-    def merge(self, other: LissaPartial) -> LissaPartial:
-        """The partial of both sets of repetitions (same scale)."""
-        return LissaPartial(
-            self.total + other.total.to(self.total.device),
-            self.sq_norm_total + other.sq_norm_total,
-            self.count + other.count,
-            self.scale,
-            {**self.depths, **other.depths},
-            max(self.seconds, other.seconds),
-        )
+def exact_gauss_newton(objective: Objective, batch: Batch) -> Tensor:
+    """The full Gauss-Newton matrix ``(P, P)`` of the batch-mean loss (tiny models only: tests)."""
+    batch = to_device(batch, objective.device)
+    flat = objective.flatten(objective.params)
+    with objective.evaluating():
+        outputs = objective.outputs(objective.params, batch).detach()  # (B, C)
+        jac = torch.func.jacrev(lambda t: objective.outputs(objective.unflatten(t), batch))(flat)  # (B, C, P)
+        q = output_hessians(objective, outputs, batch["labels"])  # (B, C, C)
+    qj = torch.einsum("bcd,bdp->bcp", q, jac).reshape(-1, flat.numel())  # (B·C, P)
+    g = jac.reshape(-1, flat.numel()).T @ qj / outputs.shape[0]  # (P, P)
+    reg = objective.flatten(objective.regularizer_hvp(objective.unflatten(torch.ones_like(flat))))
+    return g + torch.diag(reg)
 
 
-@dataclass
-class LissaResult:
-    """s_test and how trustworthy it is."""
+def exact_curvature(objective: Objective, batch: Batch, curvature: str = "hessian") -> Tensor:
+    """The dense curvature matrix ``(P, P)`` of ``curvature`` (``hessian`` | ``gauss_newton``)."""
+    if curvature == "gauss_newton":
+        return exact_gauss_newton(objective, batch)
+    _check_curvature(curvature)
+    return exact_hessian(objective, batch)
 
-    s_test: Tensor  # (P,) mean of the T estimates ≈ (H + damping·scale·I)⁻¹ v
-    scale: float
-    damping: float
-    depths: dict[int, int]  # repetition -> depth used (< cfg.depth when stopped early)
-    rel_std: float | None  # spread across repetitions, None when T = 1
-    norm: float  # ‖s_test‖
-    seconds: float
 
-    @property
-    def depth_used(self) -> int:
-        return max(self.depths.values(), default=0)
+def exact_damped_solve(
+    objective: Objective, batch: Batch, v: Tensor, damping: float, curvature: str = "hessian"
+) -> Tensor:
+    """Reference ``(C + damping·I)⁻¹ v`` ``(P,)`` by a dense solve (the fixed point every solver targets)."""
+    c = exact_curvature(objective, batch, curvature)
+    eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    return torch.linalg.solve(c + damping * eye, v.to(c.device, c.dtype))
 
-    def stats(self) -> dict[str, float | int | None]:
-        """JSON-able summary for the store and the UI."""
-        return {
-            "scale": self.scale,
-            "damping": self.damping,
-            "effective_damping": self.damping * self.scale,
-            "repetitions": len(self.depths),
-            "depth_used": self.depth_used,
-            "rel_std": self.rel_std,
-            "norm": self.norm,
-            "seconds": self.seconds,
-        }
+
+def output_hessians(objective: Objective, outputs: Tensor, labels: Tensor) -> Tensor:
+    """Per-example Hessians ``(B, C, C)`` of the loss w.r.t. the outputs, projected to be PSD.
+
+    The loss is a sum of per-example terms, so the Hessian of ``Σ_i ℓ_i`` w.r.t. the ``(B, C)`` outputs
+    is block diagonal: C forward-over-reverse products with the all-rows basis vector ``e_c`` give
+    column c of every block at once.
+    """
+    out = outputs.detach()
+
+    def grad_sum(o: Tensor) -> Tensor:
+        return torch.func.grad(lambda x: objective.loss(x, labels).sum())(o)
+
+    cols = []
+    for j in range(out.shape[1]):
+        basis = torch.zeros_like(out)
+        basis[:, j] = 1.0
+        cols.append(torch.func.jvp(grad_sum, (out,), (basis,))[1])  # (B, C): column j of each block
+    q = torch.stack(cols, dim=-1)  # (B, C, C)
+    q = 0.5 * (q + q.transpose(1, 2))
+    evals, evecs = torch.linalg.eigh(q)
+    return evecs @ torch.diag_embed(evals.clamp(min=0.0)) @ evecs.transpose(1, 2)
+
+
+def gnvp(objective: Objective, batch: Batch, v: Tensor) -> Tensor:
+    """Gauss-Newton-vector product ``G_b v`` ``(P,)`` (see the module docstring); ``v`` is flat ``(P,)``.
+
+    ``u = J v`` by one ``torch.func.jvp`` of the outputs, ``w_i = Q_i u_i``, then ``Jᵀ w / B`` by one
+    backward pass; the L2 term (``2·wd·v`` on decayed entries) is added analytically.
+    The batch must already be on the objective's device; callers run inside ``objective.evaluating()``.
+    """
+    vs = objective.unflatten(v.to(objective.device, objective.dtype))
+    with torch.no_grad():
+        outputs, u = torch.func.jvp(lambda p: objective.outputs(p, batch), (objective.params,), (vs,))
+        w = torch.einsum("bcd,bd->bc", output_hessians(objective, outputs, batch["labels"]), u)  # (B, C)
+    leaves = {n: p.detach().requires_grad_() for n, p in objective.params.items()}
+    inputs = [leaves[n] for n in objective.names]
+    primal = objective.outputs(leaves, batch)  # (B, C)
+    jtw = torch.autograd.grad(primal, inputs, grad_outputs=w / outputs.shape[0], allow_unused=True)
+    flat = torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(jtw, inputs, strict=True)]
+    )
+    if objective.weight_decay == 0.0:
+        return flat
+    return flat + objective.flatten(objective.regularizer_hvp(vs))
+
+
+def curvature_vp(
+    objective: Objective,
+    batch: Batch,
+    v: Tensor,
+    curvature: str = "hessian",
+    method: str = DEFAULT_HVP_METHOD,
+) -> Tensor:
+    """``C_b v`` ``(P,)`` for ``curvature`` ``hessian`` (:func:`hvp` with ``method``) or ``gauss_newton``."""
+    if curvature == "gauss_newton":
+        return gnvp(objective, batch, v)
+    _check_curvature(curvature)
+    return hvp(objective, batch, v, method)
+
+
+def _check_curvature(curvature: str) -> None:
+    if curvature not in CURVATURES:
+        raise ConfigError(f"curvature={curvature!r} is invalid: allowed {' | '.join(CURVATURES)}")
 
 
 def estimate_scale(
@@ -178,8 +200,9 @@ def estimate_scale(
     seed: int = 0,
     safety: float = 2.0,
     device: torch.device | str | None = None,
+    curvature: str = "hessian",
 ) -> float:
-    """A LiSSA scale ``safety × max_b |λ_max(H_b)|`` by power iteration on ``batches`` random batches.
+    """A LiSSA scale ``safety × max_b |λ_max(C_b)|`` by power iteration on ``batches`` random batches.
 
     Uses batches of the recursion's own size: with B=1 single-example Hessians must be contracted too.
     """
@@ -192,144 +215,21 @@ def estimate_scale(
             u = torch.randn(objective.num_params, generator=gen, dtype=torch.float64).to(
                 device, objective.dtype
             )
-            largest = max(largest, _power_iteration(objective, batch, u, iterations))
+            largest = max(largest, power_iteration(objective, batch, u, iterations, curvature))
     return safety * max(largest, 1e-8)
 
 
-def _power_iteration(objective: Objective, batch: Batch, u: Tensor, iterations: int) -> float:
-    """|largest-magnitude eigenvalue| of ``H_b`` after ``iterations`` steps from ``u``."""
+def power_iteration(
+    objective: Objective, batch: Batch, u: Tensor, iterations: int, curvature: str = "hessian"
+) -> float:
+    """|largest-magnitude eigenvalue| of ``C_b`` after ``iterations`` steps from ``u``."""
     u = u / u.norm()
     eig = 0.0
     for _ in range(iterations):
-        w = hvp(objective, batch, u)
+        w = curvature_vp(objective, batch, u, curvature)
         eig = abs(float(u @ w))
         norm = float(w.norm())
         if not math.isfinite(norm) or norm == 0.0:
             break
         u = w / norm
     return eig
-
-
-def resolve_scale(
-    objective: Objective, train: Examples, cfg: STestConfig, device: torch.device | str | None = None
-) -> STestConfig:
-    """``cfg`` with a positive scale: itself, or ``scale`` estimated (deterministically) when it is 0."""
-    cfg.validate()
-    if cfg.scale > 0:
-        return cfg
-    return replace(cfg, scale=estimate_scale(objective, train, cfg.batch_size, seed=cfg.seed, device=device))
-
-
-def lissa_repetitions(
-    objective: Objective,
-    v: Tensor,
-    train: Examples,
-    cfg: STestConfig,
-    repetitions: Sequence[int],
-    device: torch.device | str | None = None,
-    progress: Progress | None = None,
-    method: str = DEFAULT_HVP_METHOD,
-) -> LissaPartial:
-    """Sum of the LiSSA estimates ``(P,)`` for the given repetition indices (repetition t: seed + t).
-
-    Args:
-        v: the test gradient ``(P,)``; moved to the objective's device.
-        train: training examples the HVP batches are drawn from.
-        cfg: LiSSA settings; ``scale = 0`` is resolved with :func:`resolve_scale` first.
-        repetitions: repetition indices t (e.g. ``range(cfg.repeats)``, or a rank's share).
-        progress: optional ``(fraction, message)`` callback.
-
-    Raises:
-        LissaDivergenceError: non-finite or exploding ``‖h‖`` (message names the step and a scale).
-    """
-    if len(train) == 0:
-        raise ConfigError("LiSSA needs at least one training example to draw HVP batches from")
-    device = resolve_device(objective, device)
-    cfg = resolve_scale(objective, train, cfg, device)
-    v = v.to(device, objective.dtype)
-    start = time.perf_counter()
-    total, sq, depths = torch.zeros_like(v), 0.0, {}
-    with objective.evaluating():
-        for i, t in enumerate(repetitions):
-            tick = _ticker(progress, i, len(repetitions), cfg.depth, t)
-            estimate, depths[int(t)] = _lissa_one(objective, v, train, cfg, int(t), method, tick)
-            total += estimate
-            sq += float(estimate.double().pow(2).sum())
-            if progress is not None:
-                progress((i + 1) / len(repetitions), f"s_test repetition {t}: done at depth {depths[int(t)]}")
-    return LissaPartial(total, sq, len(depths), cfg.scale, depths, time.perf_counter() - start)
-
-
-def _ticker(progress: Progress | None, rep: int, reps: int, depth: int, t: int) -> Callable[[int], None]:
-    every = max(1, depth // 100)
-
-    def tick(step: int) -> None:
-        if progress is not None and step % every == 0 and step < depth:
-            progress((rep + step / depth) / reps, f"s_test repetition {t}: step {step}/{depth}")
-
-    return tick
-
-
-def _lissa_one(
-    objective: Objective,
-    v: Tensor,
-    train: Examples,
-    cfg: STestConfig,
-    t: int,
-    method: str,
-    tick: Callable[[int], None],
-) -> tuple[Tensor, int]:
-    """One repetition: ``(h_J / scale (P,), depth used)``."""
-    gen = torch.Generator().manual_seed(cfg.seed + t)
-    bound = float(v.norm())
-    h, step = v.clone(), 0
-    for step in range(1, cfg.depth + 1):
-        batch = to_device(train.collate(sample_indices(len(train), cfg.batch_size, gen)), objective.device)
-        new = v + (1.0 - cfg.damping) * h - hvp(objective, batch, h, method) / cfg.scale
-        norm = _check_finite(new, step, t, cfg, bound)
-        converged = cfg.tolerance > 0 and float((new - h).norm()) <= cfg.tolerance * norm
-        h = new
-        tick(step)
-        if converged:
-            break
-    return h / cfg.scale, step
-
-
-def _check_finite(h: Tensor, step: int, t: int, cfg: STestConfig, v_norm: float) -> float:
-    """``‖h‖``, or a LissaDivergenceError when it is not finite or above ``cfg.max_norm``."""
-    norm = float(h.norm())
-    if math.isfinite(norm) and norm <= cfg.max_norm:
-        return norm
-    raise LissaDivergenceError(
-        f"LiSSA diverged at step {step}/{cfg.depth} of repetition {t}: ‖h‖ = {norm:.4g} "
-        f"(max_norm {cfg.max_norm:.3g}; a stable recursion keeps ‖h_j‖ <= (j+1)·‖v‖ = {(step + 1) * v_norm:.4g}). "
-        f"scale={cfg.scale:g} is probably below the largest Hessian eigenvalue: use a larger scale "
-        f"(e.g. scale={cfg.scale * 10:g}) or scale=0 to estimate it"
-    )
-
-
-def finish_lissa(partial: LissaPartial, cfg: STestConfig) -> LissaResult:
-    """Average a (combined) partial into s_test and its spread across repetitions."""
-    if partial.count < 1:
-        raise ConfigError("no LiSSA repetitions were run: repetitions must be non-empty")
-    s_test = partial.total / partial.count
-    norm = float(s_test.double().norm())
-    rel_std = None
-    if partial.count > 1:
-        spread = max(partial.sq_norm_total / partial.count - norm**2, 0.0)  # mean ‖e_t - mean‖²
-        rel_std = math.sqrt(spread) / norm if norm > 0 else float("inf")
-    return LissaResult(s_test, partial.scale, cfg.damping, partial.depths, rel_std, norm, partial.seconds)
-
-
-def lissa(
-    objective: Objective,
-    v: Tensor,
-    train: Examples,
-    cfg: STestConfig,
-    device: torch.device | str | None = None,
-    progress: Progress | None = None,
-    method: str = DEFAULT_HVP_METHOD,
-) -> LissaResult:
-    """s_test ``≈ (H + d·s·I)⁻¹ v`` averaged over ``cfg.repeats`` repetitions (see the module docstring)."""
-    partial = lissa_repetitions(objective, v, train, cfg, range(cfg.repeats), device, progress, method)
-    return finish_lissa(partial, cfg)

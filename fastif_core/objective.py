@@ -7,9 +7,9 @@ For a training example z_i the loss is::
 over the *trainable* parameters θ only (``requires_grad=True``; frozen embeddings and encoder layers
 are constants). "Decayed" excludes biases and LayerNorm weights, as the original FastIF code
 (``no_decay = ["bias", "LayerNorm.weight"]``). AdamW's decay is decoupled, so the L2 term is not
-literally the training loss: it is the stated convention that keeps the Hessian well-conditioned, and
-the same term enters the test gradient, the Hessian and the candidate gradients. The Hessian is that
-of the batch mean ``mean_i L_i``.
+literally the training loss: it is the stated convention that keeps the Hessian well-conditioned. It
+always enters the curvature (the Hessian of the batch mean ``mean_i L_i``); whether it enters the test
+and candidate gradients is ``InfluenceConfig.gradient_l2`` (default: not, see :mod:`fastif_core.influence`).
 
 API: :class:`Objective` (``params``, ``per_example_loss(params, batch) -> (B,)``,
 ``batch_loss(params, batch) -> ()``, ``flatten``, ``unflatten``, ``num_params``, ``grad``,
@@ -179,10 +179,12 @@ class Objective:
         chunks = torch.split(flat, self._numels)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self._shapes, strict=True)}
 
-    def grad(self, batch: Batch) -> Tensor:
-        """Flat gradient ``(P,)`` of the batch-mean loss at the current parameters (one backward)."""
+    def grad(self, batch: Batch, *, include_l2: bool = True) -> Tensor:
+        """Flat gradient ``(P,)`` of the batch-mean loss at the current parameters (one backward); without
+        ``include_l2`` of the data loss alone (the test gradient of the influence definition)."""
         leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()}
-        loss = self.batch_loss(leaves, to_device(batch, self.device))
+        batch = to_device(batch, self.device)
+        loss = self.batch_loss(leaves, batch) if include_l2 else self.data_loss(leaves, batch).mean()
         grads = torch.autograd.grad(loss, [leaves[n] for n in self.names])
         return torch.cat([g.reshape(-1) for g in grads])
 

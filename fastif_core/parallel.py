@@ -9,7 +9,7 @@ Rank 0 is the coordinator (the process that talks to the store); every other ran
 (``load``, ``influence``, ``ping``, ``shutdown``). One influence query:
 
 1. every rank computes the test gradient v and the LiSSA repetitions ``t ≡ rank (mod world)`` with the
-   seeds a serial run uses (``hessian.lissa_repetitions``);
+   seeds a serial run uses (``solvers.solve_repetitions``; a deterministic CG repetition is solved once);
 2. ONE ``all_reduce`` of a flat buffer (Σ estimates, Σ‖estimate‖², count, error flag, cancel flag) gives
    every rank s_test = Σ / T;
 3. each rank scores its shard of the candidates (length-sorted round robin, so shards cost the same);
@@ -52,7 +52,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
-from fastif_core import hessian, influence
+from fastif_core import influence, solvers
 from fastif_core.batches import Batch, Examples, to_device
 from fastif_core.config import InfluenceConfig, to_dict
 from fastif_core.device import cuda_count
@@ -377,9 +377,8 @@ def _run_influence(
     state, cfg = ctx._states[cmd["key"]], InfluenceConfig.from_json_dict(cmd["cfg"])
     obj, train = state.objective, state.train
     rows = list(range(len(train))) if cmd["candidates"] is None else cmd["candidates"]
-    lissa_cost = 3 * cfg.s_test.repeats * cfg.s_test.depth * cfg.s_test.batch_size  # as compute_influence
-    split = lissa_cost / (lissa_cost + 2 * len(rows))
-    partial, error = _local_lissa(ctx, state, cmd["batch"], cfg, _sub(progress, 0.0, split))
+    split = influence.progress_split(cfg, len(rows))
+    partial, error = _local_s_test(ctx, state, cmd["batch"], cfg, _sub(progress, 0.0, split))
     stop = ctx.is_coordinator and should_stop is not None and should_stop()
     flags = torch.tensor([float(error is not None), float(stop)], dtype=obj.dtype, device=obj.device)
     flat = torch.cat([partial.to_flat(), flags])  # (P + 4,): Σ estimates, Σ‖e‖², count, error, cancel
@@ -389,13 +388,15 @@ def _run_influence(
         ctx._raise_any(error)
     if flat[-1] > 0:
         raise QueryCancelled("cancelled after s_test, before scoring: nothing was stored")
-    total = hessian.LissaPartial.from_flat(flat[:-2], partial.scale, partial.depths, partial.seconds)
+    total = solvers.STestPartial.from_flat(
+        flat[:-2], partial.scale, partial.reps, partial.seconds, partial.scale_hvps
+    )
     s_test = total.total / total.count  # (P,) identical on every rank
     t1 = time.perf_counter()
     order = _length_order(train, rows)
     mine = [rows[p] for p in order[ctx.rank :: ctx.world_size]]
     values, error = _score_shard(ctx, state, s_test, mine, cfg, _sub(progress, split, 1.0))
-    gathered = _gather(ctx, {"values": values, "depths": partial.depths, "error": _describe(error)})
+    gathered = _gather(ctx, {"values": values, "reps": partial.reps, "error": _describe(error)})
     if any(g["error"] for g in gathered):
         ctx._raise_any(error)
     if not ctx.is_coordinator:
@@ -404,20 +405,28 @@ def _run_influence(
     return _assemble(ctx, rows, order, gathered, replace(total, seconds=t1 - t0), cfg, seconds)
 
 
-def _local_lissa(
+def _local_s_test(
     ctx: ParallelContext, state: RankState, batch: Batch, cfg: InfluenceConfig, progress: Progress | None
-) -> tuple[hessian.LissaPartial, BaseException | None]:
+) -> tuple[solvers.STestPartial, BaseException | None]:
     """This rank's repetitions ``t ≡ rank (mod world)``; an error becomes an empty partial + the error."""
     obj, train = state.objective, state.train
     try:
         # scale=0 is estimated deterministically (seeded), so every rank resolves the same scale
-        lissa_cfg = hessian.resolve_scale(obj, train, cfg.s_test, ctx.device)
-        v = influence.test_gradient(obj, to_device(batch, ctx.device), ctx.device)  # (P,)
-        reps = range(ctx.rank, lissa_cfg.repeats, ctx.world_size)
-        return hessian.lissa_repetitions(obj, v, train, lissa_cfg, reps, ctx.device, progress), None
+        s_cfg, spent = solvers.resolve(obj, train, cfg.s_test, ctx.device)
+        v = influence.test_gradient(obj, to_device(batch, ctx.device), ctx.device, include_l2=cfg.test_l2)
+        reps = range(ctx.rank, s_cfg.repeats, ctx.world_size)
+        if not reps:
+            return _empty_partial(obj, s_cfg.scale), None
+        partial = solvers.solve_repetitions(obj, v, train, s_cfg, reps, ctx.device, progress)
+        return replace(partial, scale_hvps=spent), None
     except Exception as exc:  # noqa: BLE001 - reported collectively after the all-reduce
-        empty = torch.zeros(obj.num_params, dtype=obj.dtype, device=obj.device)
-        return hessian.LissaPartial(empty, 0.0, 0, 0.0), exc
+        return _empty_partial(obj, 0.0), exc
+
+
+def _empty_partial(obj: Objective, scale: float) -> solvers.STestPartial:
+    return solvers.STestPartial(
+        torch.zeros(obj.num_params, dtype=obj.dtype, device=obj.device), 0.0, 0, scale
+    )
 
 
 def _length_order(train: Examples, rows: list[int]) -> list[int]:
@@ -438,7 +447,14 @@ def _score_shard(
         return torch.zeros(0, dtype=obj.dtype), None
     try:
         values = influence.score_candidates(
-            obj, s_test, state.train, rows, cfg.score_batch_size, ctx.device, progress
+            obj,
+            s_test,
+            state.train,
+            rows,
+            cfg.score_batch_size,
+            ctx.device,
+            progress,
+            include_l2=cfg.train_l2,
         )
         return values.detach().cpu(), None
     except Exception as exc:  # noqa: BLE001 - reported collectively after the gather
@@ -455,14 +471,14 @@ def _gather(ctx: ParallelContext, payload: dict[str, Any]) -> list[dict[str, Any
 
 def _assemble(
     ctx: ParallelContext, rows: list[int], order: list[int], gathered: list[dict[str, Any]],
-    total: hessian.LissaPartial, cfg: InfluenceConfig, seconds: dict[str, float],
+    total: solvers.STestPartial, cfg: InfluenceConfig, seconds: dict[str, float],
 ) -> InfluenceResult:  # fmt: skip
-    """Rank 0: every shard back in candidate order; LiSSA statistics over all repetitions."""
+    """Rank 0: every shard back in candidate order; solver statistics over all repetitions."""
     values = torch.empty(len(rows), dtype=gathered[0]["values"].dtype)  # (k,)
     for rank, g in enumerate(gathered):
         values[torch.as_tensor(order[rank :: ctx.world_size], dtype=torch.long)] = g["values"]
-    depths = {t: d for g in gathered for t, d in g["depths"].items()}
-    est = hessian.finish_lissa(replace(total, depths=depths), cfg.s_test)
+    reps = {t: r for g in gathered for t, r in g["reps"].items()}
+    est = solvers.finish(replace(total, reps=reps), cfg.s_test)
     stats = {**est.stats(), "ranks": ctx.world_size, "devices": ctx.spec}
     return InfluenceResult(torch.as_tensor(rows, dtype=torch.long), values, est.s_test.cpu(), stats, seconds)
 

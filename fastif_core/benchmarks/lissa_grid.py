@@ -14,8 +14,8 @@ from typing import Any
 from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, timed
 from fastif_core.benchmarks.quality import correlations
 from fastif_core.config import STestConfig
-from fastif_core.hessian import lissa
 from fastif_core.influence import score_candidates, test_gradient
+from fastif_core.solvers import solve
 
 
 def grid_points(
@@ -36,7 +36,7 @@ def tradeoff(loaded: Any, ex: TestExample, cfg: BenchConfig, progress: Progress)
     for i, (j, b, t) in enumerate(points):
         progress(i / len(points), f"s_test grid: J={j} B={b} T={t}")
         lcfg = STestConfig(depth=j, batch_size=b, repeats=t, seed=cfg.seed)
-        est, seconds = timed(lambda lcfg=lcfg: lissa(obj, v, train, lcfg))
+        est, seconds = timed(lambda lcfg=lcfg: solve(obj, v, train, lcfg))
         scores = score_candidates(obj, est.s_test, train, candidates, cfg.score_batch_size).cpu()
         if ref is None:
             ref, ref_scores = est.s_test, scores

@@ -19,9 +19,9 @@ from torch import Tensor
 
 from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, mean_std, spread, timed
 from fastif_core.config import InfluenceConfig, to_dict
-from fastif_core.hessian import lissa
 from fastif_core.influence import compute_influence, score_candidates, test_gradient
 from fastif_core.query import cache_key, stored_config
+from fastif_core.solvers import solve
 
 PRESETS = ("original", "fast")
 
@@ -45,7 +45,7 @@ def measure_example(loaded: Any, ex: TestExample, cfg: BenchConfig, ks: Sequence
     seconds: dict[str, float] = {"test_gradient": t_grad}
     s_test, stats = {}, {}
     for preset in PRESETS:
-        est, seconds[f"s_test/{preset}"] = timed(lambda p=preset: lissa(obj, v, train, cfg.preset(p)))
+        est, seconds[f"s_test/{preset}"] = timed(lambda p=preset: solve(obj, v, train, cfg.preset(p)))
         s_test[preset], stats[preset] = est.s_test, est.stats()
     for preset in PRESETS:
         stats[preset] |= s_test_geometry(v, s_test[preset], s_test["original"])

@@ -150,10 +150,9 @@ def _engine_sizes(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def _click_config(cfg: BenchConfig, ks: list[int], on_gpu: bool) -> InfluenceConfig:
-    """The dashboard's default preset on this hardware (``STestConfig.interactive``), or the run's fast kNN
-    row when scaled down."""
+    """The dashboard's (and the CLI's) default settings, or the run's fast kNN row when scaled down."""
     if cfg.latency_default_preset:
-        return InfluenceConfig(s_test=STestConfig.interactive(on_gpu))
+        return InfluenceConfig(s_test=STestConfig.default())
     return replace(cfg.influence("fast", max(ks)), top=InfluenceConfig().top)
 
 
