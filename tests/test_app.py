@@ -142,9 +142,7 @@ def test_compute_influence_twice_creates_one_job(app_env: Store) -> None:
     after = [j for j in app_env.list_jobs(kind="influence") if j.params["example_id"] == ex.id]
     assert len(before) == 0 and len(after) == 1
     job = after[0]
-    assert job.status == "queued" and job.params["config"]["s_test"] == to_dict(
-        STestConfig.interactive(False)
-    )
+    assert job.status == "queued" and job.params["config"]["s_test"] == to_dict(STestConfig.default())
     assert f"Job **#{job.id}**" in _texts(at)
     assert any("No background worker is alive" in w.value for w in at.warning)
     app_env.cancel_job(job.id)

@@ -171,3 +171,26 @@ def test_real_mnli_end_to_end(mnli_dev_path: Path, tmp_path: Path):
         r["label"] in ("entailment", "neutral", "contradiction")
         for r in result["helpful"] + result["harmful"]
     )
+
+
+def test_presets_and_solver_flags_reach_the_engine(cli_workspace: Path):
+    ex = "demo-hans:challenge:ex1"
+    default = json.loads(
+        fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST, "--json").stdout
+    )
+    s = default["s_test"]
+    assert s["solver"] == "cg" and s["curvature"] == "gauss_newton" and s["effective_damping"] == 50.0
+    assert 1 <= s["hvps"] <= 15 and s["residual"] is not None and s["converged"] in (True, False)
+    assert default["config"]["gradient_l2"] == "none"
+    paper = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, "--preset", "paper",
+                              *FAST, "--json").stdout)  # fmt: skip
+    p = paper["s_test"]
+    assert p["solver"] == "lissa" and p["batch_size"] == 1 and p["hvps"] == 15 and p["scale"] == 1e4
+    assert (
+        paper["config"]["s_test"]["depth"] == 15 and paper["cached"] is False
+    )  # another setting, another run
+    fastif_l2 = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, "--gradient-l2",
+                                  "test_and_train", *FAST, "--json").stdout)  # fmt: skip
+    assert fastif_l2["cached"] is False and fastif_l2["config"]["gradient_l2"] == "test_and_train"
+    bad = fastif("influence", "-w", str(cli_workspace), "--example", ex, "--solver", "newton", *FAST)
+    assert_one_line_error(bad, "solver='newton'", "lissa | cg")

@@ -9,10 +9,10 @@ from transformers import AutoModelForSequenceClassification
 
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.errors import ConfigError
-from fastif_core.hessian import lissa
 from fastif_core.influence import compute_influence, rank, score_candidates, score_candidates_reference
 from fastif_core.influence import test_gradient as gradient_of_test
 from fastif_core.objective import Objective, classifier_objective
+from fastif_core.solvers import solve
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,14 +67,24 @@ def test_values_are_minus_gradient_dot_s_test_and_dropout_is_off():
     train = make_tiny_examples(6, seed=3)
     s_test = _random_s_test(obj, seed=2)
     model.eval()
-    expected = torch.stack([-(obj.grad(train.collate([i])) @ s_test) for i in range(6)])
+    expected = torch.stack([-(obj.grad(train.collate([i]), include_l2=False) @ s_test) for i in range(6)])
+    with_l2 = torch.stack([-(obj.grad(train.collate([i]), include_l2=True) @ s_test) for i in range(6)])
+    eval_grad = obj.grad(train.collate([0, 1]), include_l2=False)
     model.train()
     torch.testing.assert_close(
         score_candidates(obj, s_test, train, range(6), batch_size=3), expected, rtol=1e-4, atol=1e-6
     )
     torch.testing.assert_close(
-        gradient_of_test(obj, train.collate([0, 1])), gradient_of_test(obj, train.collate([0, 1]))
+        score_candidates(obj, s_test, train, range(6), batch_size=4, include_l2=True),
+        with_l2,
+        rtol=1e-4,
+        atol=1e-6,
     )
+    assert float((with_l2 - expected).std()) < 1e-5 * float(
+        expected.abs().max()
+    )  # the L2 dot is one constant
+    # the test gradient is the data-loss gradient in eval mode (dropout off), whatever the model's mode
+    torch.testing.assert_close(gradient_of_test(obj, train.collate([0, 1])), eval_grad)
     assert model.training
 
 
@@ -97,7 +107,7 @@ def test_compute_influence_combines_test_gradient_lissa_and_scoring():
     cfg = InfluenceConfig(s_test=STestConfig(depth=20, batch_size=2, repeats=2, scale=100.0), k=None, top=3)
     seen: list[float] = []
     result = compute_influence(obj, test, train, None, cfg, progress=lambda f, m: seen.append(f))
-    expected = lissa(obj, gradient_of_test(obj, test), train, cfg.s_test)
+    expected = solve(obj, gradient_of_test(obj, test), train, cfg.s_test)
     torch.testing.assert_close(result.s_test, expected.s_test)
     torch.testing.assert_close(
         result.values,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from factories import make_tiny_bert, make_tiny_examples
 
-from fastif_core import hessian, influence
+from fastif_core import influence, solvers
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.errors import ConfigError, LissaDivergenceError
 from fastif_core.objective import classifier_objective
@@ -30,8 +30,8 @@ def serial(cfg: InfluenceConfig, candidates: list[int]) -> tuple[torch.Tensor, t
     """Ground truth in this process without torch.distributed: (s_test (P,), values (k,))."""
     state = load_tiny("cpu")
     obj, train = state.objective, state.train
-    v = obj.grad(query_batch())
-    s_test = hessian.lissa(obj, v, train, cfg.s_test).s_test
+    v = influence.test_gradient(obj, query_batch())
+    s_test = solvers.solve(obj, v, train, cfg.s_test).s_test
     values = influence.score_candidates(obj, s_test, train, candidates, cfg.score_batch_size, "cpu")
     return s_test, values
 
@@ -48,11 +48,18 @@ def group():
     ctx.close()
 
 
-@pytest.mark.parametrize("scale", [50.0, 0.0])  # 0 = estimated (must resolve identically on every rank)
-def test_two_ranks_equal_serial(group, scale):
-    cfg = InfluenceConfig(
-        s_test=STestConfig(depth=25, batch_size=2, repeats=3, scale=scale), k=None, score_batch_size=3
-    )
+S_TEST_CASES = {
+    "lissa": STestConfig(depth=25, batch_size=2, repeats=3, scale=50.0),
+    "lissa_estimated_scale": STestConfig(depth=25, batch_size=2, repeats=3, scale=0.0),  # same on every rank
+    "gn_cg": STestConfig(
+        solver="cg", curvature="gauss_newton", depth=30, batch_size=4, repeats=3, mu=0.5, tolerance=1e-6
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(S_TEST_CASES))
+def test_two_ranks_equal_serial(group, case):
+    cfg = InfluenceConfig(s_test=S_TEST_CASES[case], k=None, score_batch_size=3)
     candidates = [11, 0, 5, 3, 8, 2, 9]  # an arbitrary order: results come back in this order
     result = group.influence("tiny", query_batch(), candidates, cfg)
     s_test, values = serial(cfg, candidates)

@@ -109,6 +109,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="latency of one click with the dashboard's default preset or the run's scaled one",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (test examples, LiSSA, random removal)")  # fmt: skip
+    p.add_argument(
+        "--section", choices=["all", "solvers"], default="all",
+        help="all: every section (bench.json); solvers: only the s_test solver comparison (solvers.json, "
+        "resumable: reference repetitions are kept under OUT/reference)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ref-repeats", type=int, default=8, help="solvers: repetitions T of the paper's LiSSA reference"
+    )
+    p.add_argument("--solver-k", type=int, default=1000, help="solvers: candidates compared per test example")
+    p.add_argument(
+        "--l2-examples", type=int, default=10, help="solvers: test examples of the L2 convention check"
+    )
+    p.add_argument(
+        "--only-solvers", default=None,
+        help="solvers: comma-separated subset of paper, lissa_batched, gn_cg_b16, gn_cg_b32, gn_cg_b64, hessian_cg_b16",
+    )  # fmt: skip
 
 
 def config_from_args(a: argparse.Namespace) -> Any:
@@ -134,6 +150,16 @@ def run_from_args(a: argparse.Namespace) -> int:
         bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
         bar.set_postfix_str(message[:60], refresh=True)
 
+    if a.section == "solvers":
+        try:
+            result = run_solvers(a, progress)
+        finally:
+            bar.close()
+        from fastif_core.benchmarks.report import solver_text
+
+        print(solver_text(result))
+        print(f"\nwrote {Path(a.out) / 'solvers.json'}")
+        return 0
     try:
         result = run_bench(a.workspace, a.out, config=config_from_args(a), progress=progress)
     finally:
@@ -141,6 +167,39 @@ def run_from_args(a: argparse.Namespace) -> int:
     print(format_summary(result))
     print(f"\nwrote {Path(a.out) / 'bench.json'} and {len(result['plots']['html'])} plots")
     return 0
+
+
+def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """``fastif bench --section solvers``: the s_test solver comparison on the workspace's test examples."""
+    from fastif_core.benchmarks.common import choose_test_examples
+    from fastif_core.benchmarks.solvers import default_solvers, run_solver_section
+    from fastif_core.errors import ConfigError
+    from fastif_core.store import Store
+    from fastif_core.workspace import LoadedWorkspace
+
+    solvers = default_solvers()
+    if a.only_solvers:
+        names = [n.strip() for n in a.only_solvers.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(solvers))
+        if unknown:
+            raise ConfigError(f"--only-solvers: unknown {unknown}; allowed {sorted(solvers)}")
+        solvers = {n: solvers[n] for n in names}
+    loaded = LoadedWorkspace.load(a.workspace, "cpu")
+    store = Store.open(a.workspace)
+    try:
+        pool = choose_test_examples(store, loaded, max(a.test_examples, a.l2_examples), a.seed)
+    finally:
+        store.close()
+    examples = _balanced_head(pool, a.test_examples)
+    return run_solver_section(loaded, examples, Path(a.out), ref_repeats=a.ref_repeats, k=a.solver_k,
+                              l2_examples=pool[: a.l2_examples], solvers=solvers, progress=progress)  # fmt: skip
+
+
+def _balanced_head(pool: list[Any], n: int) -> list[Any]:
+    """The first n//2 correctly and n - n//2 incorrectly predicted examples of a seeded pool, interleaved."""
+    good = [e for e in pool if e.correct][: n - n // 2]
+    bad = [e for e in pool if not e.correct][: n // 2]
+    return [e for pair in zip(good, bad, strict=False) for e in pair] + good[len(bad) :] + bad[len(good) :]
 
 
 def format_summary(result: dict[str, Any]) -> str:

@@ -95,3 +95,25 @@ def summary_text(result: dict[str, Any]) -> str:
     if result["plots"].get("png_error"):
         lines.append(f"note: {result['plots']['png_error']}")
     return "\n".join(lines)
+
+
+def solver_text(result: dict[str, Any]) -> str:
+    """The solver comparison (``fastif bench --section solvers``) as a plain table."""
+    summary = result.get("summary", {})
+    lines = [f"s_test solvers vs the paper's LiSSA averaged over T={result['ref_repeats']} "
+             f"({len(result['examples'])} test examples, k={result['k']}):",
+             f"{'solver':<16}{'median s':>10}{'HVPs':>8}{'Pearson':>10}{'top10 help':>12}{'top10 harm':>12}"
+             f"{'rel err':>9}  meets"]  # fmt: skip
+    for name, row in summary.get("table", {}).items():
+        if not row["runs"]:
+            lines.append(f"{name:<16}  failed: {row['failures'][0][:90] if row['failures'] else '-'}")
+            continue
+        lines.append(f"{name:<16}{row['seconds_median']:>10.1f}{row['hvps_median']:>8.0f}{row['pearson']['mean']:>10.4f}"
+                     f"{row['overlap_helpful']['mean']:>12.2f}{row['overlap_harmful']['mean']:>12.2f}"
+                     f"{row['rel_error']['mean']:>9.3f}  {row['meets']}")  # fmt: skip
+    lines.append(f"choice (fastest meeting Pearson >= 0.99, overlap >= 0.8): {summary.get('choice')}")
+    for name, lat in result.get("latency", {}).items():
+        sec = lat["seconds"]
+        lines.append(f"click ({name}): total {sec['total']:.1f} s = kNN {sec['knn']:.3f} + test gradient "
+                     f"{sec['test_gradient']:.2f} + s_test {sec['s_test']:.1f} + scoring {sec['scoring']:.1f}")  # fmt: skip
+    return "\n".join(lines)
