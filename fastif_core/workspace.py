@@ -120,7 +120,8 @@ def two_way_aware_cross_entropy(logits: Any, labels: Any) -> Any:
 @dataclass
 class LoadedWorkspace:
     """A prepared workspace loaded once per process (worker rank, CLI call): model, objective, training
-    examples (FAISS position order), index and features. Reused across influence queries."""
+    examples (FAISS position order), index and features. Reused across influence queries.
+    With ``search=False`` (device-group followers, which never search) index and features are None."""
 
     root: Path
     manifest: dict[str, Any]
@@ -131,14 +132,14 @@ class LoadedWorkspace:
     objective: Any
     train: Any  # EncodedExamples, row p = FAISS position p
     train_ids: list[str]
-    index: Any  # KnnIndex
-    features: Any  # (N_all, d)
+    index: Any  # KnnIndex, None when loaded with search=False
+    features: Any  # (N_all, d), None when loaded with search=False
     feature_rows: dict[str, int]
     max_length: int
     device: str
 
     @classmethod
-    def load(cls, root: str | Path, device: str = "cpu") -> LoadedWorkspace:
+    def load(cls, root: str | Path, device: str = "cpu", *, search: bool = True) -> LoadedWorkspace:
         from fastif_core import model as M
         from fastif_core.knn import KnnIndex
         from fastif_core.objective import Objective, hf_forward
@@ -155,13 +156,13 @@ class LoadedWorkspace:
         finally:
             store.close()
         labels = tuple(manifest["labels"])
-        feats, ids = load_features(paths.features)
+        feats, ids = load_features(paths.features) if search else (None, [])
         objective = Objective(model, forward=hf_forward, loss=two_way_aware_cross_entropy,
                               weight_decay=tcfg.weight_decay)  # fmt: skip
         return cls(
             root=root, manifest=manifest, model_id=int(manifest["model_id"]), label_names=labels, model=model,
             tokenizer=tokenizer, objective=objective, train=M.encode(tokenizer, train_rows, labels, tcfg.max_length),
-            train_ids=train_ids, index=KnnIndex.load(paths.index, None), features=feats,
+            train_ids=train_ids, index=KnnIndex.load(paths.index, None) if search else None, features=feats,
             feature_rows={i: r for r, i in enumerate(ids)}, max_length=tcfg.max_length, device=device,
         )  # fmt: skip
 
