@@ -22,7 +22,8 @@ key                                    meaning
 ``test_examples``                      ``[{id, correct, label, timed}]``: half correct, half incorrect
                                        non-training examples, seeded; ``timed`` false = values from the store
 ``engine``                             :func:`fastif_core.bench.engine_benchmark`: ``forward``, ``scoring``
-                                       (``jvp``, ``reference``), ``hvp`` per method, the ratios
+                                       (``jvp``, ``reference``, their ``values`` on the reference rows
+                                       and ``agreement``), ``hvp`` per method, the ratios
                                        ``jvp_speedup_vs_reference`` and ``scoring_cost_vs_forward``
 ``speed.single.rows.<row>``            Table 1, one process: ``candidates``, ``preset``, ``lissa``,
                                        ``seconds`` (spread over test examples), ``per_example``,
