@@ -40,8 +40,12 @@ def test_timed_scores_equal_first_principles_influence():
     assert values["rows"] == rows
     expected = first_principles_influence(obj, train, rows, s_test)
     assert float(expected.abs().max()) > 0
-    torch.testing.assert_close(torch.tensor(values["jvp"], dtype=torch.float64), expected, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(values["reference"], dtype=torch.float64), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(values["jvp"], dtype=torch.float64), expected, rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(
+        torch.tensor(values["reference"], dtype=torch.float64), expected, rtol=1e-4, atol=1e-6
+    )
     assert result["agreement"]["rel_err"] < 1e-4 and result["agreement"]["candidates"] == 5
 
 
