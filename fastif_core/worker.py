@@ -29,11 +29,10 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,17 +378,3 @@ def run_prepare(ctx: JobContext) -> dict[str, Any]:
 
 register_handler("influence", run_influence)
 register_handler("prepare", run_prepare)
-
-
-# ---- command line ---------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fastif_core.worker ARGS`` = ``fastif worker ARGS`` (one parser, in :mod:`fastif_core.cli`)."""
-    from fastif_core.cli import main as cli_main
-
-    return cli_main(["worker", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -105,6 +105,21 @@ def now() -> float:
     return time.perf_counter()
 
 
+def save_features(path: Path, feats: Any, ids: list[str]) -> None:
+    """Pooled features of every example, ids in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    save_file({"features": feats.contiguous()}, str(path), metadata={"ids": json.dumps(ids)})
+
+
+def load_features(path: Path) -> tuple[Any, list[str]]:
+    """``(features (N, d), ids)`` as saved by :func:`save_features`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("features"), json.loads(f.metadata()["ids"])
+
+
 def two_way_aware_cross_entropy(logits: Any, labels: Any) -> Any:
     """Per-example cross-entropy ``(B,)``; label index ``C`` (one past the last class) means "any class
     but 0", i.e. HANS's *non-entailment* on a 3-way MNLI model: loss ``-log(p_neutral + p_contradiction)``."""
@@ -143,7 +158,6 @@ class LoadedWorkspace:
         from fastif_core import model as M
         from fastif_core.knn import KnnIndex
         from fastif_core.objective import Objective, hf_forward
-        from fastif_core.prepare import load_features
         from fastif_core.store import Store
 
         root = Path(root)

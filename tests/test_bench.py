@@ -213,7 +213,10 @@ def test_recall_curves_and_correlations_on_known_values():
 
 
 def test_cli_arguments_build_the_config(tmp_path):
+    from fastif_core.cli import add_workspace_argument
+
     p = argparse.ArgumentParser()
+    add_workspace_argument(p)  # as `fastif bench` builds it
     add_arguments(p)
     a = p.parse_args(["--workspace", str(tmp_path), "--out", str(tmp_path / "o"), "--quick", "--ks", "5,50",
                       "--depth", "7", "--click-preset", "scaled"])  # fmt: skip
