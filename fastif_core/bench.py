@@ -3,7 +3,8 @@
 Side by side on one objective and one set of examples (the packaged MiniLM in ``fastif bench``):
 
 - :func:`bench_forward`: plain batched forward throughput, the floor scoring is compared against;
-- :func:`bench_scoring`: candidate scoring throughput, batched JVP vs the per-example backward reference;
+- :func:`bench_scoring`: candidate scoring throughput, batched JVP vs the per-example backward reference,
+  and how far the two timed computations' values agree (a fast path that is wrong is no speed-up);
 - :func:`bench_hvp`: seconds per Hessian-vector product (and per example) for each HVP method;
 - :func:`engine_benchmark`: all three plus the ratios ``jvp_speedup_vs_reference`` (target >= 5 on CPU)
   and ``scoring_cost_vs_forward`` (target <= 3).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -30,17 +32,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs, after one warm-up run."""
-    fn()
+def _timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> tuple[float, Any]:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs, after one warm-up run, and the value
+    of the last timed run."""
+    out = fn()
     times = []
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
-        fn()
+        out = fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), out
+
+
+def _seconds(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
+    return _timed(fn, device, repeats)[0]
+
+
+def _agreement(fast: torch.Tensor, reference: torch.Tensor) -> dict:
+    """How far two value vectors ``(n,)`` differ: max |difference|, relative L2 error, max |reference|."""
+    a, b = fast.detach().double().cpu(), reference.detach().double().cpu()
+    return {
+        "candidates": len(b),
+        "max_abs_diff": float((a - b).abs().max()) if len(b) else 0.0,
+        "rel_err": float((a - b).norm() / b.norm()) if len(b) and float(b.norm()) > 0 else 0.0,
+        "max_abs_reference": float(b.abs().max()) if len(b) else 0.0,
+    }
 
 
 def bench_forward(
@@ -71,15 +89,24 @@ def bench_scoring(
     batch_size: int = 64,
     reference_count: int = 32,
     seed: int = 0,
+    s_test: torch.Tensor | None = None,
 ) -> dict:
-    """Candidate scoring throughput: batched JVP on ``indices`` vs the backward loop on a prefix of them."""
+    """Candidate scoring throughput: batched JVP on ``indices`` vs the backward loop on a prefix of them.
+
+    ``s_test`` ``(P,)`` defaults to a seeded random vector. ``values`` holds both timed computations'
+    influence of the prefix (``rows``) and ``agreement`` how far they differ."""
     device = objective.device
-    gen = torch.Generator().manual_seed(seed)
-    s_test = torch.randn(objective.num_params, generator=gen, dtype=torch.float64).to(device, objective.dtype)
+    if s_test is None:
+        gen = torch.Generator().manual_seed(seed)
+        s_test = torch.randn(objective.num_params, generator=gen, dtype=torch.float64)
+    s_test = s_test.to(device, objective.dtype)
     ref_rows = list(indices[:reference_count])
-    jvp_s = _seconds(lambda: score_candidates(objective, s_test, train, indices, batch_size), device)
-    ref_s = _seconds(lambda: score_candidates_reference(objective, s_test, train, ref_rows), device)
+    jvp_s, jvp_values = _timed(
+        lambda: score_candidates(objective, s_test, train, indices, batch_size), device
+    )
+    ref_s, ref_values = _timed(lambda: score_candidates_reference(objective, s_test, train, ref_rows), device)
     jvp_rate, ref_rate = len(indices) / jvp_s, len(ref_rows) / ref_s
+    prefix = jvp_values[: len(ref_rows)]  # (n_ref,): JVP values come back in the order of ``indices``
     return {
         "jvp": {
             "examples": len(indices),
@@ -89,6 +116,12 @@ def bench_scoring(
         },
         "reference": {"examples": len(ref_rows), "seconds": ref_s, "examples_per_s": ref_rate},
         "jvp_speedup_vs_reference": jvp_rate / ref_rate,
+        "agreement": _agreement(prefix, ref_values),
+        "values": {
+            "rows": [int(r) for r in ref_rows],
+            "jvp": prefix.detach().double().cpu().tolist(),
+            "reference": ref_values.detach().double().cpu().tolist(),
+        },  # fmt: skip
     }
 
 

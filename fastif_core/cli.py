@@ -395,6 +395,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from fastif_core import benchmarks
 
     parser = argparse.ArgumentParser(prog="fastif bench", description=benchmarks.__doc__.splitlines()[0])
+    add_workspace_argument(parser)
     benchmarks.add_arguments(parser)
     return int(benchmarks.run_from_args(parser.parse_args(a.rest)) or 0)
 

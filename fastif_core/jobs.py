@@ -16,8 +16,8 @@ Rules:
 - Enqueueing parameters equal to a queued, running or done job returns that job (one click twice =
   one computation). Failed and cancelled jobs may be enqueued again (a new job).
 - Claiming is atomic (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``FOR UPDATE SKIP LOCKED``).
-- A worker renews its lease by heartbeats (:class:`Lease` does it from a progress callback) and
-  learns there whether cancellation was requested; it stops between steps and stores nothing.
+- A worker renews its lease by heartbeats (the worker's heartbeat thread, :mod:`fastif_core.worker`)
+  and learns there whether cancellation was requested; it stops between steps and stores nothing.
 - Results and ``done`` are written in one transaction, only while the worker still owns the lease
   (``Store.save_influence_run(..., job_id=, owner=)``, ``Store.complete_job(job, owner, writer)``).
 - Failures: a :class:`~fastif_core.errors.FastifError` (bad parameters, unknown example, diverging
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,7 +55,7 @@ RESERVED_KINDS = {
 
 
 class JobCancelled(JobError):
-    """Raised from :meth:`Lease.beat` when the job's cancellation was requested."""
+    """Raised in the job's thread at its next step when the job's cancellation was requested."""
 
 
 @dataclass(frozen=True)
@@ -163,41 +162,6 @@ def is_retryable(exc: BaseException) -> bool:
     from sqlalchemy.exc import OperationalError
 
     return isinstance(exc, OperationalError)
-
-
-class Lease:
-    """A claimed job seen from its worker: heartbeats (throttled) from a progress callback.
-
-    ``lease.beat(fraction, message)`` has the ``Progress`` signature of the pipelines, renews the
-    lease at most every ``min_interval_s`` (always when ``force``), and raises :class:`JobCancelled`
-    when cancellation was requested, so the pipeline stops between steps. It raises
-    LeaseLostError if another worker took the job over.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        job: JobInfo,
-        owner: str,
-        *,
-        lease_seconds: float = 60.0,
-        min_interval_s: float = 1.0,
-    ) -> None:
-        self.store, self.job, self.owner = store, job, owner
-        self.lease_seconds, self.min_interval_s = lease_seconds, min_interval_s
-        self._last = float("-inf")
-
-    def beat(self, fraction: float | None = None, message: str | None = None, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.min_interval_s:
-            return
-        self._last = now
-        cancel = self.store.heartbeat_job(self.job.id, self.owner, lease_seconds=self.lease_seconds,
-                                          progress=fraction, message=message)  # fmt: skip
-        if cancel:
-            raise JobCancelled(f"job {self.job.id} was cancelled")
-
-    __call__ = beat
 
 
 @dataclass(frozen=True)

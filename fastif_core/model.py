@@ -31,6 +31,7 @@ from fastif_core.config import TrainConfig, from_dict, to_dict
 from fastif_core.data.records import NLIExample, label_index, labels_for
 from fastif_core.device import DeviceLike, resolve_device
 from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
+from fastif_core.objective import default_decay
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +227,14 @@ def training_batches(
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on weight matrices only (no decay on biases and LayerNorm)."""
+    """AdamW with decoupled weight decay on the parameters the influence objective's L2 term covers
+    (:func:`~fastif_core.objective.default_decay`: no biases, no LayerNorm weights): one rule for both."""
+    owners = {f"{m}.{n}" if m else n: mod for m, mod in model.named_modules()
+              for n, _ in mod.named_parameters(recurse=False)}  # fmt: skip
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            skip = name.endswith("bias") or "layernorm" in name.lower() or "layer_norm" in name.lower()
-            (no_decay if skip else decay).append(p)
+            (decay if default_decay(name, owners.get(name)) else no_decay).append(p)
     if not decay and not no_decay:
         raise ConfigError("train_classifier: no trainable parameters (freeze_layers froze everything)")
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -17,7 +17,13 @@ Rank 0 is the coordinator (the process that talks to the store); every other ran
 
 Devices (``parse_devices``): ``auto`` (all visible GPUs, else ``cpu:1``), ``cpu`` / ``cpu:N`` (N gloo
 processes on this machine), ``cuda`` (all GPUs), ``cuda:0,cuda:1`` (one NCCL rank per listed GPU).
-Rank 0 runs in the calling process; ranks 1..N-1 are spawned and rendezvous once through a FileStore.
+Rank 0 runs in the calling process; ranks 1..N-1 are spawned and rendezvous once through a TCPStore on
+127.0.0.1. :attr:`ParallelContext.devices` lists every rank's real device (gathered under torchrun).
+
+A dead or hung rank costs at most ``timeout_s`` (the worker passes its job lease): ranks meet at a store
+barrier before each collective and watch each other's heartbeats there (:mod:`fastif_core.peers`); a
+rank silent for ``timeout_s`` raises :class:`~fastif_core.peers.GroupLost` on the others, and the group
+is unusable from then on (:meth:`ParallelContext.alive` is False; the worker requeues the job and exits).
 
 Across machines, launch every rank with ``torchrun``; ``ParallelContext.start`` then reads ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` and uses ``cuda:LOCAL_RANK`` (or the CPU)::
@@ -27,8 +33,8 @@ Across machines, launch every rank with ``torchrun``; ``ParallelContext.start`` 
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
         -m fastif_core worker --workspace /shared/ws
 
-Only rank 0 claims jobs and writes results; the other ranks only read the workspace (model files and
-the training examples from the store). A torchrun launch uses the GPUs only when every local rank gets
+Only rank 0 claims jobs, searches the kNN index and writes results; the other ranks only read the
+model files and the training examples (loaders get ``rank`` and followers load no index or features). A torchrun launch uses the GPUs only when every local rank gets
 one (``LOCAL_WORLD_SIZE`` <= visible GPUs), else gloo on the CPU for all ranks.
 """
 
@@ -38,13 +44,10 @@ import contextlib
 import importlib
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -59,11 +62,12 @@ from fastif_core.device import cuda_count
 from fastif_core.errors import ConfigError, FastifError, JobError
 from fastif_core.influence import InfluenceResult
 from fastif_core.objective import Objective
+from fastif_core.peers import GroupLost, Peers, collective_timeout
 
 Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
 ShouldStop = Callable[[], bool]  # polled on rank 0 between steps
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-KEEPALIVE_S = 60.0  # rank 0 pings idle followers this often so no collective waits past the timeout
+DEFAULT_TIMEOUT_S = 300.0  # a rank silent this long is lost (the worker passes its lease instead)
 
 
 class QueryCancelled(JobError):
@@ -153,16 +157,18 @@ class ParallelContext:
     """A process group of ``world_size`` ranks; rank 0 is the caller, the others serve its commands.
 
     Use :meth:`start` (spawns local ranks, or joins a ``torchrun`` launch); rank 0 calls :meth:`load`,
-    :meth:`influence`, :meth:`keepalive` and finally :meth:`close`; other ranks call :meth:`serve`.
+    :meth:`influence` and finally :meth:`close`; other ranks call :meth:`serve`.
     """
 
     def __init__(self, rank: int, world_size: int, device: str, spec: str) -> None:
         self.rank, self.world_size, self.device, self.spec = rank, world_size, device, spec
+        self.devices: tuple[str, ...] = (device,) * world_size  # every rank's device (set by start)
         self._procs: list[Any] = []  # spawned ranks 1..N-1 (none under torchrun)
         self._states: dict[str, RankState] = {}
-        self._store_dir: str | None = None
+        self._store: dist.Store | None = None  # the rendezvous store of spawned ranks (rank 0 hosts it)
+        self._peers: Peers | None = None
+        self._lost: str | None = None  # why the group became unusable
         self._threads: int | None = None
-        self._last_command = time.monotonic()
         self._lock = threading.Lock()
         self.closed = False
 
@@ -177,35 +183,37 @@ class ParallelContext:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, devices: str = "auto", *, timeout_s: float = 86400.0) -> ParallelContext:
-        """Start the group once: under ``torchrun`` from its env, else rank 0 here + spawned ranks."""
+    def start(cls, devices: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> ParallelContext:
+        """Start the group once: under ``torchrun`` from its env, else rank 0 here + spawned ranks.
+
+        ``timeout_s``: a rank that sends no heartbeat for this long is lost (:class:`GroupLost`)."""
+        if timeout_s <= 0:
+            raise ConfigError(f"timeout_s={timeout_s} is invalid: allowed > 0")
         if launched_by_torchrun():
             return cls._from_env(timeout_s)
         spec = parse_devices(devices)
         ctx = cls(0, spec.world_size, spec.devices[0], str(spec))
+        ctx.devices = spec.devices
         ctx._threads = _share_cpu(spec)
         if spec.world_size == 1:
             _set_cuda(spec.devices[0])
             return ctx
-        ctx._store_dir = tempfile.mkdtemp(prefix="fastif-rdzv-")
-        path = os.path.join(ctx._store_dir, "store")
-        store = dist.FileStore(path, spec.world_size)
+        store = dist.TCPStore("127.0.0.1", 0, spec.world_size, is_master=True, wait_for_workers=False,
+                              timeout=collective_timeout(timeout_s))  # fmt: skip
+        ctx._store = store
         spawn = mp.get_context("spawn")
         for rank in range(1, spec.world_size):
-            args = (rank, spec, path, timeout_s, os.getpid())
+            args = (rank, spec, store.port, timeout_s, os.getpid())
             proc = spawn.Process(target=_follower_main, args=args, daemon=True, name=f"fastif-rank{rank}")
             proc.start()
             ctx._procs.append(proc)
         try:
             ctx._await_ranks(store)
+            _set_cuda(spec.devices[0])
+            ctx._join(spec.backend, store, timeout_s)
         except BaseException:
             ctx.close()
             raise
-        _set_cuda(spec.devices[0])
-        timeout = timedelta(seconds=timeout_s)
-        dist.init_process_group(
-            spec.backend, store=store, rank=0, world_size=spec.world_size, timeout=timeout
-        )
         return ctx
 
     @classmethod
@@ -213,12 +221,26 @@ class ParallelContext:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local, per_node = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         device = f"cuda:{local}" if cuda_count() >= per_node else "cpu"  # one backend for all ranks
-        backend = "nccl" if device.startswith("cuda") else "gloo"
         _set_cuda(device)
-        dist.init_process_group(
-            backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+        store, rank, world = next(
+            dist.rendezvous("env://", rank, world, timeout=collective_timeout(timeout_s))
         )
-        return cls(rank, world, device, f"torchrun:{world}")
+        ctx = cls(rank, world, device, f"torchrun:{world}")
+        ctx._join("nccl" if device.startswith("cuda") else "gloo", store, timeout_s)
+        box: list[Any] = [None] * world
+        ctx._collective(lambda: dist.all_gather_object(box, device))
+        ctx.devices = tuple(box)
+        return ctx
+
+    def _join(self, backend: str, store: dist.Store, timeout_s: float) -> None:
+        """Every rank: join the process group and start the heartbeats (keys fresh per torchrun restart)."""
+        store.set_timeout(collective_timeout(timeout_s))
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=self.rank,
+                                world_size=self.world_size, timeout=collective_timeout(timeout_s))  # fmt: skip
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self._peers = Peers(
+            dist.PrefixStore(f"fastif{restart}", store), self.rank, self.world_size, timeout_s
+        )
 
     def _await_ranks(self, store: dist.Store) -> None:
         """Wait until every spawned rank checked in; a rank that died first is an error, not a hang."""
@@ -233,8 +255,15 @@ class ParallelContext:
             time.sleep(0.05)
 
     def alive(self) -> bool:
-        """False when a spawned rank has exited (rank 0 then cannot finish a collective)."""
-        return not self.closed and all(p.is_alive() for p in self._procs)
+        """False once a rank exited, stopped sending heartbeats for ``timeout_s`` or a collective failed."""
+        if self.closed or self._lost is not None or not all(p.is_alive() for p in self._procs):
+            return False
+        if self._peers is not None and self.is_coordinator:
+            with contextlib.suppress(Exception):
+                if lost := self._peers.silent():
+                    self._lost = f"rank {min(lost)} stopped responding ({max(lost.values()):.0f} s)"
+            return self._lost is None
+        return True
 
     def close(self) -> None:
         """Rank 0: tell the other ranks to exit, tear the group down, reap the spawned processes."""
@@ -244,16 +273,17 @@ class ParallelContext:
             with contextlib.suppress(Exception):  # a dead peer must not block shutdown
                 self._broadcast({"op": "shutdown"})
         self.closed = True
+        if self._peers is not None:
+            self._peers.stop()
         if dist.is_initialized():
             dist.destroy_process_group()
         for proc in self._procs:
             proc.join(timeout=10)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()  # SIGKILL: also ends a stopped (SIGSTOP) or hung rank
+                proc.join(timeout=10)
         if self._threads is not None:
             torch.set_num_threads(self._threads)
-        if self._store_dir:
-            shutil.rmtree(self._store_dir, ignore_errors=True)
 
     def __enter__(self) -> ParallelContext:
         return self
@@ -264,7 +294,8 @@ class ParallelContext:
     # ---- commands (rank 0) -----------------------------------------------------------------------
 
     def load(self, key: str, loader: str, **kwargs: Any) -> RankState:
-        """Build (once per key) each rank's state with ``loader(device=..., **kwargs)`` on every rank.
+        """Build (once per key) each rank's state with ``loader(device=..., rank=..., **kwargs)`` on every
+        rank (rank 0 alone may load what only it uses, such as the kNN index).
 
         ``loader`` is ``'package.module:function'`` returning a :class:`RankState` or ``(objective,
         train)``; ``kwargs`` must be picklable. A key already loaded is reused without any work.
@@ -292,34 +323,48 @@ class ParallelContext:
         cmd = {"op": "influence", "key": key, "batch": batch, "candidates": rows, "cfg": to_dict(cfg)}
         return self._command(cmd, progress=progress, should_stop=should_stop)
 
-    def keepalive(self) -> None:
-        """Rank 0 while idle: ping the followers when no command was sent for ``KEEPALIVE_S``."""
-        if self.distributed and time.monotonic() - self._last_command > KEEPALIVE_S:
-            self._command({"op": "ping"})
-
     # ---- execution (all ranks) -------------------------------------------------------------------
 
     def serve(self) -> None:
-        """Follower loop: receive and run rank 0's commands until ``shutdown``."""
+        """Follower loop: receive and run rank 0's commands until ``shutdown``.
+
+        Raises:
+            GroupLost: another rank (e.g. rank 0) stopped responding, or a collective failed.
+        """
         while True:
             cmd = self._broadcast(None)
             if cmd["op"] == "shutdown":
                 return
-            with contextlib.suppress(Exception):  # rank 0 reports the error; keep serving
+            with contextlib.suppress(FastifError):  # rank 0 reports the error; keep serving
                 self._execute(cmd, None, None)
 
     def _command(self, cmd: dict[str, Any], **hooks: Any) -> Any:
         if self.closed:
             raise JobError("the device group is closed")
+        if self._lost is not None:
+            raise GroupLost(f"device group {self.spec} is unusable: {self._lost}")
         with self._lock:
-            self._last_command = time.monotonic()
             if self.distributed:
                 self._broadcast(cmd)
             return self._execute(cmd, hooks.get("progress"), hooks.get("should_stop"))
 
+    def _collective(self, fn: Callable[[], Any]) -> Any:
+        """Run one collective once every rank is at it (bounded wait); a failure makes the group lost."""
+        if self._peers is None:
+            return fn()
+        try:
+            self._peers.barrier()
+            return fn()
+        except GroupLost as exc:
+            self._lost = str(exc)
+            raise
+        except RuntimeError as exc:  # gloo / NCCL: a peer vanished during the collective, or its timeout
+            self._lost = f"a collective failed: {exc}"
+            raise GroupLost(f"device group {self.spec}: {self._lost}") from exc
+
     def _broadcast(self, cmd: dict[str, Any] | None) -> dict[str, Any]:
         box = [cmd]
-        dist.broadcast_object_list(box, src=0)
+        self._collective(lambda: dist.broadcast_object_list(box, src=0))
         return box[0]
 
     def _execute(self, cmd: dict[str, Any], progress: Progress | None, should_stop: ShouldStop | None) -> Any:
@@ -332,21 +377,21 @@ class ParallelContext:
         raise JobError(f"unknown group command {cmd['op']!r}")
 
     def _run_load(self, cmd: dict[str, Any]) -> None:
-        error = None
+        error, state = None, None
         try:
-            built = import_ref(cmd["loader"])(device=self.device, **cmd["kwargs"])
+            built = import_ref(cmd["loader"])(device=self.device, rank=self.rank, **cmd["kwargs"])
             state = built if isinstance(built, RankState) else RankState(*built)
-            self._states = {cmd["key"]: state}  # one state at a time: models are large
         except Exception as exc:  # noqa: BLE001 - collected and re-raised on rank 0
             error = exc
-        self._raise_any(error)
+        self._raise_any(error)  # a rank failed: no rank changes its states, so all keep the same keys
+        self._states = {cmd["key"]: state}  # one state at a time: models are large
 
     def _raise_any(self, error: BaseException | None) -> None:
         """Collective: every rank learns whether any failed; rank 0 raises the first error."""
         errors = [_describe(error)]
         if self.distributed:
             errors = [None] * self.world_size
-            dist.all_gather_object(errors, _describe(error))
+            self._collective(lambda: dist.all_gather_object(errors, _describe(error)))
         first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
         if first is not None and self.is_coordinator:
             raise error if error is not None else _rebuild(*first)
@@ -383,7 +428,7 @@ def _run_influence(
     flags = torch.tensor([float(error is not None), float(stop)], dtype=obj.dtype, device=obj.device)
     flat = torch.cat([partial.to_flat(), flags])  # (P + 4,): Σ estimates, Σ‖e‖², count, error, cancel
     if ctx.distributed:
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)  # the ONE all-reduce of the query
+        ctx._collective(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM))  # the ONE all-reduce
     if flat[-2] > 0:
         ctx._raise_any(error)
     if flat[-1] > 0:
@@ -465,7 +510,7 @@ def _gather(ctx: ParallelContext, payload: dict[str, Any]) -> list[dict[str, Any
     if not ctx.distributed:
         return [payload]
     out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, payload)
+    ctx._collective(lambda: dist.all_gather_object(out, payload))
     return out
 
 
@@ -504,20 +549,22 @@ def _set_cuda(device: str) -> None:
         torch.cuda.set_device(torch.device(device))
 
 
-def _follower_main(rank: int, spec: DeviceSpec, path: str, timeout_s: float, parent: int) -> None:
+def _follower_main(rank: int, spec: DeviceSpec, port: int, timeout_s: float, parent: int) -> None:
     """Entry point of a spawned rank: join the group, serve rank 0, exit with it."""
     _share_cpu(spec)
     device = spec.devices[rank]
     _set_cuda(device)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    store = dist.FileStore(path, spec.world_size)
+    store = dist.TCPStore("127.0.0.1", port, spec.world_size, is_master=False,
+                          timeout=collective_timeout(timeout_s))  # fmt: skip
     store.set(f"ready/{rank}", "1")
-    timeout = timedelta(seconds=timeout_s)
-    dist.init_process_group(spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=timeout)
     ctx = ParallelContext(rank, spec.world_size, device, str(spec))
+    ctx.devices = spec.devices
+    ctx._join(spec.backend, store, timeout_s)
     try:
         ctx.serve()
     finally:
+        ctx._peers.stop()
         dist.destroy_process_group()
 
 

@@ -8,7 +8,6 @@ store each example's nearest training neighbours → manifest with accuracy per 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import defaultdict
@@ -23,7 +22,7 @@ from fastif_core.data.records import HANS_LABELS, NLIExample, labels_for, to_two
 from fastif_core.errors import WorkspaceError
 from fastif_core.store import Store
 from fastif_core.store.records import PredictionIn
-from fastif_core.workspace import WorkspacePaths, prepare_hash, read_manifest, write_manifest
+from fastif_core.workspace import WorkspacePaths, prepare_hash, read_manifest, save_features, write_manifest
 
 Progress = Callable[[float, str], None]
 
@@ -281,18 +280,3 @@ def neighbors_of(
                  if p >= 0 and not (row < n_train and p == row)]  # fmt: skip
         out[ex.id] = pairs[:k]
     return out
-
-
-def save_features(path: Path, feats: Any, ids: list[str]) -> None:
-    """Pooled features of every example, ids in the safetensors metadata."""
-    from safetensors.torch import save_file
-
-    save_file({"features": feats.contiguous()}, str(path), metadata={"ids": json.dumps(ids)})
-
-
-def load_features(path: Path) -> tuple[Any, list[str]]:
-    """``(features (N, d), ids)`` as saved by :func:`save_features`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.get_tensor("features"), json.loads(f.metadata()["ids"])

@@ -16,7 +16,9 @@ Outcomes of a job:
 - released: on SIGTERM / SIGINT the current job stops at its next step and goes back to the queue.
 
 A worker killed outright (``kill -9``) stops renewing its lease; another worker claims the job again
-when the lease has expired (``--lease-seconds``).
+when the lease has expired (``--lease-seconds``). A rank of the device group that dies or hangs is
+noticed within the same ``--lease-seconds`` (:mod:`fastif_core.peers`): rank 0 requeues the job and
+exits, so that a fresh worker starts a fresh group.
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from typing import Any
 from fastif_core import jobs
 from fastif_core.errors import ConfigError, FastifError, JobError, LeaseLostError
 from fastif_core.parallel import ParallelContext, QueryCancelled, RankState
+from fastif_core.peers import GroupLost
 
 log = logging.getLogger("fastif.worker")
 
@@ -176,7 +178,7 @@ class Worker:
 
     def run(self, once: bool = False, stop_event: threading.Event | None = None) -> int:
         """Serve until stopped (or, with ``once``, until the queue is empty); returns jobs processed."""
-        devices = self.group.spec.split(",")
+        devices = list(self.group.devices)  # every rank's device: the dashboard's GPU check reads them
         self.store.worker_heartbeat(self.id, host=socket.gethostname(), pid=os.getpid(), devices=devices)
         beat = _Heartbeat(self, interval=min(max(self.lease_seconds / 4, 0.2), 10.0))
         beat.start()
@@ -188,7 +190,7 @@ class Worker:
                     continue
                 if once:
                     break
-                self.group.keepalive()
+                self._require_group()
                 (stop_event or self.stop).wait(self.poll)
         finally:
             beat.halt.set()
@@ -200,7 +202,8 @@ class Worker:
         """A rank died (its job was requeued): exit, so that a fresh worker starts a fresh group."""
         if not self.group.alive():
             raise JobError(
-                f"worker {self.id}: a rank of the device group {self.group.spec} exited; restart the worker"
+                f"worker {self.id}: a rank of the device group {self.group.spec} exited or stopped "
+                "responding; restart the worker"
             )
 
     def _stopping(self, stop_event: threading.Event | None) -> bool:
@@ -243,6 +246,9 @@ class Worker:
         try:
             if isinstance(exc, LeaseLostError):
                 log.warning("job %s: %s", job.id, exc)
+            elif isinstance(exc, GroupLost):
+                self.store.fail_job(job.id, self.id, f"GroupLost: {exc}", retry=True)
+                log.error("job %s requeued: %s", job.id, exc)
             elif isinstance(exc, jobs.JobCancelled | QueryCancelled):
                 self.store.confirm_cancel(job.id, self.id)
                 log.info("job %s cancelled: nothing stored", job.id)
@@ -284,7 +290,7 @@ def run_worker(
     if lease_seconds <= 0 or poll <= 0:
         raise JobError(f"lease_seconds={lease_seconds} and poll={poll} must be > 0")
     load_handler_modules()
-    group = ParallelContext.start(devices)
+    group = ParallelContext.start(devices, timeout_s=lease_seconds)  # a silent rank costs one lease
     if not group.is_coordinator:  # torchrun ranks > 0 only execute rank 0's commands
         try:
             group.serve()
@@ -325,11 +331,12 @@ def _install_signals(worker: Worker) -> Callable[[], None]:
 # ---- job handlers ---------------------------------------------------------------------------------
 
 
-def load_workspace_state(device: str, root: str) -> RankState:
-    """Rank loader (imported by module path on every rank): the workspace's model, objective, train set."""
+def load_workspace_state(device: str, rank: int, root: str) -> RankState:
+    """Rank loader (imported by module path on every rank): the workspace's model, objective, train set;
+    the kNN index and features only on rank 0, the only rank that searches."""
     from fastif_core.workspace import LoadedWorkspace
 
-    loaded = LoadedWorkspace.load(root, device)
+    loaded = LoadedWorkspace.load(root, device, search=rank == 0)
     return RankState(loaded.objective, loaded.train, {"loaded": loaded})
 
 
@@ -371,17 +378,3 @@ def run_prepare(ctx: JobContext) -> dict[str, Any]:
 
 register_handler("influence", run_influence)
 register_handler("prepare", run_prepare)
-
-
-# ---- command line ---------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fastif_core.worker ARGS`` = ``fastif worker ARGS`` (one parser, in :mod:`fastif_core.cli`)."""
-    from fastif_core.cli import main as cli_main
-
-    return cli_main(["worker", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -105,6 +105,21 @@ def now() -> float:
     return time.perf_counter()
 
 
+def save_features(path: Path, feats: Any, ids: list[str]) -> None:
+    """Pooled features of every example, ids in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    save_file({"features": feats.contiguous()}, str(path), metadata={"ids": json.dumps(ids)})
+
+
+def load_features(path: Path) -> tuple[Any, list[str]]:
+    """``(features (N, d), ids)`` as saved by :func:`save_features`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("features"), json.loads(f.metadata()["ids"])
+
+
 def two_way_aware_cross_entropy(logits: Any, labels: Any) -> Any:
     """Per-example cross-entropy ``(B,)``; label index ``C`` (one past the last class) means "any class
     but 0", i.e. HANS's *non-entailment* on a 3-way MNLI model: loss ``-log(p_neutral + p_contradiction)``."""
@@ -120,7 +135,8 @@ def two_way_aware_cross_entropy(logits: Any, labels: Any) -> Any:
 @dataclass
 class LoadedWorkspace:
     """A prepared workspace loaded once per process (worker rank, CLI call): model, objective, training
-    examples (FAISS position order), index and features. Reused across influence queries."""
+    examples (FAISS position order), index and features. Reused across influence queries.
+    With ``search=False`` (device-group followers, which never search) index and features are None."""
 
     root: Path
     manifest: dict[str, Any]
@@ -131,18 +147,17 @@ class LoadedWorkspace:
     objective: Any
     train: Any  # EncodedExamples, row p = FAISS position p
     train_ids: list[str]
-    index: Any  # KnnIndex
-    features: Any  # (N_all, d)
+    index: Any  # KnnIndex, None when loaded with search=False
+    features: Any  # (N_all, d), None when loaded with search=False
     feature_rows: dict[str, int]
     max_length: int
     device: str
 
     @classmethod
-    def load(cls, root: str | Path, device: str = "cpu") -> LoadedWorkspace:
+    def load(cls, root: str | Path, device: str = "cpu", *, search: bool = True) -> LoadedWorkspace:
         from fastif_core import model as M
         from fastif_core.knn import KnnIndex
         from fastif_core.objective import Objective, hf_forward
-        from fastif_core.prepare import load_features
         from fastif_core.store import Store
 
         root = Path(root)
@@ -155,13 +170,13 @@ class LoadedWorkspace:
         finally:
             store.close()
         labels = tuple(manifest["labels"])
-        feats, ids = load_features(paths.features)
+        feats, ids = load_features(paths.features) if search else (None, [])
         objective = Objective(model, forward=hf_forward, loss=two_way_aware_cross_entropy,
                               weight_decay=tcfg.weight_decay)  # fmt: skip
         return cls(
             root=root, manifest=manifest, model_id=int(manifest["model_id"]), label_names=labels, model=model,
             tokenizer=tokenizer, objective=objective, train=M.encode(tokenizer, train_rows, labels, tcfg.max_length),
-            train_ids=train_ids, index=KnnIndex.load(paths.index, None), features=feats,
+            train_ids=train_ids, index=KnnIndex.load(paths.index, None) if search else None, features=feats,
             feature_rows={i: r for r, i in enumerate(ids)}, max_length=tcfg.max_length, device=device,
         )  # fmt: skip
 

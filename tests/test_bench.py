@@ -84,55 +84,82 @@ def test_speed_table_rows_and_speedups(bench):
     rows = result["speed"]["single"]["rows"]
     assert list(rows) == ["full", "knn10/original", "knn10/fast", "knn60/original", "knn60/fast"]
     for row in rows.values():
-        assert row["speedup_vs_full"] > 0 and row["seconds"]["n"] == 2
+        assert row["seconds"]["n"] == 2
         assert row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
         assert all(x > 0 for x in row["per_example"])
-    assert rows["full"]["speedup_vs_full"] == 1.0 and rows["full"]["candidates"] == 60
+    assert rows["full"]["candidates"] == 60
     assert result["speed"]["multi"] is None  # cpu:1
     geometry = result["speed"]["single"]["s_test"]
     assert geometry["original"]["cos_with_original"]["mean"] == pytest.approx(1.0)
     for preset in ("original", "fast"):
         for key in ("cos_with_gradient", "cos_with_original"):
             assert -1.0 <= geometry[preset][key]["mean"] <= 1.0 and geometry[preset][key]["n"] == 2
-    lat = result["latency"]["seconds"]
-    parts = lat["knn"] + lat["test_gradient"] + lat["s_test"] + lat["scoring"]
-    assert parts == pytest.approx(lat["total"], rel=1e-6)
-    eng = result["engine"]
-    assert eng["jvp_speedup_vs_reference"] > 0 and eng["scoring_cost_vs_forward"] > 0
+    assert result["engine"]["scoring"]["agreement"]["rel_err"] < 1e-4  # the timed JVP scores are right
 
 
-def test_quality_correlations_in_range_and_full_vs_full_is_one(bench):
-    _, _, result = bench
-    for name, row in result["quality"]["rows"].items():
-        for per in row["per_example"]:
-            for value in per.values():
-                assert value is None or -1.0 - 1e-9 <= value <= 1.0 + 1e-9
-        if row["preset"] == "original":  # same s_test as full: the kNN and full paths must agree
-            for metric in ("pearson", "spearman", "kendall"):
-                assert row["by_group"]["all"][metric]["mean"] == pytest.approx(1.0, abs=1e-4), (name, metric)
+def stored_values(root: Path, loaded, example_id: str, preset: str, k: int | None) -> dict[int, float]:
+    """Training position -> influence of the run the bench stored for ``example_id`` (full or fast kNN)."""
+    icfg = QUICK.resolved(on_gpu=False).influence(preset, k)
+    with Store.open(root) as store:
+        found = store.find_influence_run(loaded.model_id, example_id, cache_key(icfg))
+        assert found is not None, (example_id, preset, k)
+        run = store.get_influence_run(found.id, with_text=False)
+    position = {tid: p for p, tid in enumerate(loaded.train_ids)}
+    return {position[s.train_id]: s.value for s in run.scores}
 
 
-def test_recall_matches_stored_full_runs_and_is_one_at_k_equals_n(bench):
+def test_quality_rows_equal_scipy_on_the_stored_runs(bench):
+    """Table 3 recomputed with scipy from the stored full run and the stored fast kNN run, on the k nearest."""
+    from scipy import stats
+
     root, _, result = bench
-    rec = result["recall"]
+    loaded = LoadedWorkspace.load(root)
+    ks, rows = result["settings"]["ks_used"], result["quality"]["rows"]
+    for i, ex in enumerate(result["test_examples"]):
+        full = stored_values(root, loaded, ex["id"], "original", None)
+        fast = stored_values(root, loaded, ex["id"], "fast", max(ks))
+        assert len(full) == result["num_train"]
+        for k in ks:
+            nn = loaded.nearest(ex["id"], k)[0]
+            x, y = [fast[p] for p in nn], [full[p] for p in nn]
+            expected = {"pearson": stats.pearsonr(x, y).statistic, "spearman": stats.spearmanr(x, y).statistic,
+                        "kendall": stats.kendalltau(x, y).statistic}  # fmt: skip
+            got = rows[f"knn{k}/fast"]["per_example"][i]
+            if k == max(ks):  # the stored fast run holds exactly the values the bench correlated
+                assert got == pytest.approx(expected, abs=1e-9), (ex["id"], k)
+            else:  # scored afresh in other batches: float noise may reorder near-ties (rank metrics)
+                assert got["pearson"] == pytest.approx(expected["pearson"], abs=1e-4), (ex["id"], k)
+            # the 'original' rows score the k nearest with full's s_test: the kNN path equals the full path
+            assert rows[f"knn{k}/original"]["per_example"][i]["pearson"] == pytest.approx(1.0, abs=1e-5)
+    for k in ks:
+        per = rows[f"knn{k}/fast"]["per_example"]
+        for metric in ("pearson", "spearman", "kendall"):
+            mean = rows[f"knn{k}/fast"]["by_group"]["all"][metric]["mean"]
+            assert mean == pytest.approx(sum(p[metric] for p in per) / len(per))
+
+
+def test_recall_equals_a_brute_force_count_on_the_stored_full_runs(bench):
+    """R@m(k) for every k < N (and N), m and kind, recomputed from each stored full run and the index."""
+    root, _, result = bench
+    rec, loaded = result["recall"], LoadedWorkspace.load(root)
     n = rec["num_train"]
     assert rec["ks"][-1] == n and rec["random"] == [k / n for k in rec["ks"]]
-    for group in ("correct", "incorrect"):
+    assert [k for k in rec["ks"] if k < n], "no k below N: the recall check would be trivial"
+    curves: dict = {}
+    for ex in result["test_examples"]:
+        full = stored_values(root, loaded, ex["id"], "original", None)
+        order = sorted(full, key=lambda p: full[p])  # most helpful (most negative) first
+        tops = {"helpful": order, "harmful": sorted(full, key=lambda p: -full[p]),
+                "unsigned": sorted(full, key=lambda p: -abs(full[p]))}  # fmt: skip
+        group = "correct" if ex["correct"] else "incorrect"
         for m in rec["ms"]:
-            for kind, curve in rec["by_group"][group][str(m)].items():
-                assert all(0.0 <= x <= 1.0 for x in curve) and curve[-1] == 1.0, (group, m, kind)
-    # ground truth from the store: the bench saved each test example's full run
-    loaded = LoadedWorkspace.load(root)
-    correct = next(e for e in result["test_examples"] if e["correct"])
-    full_cfg = QUICK.resolved(on_gpu=False).influence("original", None)
-    with Store.open(root) as store:
-        found = store.find_influence_run(loaded.model_id, correct["id"], cache_key(full_cfg))
-        run = store.get_influence_run(found.id, with_text=False)
-    assert run.num_candidates == n
-    helpful = [loaded.train_ids.index(s.train_id) for s in run.scores[:10]]  # most negative first
-    nearest = loaded.nearest(correct["id"], 10)[0]
-    expected = len(set(helpful) & set(nearest)) / 10
-    assert rec["by_group"]["correct"]["10"]["helpful"][0] == pytest.approx(expected)
+            for kind, ranked in tops.items():
+                top = set(ranked[:m])
+                curve = [len(top & set(loaded.nearest(ex["id"], k)[0])) / m for k in rec["ks"]]
+                curves.setdefault((group, str(m), kind), []).append(curve)
+    for (group, m, kind), per_example in curves.items():
+        expected = [sum(c[j] for c in per_example) / len(per_example) for j in range(len(rec["ks"]))]
+        assert rec["by_group"][group][m][kind] == pytest.approx(expected), (group, m, kind)
 
 
 def test_lissa_tradeoff_reference_has_zero_error(bench):
@@ -186,7 +213,10 @@ def test_recall_curves_and_correlations_on_known_values():
 
 
 def test_cli_arguments_build_the_config(tmp_path):
+    from fastif_core.cli import add_workspace_argument
+
     p = argparse.ArgumentParser()
+    add_workspace_argument(p)  # as `fastif bench` builds it
     add_arguments(p)
     a = p.parse_args(["--workspace", str(tmp_path), "--out", str(tmp_path / "o"), "--quick", "--ks", "5,50",
                       "--depth", "7", "--click-preset", "scaled"])  # fmt: skip

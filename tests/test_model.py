@@ -269,3 +269,25 @@ def test_training_and_inference_on_cuda_match_cpu():
     assert train_classifier(bf16, enc, TrainConfig(epochs=1, batch_size=4), device="cuda", amp=True)[
         "amp_bf16"
     ]
+
+
+@pytest.mark.parametrize("build", ["tiny_bert", "unnamed_layernorm"])
+def test_adamw_decays_exactly_the_parameters_of_the_influence_l2_term(build):
+    """One weight-decay rule: training's AdamW groups equal the objective's decayed set, also for a
+    LayerNorm whose name says nothing ("1.weight") and a bias-like name that does not end in "bias"."""
+    from torch import nn
+
+    from fastif_core.model import _optimizer
+    from fastif_core.objective import Objective, tensor_forward
+
+    if build == "tiny_bert":
+        model = make_tiny_bert(0)
+    else:
+        model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+        model.register_parameter("bias_table", nn.Parameter(torch.zeros(3)))
+    obj = Objective(model, forward=tensor_forward, weight_decay=0.01)
+    decay_group, no_decay_group = _optimizer(model, TrainConfig(weight_decay=0.01)).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay_group["params"]) == sorted(obj.decayed)
+    assert decay_group["weight_decay"] == 0.01 and no_decay_group["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in no_decay_group["params"]) == sorted(set(obj.names) - set(obj.decayed))

@@ -102,3 +102,44 @@ def test_params_follow_the_model_after_in_place_updates():
     assert obj.dtype == torch.float64 and torch.equal(
         obj.params["weight"], torch.full((2, 3), 2.0, dtype=torch.float64)
     )
+
+
+def test_two_way_label_loss_on_a_three_way_model_is_minus_log_p_neutral_plus_p_contradiction():
+    """Label index C (= 3 on an MNLI model) is HANS's *non-entailment*: ``-log(p_neutral + p_contradiction)``,
+    checked against softmax probabilities computed by hand; labels 0..C-1 stay plain cross-entropy."""
+    import math
+
+    from fastif_core.workspace import two_way_aware_cross_entropy
+
+    logits = torch.tensor(
+        [[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0], [1.0, 1.0, -2.0]], dtype=torch.float64
+    )
+    labels = torch.tensor([3, 3, 1, 0])
+    got = two_way_aware_cross_entropy(logits, labels)
+    for i, (row, label) in enumerate(zip(logits.tolist(), labels.tolist(), strict=True)):
+        p = [math.exp(z) / sum(math.exp(w) for w in row) for z in row]
+        expected = -math.log(p[1] + p[2]) if label == 3 else -math.log(p[label])
+        assert float(got[i]) == pytest.approx(expected, rel=1e-12), (i, row, label)
+    assert float(got[0]) != pytest.approx(float(F.cross_entropy(logits[:1], torch.tensor([2]))))
+
+
+def test_hans_non_entailment_example_gets_the_merged_loss_in_a_prepared_workspace(tiny_workspace_template):
+    """End to end: a 2-way HANS example of the built-in corpus on the workspace's 3-way model."""
+    import math
+
+    from fastif_core.store import Store
+    from fastif_core.workspace import LoadedWorkspace
+
+    loaded = LoadedWorkspace.load(tiny_workspace_template)
+    assert loaded.label_names == ("entailment", "neutral", "contradiction")
+    with Store.open(tiny_workspace_template) as store:
+        rows = [r.to_record() for r in store.query_examples(limit=1000)]
+    example = next(r for r in rows if r.label == "non-entailment")
+    batch = loaded.encode_test(example)
+    assert batch["labels"].tolist() == [3]
+    obj = loaded.objective
+    with obj.evaluating():
+        loss = float(obj.data_loss(obj.params, batch)[0])
+        logits = obj.outputs(obj.params, batch)[0].double().tolist()
+    p = [math.exp(z) / sum(math.exp(w) for w in logits) for z in logits]
+    assert loss == pytest.approx(-math.log(p[1] + p[2]), rel=1e-5)

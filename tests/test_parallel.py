@@ -9,14 +9,14 @@ from factories import make_tiny_bert, make_tiny_examples
 
 from fastif_core import influence, solvers
 from fastif_core.config import InfluenceConfig, STestConfig
-from fastif_core.errors import ConfigError, LissaDivergenceError
+from fastif_core.errors import ConfigError, JobError, LissaDivergenceError
 from fastif_core.objective import classifier_objective
 from fastif_core.parallel import ParallelContext, QueryCancelled, RankState, parse_devices
 
 LOADER = f"{__name__}:load_tiny"  # imported by module path in the spawned rank
 
 
-def load_tiny(device: str, seed: int = 0, n_train: int = 12) -> RankState:
+def load_tiny(device: str, rank: int = 0, seed: int = 0, n_train: int = 12) -> RankState:
     """Tiny BERT + training examples, rebuilt identically on every rank."""
     model = make_tiny_bert(seed).to(device)
     return RankState(classifier_objective(model, weight_decay=0.01), make_tiny_examples(n_train, seed=seed))
@@ -95,6 +95,42 @@ def test_rank_error_reaches_rank0_and_group_keeps_serving(group):
         group.influence("tiny", query_batch(), [0, 1], good, should_stop=lambda: True)
     assert group.influence("tiny", query_batch(), [0, 1, 2], good).values.shape == (3,)
     assert group.alive()
+
+
+def load_follower_fails(device: str, rank: int) -> RankState:
+    """Rank 0 loads fine; rank 1 cannot (a model path missing on the follower's machine)."""
+    if rank == 1:
+        raise FileNotFoundError(f"rank {rank}: no model at /nonexistent/model")
+    return load_tiny(device, rank)
+
+
+def load_follower_diverges(device: str, rank: int) -> RankState:
+    """The same tiny model, but rank 1's objective has weight decay 1e4: H ⪰ 2e4·I, far above scale=50,
+    so only rank 1's LiSSA repetitions diverge."""
+    state = load_tiny(device, rank)
+    if rank == 1:
+        return RankState(classifier_objective(state.objective.model, weight_decay=1e4), state.train)
+    return state
+
+
+def test_follower_only_failures_reach_rank0(group):
+    with pytest.raises(JobError, match=r"rank 1 failed: FileNotFoundError: rank 1: no model at /nonexistent"):
+        group.load("flaky", f"{__name__}:load_follower_fails")
+    cfg = InfluenceConfig(s_test=STestConfig(depth=20, batch_size=1, repeats=2, scale=50.0), k=None)
+    assert group.influence("tiny", query_batch(), [0, 1], cfg).values.shape == (2,)  # no rank changed state
+    with pytest.raises(JobError, match="'flaky' is not loaded"):
+        group.influence("flaky", query_batch(), [0], cfg)
+
+    group.load("diverging", f"{__name__}:load_follower_diverges")
+    # rank 0 runs repetition 0 of the same query without error (as here, serially); rank 1 runs repetition 1
+    state = load_tiny("cpu")
+    v = state.objective.grad(query_batch())
+    hessian.lissa_repetitions(state.objective, v, state.train, cfg.s_test, [0], "cpu")
+    with pytest.raises(LissaDivergenceError, match="repetition 1"):
+        group.influence("diverging", query_batch(), [0, 1], cfg)
+    assert group.alive()
+    group.load("tiny", LOADER, seed=0)  # the module's other tests use it
+    assert group.influence("tiny", query_batch(), [0, 1], cfg).values.shape == (2,)
 
 
 def test_load_error_names_loader(group):

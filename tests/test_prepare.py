@@ -10,9 +10,9 @@ import torch
 from factories import save_tiny_checkpoint, tiny_prepare_config
 
 from fastif_core.config import TrainConfig
-from fastif_core.prepare import load_features, prepare, split_train_source
+from fastif_core.prepare import prepare, split_train_source
 from fastif_core.store import Store
-from fastif_core.workspace import LoadedWorkspace, WorkspacePaths, read_manifest
+from fastif_core.workspace import LoadedWorkspace, WorkspacePaths, load_features, read_manifest
 
 
 def test_workspace_is_complete(tiny_workspace_template: Path):

@@ -9,6 +9,7 @@ work on a job; a prepare job makes a new workspace ready for influence jobs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestC
 from fastif_core.query import influence_query
 from fastif_core.store import Store
 from fastif_core.worker import run_worker
-from fastif_core.worker_process import LOG_FILE, start_worker_process, worker_alive
+from fastif_core.worker_process import LOG_FILE, spawn_worker, start_worker_process, worker_alive
 
 K = 4  # candidates per query (the tiny workspace has 30 training examples)
 
@@ -277,3 +278,83 @@ def test_worker_under_torchrun_uses_every_rank(ws):
     assert done.status == "done" and done.device == "torchrun:2"
     (run,) = runs_of(ws)
     assert run.s_test_stats["ranks"] == 2 and run.s_test_stats["repetitions"] == 2
+    with Store.open(ws) as store:
+        (worker,) = store.list_workers()
+    assert worker.devices == ["cpu", "cpu"]  # every rank's real device, not "torchrun:2"
+
+
+def checked_workspace_state(device: str, rank: int, root: str):
+    """The worker's rank loader, failing the load (on rank 0, through the group) if a follower loaded
+    the kNN index or the features, or if rank 0 did not."""
+    from fastif_core.errors import JobError
+    from fastif_core.worker import load_workspace_state
+
+    state = load_workspace_state(device, rank, root)
+    loaded = state.info["loaded"]
+    has = {"index": loaded.index is not None, "features": loaded.features is not None}
+    if has != {"index": rank == 0, "features": rank == 0}:
+        raise JobError(f"rank {rank} loaded {has}")
+    return state
+
+
+def test_followers_load_neither_index_nor_features(prepared):
+    from fastif_core.parallel import ParallelContext
+
+    example = eval_ids(prepared, 1)[0]
+    with ParallelContext.start("cpu:2", timeout_s=120) as group:
+        loaded = group.load("ws", f"{__name__}:checked_workspace_state", root=str(prepared)).info["loaded"]
+        candidates, _ = loaded.nearest(example, K)  # rank 0 searches; the follower only scores its shard
+        result = group.influence("ws", loaded.encode_test(_record(prepared, example)), candidates, config())
+    assert result.indices.tolist() == candidates and result.s_test_stats["ranks"] == 2
+    assert result.values.isfinite().all()
+
+
+def _record(root: Path, example_id: str):
+    with Store.open(root) as store:
+        (row,) = store.get_examples([example_id])
+    return row.to_record()
+
+
+def follower_pids(pid: int) -> list[int]:
+    """Pids of the device-group ranks a worker process spawned (not multiprocessing's resource tracker)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "spawn_main" in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def test_hung_follower_requeues_the_job_within_the_lease(ws):
+    """A follower frozen mid-query (SIGSTOP: alive, silent, its sockets open) used to hang rank 0 for the
+    24 h process-group timeout while the heartbeat kept renewing the lease."""
+    queued = enqueue(ws, eval_ids(ws, 1)[0], config(depth=400, repeats=2))
+    proc = spawn_worker(ws, "cpu:2", poll=0.2, lease_seconds=3)
+    follower = None
+    try:
+        wait_for(lambda: job(ws, queued.id).progress > 0.0, 180, "the job to make progress", ws)
+        (follower,) = follower_pids(proc.pid)
+        os.kill(follower, signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_for(lambda: job(ws, queued.id).status == "queued", 90, "the job to be requeued", ws)
+        requeued_after = time.monotonic() - stopped
+        assert proc.wait(timeout=60) != 0  # the worker exits: its group is unusable
+    finally:
+        if follower is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(follower, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    requeued = job(ws, queued.id)
+    assert requeued.attempts == 1 and requeued.lease_owner is None and runs_of(ws) == []
+    assert "GroupLost: rank 1 of 2 stopped responding" in requeued.error and "bound 3 s" in requeued.error
+    assert requeued_after < 60, requeued_after  # rank 0's own share of the query + the 3 s bound
+    assert "exited or stopped responding" in (ws / LOG_FILE).read_text()
+    assert run_worker(ws, "cpu:1", once=True, poll=0.1) == 1  # a fresh worker completes it
+    done = job(ws, queued.id)
+    assert done.status == "done" and done.attempts == 2 and len(runs_of(ws)) == 1

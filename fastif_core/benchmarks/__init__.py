@@ -22,7 +22,8 @@ key                                    meaning
 ``test_examples``                      ``[{id, correct, label, timed}]``: half correct, half incorrect
                                        non-training examples, seeded; ``timed`` false = values from the store
 ``engine``                             :func:`fastif_core.bench.engine_benchmark`: ``forward``, ``scoring``
-                                       (``jvp``, ``reference``), ``hvp`` per method, the ratios
+                                       (``jvp``, ``reference``, their ``values`` on the reference rows
+                                       and ``agreement``), ``hvp`` per method, the ratios
                                        ``jvp_speedup_vs_reference`` and ``scoring_cost_vs_forward``
 ``speed.single.rows.<row>``            Table 1, one process: ``candidates``, ``preset``, ``lissa``,
                                        ``seconds`` (spread over test examples), ``per_example``,
@@ -77,10 +78,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``fastif bench`` (the CLI's subparser delegates here)."""
-    from fastif_core.cli import add_workspace_argument
-
-    add_workspace_argument(p)
+    """The options of ``fastif bench`` but ``--workspace``, which the CLI adds as for every command (the
+    CLI's subparser delegates here; this module never imports the CLI)."""
     p.add_argument("--out", type=Path, required=True, help="output directory for bench.json and the plots")
     p.add_argument("--test-examples", type=int, default=10, help="test examples, half correct (default 10)")
     p.add_argument("--quick", action="store_true", help="tiny settings: minutes on a small workspace")

@@ -179,11 +179,12 @@ def latency(loaded: Any, ex: TestExample, icfg: InfluenceConfig) -> dict:
             "s_test": result.s_test_stats}  # fmt: skip
 
 
-def rank_state(device: str, root: str) -> tuple[Any, Any]:
-    """Loader of each rank of a device group: the workspace's objective and training examples."""
+def rank_state(device: str, rank: int, root: str) -> tuple[Any, Any]:
+    """Loader of each rank of a device group: the workspace's objective and training examples (the
+    caller searches with its own loaded workspace, so no rank loads the index)."""
     from fastif_core.workspace import LoadedWorkspace
 
-    loaded = LoadedWorkspace.load(root, device)
+    loaded = LoadedWorkspace.load(root, device, search=False)
     return loaded.objective, loaded.train
 
 

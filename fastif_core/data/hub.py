@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastif_core.data.loaders import Collector, LoadResult, Schema, resolve_columns
 from fastif_core.data.records import HANS_LABELS, MNLI_LABELS, clean_name
+from fastif_core.data.rows import Collector, LoadResult, Schema, resolve_columns
 from fastif_core.errors import ConfigError, DataFormatError
 
 ALIASES: dict[str, tuple[str, str | None, str]] = {  # name → (hub repo, config, dataset name)

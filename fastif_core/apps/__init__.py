@@ -1,0 +1,5 @@
+"""Application job kinds (influence graphs, error correction, augmentation, simulatability) live here,
+one module or small package each: its pure computation, a job handler that registers its kind
+(:func:`fastif_core.jobs.register_kind`, :func:`fastif_core.worker.register_handler`), a ``fastif``
+subcommand and a dashboard page. The worker imports this package at start (``worker.HANDLER_MODULES``)
+so that importing an application module here registers its kind with every worker."""
