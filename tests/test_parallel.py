@@ -125,7 +125,7 @@ def test_follower_only_failures_reach_rank0(group):
     # rank 0 runs repetition 0 of the same query without error (as here, serially); rank 1 runs repetition 1
     state = load_tiny("cpu")
     v = state.objective.grad(query_batch())
-    hessian.lissa_repetitions(state.objective, v, state.train, cfg.s_test, [0], "cpu")
+    solvers.solve_repetitions(state.objective, v, state.train, cfg.s_test, [0], "cpu")
     with pytest.raises(LissaDivergenceError, match="repetition 1"):
         group.influence("diverging", query_batch(), [0, 1], cfg)
     assert group.alive()
