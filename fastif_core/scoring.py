@@ -1,0 +1,179 @@
+"""Shared scoring: the influence of one candidate set on M s_test vectors at once.
+
+``I[m, i] = -(∇ℓ(z_i) · s_m)`` (the sign convention of :mod:`fastif_core.influence`), plus the L2 term's
+dot ``∇(wd·Σθ²) · s_m`` -- the same for every candidate -- when ``include_l2``. Two exact paths, equal
+to M calls of :func:`fastif_core.influence.score_candidates`:
+
+- ``"jvp"``: forward-mode ``torch.func.jvp`` of the per-example loss vector, one pass per s_test
+  (M passes per candidate batch); memory O(parameters + one batch of activations).
+- ``"per_example"``: one hooked forward and backward per candidate batch
+  (:func:`fastif_core.per_example.per_example_dots`), the per-example gradients contracted with all M
+  rows of ``S`` layer by layer; no ``(N, P)`` or ``(B, P)`` tensor exists.
+
+``"auto"`` picks the cheaper one by the cost model of :func:`scoring_costs`.
+
+API: :func:`score_many`, :func:`scoring_costs`, :func:`choose_method`, ``METHODS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fastif_core.batches import Batch, Examples, length_sorted_chunks, to_device
+from fastif_core.errors import ConfigError
+from fastif_core.hessian import Progress
+from fastif_core.influence import _jvp_loss_dots, _regularizer_dot
+from fastif_core.objective import Objective, resolve_device
+from fastif_core.per_example import per_example_dots, trainable_layers
+
+METHODS = ("auto", "jvp", "per_example")
+
+# Cost model constants, in units of one multiply-add of a plain no-grad forward (see scoring_costs).
+# Calibrated on the packaged MiniLM (3 labels, embeddings frozen, all 6 layers trainable: P = 10.8M),
+# MNLI dev pairs (mean 42-50 tokens), 2 CPU threads on a shared machine (load average 7-9, so absolute
+# rates are ~20x below an idle machine's; the ratios are what the model uses), by
+#   PYTHONPATH=. nice -n 19 python -m fastif_core.benchmarks.scoring \
+#       --candidates 32 --batch-size 32 --ms 1,2,4,16,64 --jvp-max-m 2     (and --candidates 16 --batch-size 16)
+# candidates/s jvp vs per_example: M=1 0.82 vs 0.58 (1.14 vs 0.89 in the 16-candidate run), M=2 0.39 vs
+# 0.88, M=4 0.20 vs 0.81, M=16 0.053 vs 0.83, M=64 0.012 vs 0.81 (JVP at M > 2 timed on 2 tangents
+# and scaled: M independent passes); fitted JVP_COST 3.0 / 3.8 and
+# BACKWARD_COST 3.3 / 2.8 (averaged below). DOT_COST from per_example_dots on one batch of 16 at M=64
+# vs M=1: +5.7 s for 63·16·10.8M element multiply-adds = 5.2e-10 s each, against 4.5-6.9e-10 s per
+# forward multiply-add in the same runs. So on this CPU the cross-over is M* ≈ 1: a tie at M = 1
+# (within the noise of the two runs), per-example gradients 2.3x faster at M = 2 and 66x at M = 64.
+JVP_COST = 3.4  # the tangent part of a JVP pass, per multiply-add of the trainable Linear layers
+BACKWARD_COST = 3.0  # hooked backward + per-example ∇W_i, per multiply-add of the trainable Linear layers
+DOT_COST = 1.0  # contracting one per-example gradient element with one s_test
+
+
+def model_sizes(objective: Objective) -> dict[str, int]:
+    """Multiply-adds per token of all / trainable Linear layers; contracted dense and embedding sizes."""
+    trainable = set(objective.names)
+    sizes = dict.fromkeys(("forward", "trainable", "dense", "embedding"), 0)
+    for path, module in objective.model.named_modules():
+        own = [p for n, p in module.named_parameters(recurse=False) if f"{path}.{n}".lstrip(".") in trainable]
+        if isinstance(module, nn.Linear):
+            sizes["forward"] += module.weight.numel()
+            sizes["trainable"] += module.weight.numel() if own else 0
+        if isinstance(module, nn.Embedding):
+            sizes["embedding"] += module.embedding_dim if own else 0
+        else:
+            sizes["dense"] += sum(p.numel() for p in own)
+    return sizes
+
+
+def scoring_costs(objective: Objective, m: int, length: float) -> dict[str, float]:
+    """Estimated cost per candidate of each path, in forward multiply-adds (attention's T² terms left out).
+
+    With ``T`` = mean tokens per candidate, ``F`` = multiply-adds per token of all Linear layers,
+    ``F_t`` = of the trainable ones, ``D`` = trainable Linear + LayerNorm parameters and ``E`` = summed
+    width of the trainable embeddings::
+
+        jvp          = M · (T·F + JVP_COST·T·F_t)                 every tangent pass reruns the forward
+        per_example  = T·F + BACKWARD_COST·T·F_t + M · DOT_COST·(D + T·E)
+
+    so per-example gradients win from ``M* ≈ (1 + BACKWARD_COST) / (1 + JVP_COST - DOT_COST/T)`` on
+    when everything but the embeddings is trainable (``F = F_t ≈ D``): the extra cost per s_test is a
+    full forward pass for JVP, against reading ``P`` numbers once for the contraction.
+    """
+    s = model_sizes(objective)
+    forward = length * s["forward"]
+    return {
+        "jvp": m * (forward + JVP_COST * length * s["trainable"]),
+        "per_example": forward
+        + BACKWARD_COST * length * s["trainable"]
+        + m * DOT_COST * (s["dense"] + length * s["embedding"]),
+    }
+
+
+def choose_method(objective: Objective, m: int, length: float) -> str:
+    """``"jvp"`` or ``"per_example"``, whichever :func:`scoring_costs` estimates cheaper (ties: jvp);
+    ``"jvp"`` when a trainable parameter's module has no per-example rule."""
+    try:
+        trainable_layers(objective)
+    except ConfigError:
+        return "jvp"
+    costs = scoring_costs(objective, m, length)
+    return "per_example" if costs["per_example"] < costs["jvp"] else "jvp"
+
+
+def _jvp_dots(objective: Objective, batch: Batch, s_rows: list[dict[str, Tensor]]) -> Tensor:
+    """``∇ℓ(z_i) · s_m`` ``(M, B)``: one forward-mode pass per s_test."""
+    with torch.no_grad():
+        return torch.stack([_jvp_loss_dots(objective, batch, s) for s in s_rows])
+
+
+def _dots(
+    objective: Objective, batch: Batch, method: str, s: Tensor, s_rows: list[dict[str, Tensor]]
+) -> Tensor:
+    """``∇ℓ(z_i) · s_m`` ``(M, B)`` by ``method`` ("jvp" or "per_example")."""
+    if method == "per_example":
+        return per_example_dots(objective, batch, s)
+    return _jvp_dots(objective, batch, s_rows)
+
+
+def _rows_of(objective: Objective, s: Tensor, device: torch.device) -> Tensor:
+    """``S`` as ``(M, P)`` on the objective's device and dtype; a clear error for any other shape."""
+    if s.dim() != 2 or s.shape[1] != objective.num_params:
+        raise ConfigError(f"S has shape {tuple(s.shape)}; expected (M, {objective.num_params})")
+    return s.to(device, objective.dtype)
+
+
+def _resolve_method(objective: Objective, method: str, m: int, lengths: Tensor) -> str:
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r} is invalid: allowed {', '.join(METHODS)}")
+    if method != "auto":
+        return method
+    return choose_method(objective, m, float(lengths.double().mean()) if len(lengths) else 1.0)
+
+
+def score_many(
+    objective: Objective,
+    s: Tensor,
+    train: Examples,
+    indices: Sequence[int],
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    include_l2: bool = False,
+    method: str = "auto",
+) -> Tensor:
+    """Influence ``-(∇ℓ(z_i) · s_m)`` ``(M, k)`` of ``train[indices[i]]`` on each row of ``s (M, P)``.
+
+    Columns follow the order of ``indices``; candidates are batched by similar length, longest first.
+    ``include_l2`` adds ``-∇(wd·Σθ²)·s_m`` to row m. ``method`` is ``"jvp"``, ``"per_example"`` or
+    ``"auto"`` (:func:`choose_method`); ``progress`` gets ``(fraction, message)`` after every batch.
+    Memory beyond ``s``: one batch of activations (jvp); per_example adds the batch's layer outputs'
+    gradients and at most ``per_example._BLOCK`` elements of per-example gradients per layer.
+    """
+    device = resolve_device(objective, device)
+    s = _rows_of(objective, s, device)
+    idx = torch.as_tensor([int(i) for i in indices], dtype=torch.long)
+    lengths = train.lengths()[idx] if len(idx) else torch.zeros(0, dtype=torch.long)
+    method = _resolve_method(objective, method, len(s), lengths)
+    s_rows = [objective.unflatten(row) for row in s]
+    out = torch.empty(len(s), len(idx), dtype=objective.dtype, device=device)  # (M, k)
+    with objective.evaluating():
+        for done, positions in _batches(idx, lengths, batch_size):
+            batch = to_device(train.collate(idx[positions].tolist()), device)
+            out[:, torch.as_tensor(positions, device=device)] = -_dots(objective, batch, method, s, s_rows)
+            if progress is not None:
+                progress(
+                    done / len(idx), f"scored {done}/{len(idx)} candidates for {len(s)} tests ({method})"
+                )
+    if include_l2:
+        out -= torch.stack([_regularizer_dot(objective, row) for row in s_rows]).reshape(-1, 1).to(out)
+    return out
+
+
+def _batches(idx: Tensor, lengths: Tensor, batch_size: int):
+    """``(candidates done so far, positions into idx)`` per length-sorted batch."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is invalid: allowed an integer >= 1")
+    done = 0
+    for positions in length_sorted_chunks(range(len(idx)), lengths, batch_size):
+        done += len(positions)
+        yield done, positions
