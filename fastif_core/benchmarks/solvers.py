@@ -192,14 +192,9 @@ def run_solver_section(
     for i, ex in enumerate(examples):
         sub = lambda f, m, i=i: progress((i + f) / (len(examples) + 2), m)  # noqa: E731
         result["examples"].append(
-            compare_example(loaded, ex, solvers, ref_repeats, k, out_dir / "reference", sub)
+            compare_example(loaded, ex, solvers, ref_repeats, k, out_dir / "reference", sub, ref_cfg)
         )
         result["summary"] = summarize(result["examples"], list(solvers))
-        _write(out_dir, result)
-    if click:
-        progress(len(examples) / (len(examples) + 2), "one click per preset")
-        result["latency"] = {name: latency(loaded, examples[0], InfluenceConfig(s_test=replace(c), k=k))
-                             for name, c in (("default", STestConfig.default()), ("paper", STestConfig.fast()))}  # fmt: skip
         _write(out_dir, result)
     if l2_examples:
         progress((len(examples) + 1) / (len(examples) + 2), "L2 convention")
@@ -207,6 +202,12 @@ def run_solver_section(
             l2_convention(loaded, ex, STestConfig.default(), 100) for ex in l2_examples
         ]
         _write(out_dir, result)
+    if click:
+        result["latency"] = {}
+        for name, c in (("default", STestConfig.default()), ("paper", STestConfig.fast())):
+            progress(len(examples) / (len(examples) + 2), f"one click with the {name} preset")
+            result["latency"][name] = latency(loaded, examples[0], InfluenceConfig(s_test=replace(c), k=k))
+            _write(out_dir, result)
     return result
 
 
