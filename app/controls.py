@@ -101,9 +101,7 @@ def influence_controls(
             min(base.k or 1, num_train),
             help=help_of(InfluenceConfig, "k"),
         )
-        depth = c2.number_input(
-            "J depth / iterations", 1, 100_000, pre.depth, help=help_of(STestConfig, "depth")
-        )
+        depth = c2.number_input("J depth", 1, 100_000, pre.depth, help=help_of(STestConfig, "depth"))
         batch = c3.number_input("B batch", 1, 4096, pre.batch_size, help=help_of(STestConfig, "batch_size"))
         repeats = c4.number_input("T repeats", 1, 64, pre.repeats, help=help_of(STestConfig, "repeats"))
         with st.expander("Advanced"):

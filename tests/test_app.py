@@ -20,7 +20,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from fastif_core.config import CPU_INTERACTIVE_DEPTH, InfluenceConfig, STestConfig, to_dict
+from fastif_core.config import InfluenceConfig, STestConfig, to_dict
 from fastif_core.query import influence_query
 from fastif_core.store import ExampleFilter, InfluenceRunInfo, Store
 
@@ -152,18 +152,21 @@ def _depth_input(at: AppTest) -> int:
     return next(n.value for n in at.number_input if n.label == "J depth")
 
 
-def test_form_prefills_the_depth_for_the_workers_hardware(app_env: Store) -> None:
+def test_form_prefills_the_chosen_preset_and_warns_about_paper_on_cpu(app_env: Store) -> None:
     ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1, offset=5)[0]
     at = _ok(_app(example=ex.id))
-    assert _depth_input(at) == CPU_INTERACTIVE_DEPTH < STestConfig.fast().depth
-    assert f"J is pre-filled at {CPU_INTERACTIVE_DEPTH}" in _texts(at)
-    # a live worker that registered a CUDA device gets the paper's fast preset
+    assert _depth_input(at) == STestConfig.default().depth  # the engine's default, as the CLI
+    assert at.selectbox[0].value == "default"
+    at = _ok(at.selectbox[0].select("paper").run())
+    assert _depth_input(at) == STestConfig.fast().depth == 1000
+    assert "the paper's J=1000 takes minutes per click" in _texts(at)
+    # a live worker that registered a CUDA device: no CPU warning
     app_env.worker_heartbeat("gpu-box-worker", host="gpu-box", pid=1, devices=["cuda:0", "cuda:1"])
     try:
         st.cache_data.clear()
         at = _ok(_app(example=ex.id))
-        assert _depth_input(at) == STestConfig.fast().depth
-        assert "J is pre-filled" not in _texts(at)
+        at = _ok(at.selectbox[0].select("paper").run())
+        assert "takes minutes per click" not in _texts(at)
     finally:
         app_env.worker_heartbeat("gpu-box-worker", status="stopped")
 
