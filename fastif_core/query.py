@@ -87,6 +87,9 @@ def influence_query(
         t0 = time.perf_counter()
         positions = loaded.nearest(example_id, cfg.k)[0] if cfg.k is not None else None
         t_knn = time.perf_counter() - t0
+        notes = [] if cfg.k is None or not getattr(loaded.index, "last_fallback", 0) else [
+            f"the approximate index found fewer than k={cfg.k} neighbours in the cells it probes "
+            f"(nprobe={loaded.index.cfg.nprobe}); they were found by exact search"]  # fmt: skip
         result = runner(loaded, loaded.encode_test(example.to_record()), positions, cfg, report)
         if bar is not None:
             bar.close()
@@ -98,7 +101,7 @@ def influence_query(
             num_candidates=len(scores), timings=seconds, s_test_stats=result.s_test_stats, job_id=job_id,
             owner=owner,
         )  # fmt: skip
-        return run_to_dict(store.get_influence_run(run_id), cfg.top, cached=False)
+        return {**run_to_dict(store.get_influence_run(run_id), cfg.top, cached=False), "warnings": notes}
     finally:
         store.close()
 
