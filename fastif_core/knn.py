@@ -174,6 +174,23 @@ class KnnIndex:
         return cls(index, (cfg or KnnConfig()).validate())
 
 
+def check_factory(factory: str, dim: int = 32) -> None:
+    """ConfigError now (not after fine-tuning) when FAISS cannot parse the factory string at all."""
+    if factory.strip() == "Flat":
+        return
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    except RuntimeError as exc:
+        text = " ".join(str(exc).split())
+        if "could not parse" not in text:  # parsable; its sizes are checked against the features later
+            return
+        why = text[text.index("could not parse") :][:120]
+        raise ConfigError(
+            f"index={factory!r} is not a FAISS index factory string ({why}): allowed e.g. 'Flat', "
+            "'IVF1024,Flat', 'HNSW32'"
+        ) from None
+
+
 def _make_index(x: np.ndarray, factory: str) -> Any:
     """An empty index for ``factory`` ('Flat' -> exact IndexFlatL2), trained on ``x`` when it needs training."""
     n, d = x.shape

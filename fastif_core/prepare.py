@@ -195,7 +195,10 @@ def prepare(
     show_progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Build (or reuse) the workspace at ``root`` for ``cfg``; returns the manifest (also in workspace.json)."""
+    from fastif_core.knn import check_factory
+
     cfg.validate()
+    check_factory(cfg.knn.index)
     paths = WorkspacePaths(Path(root))
     report = progress or (lambda f, m: None)
     report(0.0, "loading data")

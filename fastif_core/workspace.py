@@ -225,7 +225,7 @@ class LoadedWorkspace:
         root = Path(root)
         manifest = require_prepared(root)
         paths, model_id = WorkspacePaths.of(root, manifest), int(manifest["model_id"])
-        model, tokenizer, tcfg, _ = M.load_checkpoint(paths.model_dir(model_id), device)
+        model, tokenizer, tcfg = _checkpoint(paths.model_dir(model_id), device)
         store = Store.open(root)
         try:
             train_ids = store.train_ids(None if paths.legacy else model_id)
@@ -284,6 +284,21 @@ def knn_config(manifest: dict[str, Any]) -> KnnConfig:
         raise WorkspaceError(
             f"workspace.json: prepare_config.knn is invalid ({exc}); re-run `fastif prepare`"
         ) from None
+
+
+def _checkpoint(directory: Path, device: str) -> tuple[Any, Any, Any]:
+    """The served model, tokenizer and TrainConfig; a damaged checkpoint is a WorkspaceError."""
+    from fastif_core import model as M
+
+    try:
+        model, tokenizer, tcfg, _ = M.load_checkpoint(directory, device)
+    except FastifError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers / safetensors raise many types for a bad file
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise WorkspaceError(f"{directory}: the checkpoint cannot be loaded ({type(exc).__name__}: {first}); "
+                             "re-run `fastif prepare`") from None  # fmt: skip
+    return model, tokenizer, tcfg
 
 
 def _features(path: Path) -> tuple[Any, list[str]]:

@@ -58,9 +58,9 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     started, ranges = time.perf_counter(), _stage_ranges()
     stage = lambda name: sub_progress(progress, *ranges[name])  # noqa: E731
-    stage("engine")(0.0, "loading the workspace")
     loaded = LoadedWorkspace.load(workspace, device)
     store = Store.open(workspace)
+    stage("engine")(0.0, "workspace loaded")
     try:
         result = _sections(
             loaded, store, cfg, stage, lambda partial: write_bench_json(out, partial, complete=False)

@@ -186,6 +186,7 @@ def _row(ex: Example, dataset: str, predicted: Any, correct: Any, confidence: An
         id=ex.id, dataset=dataset, split=ex.split, premise=ex.premise, hypothesis=ex.hypothesis, label=ex.label,
         slices=dict(ex.slices), extra=dict(ex.extra), train_pos=ex.train_pos, predicted=predicted,
         correct=correct, confidence=confidence, probs=list(probs) if probs is not None else None,
+        in_workspace=bool(ex.in_workspace),
     )  # fmt: skip
 
 

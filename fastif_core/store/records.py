@@ -53,6 +53,7 @@ class ExampleRow:
     correct: bool | None = None
     confidence: float | None = None
     probs: list[float] | None = None
+    in_workspace: bool = True  # False: its source is no longer one of the workspace's (kept for old results)
 
     @property
     def genre(self) -> str | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from fastif_core.errors import WorkspaceError
@@ -74,9 +75,14 @@ class Store(QueueMethods):
         if migrate:
             try:
                 eng.upgrade(store.engine)
-            except Exception as err:  # e.g. a database written by a newer fastif
+            except (
+                Exception
+            ) as err:  # e.g. a database written by a newer fastif, a lock, a refused connection
                 store.close()
-                raise WorkspaceError(f"cannot migrate database {store.url}: {err}") from err
+                if isinstance(err, DBAPIError):
+                    raise WorkspaceError(eng.describe_db_error(err, store.url)) from err
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise WorkspaceError(f"cannot migrate database {store.url}: {first}") from err
         return store
 
     @property
