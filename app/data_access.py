@@ -90,7 +90,7 @@ def filter_options(root: str) -> FilterOptions:
         c: [str(v) for v in s.distinct_values(c)]
         for c in ("split", "label", "predicted", "genre", "heuristic", "subcase")
     }
-    datasets = [d.name for d in s.list_datasets()]
+    datasets = [str(d) for d in s.distinct_values("dataset")]  # of the current sources only
     return FilterOptions(
         datasets=datasets, splits=values["split"], labels=values["label"], predicted=values["predicted"],
         genres=values["genre"], heuristics=values["heuristic"], subcases=values["subcase"],

@@ -30,6 +30,35 @@ from fastif_core.errors import FastifError, JobError
 Command = Callable[[argparse.Namespace], int]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with fastif's error rule: a bad option is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {value}: allowed an integer >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed a number > 0") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed a number > 0")
+    return value
+
+
 def add_workspace_argument(p: argparse.ArgumentParser) -> None:
     """``--workspace/-w`` with the default every command shares."""
     from fastif_core.workspace import default_workspace
@@ -73,6 +102,7 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
         help="evaluation source (repeatable): a file path or hf:<dataset>[:<split>]",
     )
     p.add_argument("--max-train", type=int, default=None, help=help_of(PrepareConfig, "max_train"))
+    p.add_argument("--max-eval", type=positive_int, default=None, help=help_of(PrepareConfig, "max_eval"))
     p.add_argument("--holdout", type=float, default=d.holdout, help=help_of(PrepareConfig, "holdout"))
     p.add_argument("--demo-size", type=int, default=d.demo_size, help=help_of(PrepareConfig, "demo_size"))
     p.add_argument("--model", default=None, help=help_of(PrepareConfig, "model"))
@@ -97,6 +127,9 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=t.seed, help=help_of(TrainConfig, "seed"))
     p.add_argument("--neighbors", type=int, default=d.neighbors, help=help_of(PrepareConfig, "neighbors"))
     p.add_argument("--index", default=KnnConfig().index, help=help_of(KnnConfig, "index"))
+    p.add_argument(
+        "--nprobe", type=positive_int, default=KnnConfig().nprobe, help=help_of(KnnConfig, "nprobe")
+    )
     _device_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -117,11 +150,12 @@ def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
         train=a.train,
         evals=tuple(a.evals),
         max_train=a.max_train,
+        max_eval=a.max_eval,
         holdout=a.holdout,
         model=a.model,
         train_config=train,
         neighbors=a.neighbors,
-        knn=KnnConfig(index=a.index),
+        knn=KnnConfig(index=a.index, nprobe=a.nprobe),
         demo_size=a.demo_size,
     ).validate()
 
@@ -160,7 +194,7 @@ def _add_examples(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="only this dataset (e.g. demo, demo-hans, mnli)")
     p.add_argument("--split", help="only this split (train, heldout, challenge, ...)")
     p.add_argument("--incorrect", action="store_true", help="only examples the model gets wrong")
-    p.add_argument("--limit", type=int, default=20, help="at most this many rows (default 20)")
+    p.add_argument("--limit", type=positive_int, default=20, help="at most this many rows (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON (one object with a list of examples)")
     p.set_defaults(func=cmd_examples)
 
@@ -290,8 +324,10 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     add_workspace_argument(p)
     p.add_argument("--devices", default="auto", help="auto (all GPUs, else cpu:1) | cpu:N | cuda:0,cuda:1")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between claims while idle (default 1)")
-    p.add_argument("--lease-seconds", type=float, default=60.0,
+    p.add_argument(
+        "--poll", type=positive_float, default=1.0, help="seconds between claims while idle (default 1)"
+    )
+    p.add_argument("--lease-seconds", type=positive_float, default=60.0,
                    help="a job whose worker stops heartbeating for this long is claimed again (default 60)")  # fmt: skip
     p.set_defaults(func=cmd_worker)
 
@@ -299,8 +335,11 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
 def cmd_worker(a: argparse.Namespace) -> int:
     import logging
 
+    from fastif_core.store import Store
     from fastif_core.worker import run_worker
+    from fastif_core.workspace import require_workspace
 
+    Store.open(require_workspace(a.workspace)).close()  # a typo or a bad database: one line, before any log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds)
     print(f"worker stopped after {n} job(s)", file=sys.stderr)
@@ -319,15 +358,25 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
+    """Queue a job; an influence job is checked (prepared workspace, known example, k) and keyed by the
+    workspace's model, so after a re-prepare the same request is a new job."""
     from fastif_core import jobs
+    from fastif_core.query import check_request, require_example
     from fastif_core.store import Store
+    from fastif_core.workspace import require_prepared
 
     if a.kind == "influence":
-        params: Any = jobs.InfluenceParams(example_id=a.example, config=influence_config_from_args(a))
+        manifest, cfg = require_prepared(a.workspace), influence_config_from_args(a)
+        check_request(manifest, cfg)
+        params: Any = jobs.InfluenceParams(
+            example_id=a.example, config=cfg, model_id=int(manifest["model_id"])
+        )
     else:
         params = prepare_config_from_args(a)
     store = Store.open(a.workspace)
     try:
+        if a.kind == "influence":
+            require_example(store, a.example, params.model_id)
         job = jobs.enqueue(store, a.kind, params)
     finally:
         store.close()
@@ -351,8 +400,9 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
 
 def cmd_jobs(a: argparse.Namespace) -> int:
     from fastif_core.store import Store
+    from fastif_core.workspace import require_workspace
 
-    store = Store.open(a.workspace)
+    store = Store.open(require_workspace(a.workspace))
     try:
         if a.cancel is not None:
             if store.get_job(a.cancel) is None:
@@ -394,14 +444,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     """Parsed by the benchmark module itself, so `fastif --help` does not import torch."""
     from fastif_core import benchmarks
 
-    parser = argparse.ArgumentParser(prog="fastif bench", description=benchmarks.__doc__.splitlines()[0])
+    parser = Parser(prog="fastif bench", description=benchmarks.__doc__.splitlines()[0])
     add_workspace_argument(parser)
     benchmarks.add_arguments(parser)
     return int(benchmarks.run_from_args(parser.parse_args(a.rest)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fastif", description="Fast influence functions (FastIF) for transformer NLP models."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -416,11 +466,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FastifError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlalchemy"):  # e.g. a database locked for longer than the wait
+            from fastif_core.store.engine import describe_db_error, resolve_url
+
+            url = resolve_url(getattr(args, "workspace", None))
+            print(f"error: {one_line(describe_db_error(exc, url))}", file=sys.stderr)
+            return 2
+        raise
+
+
+def one_line(text: str) -> str:
+    """A message as one line (a user error is one line on stderr, whatever produced it)."""
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
 if __name__ == "__main__":

@@ -261,6 +261,9 @@ class PrepareConfig:
     )
     evals: tuple[str, ...] = _f((), "extra evaluation sources (same forms as train)")
     max_train: int | None = _f(None, "use at most this many training examples (after the hold-out split)")
+    max_eval: int | None = _f(
+        None, "use at most this many examples of each evaluation source (stratified by slice, seeded)"
+    )
     holdout: float = _f(0.1, "fraction of the training source held out for evaluation")
     model: str | None = _f(None, "local transformers checkpoint dir (default: the packaged MiniLM)")
     train_config: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "fine-tuning settings"})
@@ -275,6 +278,7 @@ class PrepareConfig:
         _require(
             self.max_train is None or self.max_train >= 2, "max_train", "an integer >= 2", self.max_train
         )
+        _require(self.max_eval is None or self.max_eval >= 1, "max_eval", "an integer >= 1", self.max_eval)
         _require(self.neighbors >= 1, "neighbors", "an integer >= 1", self.neighbors)
         _require(self.demo_size >= 20, "demo_size", "an integer >= 20", self.demo_size)
         return self

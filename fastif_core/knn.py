@@ -6,7 +6,9 @@ factory string (``'IVF1024,Flat'``, ``'HNSW32'``, ...) for approximate search at
 index is kept as the master copy for saving, reconstructing stored vectors and very large ``k``.
 
 Distances are **squared** L2 distances, exactly as FAISS returns them (``‖q - x‖²``); positions are row
-numbers of the feature matrix (-1 where an approximate index found fewer than ``k`` neighbours).
+numbers of the feature matrix. An approximate index can find fewer than ``k`` neighbours in the cells it
+probes (FAISS pads with position -1): those queries are answered again by exact search, with a logged
+warning and ``last_fallback`` set, so a -1 never leaves this module.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class KnnIndex:
         self.cpu_index = index
         _set_nprobe(index, cfg.nprobe)
         self.gpu_index = _to_gpu(index, cfg) if cfg.use_gpu else None
+        self._exact: Any | None = None  # flat copy for queries the approximate index cannot fill
+        self.last_fallback = 0  # queries of the last search answered by exact search
 
     @classmethod
     def build(cls, features: Tensor | np.ndarray, cfg: KnnConfig | None = None) -> KnnIndex:
@@ -102,7 +106,25 @@ class KnnIndex:
             positions.append(p)
         if not dists:
             return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
-        return torch.from_numpy(np.concatenate(dists)), torch.from_numpy(np.concatenate(positions)).long()
+        dist, pos = np.concatenate(dists), np.concatenate(positions)
+        self._fill_shortfall(q, k, dist, pos)
+        return torch.from_numpy(dist), torch.from_numpy(pos).long()
+
+    def _fill_shortfall(self, q: np.ndarray, k: int, dist: np.ndarray, pos: np.ndarray) -> None:
+        """Rows where the probed cells held fewer than ``k`` vectors (-1 padding) get an exact answer."""
+        short = np.flatnonzero((pos < 0).any(axis=1))
+        self.last_fallback = int(short.size)
+        if not short.size:
+            return
+        if self._exact is None:
+            self._exact = faiss.IndexFlatL2(self.dim)
+            self._exact.add(np.ascontiguousarray(self.vectors(torch.arange(self.ntotal)).numpy()))
+        log.warning(
+            "index %r (nprobe=%d) found fewer than k=%d neighbours for %d of %d queries: "
+            "answered those by exact search (raise nprobe or use fewer cells)",
+            self.cfg.index, self.cfg.nprobe, k, short.size, q.shape[0],
+        )  # fmt: skip
+        dist[short], pos[short] = self._exact.search(q[short], k)
 
     def search_by_position(
         self, positions: Sequence[int] | Tensor, k: int, exclude_self: bool = False
@@ -150,6 +172,23 @@ class KnnIndex:
         except RuntimeError as exc:
             raise WorkspaceError(f"{path} is not a readable FAISS index: {exc}") from exc
         return cls(index, (cfg or KnnConfig()).validate())
+
+
+def check_factory(factory: str, dim: int = 32) -> None:
+    """ConfigError now (not after fine-tuning) when FAISS cannot parse the factory string at all."""
+    if factory.strip() == "Flat":
+        return
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    except RuntimeError as exc:
+        text = " ".join(str(exc).split())
+        if "could not parse" not in text:  # parsable; its sizes are checked against the features later
+            return
+        why = text[text.index("could not parse") :][:120]
+        raise ConfigError(
+            f"index={factory!r} is not a FAISS index factory string ({why}): allowed e.g. 'Flat', "
+            "'IVF1024,Flat', 'HNSW32'"
+        ) from None
 
 
 def _make_index(x: np.ndarray, factory: str) -> Any:

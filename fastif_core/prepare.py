@@ -1,15 +1,22 @@
 """``fastif prepare``: data and a model in, a ready workspace out.
 
-Steps (each skipped when its result is already there for the same configuration, so a re-run with the
-same arguments reuses everything): import examples into the store → fine-tune (or reuse) the model →
-store predictions for every example → pooled features and the FAISS index over the training set →
-store each example's nearest training neighbours → manifest with accuracy per eval set and per slice.
+Steps: load the sources (a re-run with the same settings *and* the same data, by content hash, reuses
+everything) → fine-tune (or reuse the checkpoint of the model trained with the same key: base model,
+settings, training data) into ``W/models/<model_id>`` → predictions and pooled features of every example,
+the FAISS index over the training set and each example's nearest training neighbours, built into
+``W/staging/`` → publish: the build moves to ``W/builds/``, then the examples, the model's training order,
+predictions, neighbours, the active model and the manifest switch in one store transaction. An
+interrupted prepare leaves the previous state untouched and the next one starts over.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,10 +26,18 @@ from typing import Any
 from fastif_core.config import PrepareConfig, config_hash, to_dict
 from fastif_core.data.loaders import load_source
 from fastif_core.data.records import HANS_LABELS, NLIExample, labels_for, to_two_way
-from fastif_core.errors import WorkspaceError
+from fastif_core.data.sampling import content_hash, stratified_sample
+from fastif_core.errors import DataFormatError, WorkspaceError
 from fastif_core.store import Store
 from fastif_core.store.records import PredictionIn
-from fastif_core.workspace import WorkspacePaths, prepare_hash, read_manifest, save_features, write_manifest
+from fastif_core.workspace import (
+    LAYOUT,
+    WorkspacePaths,
+    prepare_hash,
+    read_manifest,
+    save_features,
+    write_manifest,
+)
 
 Progress = Callable[[float, str], None]
 
@@ -69,9 +84,10 @@ def collect_data(cfg: PrepareConfig) -> PreparedData:
             augment_size=max(10, cfg.demo_size // 10),
         )
         source = corpus.pop("train")
-        evals = {_eval_name(exs): exs for exs in corpus.values() if exs}
+        evals = {_eval_name(exs): stratified_sample(exs, cfg.max_eval, cfg.train_config.seed)
+                 for exs in corpus.values() if exs}  # fmt: skip
     else:
-        loaded = load_source(cfg.train)
+        loaded = _load_nonempty(cfg.train, "training")
         skipped[cfg.train] = loaded.skipped_no_consensus
         source, evals = loaded.examples, {}
     train, held = split_train_source(source, cfg)
@@ -80,12 +96,38 @@ def collect_data(cfg: PrepareConfig) -> PreparedData:
         evals[_eval_name(held, "heldout")] = [_with_split(ex, "heldout") for ex in held]
     sources = {ex.dataset: cfg.train for exs in [train, *evals.values()] for ex in exs[:1]}
     for src in cfg.evals:
-        loaded = load_source(src)
+        loaded = _load_nonempty(src, "evaluation")
         skipped[src] = loaded.skipped_no_consensus
-        evals.setdefault(_eval_name(loaded.examples), []).extend(loaded.examples)
-        sources.setdefault(loaded.examples[0].dataset, src)
+        picked = stratified_sample(loaded.examples, cfg.max_eval, cfg.train_config.seed)
+        evals.setdefault(_eval_name(picked), []).extend(picked)
+        sources.setdefault(picked[0].dataset, src)
     data = PreparedData(train=train, evals=evals, skipped=skipped, sources=sources)
+    _check_unique_ids(data, cfg)
     return to_label_scheme(data, cfg.train_config.labels)
+
+
+def _load_nonempty(source: str, role: str) -> Any:
+    """``load_source(source)``, refusing a source without a single labelled example."""
+    loaded = load_source(source)
+    if not loaded.examples:
+        raise DataFormatError(
+            f"{source}: no {role} examples: all {loaded.skipped_no_consensus} row(s) have gold label '-' "
+            "(no annotator consensus; such rows are skipped)"
+        )
+    return loaded
+
+
+def _check_unique_ids(data: PreparedData, cfg: PrepareConfig) -> None:
+    """An example id may appear once across all sources (the same file twice would mix up positions)."""
+    seen: set[str] = set()
+    for ex in data.all_examples():
+        if ex.id in seen:
+            where = [s for s in (cfg.train, *cfg.evals) if s == data.sources.get(ex.dataset)] or [ex.dataset]
+            raise DataFormatError(
+                f"{where[0]}: example id {ex.id!r} appears twice across --train and --eval sources "
+                "(is one file given twice?); ids must be unique in a workspace"
+            )
+        seen.add(ex.id)
 
 
 def to_label_scheme(data: PreparedData, num_labels: int) -> PreparedData:
@@ -140,12 +182,14 @@ def two_way_datasets(examples: list[NLIExample]) -> set[str]:
 
 
 def model_key(cfg: PrepareConfig, train: list[NLIExample]) -> str:
-    """Hash of what determines the fine-tuned weights: base model, training config, training ids."""
+    """Hash of what determines the fine-tuned weights: base model, training config, training data (ids,
+    texts and labels, in order)."""
     return config_hash(
         {
             "model": cfg.model or "packaged-minilm",
             "train": to_dict(cfg.train_config),
             "ids": [e.id for e in train],
+            "data": content_hash(train),
         }
     )
 
@@ -158,56 +202,120 @@ def prepare(
     show_progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Build (or reuse) the workspace at ``root`` for ``cfg``; returns the manifest (also in workspace.json)."""
+    from fastif_core.knn import check_factory
+
     cfg.validate()
+    check_factory(cfg.knn.index)
     paths = WorkspacePaths(Path(root))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    old, phash = read_manifest(paths.root), prepare_hash(cfg)
-    if old and old.get("status") == "ready" and old.get("prepare_hash") == phash and paths.index.exists():
-        return {**old, "reused": True}
     report = progress or (lambda f, m: None)
-    started = time.perf_counter()
     report(0.0, "loading data")
-    data = collect_data(cfg)
+    data = collect_data(cfg)  # before anything is written: a bad file changes nothing
+    paths.root.mkdir(parents=True, exist_ok=True)
+    old, phash = _previous_manifest(paths.root), prepare_hash(cfg, content_hash(data.all_examples()))
+    if old and old.get("status") == "ready" and old.get("prepare_hash") == phash \
+            and WorkspacePaths.of(paths.root, old).index.exists():  # fmt: skip
+        return {**old, "reused": True}
+    started = time.perf_counter()
+    sweep_staging(paths)
+    staging = paths.staging / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
     store = Store.open(paths.root)
     try:
-        import_examples(store, data, cfg)
-        report(0.05, f"imported {len(data.all_examples())} examples")
+        report(0.05, f"loaded {len(data.all_examples())} examples")
         model, tokenizer, model_info, train_seconds = fit_model(
-            store, paths, data, cfg, device, report, show_progress
+            store, paths, staging, data, cfg, device, report, show_progress
         )
-        manifest = index_and_predict(store, paths, data, cfg, model, tokenizer, model_info, device, report)
+        build = index_and_predict(staging / "build", data, cfg, model, tokenizer, model_info, device, report)
+        manifest = {
+            **build.manifest, "status": "ready", "layout": LAYOUT, "build": f"{phash}-{staging.name}",
+            "prepare_hash": phash, "prepare_config": to_dict(cfg), "reused": False, "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - started, "skipped_no_consensus": data.skipped,
+        }  # fmt: skip
+        publish(store, paths, staging / "build", data, model_info.id, build, manifest)
     finally:
         store.close()
-    manifest.update(
-        status="ready", prepare_hash=phash, prepare_config=to_dict(cfg), reused=False,
-        seconds=time.perf_counter() - started, train_seconds=train_seconds, skipped_no_consensus=data.skipped,
-    )  # fmt: skip
-    write_manifest(paths.root, manifest)
+        shutil.rmtree(staging, ignore_errors=True)
+    prune_builds(paths, keep={manifest["build"], (old or {}).get("build")})
     report(1.0, "workspace ready")
     return manifest
 
 
-def import_examples(store: Store, data: PreparedData, cfg: PrepareConfig) -> None:
-    """Datasets, examples and the training-set order (FAISS position ↔ example id) into the store."""
+def _previous_manifest(root: Path) -> dict[str, Any] | None:
+    """The current manifest; a corrupt one counts as none (this prepare replaces it)."""
+    try:
+        return read_manifest(root)
+    except WorkspaceError:
+        return None
+
+
+def sweep_staging(paths: WorkspacePaths) -> None:
+    """Remove what prepares that no longer run left in ``staging/`` (killed, out of memory, ...)."""
+    if not paths.staging.is_dir():
+        return
+    for entry in paths.staging.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != 0
+
+
+def prune_builds(paths: WorkspacePaths, keep: set[str | None]) -> None:
+    """Delete builds other than the current and the previous one (a reader may still be loading that)."""
+    if paths.builds.is_dir():
+        for entry in paths.builds.iterdir():
+            if entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def publish(
+    store: Store, paths: WorkspacePaths, build_dir: Path, data: PreparedData, model_id: int, build: Build,
+    manifest: dict[str, Any],
+) -> None:  # fmt: skip
+    """Move the finished build to ``builds/`` and switch the store and the manifest in one transaction."""
+    paths.builds.mkdir(parents=True, exist_ok=True)
+    os.replace(build_dir, paths.builds / manifest["build"])
     two_way = two_way_datasets(data.all_examples())
+    datasets = {}
     for name in sorted({ex.dataset for ex in data.all_examples()}):
         scheme, names = ("hans", HANS_LABELS) if name in two_way else ("mnli", labels_for(3))
-        store.upsert_dataset(name, label_scheme=scheme, labels=list(names), source=data.sources.get(name))
-    store.add_examples(data.all_examples())
-    store.set_training_set([ex.id for ex in data.train])
+        datasets[name] = {"label_scheme": scheme, "labels": list(names), "source": data.sources.get(name)}
+    store.publish(
+        datasets=datasets, examples=data.all_examples(), model_id=model_id, train_ids=[ex.id for ex in data.train],
+        predictions=build.predictions, neighbors=build.neighbors,
+        before_commit=lambda: write_manifest(paths.root, manifest),
+    )  # fmt: skip
+
+
+def lineage(cfg: PrepareConfig, train: list[NLIExample], key: str) -> dict[str, Any]:
+    """How a fine-tuned model was made (stored with the model and in its directory's ``lineage.json``)."""
+    return {
+        "method": "fine-tune", "parent_model_id": None, "base_model": cfg.model or "packaged-minilm",
+        "train_config": to_dict(cfg.train_config), "num_train": len(train), "train_data_hash": content_hash(train),
+        "model_key": key, "train_source": cfg.train,
+    }  # fmt: skip
 
 
 def fit_model(
-    store: Store, paths: WorkspacePaths, data: PreparedData, cfg: PrepareConfig, device: str, report: Progress,
-    show_progress: bool,
+    store: Store, paths: WorkspacePaths, staging: Path, data: PreparedData, cfg: PrepareConfig, device: str,
+    report: Progress, show_progress: bool,
 ) -> tuple[Any, Any, Any, float]:  # fmt: skip
-    """Fine-tune the classifier on the training set, or reuse the checkpoint trained with the same key."""
+    """Fine-tune the classifier on the training set into ``models/<id>``, or reuse the checkpoint of the
+    model trained with the same key (base model, settings, training data)."""
     from fastif_core import model as M
 
     key, tc = model_key(cfg, data.train), cfg.train_config
     known = store.find_model(config_hash=key)
-    if known is not None and (Path(known.checkpoint_path) / M.TRAIN_META).exists():
-        model, tokenizer, _, _ = M.load_checkpoint(known.checkpoint_path, device)
+    if known is not None and (paths.model_dir(known.id) / M.TRAIN_META).exists():
+        model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(known.id), device)
         return model, tokenizer, known, 0.0
     model, tokenizer = M.load_classifier(cfg.model or M.default_model_path(), tc.labels, device, seed=tc.seed)
     M.freeze_layers(model, tc.freeze_layers, embeddings=tc.freeze_embeddings)
@@ -218,19 +326,35 @@ def fit_model(
         on_progress=lambda f, m: report(0.05 + 0.75 * f, f"fine-tuning: {m}"),
     )  # fmt: skip
     seconds = time.perf_counter() - started
-    M.save_checkpoint(model, tokenizer, paths.model_dir, tc, metrics)
-    info = store.get_or_create_model(
-        f"{Path(cfg.model or 'minilm').name}-ft-{key[:8]}", paths.model_dir, tc, labels_for(tc.labels),
-        metrics=metrics, config_hash=key,
+    info = known or store.get_or_create_model(
+        f"{Path(cfg.model or 'minilm').name}-ft-{key[:8]}", "", tc, labels_for(tc.labels), metrics=metrics,
+        config_hash=key, lineage=lineage(cfg, data.train, key),
     )  # fmt: skip
+    target = paths.model_dir(info.id)
+    M.save_checkpoint(model, tokenizer, staging / "model", tc, metrics)
+    (staging / "model" / "lineage.json").write_text(json.dumps({"model_id": info.id, **lineage(cfg, data.train, key)},
+                                                               indent=2, sort_keys=True))  # fmt: skip
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging / "model", target)  # never over an existing checkpoint: rename refuses a full directory
+    info = store.update_model(info.id, metrics=metrics, checkpoint_path=target)
     return model.eval(), tokenizer, info, seconds
 
 
+@dataclass
+class Build:
+    """What :func:`index_and_predict` made: the manifest's numbers and the rows :func:`publish` stores."""
+
+    manifest: dict[str, Any]
+    predictions: list[PredictionIn]
+    neighbors: dict[str, list[tuple[str, float]]]
+
+
 def index_and_predict(
-    store: Store, paths: WorkspacePaths, data: PreparedData, cfg: PrepareConfig, model: Any, tokenizer: Any,
-    info: Any, device: str, report: Progress,
-) -> dict[str, Any]:  # fmt: skip
-    """Predictions and pooled features for every example, the FAISS index, neighbours, accuracy."""
+    out: Path, data: PreparedData, cfg: PrepareConfig, model: Any, tokenizer: Any, info: Any, device: str,
+    report: Progress,
+) -> Build:  # fmt: skip
+    """Predictions and pooled features for every example, the FAISS index (files in ``out``), neighbours,
+    accuracy; nothing is stored yet."""
     from fastif_core import model as M
     from fastif_core.knn import KnnIndex
 
@@ -245,22 +369,21 @@ def index_and_predict(
         ex.id: predicted_label(p, labels, ex.dataset in two_way)
         for ex, p in zip(examples, probs.tolist(), strict=True)
     }
-    store.save_predictions(info.id, [
-        PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
-        for ex, p in zip(examples, probs.tolist(), strict=True)
-    ])  # fmt: skip
+    predictions = [PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
+                   for ex, p in zip(examples, probs.tolist(), strict=True)]  # fmt: skip
     report(0.92, "building the kNN index")
     n_train = len(data.train)
+    out.mkdir(parents=True, exist_ok=True)
     index = KnnIndex.build(feats[:n_train], cfg.knn)
-    index.save(paths.index)
-    save_features(paths.features, feats, [ex.id for ex in examples])
-    store.save_neighbors(info.id, neighbors_of(index, feats, examples, n_train, cfg.neighbors))
-    return {
+    index.save(out / "index.faiss")
+    save_features(out / "features.safetensors", feats, [ex.id for ex in examples])
+    manifest = {
         "model_id": info.id, "num_train": n_train, "num_examples": len(examples),
         "labels": list(labels), "feature_dim": int(feats.shape[1]),
         "accuracy": {name: accuracy_report(exs, predicted, SLICES) for name, exs in data.evals.items()},
         "train_accuracy": accuracy_report(data.train, predicted)["accuracy"],
     }  # fmt: skip
+    return Build(manifest, predictions, neighbors_of(index, feats, examples, n_train, cfg.neighbors))
 
 
 def _in_scheme(ex: NLIExample, labels: tuple[str, ...]) -> NLIExample:

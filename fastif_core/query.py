@@ -47,12 +47,12 @@ def _open(root: str | Path) -> tuple[Any, dict[str, Any]]:
     return Store.open(root), manifest
 
 
-def _example_or_error(store: Any, example_id: str, model_id: int) -> Any:
+def require_example(store: Any, example_id: str, model_id: int) -> Any:
+    """The example (with ``model_id``'s prediction), or a WorkspaceError saying how to find valid ids."""
     ex = store.get_example(example_id, model_id)
-    if ex is None:
-        raise WorkspaceError(
-            f"example {example_id!r} is not in this workspace (list ids with `fastif examples`)"
-        )
+    if ex is None or not ex.in_workspace:
+        why = "is not in this workspace" if ex is None else "belongs to a source this workspace no longer has"
+        raise WorkspaceError(f"example {example_id!r} {why} (list ids with `fastif examples`)")
     return ex
 
 
@@ -77,16 +77,19 @@ def influence_query(
     try:
         check_request(manifest, cfg)
         model_id = int(manifest["model_id"])
-        example = _example_or_error(store, example_id, model_id)
+        example = require_example(store, example_id, model_id)
         found = store.find_influence_run(model_id, example_id, cache_key(cfg))
         if found is not None:
             return run_to_dict(store.get_influence_run(found.id), cfg.top, cached=True)
-        bar = _tqdm(show_progress)
-        report = _chain(progress, bar)
         loaded = loaded or LoadedWorkspace.load(root, device)
+        bar = _tqdm(show_progress)  # after loading: a damaged workspace is one line on stderr, no bar
+        report = _chain(progress, bar)
         t0 = time.perf_counter()
         positions = loaded.nearest(example_id, cfg.k)[0] if cfg.k is not None else None
         t_knn = time.perf_counter() - t0
+        notes = [] if cfg.k is None or not getattr(loaded.index, "last_fallback", 0) else [
+            f"the approximate index found fewer than k={cfg.k} neighbours in the cells it probes "
+            f"(nprobe={loaded.index.cfg.nprobe}); they were found by exact search"]  # fmt: skip
         result = runner(loaded, loaded.encode_test(example.to_record()), positions, cfg, report)
         if bar is not None:
             bar.close()
@@ -98,7 +101,7 @@ def influence_query(
             num_candidates=len(scores), timings=seconds, s_test_stats=result.s_test_stats, job_id=job_id,
             owner=owner,
         )  # fmt: skip
-        return run_to_dict(store.get_influence_run(run_id), cfg.top, cached=False)
+        return {**run_to_dict(store.get_influence_run(run_id), cfg.top, cached=False), "warnings": notes}
     finally:
         store.close()
 

@@ -303,3 +303,41 @@ def test_untimed_examples_reuse_the_stored_runs_with_the_fresh_values(bench):
         torch.testing.assert_close(
             cached.scores["fast"][k], fresh.scores["fast"][k].double(), rtol=1e-5, atol=1e-7
         )
+
+
+def test_non_finite_values_are_written_as_null_and_listed(tmp_path: Path):
+    """One infinite rel_std must not lose the run: bench.json stays strict JSON, the value becomes null
+    and ``non_finite`` names where it was."""
+    from fastif_core.benchmarks.suite import write_bench_json
+
+    result = {"lissa_tradeoff": {"points": [{"rel_std": math.inf, "seconds": 1.5}, {"rel_std": math.nan}]},
+              "speed": (1.0, -math.inf)}  # fmt: skip
+    written = write_bench_json(tmp_path, result, complete=True)
+    on_disk = json.loads((tmp_path / "bench.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert on_disk == written and on_disk["complete"] is True
+    assert on_disk["lissa_tradeoff"]["points"] == [{"rel_std": None, "seconds": 1.5}, {"rel_std": None}]
+    assert on_disk["speed"] == [1.0, None]
+    assert on_disk["non_finite"] == [
+        {"path": "lissa_tradeoff.points.0.rel_std", "value": "inf"},
+        {"path": "lissa_tradeoff.points.1.rel_std", "value": "nan"},
+        {"path": "speed.1", "value": "-inf"},
+    ]
+
+
+def test_an_interrupted_bench_keeps_the_sections_already_done(tiny_workspace: Path, tmp_path: Path):
+    """Stopped during the s_test grid (Ctrl-C in a long run): bench.json holds every earlier section."""
+    from fastif_core.benchmarks.suite import _stage_ranges
+
+    grid_start = _stage_ranges()["grid"][0]
+
+    def progress(fraction: float, message: str) -> None:
+        if fraction > grid_start + 1e-6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(tiny_workspace, tmp_path / "out", config=QUICK, progress=progress)
+    partial = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert partial["complete"] is False
+    assert {"settings", "engine", "test_examples", "speed", "latency", "quality", "recall"} <= set(partial)
+    assert "lissa_tradeoff" not in partial and "retrain" not in partial
+    assert partial["num_train"] == 60 and set(partial["speed"]["single"]["rows"]) >= {"full"}

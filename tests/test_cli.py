@@ -194,3 +194,38 @@ def test_presets_and_solver_flags_reach_the_engine(cli_workspace: Path):
     assert fastif_l2["cached"] is False and fastif_l2["config"]["gradient_l2"] == "test_and_train"
     bad = fastif("influence", "-w", str(cli_workspace), "--example", ex, "--solver", "newton", *FAST)
     assert_one_line_error(bad, "solver='newton'", "lissa | cg")
+
+
+def test_submit_is_keyed_by_the_served_model(tiny_workspace: Path, capsys):
+    """`fastif submit influence` carries the workspace's model id: after a re-prepare the same request is
+    a new job, and the worker fails the old one clearly instead of answering for another model."""
+    import dataclasses
+
+    from factories import tiny_prepare_config
+
+    from fastif_core.cli import main
+    from fastif_core.prepare import prepare
+    from fastif_core.store import Store
+    from fastif_core.worker import run_worker
+    from fastif_core.workspace import read_manifest
+
+    args = ["submit", "influence", "-w", str(tiny_workspace), "--example", "demo-hans:challenge:ex1", "--k", "5",
+            "--depth", "2", "--json"]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    old_model = read_manifest(tiny_workspace)["model_id"]
+    assert first["params"]["model_id"] == old_model
+    cfg = tiny_prepare_config(Path(read_manifest(tiny_workspace)["prepare_config"]["model"]))
+    cfg = dataclasses.replace(cfg, train_config=dataclasses.replace(cfg.train_config, seed=3))
+    new_model = prepare(tiny_workspace, cfg, show_progress=False)["model_id"]
+    assert new_model != old_model
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["id"] != first["id"] and second["params"]["model_id"] == new_model
+    assert run_worker(tiny_workspace, "cpu:1", once=True, poll=0.1) == 2
+    with Store.open(tiny_workspace) as store:
+        old_job, new_job = store.get_job(first["id"]), store.get_job(second["id"])
+        assert old_job.status == "failed" and f"model_id={old_model}" in old_job.error
+        assert new_job.status == "done"
+        run = store.get_influence_run(new_job.result["influence_run_id"])
+        assert run.model_id == new_model

@@ -56,10 +56,44 @@ def test_ivf_factory_string_sets_nprobe_and_probing_all_cells_is_exact():
     approx = KnnIndex.build(x, KnnConfig(index="IVF8,Flat", nprobe=8, use_gpu=False))
     assert faiss.extract_index_ivf(approx.cpu_index).nprobe == 8
     assert torch.equal(approx.search(q, 5)[1], _brute_force(x, q, 5)[1])
-    one_cell = KnnIndex.build(x, KnnConfig(index="IVF8,Flat", nprobe=1, use_gpu=False))
-    pos = one_cell.search(q, 5)[1]
-    assert faiss.extract_index_ivf(one_cell.cpu_index).nprobe == 1
-    assert ((pos >= 0) & (pos < 2000)).all()  # valid rows, possibly not the exact neighbours
+
+
+def test_ivf_with_k_beyond_the_probed_cells_never_returns_minus_one(caplog):
+    """64 cells of ~31 vectors, one probed, k=200: FAISS pads with -1 (which would silently mean the last
+    training row); those queries must be answered exactly instead, and the shortfall reported."""
+    x, q = _features(2000), _features(30, seed=3)
+    index = KnnIndex.build(x, KnnConfig(index="IVF64,Flat", nprobe=1, use_gpu=False))
+    raw = index.cpu_index.search(q.numpy(), 200)[1]
+    assert (raw < 0).any()  # the situation under test really occurs
+    with caplog.at_level("WARNING", logger="fastif_core.knn"):
+        dist, pos = index.search(q, 200)
+    assert ((pos >= 0) & (pos < 2000)).all()
+    assert all(len(set(row)) == 200 for row in pos.tolist())
+    short = torch.from_numpy((raw < 0).any(axis=1))
+    assert index.last_fallback == int(short.sum()) > 0
+    assert torch.equal(pos[short], _brute_force(x, q[short], 200)[1])  # exact answers for the shortfall
+    assert "exact search" in caplog.text and "nprobe=1" in caplog.text
+    full = ~short
+    assert torch.equal(
+        pos[full], torch.from_numpy(raw[full.numpy()])
+    )  # the others are left as FAISS found them
+
+
+def test_prepare_keeps_nprobe_and_gpu_settings(tmp_path):
+    """A workspace prepared with an IVF index and nprobe=3 searches with nprobe=3 after loading."""
+    from factories import save_tiny_checkpoint, tiny_prepare_config
+
+    from fastif_core.prepare import prepare
+    from fastif_core.workspace import LoadedWorkspace
+
+    model = save_tiny_checkpoint(tmp_path / "base")
+    cfg = tiny_prepare_config(model, demo_size=40, knn=KnnConfig(index="IVF4,Flat", nprobe=3, use_gpu=False))
+    prepare(tmp_path / "ws", cfg, show_progress=False)
+    loaded = LoadedWorkspace.load(tmp_path / "ws")
+    assert loaded.index.cfg.nprobe == 3 and loaded.index.cfg.use_gpu is False
+    assert faiss.extract_index_ivf(loaded.index.cpu_index).nprobe == 3
+    positions, _ = loaded.nearest(loaded.train_ids[0], 36)
+    assert len(set(positions)) == 36 and min(positions) >= 0
 
 
 @pytest.mark.parametrize("factory", ["IVF4,SQ8", "PCA16,IVF4,Flat", "HNSW16"])

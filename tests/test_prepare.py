@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_workspace_is_complete(tiny_workspace_template: Path):
             assert [n.distance for n in neighbors] == sorted(n.distance for n in neighbors)
     finally:
         store.close()
-    feats, ids = load_features(WorkspacePaths(tiny_workspace_template).features)
+    feats, ids = load_features(WorkspacePaths.of(tiny_workspace_template, manifest).features)
     assert ids[:60] == train_ids and feats.shape == (manifest["num_examples"], manifest["feature_dim"])
 
 
@@ -93,3 +94,168 @@ def test_packaged_minilm_learns_the_demo_shortcut(tmp_path: Path):
     assert dev["accuracy"] > 0.6  # chance is 1/3
     by_label = manifest["accuracy"]["demo-hans/challenge"]["slices"]["label"]
     assert by_label["entailment"]["accuracy"] - by_label["non-entailment"]["accuracy"] > 0.3
+
+
+def _weights_digest(ws: Path, model_id: int) -> str:
+    """sha256 of the safetensors files of the checkpoint the store registers for ``model_id``."""
+    import hashlib
+
+    with Store.open(ws) as store:
+        directory = Path(store.get_model(model_id).checkpoint_path)
+    files = sorted(directory.glob("*.safetensors"))
+    assert files, directory
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+
+
+def _param_digest(loaded: LoadedWorkspace) -> str:
+    """sha256 of the loaded parameters (independent of where the files are)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(loaded.model.state_dict().items()):
+        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_prepare_a_then_b_then_a_serves_a_weights(tmp_path: Path):
+    """Each model id has its own checkpoint: going back to settings A loads A's weights, not B's."""
+    model = save_tiny_checkpoint(tmp_path / "base")
+    a = tiny_prepare_config(model, demo_size=40)
+    b = dataclasses.replace(a, train_config=dataclasses.replace(a.train_config, lr=2e-3))
+    ws = tmp_path / "ws"
+    first = prepare(ws, a, show_progress=False)
+    params_a, files_a = _param_digest(LoadedWorkspace.load(ws)), _weights_digest(ws, first["model_id"])
+    second = prepare(ws, b, show_progress=False)
+    assert second["model_id"] != first["model_id"]
+    assert _param_digest(LoadedWorkspace.load(ws)) != params_a
+    again = prepare(ws, a, show_progress=False)
+    assert again["model_id"] == first["model_id"] and again["train_seconds"] == 0.0  # reused, not retrained
+    loaded = LoadedWorkspace.load(ws)
+    assert _param_digest(loaded) == params_a and _weights_digest(ws, first["model_id"]) == files_a
+    assert _weights_digest(ws, second["model_id"]) != files_a
+    with Store.open(ws) as store:  # browse (no model given) shows the active model's predictions
+        rows = store.query_examples(limit=None)
+        preds = store.get_predictions(first["model_id"])
+        assert rows and all(r.predicted == preds[r.id].predicted for r in rows)
+        assert store.get_model(first["model_id"]).lineage["method"] == "fine-tune"
+
+
+def _write_tsv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path.write_text("".join(f"{p}\t{h}\t{y}\n" for p, h, y in rows))
+    return path
+
+
+PAIRS_TSV = [
+    (f"The {n} near the {m} is sleeping number {i}.", f"The {n} is sleeping {i}.", y)
+    for i, (n, m, y) in enumerate(
+        [("cat", "dog", "entailment"), ("man", "car", "neutral"), ("girl", "tree", "contradiction")] * 8
+    )
+]
+
+
+def test_fixed_labels_in_the_training_file_are_not_reused(tmp_path: Path):
+    model = save_tiny_checkpoint(tmp_path / "base")
+    train = _write_tsv(tmp_path / "train.tsv", PAIRS_TSV)
+    cfg = tiny_prepare_config(model, train=str(train))
+    first = prepare(tmp_path / "ws", cfg, show_progress=False)
+    fixed = list(PAIRS_TSV)
+    fixed[0] = (fixed[0][0], fixed[0][1], "contradiction")
+    _write_tsv(train, fixed)
+    second = prepare(tmp_path / "ws", cfg, show_progress=False)
+    assert second["reused"] is False and second["model_id"] != first["model_id"]
+    with Store.open(tmp_path / "ws") as store:
+        assert store.get_example("mnli:train:0").label == "contradiction"
+    assert prepare(tmp_path / "ws", cfg, show_progress=False)["reused"] is True
+
+
+def test_examples_of_dropped_sources_leave_browse(tmp_path: Path):
+    model = save_tiny_checkpoint(tmp_path / "base")
+    extra = _write_tsv(tmp_path / "extra_eval.tsv", PAIRS_TSV[:6])
+    cfg = tiny_prepare_config(model, demo_size=40)
+    prepare(tmp_path / "ws", dataclasses.replace(cfg, evals=(str(extra),)), show_progress=False)
+    with Store.open(tmp_path / "ws") as store:
+        assert store.count_examples(split="extra_eval") == 6
+    prepare(tmp_path / "ws", cfg, show_progress=False)
+    with Store.open(tmp_path / "ws") as store:
+        assert store.count_examples(split="extra_eval") == 0
+        assert "extra_eval" not in store.distinct_values("split")
+        assert store.get_example("mnli:extra_eval:0") is not None  # kept for results that refer to it
+
+
+def test_max_eval_is_stratified_by_slice_and_seeded(tmp_path: Path):
+    from fastif_core.data import demo_split
+    from fastif_core.data.sampling import stratified_sample, stratum
+
+    challenge = demo_split("challenge", 0, 4)  # 30 subcases x 4
+    picked = stratified_sample(challenge, 60, seed=3)
+    assert len(picked) == 60 and picked == stratified_sample(challenge, 60, seed=3)
+    assert picked != stratified_sample(challenge, 60, seed=4)
+    per = {}
+    for ex in picked:
+        per[stratum(ex)] = per.get(stratum(ex), 0) + 1
+    assert sorted(set(per.values())) == [2] and len(per) == 30  # every subcase keeps its share
+    ids = [e.id for e in challenge]
+    assert [ids.index(e.id) for e in picked] == sorted(ids.index(e.id) for e in picked)  # file order kept
+    model = save_tiny_checkpoint(tmp_path / "base")
+    manifest = prepare(
+        tmp_path / "ws", tiny_prepare_config(model, demo_size=40, max_eval=30), show_progress=False
+    )
+    assert {name: rep["n"] for name, rep in manifest["accuracy"].items()}["demo-hans/challenge"] == 30
+    assert all(rep["n"] <= 30 for rep in manifest["accuracy"].values())
+
+
+KILLED_PREPARE = """
+import dataclasses, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from factories import tiny_prepare_config
+from fastif_core.prepare import prepare
+
+cfg = tiny_prepare_config(Path({model!r}), demo_size=40)
+cfg = dataclasses.replace(cfg, train_config=dataclasses.replace(cfg.train_config, seed=1, epochs=200))
+
+def progress(fraction, message):
+    if message.startswith("fine-tuning"):
+        print("TRAINING", flush=True)
+
+prepare({ws!r}, cfg, progress=progress, show_progress=False)
+"""
+
+
+def test_prepare_killed_mid_training_leaves_the_old_consistent_state(tmp_path: Path):
+    """SIGKILL a re-prepare (other seed: other training order) while it fine-tunes: the workspace still
+    answers with the old model, index and training order; the next prepare completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    model = save_tiny_checkpoint(tmp_path / "base")
+    ws = tmp_path / "ws"
+    old = prepare(ws, tiny_prepare_config(model, demo_size=40), show_progress=False)
+    before = LoadedWorkspace.load(ws)
+    script = KILLED_PREPARE.format(tests=str(Path(__file__).parent), model=str(model), ws=str(ws))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "TRAINING"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert read_manifest(ws) == json.loads(json.dumps(old))
+    after = LoadedWorkspace.load(ws)
+    assert after.train_ids == before.train_ids and after.model_id == old["model_id"]
+    for pos, ex_id in enumerate(after.train_ids):  # FAISS position p is still the example train_ids[p]
+        row = after.feature_rows[ex_id]
+        assert torch.equal(after.features[row], before.features[before.feature_rows[ex_id]])
+        positions, distances = after.nearest(ex_id, 1)
+        assert distances[0] == pytest.approx(0.0, abs=1e-4)
+        assert positions[0] == pos or torch.allclose(after.features[after.feature_rows[after.train_ids[positions[0]]]],
+                                                     after.features[row])  # fmt: skip
+    with Store.open(ws) as store:
+        assert store.train_ids() == before.train_ids  # the browse order too
+    new_cfg = tiny_prepare_config(model, demo_size=40)
+    new_cfg = dataclasses.replace(new_cfg, train_config=dataclasses.replace(new_cfg.train_config, seed=1))
+    new = prepare(ws, new_cfg, show_progress=False)
+    assert new["model_id"] != old["model_id"] and LoadedWorkspace.load(ws).train_ids != before.train_ids
+    assert not any((ws / "staging").iterdir())  # the killed run's staging area was swept

@@ -62,7 +62,7 @@ def filled(store):
 def test_open_sets_sqlite_pragmas_and_head_revision(tmp_path):
     store = Store.open(tmp_path / "ws")
     assert store.url.endswith("ws/fastif.db") and (tmp_path / "ws" / "fastif.db").exists()
-    assert store.revision() == head_revision() == "0002"
+    assert store.revision() == head_revision() == "0003"
     with store.session() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -108,7 +108,7 @@ def test_database_of_first_migration_opens_and_upgrades(db_url):
                           "'{}', 'h1', 'h1', 'queued', 0, 0, 3, 0, '', FALSE, :t)"), {"t": now})  # fmt: skip
     old.dispose()
     with Store.open(url=url) as st:
-        assert st.revision() == "0002"
+        assert st.revision() == "0003"
         assert st.get_example("e1").label == "neutral"
         assert st.claim_job("w").params_hash == "h1"
         assert st.worker_heartbeat("w", pid=1).status == "running"

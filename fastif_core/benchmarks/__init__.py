@@ -51,6 +51,10 @@ key                                    meaning
 ``retrain.transformer``                the same on the fine-tuned transformer (``--retrain``), else null
 ``plots``                              ``html`` / ``png`` file names in the output directory, ``png_error``
 ``seconds``, ``created``               wall-clock of the whole bench; UTC timestamp
+``complete``                           false while sections are still running: ``bench.json`` is rewritten
+                                       after each one, so an interrupted run keeps what it measured
+``non_finite``                         ``[{path, value}]``: numbers that were inf / -inf / nan, written as null
+                                       (JSON has none), e.g. ``lissa_tradeoff.points.3.rel_std``
 =====================================  ==================================================================
 """
 
@@ -143,11 +147,17 @@ def run_from_args(a: argparse.Namespace) -> int:
     """``fastif bench``: run with a tqdm progress bar, print the summary tables, exit status 0."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=1000, desc="bench", unit="‰")
+    from fastif_core.workspace import require_prepared
+
+    config = config_from_args(a).validate()
+    require_prepared(a.workspace)  # bad settings or workspace: one error line, before any progress bar
+    bars: list[Any] = []
 
     def progress(fraction: float, message: str) -> None:
-        bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-        bar.set_postfix_str(message[:60], refresh=True)
+        if not bars:
+            bars.append(tqdm(total=1000, desc="bench", unit="‰"))
+        bars[0].n = int(1000 * min(max(fraction, 0.0), 1.0))
+        bars[0].set_postfix_str(message[:60], refresh=True)
 
     if a.section == "solvers":
         try:
@@ -160,9 +170,10 @@ def run_from_args(a: argparse.Namespace) -> int:
         print(f"\nwrote {Path(a.out) / 'solvers.json'}")
         return 0
     try:
-        result = run_bench(a.workspace, a.out, config=config_from_args(a), progress=progress)
+        result = run_bench(a.workspace, a.out, config=config, progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(format_summary(result))
     print(f"\nwrote {Path(a.out) / 'bench.json'} and {len(result['plots']['html'])} plots")
     return 0

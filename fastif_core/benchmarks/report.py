@@ -21,9 +21,8 @@ def speed_lines(result: dict[str, Any]) -> list[str]:
              f"  {'row':<18}{'median s':>10}{'q1':>9}{'q3':>9}{'speed-up':>10}"]  # fmt: skip
     for name, r in result["speed"]["single"]["rows"].items():
         sec = r["seconds"]
-        lines.append(
-            f"  {name:<18}{sec['median']:>10.3g}{sec['q1']:>9.3g}{sec['q3']:>9.3g}{r['speedup_vs_full']:>9.1f}×"
-        )
+        lines.append(f"  {name:<18}{_num(sec['median']):>10}{_num(sec['q1']):>9}{_num(sec['q3']):>9}"
+                     f"{_num(r['speedup_vs_full'], '.1f'):>9}×")  # fmt: skip
     multi = result["speed"].get("multi")
     if multi:
         lines.append(f"  on {multi['devices']}:")
@@ -75,7 +74,7 @@ def retrain_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"s_test trade-off vs J={ref['depth']} B={ref['batch_size']} T={ref['repeats']}:")
     for p in grid["points"]:
         lines.append(f"  J={p['depth']:<5} B={p['batch_size']:<4} T={p['repeats']:<3} {p['seconds']:>8.3g} s  "
-                     f"error {p['error_norm']:.3f}  influence r {_num(p['influence_pearson'], '.3f')}")  # fmt: skip
+                     f"error {_num(p['error_norm'], '.3f')}  influence r {_num(p['influence_pearson'], '.3f')}")  # fmt: skip
     for name in ("convex", "transformer"):
         r = result["retrain"].get(name)
         if not r:
@@ -94,6 +93,9 @@ def summary_text(result: dict[str, Any]) -> str:
     lines = speed_lines(result) + other_lines(result) + recall_lines(result) + retrain_lines(result)
     if result["plots"].get("png_error"):
         lines.append(f"note: {result['plots']['png_error']}")
+    if result.get("non_finite"):
+        shown = ", ".join(f"{n['path']}={n['value']}" for n in result["non_finite"][:5])
+        lines.append(f"note: {len(result['non_finite'])} non-finite value(s) written as null ({shown})")
     return "\n".join(lines)
 
 

@@ -167,7 +167,9 @@ def _train_setup(loaded: Any) -> tuple[Any, str]:
     """The workspace's TrainConfig (from its checkpoint) and the base checkpoint it was fine-tuned from."""
     from fastif_core import model as M
     from fastif_core.config import TrainConfig, from_dict
+    from fastif_core.workspace import WorkspacePaths
 
-    meta = json.loads((loaded.root / "model" / M.TRAIN_META).read_text())
+    checkpoint = WorkspacePaths.of(loaded.root, loaded.manifest).model_dir(loaded.model_id)
+    meta = json.loads((checkpoint / M.TRAIN_META).read_text())
     base = loaded.manifest.get("prepare_config", {}).get("model")
     return from_dict(TrainConfig, meta["train_config"]), base or M.default_model_path()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -57,16 +58,16 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     started, ranges = time.perf_counter(), _stage_ranges()
     stage = lambda name: sub_progress(progress, *ranges[name])  # noqa: E731
-    stage("engine")(0.0, "loading the workspace")
     loaded = LoadedWorkspace.load(workspace, device)
     store = Store.open(workspace)
+    stage("engine")(0.0, "workspace loaded")
     try:
-        result = _sections(loaded, store, cfg, stage)
+        result = _sections(
+            loaded, store, cfg, stage, lambda partial: write_bench_json(out, partial, complete=False)
+        )
         result["seconds"] = time.perf_counter() - started
         result["plots"] = write_plots(result, out)
-        text = json.dumps(result, indent=2, allow_nan=False)
-        (out / "bench.json").write_text(text)
-        result = json.loads(text)  # exactly what bench.json and the store hold (tuples become lists)
+        result = write_bench_json(out, result, complete=True)  # exactly what bench.json and the store hold
         result["bench_id"] = store.save_bench(
             to_dict(cfg), result, kind="quick" if cfg.quick else "default"
         ).id
@@ -77,12 +78,43 @@ def run_bench(
     return result
 
 
-def _sections(loaded: Any, store: Any, cfg: BenchConfig, stage: Any) -> dict[str, Any]:
+def json_safe(value: Any, path: str = "", notes: list[dict[str, str]] | None = None) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no inf / nan); each replacement is
+    listed in ``notes`` as ``{"path": "a.b.0.c", "value": "inf" | "-inf" | "nan"}``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if notes is not None:
+            notes.append({"path": path, "value": str(value)})
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v, f"{path}.{k}" if path else str(k), notes) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, f"{path}.{i}" if path else str(i), notes) for i, v in enumerate(value)]
+    return value
+
+
+def write_bench_json(out: Path, result: dict[str, Any], *, complete: bool) -> dict[str, Any]:
+    """Write ``out/bench.json`` atomically (sections so far while running: ``complete`` false); non-finite
+    numbers become null, listed in ``non_finite``. Returns what was written."""
+    notes: list[dict[str, str]] = []
+    safe = json_safe({k: v for k, v in result.items() if k not in ("complete", "non_finite")}, "", notes)
+    safe.update(complete=complete, non_finite=notes)
+    text = json.dumps(safe, indent=2, allow_nan=False)
+    tmp = out / ".bench.json.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "bench.json")
+    return json.loads(text)
+
+
+def _sections(loaded: Any, store: Any, cfg: BenchConfig, stage: Any, save: Any) -> dict[str, Any]:
+    """Every section in turn; ``save(result)`` after each one, so a failure late in a long run keeps the
+    sections already measured."""
     n = len(loaded.train_ids)
     ks = clip(cfg.ks, n)
     examples = choose_test_examples(store, loaded, cfg.test_examples, cfg.seed)
     result = _header(loaded, cfg, ks, examples)
     clock: dict[str, float] = {}
+    result["section_seconds"] = clock
+    save(result)
 
     def section(name: str, fn: Any) -> Any:
         start = time.perf_counter()
@@ -92,33 +124,40 @@ def _sections(loaded: Any, store: Any, cfg: BenchConfig, stage: Any) -> dict[str
 
     obj, train = loaded.objective, loaded.train
     result["engine"] = section("engine", lambda: engine_benchmark(obj, train, **_engine_sizes(cfg)))
+    save(result)
     data = section("examples", lambda: _example_data(loaded, store, examples, cfg, ks, stage("examples")))
     timed_data = [d for d in data if d.seconds is not None]
     result["test_examples"] = [{"id": d.example.id, "correct": d.example.correct, "label": d.example.record.label,
                                 "timed": d.seconds is not None} for d in data]  # fmt: skip
+    save(result)
     result["speed"] = {
         "single": speed.speed_table(timed_data, cfg, ks, n),
         "multi": section("multi", lambda: speed.multi_device(loaded, [d.example for d in timed_data], cfg, ks,
                                                              stage("multi"))),
     }  # fmt: skip
+    save(result)
     on_gpu = str(loaded.device).startswith("cuda")
     result["latency"] = section(
         "latency", lambda: speed.latency(loaded, examples[0], _click_config(cfg, ks, on_gpu))
     )
     stage("latency")(1.0, "one-click latency done")
     result["quality"] = quality.quality(data, ks)
+    save(result)
     recall_ks = quality.default_recall_ks(n, ks)
     neighbours = [loaded.nearest(d.example.id, max(recall_ks))[0] for d in data]
     result["recall"] = quality.recall_curves(data, neighbours, recall_ks, cfg.recall_ms)
+    save(result)
     result["lissa_tradeoff"] = section(
         "grid", lambda: lissa_grid.tradeoff(loaded, examples[0], cfg, stage("grid"))
     )
+    save(result)
     convex = section("convex", lambda: retrain.convex_check(loaded, examples, cfg, stage("convex")))
     result["retrain"] = {"convex": convex, "transformer": None}
+    save(result)
     if cfg.retrain:
         result["retrain"]["transformer"] = section("transformer", lambda: retrain.transformer_check(
             loaded, examples, [d.full for d in data], cfg, stage("transformer")))  # fmt: skip
-    result["section_seconds"] = clock
+    save(result)
     return result
 
 

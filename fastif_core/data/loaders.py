@@ -50,6 +50,8 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     offset = 0
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):
+            if number == 1 and raw[:2] == b"\x1f\x8b":
+                raise DataFormatError(f"{path}:1: a gzip-compressed file: decompress it first (gunzip)")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:

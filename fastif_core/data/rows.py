@@ -46,9 +46,8 @@ def resolve_columns(schema: Schema, names: list[str], where: str) -> dict[str, s
         found = next((o for o in options if o in names), None)
         if found is None:
             alt = "".join(f" (or {o!r})" for o in options[1:])
-            raise DataFormatError(
-                f"{where}: missing column {options[0]!r}{alt}; found columns: {', '.join(names)}"
-            )
+            found_cols = ", ".join(shorten(n, 30) for n in names[:12]) + (" ..." if len(names) > 12 else "")
+            raise DataFormatError(f"{where}: missing column {options[0]!r}{alt}; found columns: {found_cols}")
         cols[role] = found
     cols["key"] = next((k for k in KEY_COLUMNS if k in names), None)
     return cols
@@ -81,14 +80,14 @@ class Collector:
         if label not in self.labels:
             allowed = ", ".join(self.labels)
             raise DataFormatError(
-                f"{self.where(line)}: unknown label {raw!r} in column {cols['label']!r}: allowed {allowed} "
+                f"{self.where(line)}: unknown label {shorten(raw)!r} in column {cols['label']!r}: allowed {allowed} "
                 f"(or '-' for no consensus, skipped)"
             )
         key = (row.get(cols["key"]) or "").strip() if cols["key"] else ""
         ex_id = make_id(self.dataset, self.split, key or rownum)
         if ex_id in self.first_seen:
             raise DataFormatError(
-                f"{self.where(line)}: duplicate id {key!r} in column {cols['key']!r} "
+                f"{self.where(line)}: duplicate id {shorten(key)!r} in column {cols['key']!r} "
                 f"(first at {self.where(self.first_seen[ex_id])}); ids must be unique"
             )
         self.first_seen[ex_id] = line
@@ -104,3 +103,8 @@ class Collector:
             id=ex_id, premise=row[cols["premise"]].strip(), hypothesis=row[cols["hypothesis"]].strip(),
             label=label, dataset=self.dataset, split=self.split, slices=slices, extra=extra,
         )  # fmt: skip
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for an error message (a label column may hold a whole line)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

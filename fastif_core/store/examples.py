@@ -18,7 +18,15 @@ from fastif_core.store.records import (
     ExampleSummary,
     GroupSummary,
 )
-from fastif_core.store.schema import SLICE_COLUMNS, Dataset, Example, Model, Prediction, utcnow
+from fastif_core.store.schema import (
+    SLICE_COLUMNS,
+    Dataset,
+    Example,
+    Model,
+    Prediction,
+    TrainingExample,
+    utcnow,
+)
 
 EXAMPLE_CONTENT = ("dataset_id", "split", "premise", "hypothesis", "label", *SLICE_COLUMNS, "slices", "extra")
 GROUP_COLUMNS = {
@@ -95,14 +103,45 @@ def set_training_set(s: Session, ids: Sequence[str]) -> None:
         s.execute(update(Example), list(part))
 
 
-def train_ids(s: Session) -> list[str]:
-    """The training set's example ids in position order (FAISS row i = ``train_ids()[i]``)."""
+def train_ids(s: Session, model_id: int | None = None) -> list[str]:
+    """A model's training ids in position order (FAISS row i = ``train_ids()[i]``); ``model_id`` None:
+    the active training set (``train_pos``, also what workspaces prepared before rev 0003 have)."""
+    if model_id is not None:
+        q = select(TrainingExample.example_id).where(TrainingExample.model_id == model_id)
+        return list(s.scalars(q.order_by(TrainingExample.pos)))
     q = select(Example.id).where(Example.train_pos.is_not(None)).order_by(Example.train_pos)
     return list(s.scalars(q))
 
 
+def set_training_order(s: Session, model_id: int, ids: Sequence[str]) -> None:
+    """Record ``ids`` as the training set of ``model_id``, once: an equal order again is a no-op, a
+    different one is refused (a model is trained on exactly one ordered training set)."""
+    known = train_ids(s, model_id)
+    if known:
+        if known != list(ids):
+            raise WorkspaceError(f"model {model_id} already has a different training set ({len(known)} ids)")
+        return
+    rows = [{"model_id": model_id, "pos": pos, "example_id": i} for pos, i in enumerate(ids)]
+    upsert(s, TrainingExample.__table__, rows, ["model_id", "pos"])
+
+
+def set_workspace_members(s: Session, ids: Sequence[str]) -> None:
+    """Exactly the examples ``ids`` belong to the workspace's current sources (what browse shows)."""
+    s.execute(update(Example).where(Example.in_workspace.is_(True)).values(in_workspace=False))
+    for part in chunks(list(ids)):
+        s.execute(update(Example).where(Example.id.in_(list(part))).values(in_workspace=True))
+
+
+def set_active_model(s: Session, model_id: int) -> None:
+    """``model_id`` becomes the one model the workspace serves."""
+    s.execute(update(Model).where(Model.active.is_(True), Model.id != model_id).values(active=False))
+    s.execute(update(Model).where(Model.id == model_id).values(active=True))
+
+
 def latest_model_id(s: Session) -> int | None:
-    return s.scalar(select(Model.id).order_by(Model.id.desc()).limit(1))
+    """The active model (the newest one in databases without an active model)."""
+    active = s.scalar(select(Model.id).where(Model.active.is_(True)).limit(1))
+    return active if active is not None else s.scalar(select(Model.id).order_by(Model.id.desc()).limit(1))
 
 
 def _filtered(s: Session, f: ExampleFilter, *cols: Any) -> Select[Any]:
@@ -125,6 +164,8 @@ def _filtered(s: Session, f: ExampleFilter, *cols: Any) -> Select[Any]:
         q = q.where(any_of(Dataset.name, f.dataset))
     if f.correct is not None:
         q = q.where(Prediction.correct.is_(bool(f.correct)))
+    if f.in_workspace is not None:
+        q = q.where(Example.in_workspace.is_(bool(f.in_workspace)))
     if f.in_training_set is not None:
         q = q.where(Example.train_pos.is_not(None) if f.in_training_set else Example.train_pos.is_(None))
     return q.where(_text_search(f.search)) if f.search else q
@@ -145,6 +186,7 @@ def _row(ex: Example, dataset: str, predicted: Any, correct: Any, confidence: An
         id=ex.id, dataset=dataset, split=ex.split, premise=ex.premise, hypothesis=ex.hypothesis, label=ex.label,
         slices=dict(ex.slices), extra=dict(ex.extra), train_pos=ex.train_pos, predicted=predicted,
         correct=correct, confidence=confidence, probs=list(probs) if probs is not None else None,
+        in_workspace=bool(ex.in_workspace),
     )  # fmt: skip
 
 
@@ -166,7 +208,7 @@ def get_examples(s: Session, ids: Sequence[str], model_id: int | None) -> list[E
     """The examples with these ids, in the given order (unknown ids are left out)."""
     found: dict[str, ExampleRow] = {}
     for part in chunks(ids):
-        q = _filtered(s, ExampleFilter(model_id=model_id), *ROW_COLUMNS)
+        q = _filtered(s, ExampleFilter(model_id=model_id, in_workspace=None), *ROW_COLUMNS)
         found.update(
             (r.id, r) for r in (_row(*row) for row in s.execute(q.where(Example.id.in_(list(part)))))
         )

@@ -53,6 +53,7 @@ class ExampleRow:
     correct: bool | None = None
     confidence: float | None = None
     probs: list[float] | None = None
+    in_workspace: bool = True  # False: its source is no longer one of the workspace's (kept for old results)
 
     @property
     def genre(self) -> str | None:
@@ -81,8 +82,9 @@ class ExampleFilter:
     """Filters of :meth:`Store.query_examples` and friends; None = no constraint.
 
     A field given as a list/tuple matches any of its values. ``predicted`` and ``correct`` refer to
-    the predictions of ``model_id`` (None = the most recently created model). ``search`` is a
-    case-insensitive substring of the premise, hypothesis or id.
+    the predictions of ``model_id`` (None = the active model, else the most recently created one).
+    ``search`` is a case-insensitive substring of the premise, hypothesis or id. ``in_workspace`` True
+    (the default) keeps the examples of the workspace's current sources only.
     """
 
     dataset: str | Sequence[str] | None = None
@@ -97,6 +99,7 @@ class ExampleFilter:
     search: str | None = None
     in_training_set: bool | None = None
     model_id: int | None = None
+    in_workspace: bool | None = True  # True: only examples of the workspace's current sources
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class ModelInfo:
     metrics: dict[str, Any]
     label_names: list[str]
     created_at: datetime
+    lineage: dict[str, Any] = field(default_factory=dict)
+    active: bool = False
 
 
 @dataclass(frozen=True)

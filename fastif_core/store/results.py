@@ -48,17 +48,18 @@ def as_config(config: Any) -> tuple[dict[str, Any], str]:
 def model_info(m: Model) -> ModelInfo:
     return ModelInfo(id=m.id, name=m.name, checkpoint_path=m.checkpoint_path, train_config=dict(m.train_config),
                      config_hash=m.config_hash, metrics=dict(m.metrics), label_names=list(m.label_names),
-                     created_at=m.created_at)  # fmt: skip
+                     created_at=m.created_at, lineage=dict(m.lineage or {}), active=bool(m.active))  # fmt: skip
 
 
 def get_or_create_model(
     s: Session, name: str, checkpoint_path: str, train_config: Any, label_names: Sequence[str],
-    metrics: dict[str, Any] | None, key: str | None,
+    metrics: dict[str, Any] | None, key: str | None, lineage: dict[str, Any] | None = None,
 ) -> Model:  # fmt: skip
     """The model with this config hash (``key``, default: hash of ``train_config``), created if missing."""
     cfg, digest = as_config(train_config)
     row = {"name": name, "checkpoint_path": str(checkpoint_path), "train_config": cfg, "config_hash": key or digest,
-           "metrics": dict(metrics or {}), "label_names": list(label_names), "created_at": utcnow()}  # fmt: skip
+           "metrics": dict(metrics or {}), "label_names": list(label_names), "created_at": utcnow(),
+           "lineage": dict(lineage or {}), "active": False}  # fmt: skip
     upsert(s, Model.__table__, [row], ["config_hash"])
     return s.scalars(select(Model).where(Model.config_hash == row["config_hash"])).one()
 

@@ -72,7 +72,8 @@ class Dataset(Base):
 
 
 class Example(Base):
-    """One NLI example (``NLIExample``); ``train_pos`` is its row in the FAISS index / training set."""
+    """One NLI example (``NLIExample``); ``train_pos`` is its row in the active model's FAISS index /
+    training set (each model's own order is in ``training_examples``)."""
 
     __tablename__ = "examples"
     __table_args__ = (Index("ix_examples_dataset_split", "dataset_id", "split"),)
@@ -89,7 +90,8 @@ class Example(Base):
     template: Mapped[str | None] = mapped_column(String(128))
     slices: Mapped[dict[str, Any]] = mapped_column(default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    train_pos: Mapped[int | None] = mapped_column(Integer, unique=True)
+    train_pos: Mapped[int | None] = mapped_column(Integer, unique=True)  # in the active model's training set
+    in_workspace: Mapped[bool] = mapped_column(Boolean, default=True)  # in the current sources (rev 0003)
 
 
 class Model(Base):
@@ -105,6 +107,21 @@ class Model(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     label_names: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # rev 0003: how it was made (base model, method, settings, data hash, parent model) and whether the
+    # workspace serves it now (exactly one active model once a prepare completed)
+    lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TrainingExample(Base):
+    """Position ``pos`` (FAISS row) of a model's training set (rev 0003): written once per model."""
+
+    __tablename__ = "training_examples"
+    __table_args__ = (UniqueConstraint("model_id", "example_id", name="uq_training_examples_model_example"),)
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    pos: Mapped[int] = mapped_column(Integer, primary_key=True)
+    example_id: Mapped[str] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"))
 
 
 class Prediction(Base):

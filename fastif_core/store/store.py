@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from fastif_core.errors import WorkspaceError
@@ -74,9 +75,14 @@ class Store(QueueMethods):
         if migrate:
             try:
                 eng.upgrade(store.engine)
-            except Exception as err:  # e.g. a database written by a newer fastif
+            except (
+                Exception
+            ) as err:  # e.g. a database written by a newer fastif, a lock, a refused connection
                 store.close()
-                raise WorkspaceError(f"cannot migrate database {store.url}: {err}") from err
+                if isinstance(err, DBAPIError):
+                    raise WorkspaceError(eng.describe_db_error(err, store.url)) from err
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise WorkspaceError(f"cannot migrate database {store.url}: {first}") from err
         return store
 
     @property
@@ -200,18 +206,47 @@ class Store(QueueMethods):
         """Training position ``i`` (the FAISS row) is ``ids[i]``; replaces any previous training set."""
         self._write(lambda s: ex.set_training_set(s, list(ids)))
 
-    def train_ids(self) -> list[str]:
-        """Training example ids in position order: FAISS position ``p`` ↔ ``train_ids()[p]``."""
-        return self._read(ex.train_ids)
+    def train_ids(self, model_id: int | None = None) -> list[str]:
+        """Training example ids in position order: FAISS position ``p`` ↔ ``train_ids()[p]``; of
+        ``model_id`` (its own order, never changed), or of the active training set when None."""
+        return self._read(lambda s: ex.train_ids(s, model_id))
+
+    def publish(
+        self, *, datasets: Mapping[str, Mapping[str, Any]], examples: Sequence[ExampleLike], model_id: int,
+        train_ids: Sequence[str], predictions: Iterable[PredictionIn],
+        neighbors: Mapping[str, Sequence[tuple[str, float]]], before_commit: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Switch the workspace to a new build in one transaction: datasets (name → upsert fields) and
+        ``examples`` (exactly the workspace's members from now on), the model's training order, its
+        predictions and neighbours, the active model. ``before_commit`` (the manifest rename) runs last
+        inside the transaction: if it fails, nothing in the store changes."""
+
+        def fn(s: Session) -> None:
+            for name, fields in datasets.items():
+                ex.upsert_dataset(s, name, **fields)
+            ex.add_examples(s, examples)
+            ex.set_training_order(s, model_id, list(train_ids))
+            ex.set_training_set(s, list(train_ids))
+            ex.set_workspace_members(s, [e.id for e in examples])
+            res.save_predictions(s, model_id, predictions)
+            res.save_neighbors(s, model_id, neighbors)
+            ex.set_active_model(s, model_id)
+            if before_commit is not None:
+                s.flush()
+                before_commit()
+
+        self._write(fn)
 
     # ---- models, predictions, neighbours ----------------------------------------------------------
     def get_or_create_model(
         self, name: str, checkpoint_path: str | Path, train_config: Any, label_names: Sequence[str], *,
         metrics: dict[str, Any] | None = None, config_hash: str | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> ModelInfo:  # fmt: skip
-        """The model registered under ``config_hash`` (default: hash of ``train_config``), created if new."""
+        """The model registered under ``config_hash`` (default: hash of ``train_config``), created if new
+        (``lineage``: how it was made, e.g. base model, method, settings, data hash, parent model)."""
         return self._write(lambda s: res.model_info(res.get_or_create_model(
-            s, name, str(checkpoint_path), train_config, label_names, metrics, config_hash)))  # fmt: skip
+            s, name, str(checkpoint_path), train_config, label_names, metrics, config_hash, lineage)))  # fmt: skip
 
     def find_model(self, *, config_hash: str | None = None, name: str | None = None) -> ModelInfo | None:
         """The newest model matching the given fields (no fields: the newest model)."""

@@ -1,0 +1,376 @@
+"""Malformed input to every loader and every command: exit status 2, exactly one line on stderr that names
+the file / line / field / allowed values, no traceback, and the workspace's stored data unchanged.
+
+CLI cases run in-process through ``fastif_core.cli.main`` (fast); a few run as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastif_core.cli import main
+from fastif_core.data.loaders import load_source
+from fastif_core.errors import FastifError
+
+TINY = ["--demo-size", "60", "--holdout", "0", "--epochs", "1", "--max-length", "48", "--device", "cpu"]
+EXAMPLE = "demo-hans:challenge:ex0"
+FAST = ["--k", "5", "--depth", "2", "--device", "cpu"]
+TABLES = ("datasets", "examples", "models", "training_examples", "predictions", "neighbors", "jobs",
+          "influence_runs", "influence_scores")  # fmt: skip
+
+
+def workspace_digest(ws: Path) -> str:
+    """The manifest, the list of files (but the database's own) and every stored table's rows."""
+    h = hashlib.sha256()
+    manifest = ws / "workspace.json"
+    h.update(manifest.read_bytes() if manifest.exists() else b"<no manifest>")
+    files = sorted(
+        p.relative_to(ws).as_posix() for p in ws.rglob("*") if p.is_file() and "fastif.db" not in p.name
+    )
+    h.update("\n".join(files).encode())
+    db = ws / "fastif.db"
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            for table in TABLES:
+                rows = con.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed names
+                h.update(repr(sorted(map(repr, rows))).encode())
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:  # the garbage-database case: its bytes must not change either
+        h.update(db.read_bytes() if db.exists() else b"<no db>")
+    return h.hexdigest()
+
+
+def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line(code: int, err: str, *needles: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("error:") and len(line) < 600, line
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def check_unchanged(capsys, ws: Path, args: list[str], *needles: str) -> str:
+    before = workspace_digest(ws)
+    code, _, err = run_cli(capsys, args)
+    line = assert_one_line(code, err, *needles)
+    assert workspace_digest(ws) == before, "the command changed the workspace"
+    return line
+
+
+# ---- data files -----------------------------------------------------------------------------------
+H = "sentence1\tsentence2\tgold_label\n"
+ROW = "A man plays.\tA person plays.\tentailment\n"
+JL = '{"gold_label": "neutral", "sentence1": "A dog.", "sentence2": "An animal.", "pairID": "p1"}\n'
+HANS_HEADER = "gold_label\tsentence1\tsentence2\tpairID\theuristic\tsubcase\n"
+FILES: dict[str, tuple[str, bytes, tuple[str, ...]]] = {
+    # case: (file name, content, needles every message must contain besides the file name)
+    "empty": ("empty.tsv", b"", (":1:", "empty file")),
+    "blank-lines": ("blank.tsv", b"\n  \n\t\n", ("empty file",)),
+    "header-only": ("header.tsv", H.encode(), (":2:", "no data rows")),
+    "wrong-columns-tsv": ("cols.tsv", b"text_a\ttext_b\tlabel\nA\tB\tentailment\n", ("missing column 'sentence1'",
+                                                                                    "text_a")),
+    "wrong-columns-jsonl": ("cols.jsonl", b'{"premise": "A", "hypothesis": "B", "gold_label": "neutral"}\n',
+                            (":1:", "missing column 'sentence1'", "premise")),
+    "truncated-jsonl": ("cut.jsonl", (JL + JL[:40].replace("p1", "p2")).encode(), (":2:", "invalid JSON")),
+    "truncated-tsv": ("cut.tsv", (H + ROW + "A woman sings.\tA pers").encode(), (":3:", "expected 3")),
+    "extra-field": ("tab.tsv", (H + "A\tB\tC\tentailment\n").encode(), (":2:", "4 tab-separated", "no quoting")),
+    "binary-garbage": ("garbage.tsv", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, (":1:", "not UTF-8")),
+    "gzip": ("train.tsv.gz", b"\x1f\x8b\x08\x00" + bytes(range(200)), (":1:", "gzip", "decompress")),
+    "nul-bytes": ("nul.tsv", b"\x00\x00\x00\x00\n", (":1:", "unrecognised format")),
+    "unknown-label": ("label.tsv", (H + "A\tB\tmaybe\n").encode(), (":2:", "'maybe'", "allowed entailment, neutral")),
+    "numeric-labels-tsv": ("num.tsv", (H + "A\tB\t0\nC\tD\t2\n").encode(), (":2:", "'0'", "contradiction")),
+    "numeric-labels-jsonl": ("num.jsonl", b'{"gold_label": 1, "sentence1": "A", "sentence2": "B"}\n',
+                             (":1:", "'1'", "allowed entailment")),
+    "duplicate-ids": ("dup.jsonl", (JL + JL).encode(), (":2:", "duplicate id 'p1'", "first at")),
+    "duplicate-ids-tsv": ("dup.tsv", ("index\t" + H + "7\tA\tB\tneutral\n7\tC\tD\tneutral\n").encode(),
+                          (":3:", "duplicate id '7'")),
+    "huge-line": ("huge.tsv", (H + "x" * 2_000_000 + "\n").encode(), (":2:", "1 tab-separated")),
+    "huge-label": ("hugelabel.tsv", (H + "A\tB\t" + "y" * 100_000 + "\n").encode(), (":2:", "100000 characters")),
+    "not-a-json-object": ("list.jsonl", b"[1, 2, 3]\n", (":1:", "expected a JSON object")),
+    "hans-missing-column": ("heuristics_x_set.txt", (HANS_HEADER + "entailment\tA\tB\tex0\tlexical\tln\n").encode(),
+                            ("missing column 'template'",)),
+    "hans-3-way-label": ("heuristics_y_set.txt", (HANS_HEADER.replace("subcase", "subcase\ttemplate")
+                                                   + "neutral\tA\tB\tex0\tlexical\tln\tt1\n").encode(),
+                         (":2:", "'neutral'", "allowed entailment, non-entailment")),
+}  # fmt: skip
+NO_CONSENSUS = ("dash.jsonl", (JL.replace('"neutral"', '"-"') * 1).encode() + JL.replace('"neutral"', '"-"')
+                .replace("p1", "p2").encode())  # fmt: skip
+
+
+def write_case(tmp_path: Path, case: str) -> Path:
+    name, content, _ = FILES[case]
+    path = tmp_path / "data" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(FILES))
+def test_loader_names_file_and_line(tmp_path: Path, case: str):
+    path = write_case(tmp_path, case)
+    with pytest.raises(FastifError) as info:
+        load_source(str(path))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600 and str(path) in message
+    for needle in FILES[case][2]:
+        assert needle in message
+
+
+@pytest.mark.parametrize("role", ["train", "eval"])
+@pytest.mark.parametrize("case", sorted(FILES))
+def test_prepare_with_a_bad_file_changes_nothing(tiny_workspace: Path, tmp_path: Path, capsys, case: str,
+                                                 role: str):  # fmt: skip
+    path = write_case(tmp_path, case)
+    source = ["--train", path] if role == "train" else ["--train", "demo", "--eval", path]
+    check_unchanged(capsys, tiny_workspace, ["prepare", "-w", tiny_workspace, *source, *TINY], str(path),
+                    *FILES[case][2])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "role,needle", [("train", "no training examples"), ("eval", "no evaluation examples")]
+)
+def test_a_source_whose_rows_all_lack_a_gold_label(
+    tiny_workspace: Path, tmp_path: Path, capsys, role, needle
+):
+    path = tmp_path / NO_CONSENSUS[0]
+    path.write_bytes(NO_CONSENSUS[1])
+    source = ["--train", path] if role == "train" else ["--train", "demo", "--eval", path]
+    check_unchanged(capsys, tiny_workspace, ["prepare", "-w", tiny_workspace, *source, *TINY], str(path), needle,
+                    "gold label '-'", "2 row(s)")  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["missing", "directory", "same-file-twice"])
+def test_prepare_with_a_bad_source(tiny_workspace: Path, tmp_path: Path, capsys, source: str):
+    good = tmp_path / "good.tsv"
+    good.write_text(H + ROW * 1 + "B\tC\tneutral\nD\tE\tcontradiction\n")
+    args, needles = {
+        "missing": (["--train", tmp_path / "nope.tsv"], ("nope.tsv", "no such file")),
+        "directory": (["--train", tmp_path], ("is a directory",)),
+        "same-file-twice": (["--train", good, "--eval", good], ("good.tsv", "appears twice", "mnli:good:0")),
+    }[source]
+    check_unchanged(capsys, tiny_workspace, ["prepare", "-w", tiny_workspace, *args, *TINY], *needles)
+
+
+# ---- bad option values ----------------------------------------------------------------------------
+OPTIONS = {
+    "prepare-holdout": (["prepare", "--train", "demo", "--holdout", "1.5"], ("holdout=1.5", "0 <= holdout < 1")),
+    "prepare-neighbors": (["prepare", "--train", "demo", "--neighbors", "0"], ("neighbors=0", ">= 1")),
+    "prepare-max-eval-zero": (["prepare", "--max-eval", "0"], ("--max-eval", "integer >= 1")),
+    "prepare-max-eval-text": (["prepare", "--max-eval", "many"], ("--max-eval", "'many'")),
+    "prepare-labels": (["prepare", "--labels", "4"], ("--labels", "choose from 2, 3")),
+    "prepare-epochs": (["prepare", "--epochs", "0"], ("epochs=0", "> 0")),
+    "prepare-max-length": (["prepare", "--max-length", "2"], ("max_length=2", ">= 8")),
+    "prepare-max-train": (["prepare", "--max-train", "1"], ("max_train=1", ">= 2")),
+    "prepare-index": (["prepare", "--index", "Bogus,Flat"], ("index='Bogus,Flat'", "'IVF1024,Flat'")),
+    "prepare-nprobe": (["prepare", "--nprobe", "0"], ("--nprobe", ">= 1")),
+    "prepare-seed": (["prepare", "--seed", "x"], ("--seed", "invalid int value")),
+    "prepare-lr": (["prepare", "--lr", "-1"], ("lr=-1", "> 0")),
+    "examples-limit-zero": (["examples", "--limit", "0"], ("--limit", ">= 1")),
+    "examples-limit-text": (["examples", "--limit", "ten"], ("--limit", "'ten'")),
+    "influence-unknown-id": (["influence", "--example", "no-such-id", *FAST], ("'no-such-id'", "fastif examples")),
+    "influence-k-too-large": (["influence", "--example", EXAMPLE, "--k", "100000"], ("k=100000", "60")),
+    "influence-depth": (["influence", "--example", EXAMPLE, "--depth", "0"], ("depth=0", ">= 1")),
+    "influence-damping": (["influence", "--example", EXAMPLE, "--damping", "2"], ("damping=2", "< 1")),
+    "influence-k-text": (["influence", "--example", EXAMPLE, "--k", "all"], ("--k", "'all'")),
+    "influence-full-and-k": (["influence", "--example", EXAMPLE, "--full", "--k", "5"], ("not allowed with",)),
+    "influence-no-example": (["influence"], ("required", "--example")),
+    "submit-unknown-id": (["submit", "influence", "--example", "no-such-id", "--k", "5"],
+                          ("'no-such-id'", "fastif examples")),
+    "submit-k-too-large": (["submit", "influence", "--example", EXAMPLE, "--k", "999"], ("k=999", "60")),
+    "submit-prepare-holdout": (["submit", "prepare", "--holdout", "2"], ("holdout=2",)),
+    "submit-no-kind": (["submit"], ("required", "KIND")),
+    "jobs-cancel-unknown": (["jobs", "--cancel", "999"], ("job 999 does not exist",)),
+    "jobs-status": (["jobs", "--status", "bogus"], ("--status", "'bogus'", "queued")),
+    "worker-poll": (["worker", "--poll", "0"], ("--poll", "> 0")),
+    "worker-lease": (["worker", "--lease-seconds", "-5"], ("--lease-seconds", "> 0")),
+    "bench-ks": (["bench", "--out", "OUT", "--ks", "a,b"], ("--ks", "comma-separated")),
+    "bench-test-examples": (["bench", "--out", "OUT", "--test-examples", "0"], ("test_examples=0", ">= 1")),
+    "bench-no-out": (["bench"], ("--out", "required")),
+    "corpus-no-out": (["corpus"], ("--out", "required")),
+    "unknown-command": (["frobnicate"], ("invalid choice", "prepare")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(OPTIONS))
+def test_bad_option_values(tiny_workspace: Path, tmp_path: Path, capsys, case: str):
+    args, needles = OPTIONS[case]
+    if args[0] not in ("corpus", "frobnicate") and args != ["submit"]:
+        args = _with_workspace(args, tiny_workspace, tmp_path / "out")
+    check_unchanged(capsys, tiny_workspace, args, *needles)
+
+
+# ---- missing, unprepared and damaged workspaces -----------------------------------------------------
+COMMANDS = {
+    "examples": ["examples"],
+    "influence": ["influence", "--example", EXAMPLE, *FAST],
+    "submit": ["submit", "influence", "--example", EXAMPLE, "--k", "5"],
+    "jobs": ["jobs"],
+    "worker": ["worker", "--once"],
+    "bench": ["bench", "--out", "OUT", "--quick"],
+}
+
+
+def _with_workspace(command: list[str], ws: Path, out: Path) -> list[str]:
+    at = 2 if command[0] == "submit" else 1
+    rest = [str(out) if a == "OUT" else a for a in command[at:]]
+    return [*command[:at], "-w", str(ws), *rest]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_missing_workspace_is_refused_not_created(tmp_path: Path, capsys, command: str):
+    ws = tmp_path / "typo"
+    code, _, err = run_cli(capsys, _with_workspace(COMMANDS[command], ws, tmp_path / "out"))
+    assert_one_line(code, err, str(ws), "does not exist", "fastif prepare --workspace")
+    assert not ws.exists()
+
+
+@pytest.mark.parametrize("command", ["examples", "influence", "submit", "bench"])
+def test_an_unprepared_workspace_is_refused(tmp_path: Path, capsys, command: str):
+    from fastif_core.store import Store
+
+    ws = tmp_path / "fresh"
+    Store.open(ws).close()  # a database, no manifest (e.g. the dashboard opened it)
+    check_unchanged(capsys, ws, _with_workspace(COMMANDS[command], ws, tmp_path / "out"), "is not prepared",
+                    "fastif prepare --workspace")  # fmt: skip
+
+
+def _build(ws: Path) -> Path:
+    manifest = json.loads((ws / "workspace.json").read_text())
+    return ws / "builds" / manifest["build"]
+
+
+def _model(ws: Path) -> Path:
+    manifest = json.loads((ws / "workspace.json").read_text())
+    return ws / "models" / str(manifest["model_id"])
+
+
+DAMAGE = {
+    "manifest-truncated": (lambda ws: (ws / "workspace.json").write_bytes((ws / "workspace.json").read_bytes()[:50]),
+                           ("workspace.json", "corrupt manifest", "line")),
+    "manifest-not-object": (lambda ws: (ws / "workspace.json").write_text("[1, 2]"), ("corrupt manifest",)),
+    "manifest-binary": (lambda ws: (ws / "workspace.json").write_bytes(b"\xff\xfe\x00garbage"),
+                        ("workspace.json", "corrupt manifest")),
+    "manifest-bad-model-id": (lambda ws: (ws / "workspace.json").write_text(
+        json.dumps({**json.loads((ws / "workspace.json").read_text()), "model_id": "seven"})),
+        ("corrupt manifest", "'model_id'", "'seven'")),
+    "database-garbage": (lambda ws: [p.unlink() for p in ws.glob("fastif.db-*")] and None
+                         or (ws / "fastif.db").write_bytes(b"this is not a database" * 100),
+                         ("fastif.db", "not a database")),
+}  # fmt: skip
+LOAD_DAMAGE = {
+    "index-truncated": (lambda ws: (_build(ws) / "index.faiss").write_bytes(b"IxF2" + b"\x00" * 10),
+                        ("index.faiss", "not a readable FAISS index")),
+    "index-missing": (lambda ws: (_build(ws) / "index.faiss").unlink(), ("index.faiss", "does not exist", "prepare")),
+    "features-garbage": (lambda ws: (_build(ws) / "features.safetensors").write_bytes(b"\x08\x00\x00\x00garbage"),
+                         ("features.safetensors", "not a readable features file", "re-run")),
+    "checkpoint-missing": (lambda ws: [p.unlink() for p in _model(ws).iterdir()], ("fastif_train.json",
+                                                                                  "missing", "run prepare")),
+    "checkpoint-garbage": (lambda ws: (_model(ws) / "model.safetensors").write_bytes(b"\x10\x00garbage"),
+                           ("models/", "cannot be loaded", "re-run")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["examples", "influence", "submit", "bench"])
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_workspace_is_one_line(
+    tiny_workspace: Path, tmp_path: Path, capsys, damage: str, command: str
+):
+    mutate, needles = DAMAGE[damage]
+    mutate(tiny_workspace)
+    check_unchanged(capsys, tiny_workspace, _with_workspace(COMMANDS[command], tiny_workspace, tmp_path / "o"),
+                    *needles)  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", sorted(LOAD_DAMAGE))
+def test_damaged_artefacts_are_one_line(tiny_workspace: Path, tmp_path: Path, capsys, damage: str):
+    mutate, needles = LOAD_DAMAGE[damage]
+    mutate(tiny_workspace)
+    check_unchanged(capsys, tiny_workspace, _with_workspace(COMMANDS["influence"], tiny_workspace, tmp_path),
+                    *needles)  # fmt: skip
+
+
+# ---- the database ---------------------------------------------------------------------------------
+DB_URLS = {
+    "not-a-url": ("notaurl", ("FASTIF_DB_URL=notaurl", "not a usable SQLAlchemy URL")),
+    "unknown-dialect": ("foo://host/db", ("FASTIF_DB_URL=foo://host/db", "not a usable")),
+    "missing-driver": ("postgresql+psycopg2://u@127.0.0.1/db", ("psycopg2", "not installed", "pip install")),
+    "refused": ("postgresql+psycopg://u@127.0.0.1:1/db", ("127.0.0.1", "refused")),
+}
+
+
+@pytest.mark.parametrize("command", ["examples", "jobs", "submit", "worker"])
+@pytest.mark.parametrize("url", sorted(DB_URLS))
+def test_a_bad_database_url(
+    tiny_workspace: Path, tmp_path: Path, capsys, monkeypatch, url: str, command: str
+):
+    value, needles = DB_URLS[url]
+    monkeypatch.setenv("FASTIF_DB_URL", value)
+    check_unchanged(
+        capsys, tiny_workspace, _with_workspace(COMMANDS[command], tiny_workspace, tmp_path), *needles
+    )
+
+
+@pytest.mark.parametrize("command", ["examples", "jobs", "submit"])
+def test_a_locked_database(tiny_workspace: Path, tmp_path: Path, capsys, monkeypatch, command: str):
+    monkeypatch.setenv("FASTIF_DB_BUSY_TIMEOUT_MS", "200")
+    holder = sqlite3.connect(tiny_workspace / "fastif.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process in the middle of a long write
+    try:
+        code, _, err = run_cli(capsys, _with_workspace(COMMANDS[command], tiny_workspace, tmp_path))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_one_line(code, err, "is locked by another process", "0.2 s", "retry")
+
+
+# ---- real subprocesses ----------------------------------------------------------------------------
+def fastif(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fastif_core", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["binary-garbage", "manifest-truncated", "bad-url", "submit-unknown-id"])
+def test_subprocess_errors_are_one_line(tiny_workspace: Path, tmp_path: Path, case: str):
+    env, needles = None, ()
+    if case == "binary-garbage":
+        args, needles = (
+            ["prepare", "-w", tiny_workspace, "--train", write_case(tmp_path, case), *TINY],
+            ("not UTF-8",),
+        )
+    elif case == "manifest-truncated":
+        DAMAGE[case][0](tiny_workspace)
+        args, needles = ["examples", "-w", tiny_workspace], ("corrupt manifest",)
+    elif case == "bad-url":
+        args, env, needles = ["jobs", "-w", tiny_workspace], {"FASTIF_DB_URL": "notaurl"}, ("FASTIF_DB_URL",)
+    else:
+        args, needles = (
+            ["submit", "influence", "-w", tiny_workspace, "--example", "nope", "--k", "5"],
+            ("'nope'",),
+        )
+    before = workspace_digest(tiny_workspace)
+    proc = fastif(*args, env=env)
+    assert_one_line(proc.returncode, proc.stderr, *needles)
+    assert workspace_digest(tiny_workspace) == before
