@@ -163,7 +163,8 @@ def run_from_args(a: argparse.Namespace) -> int:
         try:
             result = run_solvers(a, progress)
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         from fastif_core.benchmarks.report import solver_text
 
         print(solver_text(result))
