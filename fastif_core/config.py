@@ -248,7 +248,8 @@ class InfluenceConfig:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> InfluenceConfig:
         data = dict(data)
-        s_test = from_dict(STestConfig, data.pop("s_test", {}))
+        given = data.pop("s_test", None)  # absent: the engine's default; a partial dict fills field defaults
+        s_test = STestConfig.default() if given is None else from_dict(STestConfig, given)
         return from_dict(cls, {**data, "s_test": s_test})
 
 

@@ -20,12 +20,13 @@ def tiny_objective():
 
 
 def first_principles_influence(obj, train, rows, s_test) -> torch.Tensor:
-    """``-(∇L(z_r)·s_test)`` for each row: the gradient of the row's own loss (L2 term included), eval mode."""
+    """``-(∇ℓ(z_r)·s_test)`` for each row: the gradient of the row's own data loss (the default
+    ``gradient_l2 = none``), eval mode."""
     out = []
     with obj.evaluating():
         for r in rows:
             params = {n: p.detach().requires_grad_(True) for n, p in obj.params.items()}
-            loss = obj.per_example_loss(params, train.collate([r])).sum()
+            loss = obj.data_loss(params, train.collate([r])).sum()
             grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
             out.append(-(obj.flatten(grads).double() @ s_test.double()))
     return torch.stack(out)

@@ -97,7 +97,8 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     worker_cmd = [
         sys.executable,
         "-m",
-        "fastif_core.worker",
+        "fastif_core",
+        "worker",
         "--workspace",
         str(root),
         "--devices",

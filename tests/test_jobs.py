@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastif_core import jobs
-from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestConfig
+from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestConfig, to_dict
 from fastif_core.errors import JobError, LeaseLostError
 from fastif_core.store import Store
 
@@ -32,7 +32,7 @@ def test_enqueue_twice_is_one_job(store):
     assert a.id == b.id == c.id and store.job_counts() == {"queued": 1}
     other = jobs.enqueue(store, "influence", {"example_id": "x", "config": {"k": 10}})
     assert other.id != a.id
-    assert a.params["config"]["s_test"]["depth"] == STestConfig.fast().depth  # defaults filled in
+    assert a.params["config"]["s_test"] == to_dict(STestConfig.default())  # defaults filled in
     prep = jobs.enqueue(store, "prepare", PrepareConfig(evals=("demo",), knn=KnnConfig(k=5)))
     assert jobs.job_params(store.get_job(prep.id)) == PrepareConfig(evals=("demo",), knn=KnnConfig(k=5))
 

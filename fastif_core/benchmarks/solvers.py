@@ -109,12 +109,12 @@ def compare_example(
     candidates = loaded.nearest(ex.id, min(k, len(train)))[0]
     score = lambda s: score_candidates(obj, s, train, candidates, 64).cpu()  # noqa: E731
     ref_scores = score(ref)
-    half_scores = [score(h) for h in halves]
+    half_scores = [score(h) for h in halves] if ref_repeats > 1 else None
     out = {"id": ex.id, "correct": ex.correct, "grad_norm": float(v.norm()), "candidates": len(candidates),
            "reference": {"repeats": ref_repeats, "seconds_per_repeat": ref_seconds,
                          "cos_with_gradient": _cos(ref, v),
-                         "halves_pearson": correlations(*half_scores)["pearson"],
-                         "halves_overlap": overlap(*half_scores)}, "solvers": {}}  # fmt: skip
+                         "halves_pearson": correlations(*half_scores)["pearson"] if half_scores else None,
+                         "halves_overlap": overlap(*half_scores) if half_scores else None}, "solvers": {}}  # fmt: skip
     for i, (name, cfg) in enumerate(solvers.items()):
         progress(i / len(solvers), f"{ex.id}: solver {name}")
         out["solvers"][name] = _one_solver(obj, train, v, cfg, ref, ref_scores, score)
