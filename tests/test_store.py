@@ -106,10 +106,21 @@ def test_database_of_first_migration_opens_and_upgrades(db_url):
         conn.execute(text("INSERT INTO jobs (kind, params, params_hash, dedup_key, status, priority, attempts, "
                           "max_attempts, progress, message, cancel_requested, created_at) VALUES ('influence', "
                           "'{}', 'h1', 'h1', 'queued', 0, 0, 3, 0, '', FALSE, :t)"), {"t": now})  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO models (id, name, checkpoint_path, train_config, config_hash, metrics, "
+                "label_names, created_at) VALUES (1, 'm', 'model', '{}', 'c1', '{}', '[]', :t)"
+            ),
+            {"t": now},
+        )
+        conn.execute(text("INSERT INTO predictions (model_id, example_id, probs, predicted, confidence, correct) "
+                          "VALUES (1, 'e1', '[1.0]', 'neutral', 1.0, TRUE)"))  # fmt: skip
     old.dispose()
     with Store.open(url=url) as st:
         assert st.revision() == "0003"
         assert st.get_example("e1").label == "neutral"
+        # upgrading keeps what older versions stored (no table rebuild cascading into predictions)
+        assert st.get_example("e1", 1).predicted == "neutral" and st.get_example("e1", 1).correct is True
         assert st.claim_job("w").params_hash == "h1"
         assert st.worker_heartbeat("w", pid=1).status == "running"
         assert "ix_jobs_claim" in {ix["name"] for ix in inspect(st.engine).get_indexes("jobs")}

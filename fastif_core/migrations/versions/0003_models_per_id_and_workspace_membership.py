@@ -34,11 +34,13 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("model_id", "example_id", name="uq_training_examples_model_example"),
     )
-    with op.batch_alter_table("models") as batch:
-        batch.add_column(sa.Column("lineage", sa.JSON(), nullable=False, server_default=sa.text("'{}'")))
-        batch.add_column(sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.false()))
-    with op.batch_alter_table("examples") as batch:
-        batch.add_column(sa.Column("in_workspace", sa.Boolean(), nullable=False, server_default=sa.true()))
+    # plain ALTER TABLE ADD COLUMN, never a batch "move and copy": on SQLite that drops and recreates the
+    # table, and with foreign keys on the DROP cascades into predictions, neighbours and influence runs
+    op.add_column("models", sa.Column("lineage", sa.JSON(), nullable=False, server_default=sa.text("'{}'")))
+    op.add_column("models", sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column(
+        "examples", sa.Column("in_workspace", sa.Boolean(), nullable=False, server_default=sa.true())
+    )
 
 
 def downgrade() -> None:
