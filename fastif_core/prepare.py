@@ -30,6 +30,7 @@ from fastif_core.data.sampling import content_hash, stratified_sample
 from fastif_core.errors import DataFormatError, WorkspaceError
 from fastif_core.store import Store
 from fastif_core.store.records import PredictionIn
+from fastif_core.worker_process import pid_running
 from fastif_core.workspace import (
     LAYOUT,
     WorkspacePaths,
@@ -254,18 +255,8 @@ def sweep_staging(paths: WorkspacePaths) -> None:
         return
     for entry in paths.staging.iterdir():
         pid = entry.name.split("-", 1)[0]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and int(pid) != 0 and pid_running(int(pid))):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != 0
 
 
 def prune_builds(paths: WorkspacePaths, keep: set[str | None]) -> None:

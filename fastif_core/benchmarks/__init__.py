@@ -159,22 +159,20 @@ def run_from_args(a: argparse.Namespace) -> int:
         bars[0].n = int(1000 * min(max(fraction, 0.0), 1.0))
         bars[0].set_postfix_str(message[:60], refresh=True)
 
-    if a.section == "solvers":
-        try:
+    try:
+        if a.section == "solvers":
             result = run_solvers(a, progress)
-        finally:
-            for bar in bars:
-                bar.close()
+        else:
+            result = run_bench(a.workspace, a.out, config=config, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    if a.section == "solvers":
         from fastif_core.benchmarks.report import solver_text
 
         print(solver_text(result))
         print(f"\nwrote {Path(a.out) / 'solvers.json'}")
         return 0
-    try:
-        result = run_bench(a.workspace, a.out, config=config, progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
     print(format_summary(result))
     print(f"\nwrote {Path(a.out) / 'bench.json'} and {len(result['plots']['html'])} plots")
     return 0
