@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastif_core.config import InfluenceConfig, PrepareConfig, config_hash, from_dict, to_dict
+from fastif_core.data.loaders import source_fingerprint
 from fastif_core.errors import FastifError, JobError
 
 if TYPE_CHECKING:
@@ -66,17 +67,23 @@ class JobKind:
     params_cls: type
     description: str
     max_attempts: int = 3
+    inputs: Callable[[Any], Any] | None = None  # what the params name but do not contain (file contents)
 
 
 _KINDS: dict[str, JobKind] = {}
 
 
-def register_kind(name: str, params_cls: type, description: str, *, max_attempts: int = 3) -> JobKind:
+def register_kind(
+    name: str, params_cls: type, description: str, *, max_attempts: int = 3,
+    inputs: Callable[[Any], Any] | None = None,
+) -> JobKind:  # fmt: skip
     """Register (or re-register) a kind. ``params_cls`` is a dataclass, optionally with ``validate()``
-    and a ``from_json_dict`` classmethod for nested configs."""
+    and a ``from_json_dict`` classmethod for nested configs. ``inputs(params)`` (JSON-able) fingerprints
+    what the parameters only name, e.g. the contents of the files a prepare reads: it is part of the key
+    under which an equal job is found, so the same request over changed files is a new job."""
     if not dataclasses.is_dataclass(params_cls):
         raise TypeError(f"job kind {name!r}: params_cls must be a dataclass, got {params_cls!r}")
-    kind = JobKind(name, params_cls, description, max_attempts)
+    kind = JobKind(name, params_cls, description, max_attempts, inputs)
     _KINDS[name] = kind
     return kind
 
@@ -141,7 +148,8 @@ def enqueue(
     else:
         params = parse_params(kind, params)
     data = params_dict(params)
-    return store.enqueue_job(kind, data, params_hash=config_hash(data), priority=priority,
+    key = data if spec.inputs is None else {"params": data, "inputs": spec.inputs(params)}
+    return store.enqueue_job(kind, data, params_hash=config_hash(key), priority=priority,
                              max_attempts=max_attempts or spec.max_attempts)  # fmt: skip
 
 
@@ -190,6 +198,18 @@ class InfluenceParams:
 
 
 register_kind("influence", InfluenceParams, "influential training examples of one test example")
+
+
+def prepare_inputs(cfg: PrepareConfig) -> dict[str, str | list[str]]:
+    """The contents behind a prepare's sources and base model (see :func:`source_fingerprint`)."""
+    return {"train": source_fingerprint(cfg.train), "evals": [source_fingerprint(e) for e in cfg.evals],
+            "model": source_fingerprint(cfg.model)}  # fmt: skip
+
+
 register_kind(
-    "prepare", PrepareConfig, "import data, fine-tune, predict, build the kNN index", max_attempts=2
+    "prepare",
+    PrepareConfig,
+    "import data, fine-tune, predict, build the kNN index",
+    max_attempts=2,
+    inputs=prepare_inputs,
 )

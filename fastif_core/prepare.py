@@ -11,6 +11,7 @@ interrupted prepare leaves the previous state untouched and the next one starts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,38 @@ def prepare(
     report(0.0, "loading data")
     data = collect_data(cfg)  # before anything is written: a bad file changes nothing
     paths.root.mkdir(parents=True, exist_ok=True)
-    old, phash = _previous_manifest(paths.root), prepare_hash(cfg, content_hash(data.all_examples()))
+    phash = prepare_hash(cfg, content_hash(data.all_examples()))
+    with prepare_lock(paths, report):  # one prepare per workspace at a time; a second one waits, then reuses
+        return _prepare_locked(paths, cfg, data, phash, device, report, show_progress)
+
+
+@contextlib.contextmanager
+def prepare_lock(paths: WorkspacePaths, report: Progress) -> Iterator[None]:
+    """An exclusive ``flock`` on ``W/prepare.lock`` for the duration of one prepare (released by the OS
+    when the process dies, so a killed prepare never leaves the workspace locked). Where ``fcntl`` does
+    not exist (Windows) prepares are not serialised."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with (paths.root / "prepare.lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report(0.0, "waiting for another prepare of this workspace to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prepare_locked(
+    paths: WorkspacePaths, cfg: PrepareConfig, data: PreparedData, phash: str, device: str, report: Progress,
+    show_progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    old = _previous_manifest(paths.root)
     if old and old.get("status") == "ready" and old.get("prepare_hash") == phash \
             and WorkspacePaths.of(paths.root, old).index.exists():  # fmt: skip
         return {**old, "reused": True}

@@ -37,6 +37,21 @@ def test_enqueue_twice_is_one_job(store):
     assert jobs.job_params(store.get_job(prep.id)) == PrepareConfig(evals=("demo",), knn=KnnConfig(k=5))
 
 
+def test_prepare_over_changed_files_is_a_new_job(store, tmp_path: Path):
+    """A done prepare is the answer to the same request only while the files it read are unchanged."""
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence1\tsentence2\tgold_label\nA cat sleeps.\tA cat rests.\tentailment\n")
+    cfg = PrepareConfig(train=str(data), knn=KnnConfig(k=5))
+    first = jobs.enqueue(store, "prepare", cfg)
+    store.claim_job("w", kinds=["prepare"])
+    store.complete_job(first.id, "w", result={"model_id": 1})
+    assert jobs.enqueue(store, "prepare", cfg).id == first.id  # same files: the done job answers
+    data.write_text(data.read_text() + "A dog runs.\tA dog sits.\tcontradiction\n")
+    changed = jobs.enqueue(store, "prepare", cfg)
+    assert changed.id != first.id and changed.status == "queued"
+    assert changed.params == first.params  # the same settings; the key differs by the files' contents
+
+
 def test_running_and_done_jobs_are_reused_failed_and_cancelled_are_not(store):
     job = jobs.enqueue(store, "influence", {"example_id": "x"})
     store.claim_job("w")

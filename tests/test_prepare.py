@@ -259,3 +259,57 @@ def test_prepare_killed_mid_training_leaves_the_old_consistent_state(tmp_path: P
     new = prepare(ws, new_cfg, show_progress=False)
     assert new["model_id"] != old["model_id"] and LoadedWorkspace.load(ws).train_ids != before.train_ids
     assert not any((ws / "staging").iterdir())  # the killed run's staging area was swept
+
+
+CONCURRENT_PREPARE = """
+import dataclasses, json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from factories import tiny_prepare_config
+from fastif_core.prepare import prepare
+
+cfg = tiny_prepare_config(Path({model!r}), demo_size=40)
+seen = set()
+
+def progress(fraction, message):
+    for word, tag in (("fine-tuning", "TRAINING"), ("waiting", "WAITING")):
+        if message.startswith(word) and tag not in seen:
+            seen.add(tag)
+            print(tag, flush=True)
+            if tag == "TRAINING":
+                sys.stdin.readline()  # hold the lock mid-training until the test says go
+
+m = prepare({ws!r}, cfg, progress=progress, show_progress=False)
+print(json.dumps({{"reused": m["reused"], "model_id": m["model_id"], "build": m["build"]}}), flush=True)
+"""
+
+
+def test_concurrent_prepares_of_one_workspace_wait_for_each_other(tmp_path: Path):
+    """A second prepare started while the first one trains waits for its lock, then reuses its result
+    (it used to train too and fail on renaming its checkpoint over the first one's)."""
+    import os
+    import subprocess
+    import sys
+
+    model = save_tiny_checkpoint(tmp_path / "base")
+    ws = tmp_path / "ws"
+    script = CONCURRENT_PREPARE.format(tests=str(Path(__file__).parent), model=str(model), ws=str(ws))
+    run = lambda: subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: E731
+                                   text=True, env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    first = run()
+    try:
+        assert first.stdout.readline().strip() == "TRAINING"  # the first one holds the lock, mid-training
+        second = run()
+        assert second.stdout.readline().strip() == "WAITING"
+        out_first = first.communicate("go\n", timeout=300)[0]
+        out_second = second.communicate("", timeout=300)[0]
+    finally:
+        for proc in (first, locals().get("second")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert first.returncode == 0 and second.returncode == 0, (out_first, out_second)
+    assert "TRAINING" not in out_second  # the second one trained nothing
+    a, b = json.loads(out_first.splitlines()[-1]), json.loads(out_second.splitlines()[-1])
+    assert (a["reused"], b["reused"]) == (False, True) and a["model_id"] == b["model_id"]
+    assert a["build"] == b["build"] == read_manifest(ws)["build"]
+    assert [d.name for d in (ws / "models").iterdir()] == [str(a["model_id"])]

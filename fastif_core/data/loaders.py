@@ -16,6 +16,7 @@ file, the line and what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -194,6 +195,26 @@ def _load_demo(
 def is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
     return path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())
+
+
+def source_fingerprint(source: str | None) -> str:
+    """What a source is now: ``demo``/``hf:`` names as they are; a file's sha256; a directory's (a saved
+    dataset, a checkpoint) relative paths, sizes and modification times. Equal fingerprints = same data."""
+    if source is None or source == "demo" or source.startswith(("demo:", "hf:")):
+        return str(source)
+    path = Path(source).expanduser()
+    digest = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    elif path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            stat = child.stat()
+            digest.update(f"{child.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    else:
+        return f"missing:{source}"
+    return digest.hexdigest()
 
 
 def load_source(source: str, *, dataset: str | None = None, split: str | None = None, limit: int | None = None,
