@@ -4,6 +4,8 @@ is resumable, every number is recomputed independently here, and the choice foll
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,14 @@ import torch
 from scipy import stats
 
 from fastif_core.benchmarks.common import choose_test_examples
-from fastif_core.benchmarks.solvers import REF_SEED, overlap, run_solver_section, summarize
+from fastif_core.benchmarks.solvers import (
+    REF_SEED,
+    fill_references,
+    model_key,
+    overlap,
+    run_solver_section,
+    summarize,
+)
 from fastif_core.config import STestConfig
 from fastif_core.influence import score_candidates, test_gradient
 from fastif_core.solvers import solve
@@ -44,10 +53,20 @@ def test_solver_section_numbers_and_resume(tiny_workspace: Path, tmp_path: Path)
     # the reference is the mean of the paper-preset repetitions with seeds REF_SEED + t, recomputed here
     obj, train = loaded.objective, loaded.train
     v = test_gradient(obj, ex.batch)
-    ref = torch.stack([solve(obj, v, train, STestConfig(**{**REF.__dict__, "seed": REF_SEED + t})).s_test
-                       for t in range(2)]).mean(0)  # fmt: skip
+    reps = [
+        solve(obj, v, train, STestConfig(**{**REF.__dict__, "seed": REF_SEED + t})).s_test for t in range(2)
+    ]
+    ref = torch.stack(reps).mean(0)
     candidates = loaded.nearest(ex.id, 12)[0]
     ref_scores = score_candidates(obj, ref, train, candidates)
+    # one repetition against the other (T-1 = 1): the paper preset's own run-to-run agreement
+    rep_scores = [score_candidates(obj, r, train, candidates) for r in reps]
+    held = first["reference"]["held_out_repetition"]
+    assert held["repeats_in_reference"] == 1
+    assert held["pearson"]["mean"] == pytest.approx(stats.pearsonr(*rep_scores)[0], abs=1e-6)
+    assert held["rel_error"]["mean"] == pytest.approx(
+        0.5 * sum(float((a - b).norm() / b.norm()) for a, b in (reps, reps[::-1])), rel=1e-5
+    )
     gn = solve(obj, v, train, SOLVERS["gn_cg"])
     gn_scores = score_candidates(obj, gn.s_test, train, candidates)
     row = first["solvers"]["gn_cg"]
@@ -71,6 +90,35 @@ def test_solver_section_numbers_and_resume(tiny_workspace: Path, tmp_path: Path)
                                click=False, ref_cfg=REF)  # fmt: skip
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert again["examples"][0]["solvers"]["gn_cg"]["pearson"] == pytest.approx(row["pearson"], abs=1e-6)
+    # one part alone (the L2 check) keeps the comparison stored by the run before it
+    l2_only = run_solver_section(loaded, examples[:1], out, ref_repeats=2, k=12, solvers={"gn_cg": SOLVERS["gn_cg"]},
+                                 click=False, ref_cfg=REF, parts=("l2",), l2_examples=examples[1:])  # fmt: skip
+    assert l2_only["examples"] == json.loads(json.dumps(again["examples"]))
+    assert [r["id"] for r in l2_only["l2_convention"]] == [examples[1].id]
+    assert json.loads((out / "solvers.json").read_text())["l2_convention"][0]["id"] == examples[1].id
+
+
+def test_references_fill_repetition_major_and_are_keyed_by_checkpoint(tiny_workspace: Path, tmp_path: Path):
+    loaded, examples = _examples(tiny_workspace)
+    cache = tmp_path / "reference"
+    fill_references(loaded, examples, 1, cache, ref_cfg=REF)
+    first = sorted(cache.rglob("rep*.safetensors"))
+    assert [f.name for f in first] == ["rep0.safetensors"] * len(examples)  # every example's rep 0, no rep 1
+    assert {f.parent.name for f in first} == {re.sub(r"[^A-Za-z0-9_.-]+", "_", e.id) for e in examples}
+    stamps = [f.stat().st_mtime_ns for f in first]
+    fill_references(loaded, examples, 2, cache, ref_cfg=REF)  # resumes: rep 0 read back, rep 1 added
+    assert [f.stat().st_mtime_ns for f in first] == stamps
+    assert len(list(cache.rglob("rep1.safetensors"))) == len(examples)
+    # the key is the checkpoint's content: the same model id with other weights is another directory
+    key = model_key(loaded)
+    assert key.startswith(f"model{loaded.model_id}-") and all(p.parts[len(cache.parts)] == key for p in first)
+    ckpt = next((tiny_workspace / "models" / str(loaded.model_id)).glob("*.safetensors"))
+    moved = tmp_path / "ws_other_weights"
+    shutil.copytree(tiny_workspace, moved)
+    target = moved / "models" / str(loaded.model_id) / ckpt.name
+    target.write_bytes(target.read_bytes()[:-1] + bytes([target.read_bytes()[-1] ^ 1]))
+    other = LoadedWorkspace.load(moved, "cpu")
+    assert model_key(other) != key
 
 
 def test_choice_is_the_fastest_solver_above_both_floors():

@@ -81,6 +81,24 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from exc
 
 
+SOLVER_PARTS = (
+    "reference",
+    "compare",
+    "l2",
+    "click",
+)  # fastif_core.benchmarks.solvers.PARTS (not imported here)
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    parts = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = sorted(set(parts) - set(SOLVER_PARTS))
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: allowed a comma-separated subset of {', '.join(SOLVER_PARTS)}"
+        )
+    return parts
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fastif bench`` but ``--workspace``, which the CLI adds as for every command (the
     CLI's subparser delegates here; this module never imports the CLI)."""
@@ -124,6 +142,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--l2-examples", type=int, default=10, help="solvers: test examples of the L2 convention check"
     )
+    p.add_argument(
+        "--solver-parts", type=_parts, default=None,
+        help="solvers: comma-separated subset of reference, compare, l2, click (default all); the results "
+        "of the other parts are kept from OUT/solvers.json",
+    )  # fmt: skip
     p.add_argument(
         "--only-solvers", default=None,
         help="solvers: comma-separated subset of paper, lissa_batched, gn_cg_b16, gn_cg_b32, gn_cg_b64, hessian_cg_b16",
@@ -181,7 +204,7 @@ def run_from_args(a: argparse.Namespace) -> int:
 def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     """``fastif bench --section solvers``: the s_test solver comparison on the workspace's test examples."""
     from fastif_core.benchmarks.common import choose_test_examples
-    from fastif_core.benchmarks.solvers import default_solvers, run_solver_section
+    from fastif_core.benchmarks.solvers import PARTS, default_solvers, run_solver_section
     from fastif_core.errors import ConfigError
     from fastif_core.store import Store
     from fastif_core.workspace import LoadedWorkspace
@@ -201,7 +224,8 @@ def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
         store.close()
     examples = _balanced_head(pool, a.test_examples)
     return run_solver_section(loaded, examples, Path(a.out), ref_repeats=a.ref_repeats, k=a.solver_k,
-                              l2_examples=pool[: a.l2_examples], solvers=solvers, progress=progress)  # fmt: skip
+                              l2_examples=pool[: a.l2_examples], solvers=solvers, progress=progress,
+                              parts=a.solver_parts or PARTS)  # fmt: skip
 
 
 def _balanced_head(pool: list[Any], n: int) -> list[Any]:

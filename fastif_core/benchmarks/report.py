@@ -113,6 +113,14 @@ def solver_text(result: dict[str, Any]) -> str:
         lines.append(f"{name:<16}{row['seconds_median']:>10.1f}{row['hvps_median']:>8.0f}{row['pearson']['mean']:>10.4f}"
                      f"{row['overlap_helpful']['mean']:>12.2f}{row['overlap_harmful']['mean']:>12.2f}"
                      f"{row['rel_error']['mean']:>9.3f}  {row['meets']}")  # fmt: skip
+    held = [e["reference"].get("held_out_repetition") for e in result.get("examples", [])]
+    held = [h for h in held if h]
+    if held:
+        mean = lambda key: sum(h[key]["mean"] for h in held) / len(held)  # noqa: E731
+        secs = [e["reference"]["seconds_per_repeat"] for e in result["examples"]]
+        lines.append(f"{'paper (1 rep.)':<16}{sorted(secs)[len(secs) // 2]:>10.1f}{result['reference'].get('depth', 0):>8}{mean('pearson'):>10.4f}"
+                     f"{mean('overlap_helpful'):>12.2f}{mean('overlap_harmful'):>12.2f}{mean('rel_error'):>9.3f}"
+                     f"  (one reference repetition vs the mean of the other T-1)")  # fmt: skip
     lines.append(f"choice (fastest meeting Pearson >= 0.99, overlap >= 0.8): {summary.get('choice')}")
     for name, lat in result.get("latency", {}).items():
         sec = lat["seconds"]

@@ -16,6 +16,7 @@ from it), or null when none qualifies.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import statistics
@@ -34,7 +35,9 @@ from fastif_core.benchmarks.speed import latency
 from fastif_core.config import InfluenceConfig, STestConfig, config_hash, to_dict
 from fastif_core.errors import SolverError
 from fastif_core.influence import score_candidates, test_gradient
+from fastif_core.scoring import score_many
 from fastif_core.solvers import solve
+from fastif_core.workspace import WorkspacePaths
 
 REF_SEED = 1000  # reference repetitions use seeds REF_SEED + t, disjoint from the solvers' seeds
 PEARSON_FLOOR, OVERLAP_FLOOR = 0.99, 0.8
@@ -60,29 +63,70 @@ def _slug(text: str) -> str:
 def reference(
     loaded: Any, ex: TestExample, v: Tensor, repeats: int, cache_dir: Path, progress: Progress,
     ref_cfg: STestConfig | None = None,
-) -> tuple[Tensor, Tensor, float]:  # fmt: skip
-    """``(mean, the means of the even and odd repetitions (2, P), median seconds per repetition)`` of
+) -> tuple[Tensor, float]:  # fmt: skip
+    """``(the repetitions (T, P), median seconds per repetition)`` of
     ``ref_cfg`` (default: the paper's LiSSA) over ``repeats`` repetitions with seeds ``REF_SEED + t``;
     each repetition is read from ``cache_dir`` when it was computed before (for the same settings)."""
     ref_cfg = ref_cfg or STestConfig.fast()
-    where = cache_dir / f"model{loaded.model_id}" / config_hash(ref_cfg) / _slug(ex.id)
-    where.mkdir(parents=True, exist_ok=True)
     reps, seconds = [], []
     for t in range(repeats):
-        path = where / f"rep{t}.safetensors"
-        if not path.exists():
-            progress(t / repeats, f"reference {ex.id}: repetition {t + 1}/{repeats}")
-            est, sec = timed(
-                lambda t=t: solve(loaded.objective, v, loaded.train, replace(ref_cfg, seed=REF_SEED + t))
-            )
-            save_file({"s_test": est.s_test.cpu().contiguous()}, str(path), metadata={"seconds": str(sec)})
+        path = reference_repetition(loaded, ex, v, t, cache_dir, ref_cfg, progress)
         reps.append(load_file(str(path))["s_test"])
         seconds.append(_seconds_of(path))
-    stack = torch.stack(reps)  # (T, P)
-    halves = (
-        torch.stack([stack[0::2].mean(0), stack[1::2].mean(0)]) if repeats > 1 else stack[:1].repeat(2, 1)
-    )
-    return stack.mean(0), halves, statistics.median(seconds)
+    return torch.stack(reps), statistics.median(seconds)  # (T, P)
+
+
+def reference_repetition(
+    loaded: Any, ex: TestExample, v: Tensor, t: int, cache_dir: Path, ref_cfg: STestConfig,
+    progress: Progress = lambda f, m: None,
+) -> Path:  # fmt: skip
+    """The cached file of repetition ``t`` (seed ``REF_SEED + t``) of ``ref_cfg`` for ``ex``, computed and
+    written first when missing. Keyed by the checkpoint's content (a re-trained model under the same id
+    never reuses another model's reference), the settings' hash and the example id."""
+    where = cache_dir / model_key(loaded) / config_hash(ref_cfg) / _slug(ex.id)
+    path = where / f"rep{t}.safetensors"
+    if not path.exists():
+        where.mkdir(parents=True, exist_ok=True)
+        progress(0.0, f"reference {ex.id}: repetition {t + 1}")
+        est, sec = timed(
+            lambda: solve(loaded.objective, v, loaded.train, replace(ref_cfg, seed=REF_SEED + t))
+        )
+        tmp = path.with_suffix(".tmp")
+        save_file({"s_test": est.s_test.cpu().contiguous()}, str(tmp), metadata={"seconds": str(sec)})
+        tmp.replace(path)
+    return path
+
+
+def fill_references(
+    loaded: Any, examples: Sequence[TestExample], repeats: int, cache_dir: Path,
+    progress: Progress = lambda f, m: None, ref_cfg: STestConfig | None = None,
+) -> None:  # fmt: skip
+    """Every example's reference repetitions, repetition-major (all examples' repetition 0, then 1, …), so
+    that a stopped run leaves the same number of cached repetitions for every example."""
+    ref_cfg = ref_cfg or STestConfig.fast()
+    grads = {ex.id: test_gradient(loaded.objective, ex.batch) for ex in examples}
+    total = max(1, repeats * len(examples))
+    for t in range(repeats):
+        for i, ex in enumerate(examples):
+            done = t * len(examples) + i
+            sub = lambda f, m, done=done: progress((done + f) / total, m)  # noqa: E731
+            reference_repetition(loaded, ex, grads[ex.id], t, cache_dir, ref_cfg, sub)
+
+
+def model_key(loaded: Any) -> str:
+    """``model<id>-<first 12 hex digits of the sha256 of the checkpoint's safetensors>``."""
+    directory = WorkspacePaths.of(loaded.root, loaded.manifest).model_dir(loaded.model_id)
+    if directory not in _MODEL_KEYS:
+        digest = hashlib.sha256()
+        for path in sorted(directory.glob("*.safetensors")):
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        _MODEL_KEYS[directory] = f"model{loaded.model_id}-{digest.hexdigest()[:12]}"
+    return _MODEL_KEYS[directory]
+
+
+_MODEL_KEYS: dict[Path, str] = {}
 
 
 def _seconds_of(path: Path) -> float:
@@ -105,20 +149,43 @@ def compare_example(
     """Every solver on one test example against the reference (see the module docstring)."""
     obj, train = loaded.objective, loaded.train
     v = test_gradient(obj, ex.batch)
-    ref, halves, ref_seconds = reference(loaded, ex, v, ref_repeats, cache_dir, progress, ref_cfg)
+    reps, ref_seconds = reference(loaded, ex, v, ref_repeats, cache_dir, progress, ref_cfg)
+    ref = reps.mean(0)
     candidates = loaded.nearest(ex.id, min(k, len(train)))[0]
     score = lambda s: score_candidates(obj, s, train, candidates, 64).cpu()  # noqa: E731
-    ref_scores = score(ref)
-    half_scores = [score(h) for h in halves] if ref_repeats > 1 else None
+    rep_scores = score_many(obj, reps, train, candidates, 64).cpu()  # (T, k): scores are linear in s
+    ref_scores = rep_scores.mean(0)
+    halves = [rep_scores[0::2].mean(0), rep_scores[1::2].mean(0)] if ref_repeats > 1 else None
     out = {"id": ex.id, "correct": ex.correct, "grad_norm": float(v.norm()), "candidates": len(candidates),
            "reference": {"repeats": ref_repeats, "seconds_per_repeat": ref_seconds,
                          "cos_with_gradient": _cos(ref, v),
-                         "halves_pearson": correlations(*half_scores)["pearson"] if half_scores else None,
-                         "halves_overlap": overlap(*half_scores) if half_scores else None}, "solvers": {}}  # fmt: skip
+                         "halves_pearson": correlations(*halves)["pearson"] if halves else None,
+                         "halves_overlap": overlap(*halves) if halves else None,
+                         "held_out_repetition": held_out_repetition(reps, rep_scores)}, "solvers": {}}  # fmt: skip
     for i, (name, cfg) in enumerate(solvers.items()):
         progress(i / len(solvers), f"{ex.id}: solver {name}")
         out["solvers"][name] = _one_solver(obj, train, v, cfg, ref, ref_scores, score)
     return out
+
+
+def held_out_repetition(reps: Tensor, rep_scores: Tensor) -> dict[str, Any] | None:
+    """One reference repetition (a paper-preset run) against the mean of the other T−1, for every t:
+    mean±std of Pearson, top-10 overlaps and relative s_test error — what one run of the paper's LiSSA
+    achieves against a (T−1)-repetition reference, at no extra cost. None when T < 2."""
+    t = len(reps)
+    if t < 2:
+        return None
+    rows = []
+    for i in range(t):
+        others = torch.cat([reps[:i], reps[i + 1 :]]).mean(0)
+        other_scores = torch.cat([rep_scores[:i], rep_scores[i + 1 :]]).mean(0)
+        rows.append({"pearson": correlations(rep_scores[i], other_scores)["pearson"],
+                     "overlap": overlap(rep_scores[i], other_scores),
+                     "rel_error": float((reps[i] - others).double().norm() / others.double().norm())})  # fmt: skip
+    return {"repeats_in_reference": t - 1, "pearson": mean_std([r["pearson"] for r in rows]),
+            "overlap_helpful": mean_std([r["overlap"]["helpful"] for r in rows]),
+            "overlap_harmful": mean_std([r["overlap"]["harmful"] for r in rows]),
+            "rel_error": mean_std([r["rel_error"] for r in rows])}  # fmt: skip
 
 
 def _one_solver(
@@ -178,37 +245,65 @@ def l2_convention(loaded: Any, ex: TestExample, cfg: STestConfig, k: int) -> dic
             "overlap": overlap(values["none"], values["test_and_train"])}  # fmt: skip
 
 
+PARTS = ("reference", "compare", "l2", "click")
+
+
 def run_solver_section(
     loaded: Any, examples: Sequence[TestExample], out_dir: Path, *, ref_repeats: int = 8, k: int = 1000,
     l2_examples: Sequence[TestExample] = (), solvers: dict[str, STestConfig] | None = None,
     click: bool = True, progress: Progress = lambda f, m: None, ref_cfg: STestConfig | None = None,
+    parts: Sequence[str] = PARTS,
 ) -> dict[str, Any]:  # fmt: skip
-    """The whole section; ``out_dir/solvers.json`` is rewritten after every example (a stop loses nothing)."""
+    """The section's ``parts`` (default all: fill the references, compare the solvers, the L2 convention,
+    one click's latency). ``out_dir/solvers.json`` is rewritten after every step (a stop loses nothing);
+    the results of parts that do not run are kept from an earlier run (same model, k and reference)."""
     solvers = solvers or default_solvers()
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"k": k, "ref_repeats": ref_repeats, "reference": to_dict(ref_cfg or STestConfig.fast()), "solvers": {n: to_dict(c) for n, c in solvers.items()},
+    result: dict[str, Any] = {"model": model_key(loaded), "k": k, "ref_repeats": ref_repeats, "reference": to_dict(ref_cfg or STestConfig.fast()), "solvers": {n: to_dict(c) for n, c in solvers.items()},
                               "num_train": len(loaded.train), "trainable_params": loaded.objective.num_params,
                               "threads": torch.get_num_threads(), "examples": []}  # fmt: skip
-    for i, ex in enumerate(examples):
-        sub = lambda f, m, i=i: progress((i + f) / (len(examples) + 2), m)  # noqa: E731
-        result["examples"].append(
-            compare_example(loaded, ex, solvers, ref_repeats, k, out_dir / "reference", sub, ref_cfg)
-        )
-        result["summary"] = summarize(result["examples"], list(solvers))
-        _write(out_dir, result)
-    if l2_examples:
+    result.update(_kept(out_dir, result, parts))
+    if "reference" in parts:
+        fill_references(loaded, examples, ref_repeats, out_dir / "reference",
+                        lambda f, m: progress(0.5 * f, m), ref_cfg)  # fmt: skip
+    if "compare" in parts:
+        result["examples"] = []
+        for i, ex in enumerate(examples):
+            sub = lambda f, m, i=i: progress(0.5 + 0.5 * (i + f) / (len(examples) + 2), m)  # noqa: E731
+            result["examples"].append(
+                compare_example(loaded, ex, solvers, ref_repeats, k, out_dir / "reference", sub, ref_cfg)
+            )
+            result["summary"] = summarize(result["examples"], list(solvers))
+            _write(out_dir, result)
+    if l2_examples and "l2" in parts:
         progress((len(examples) + 1) / (len(examples) + 2), "L2 convention")
-        result["l2_convention"] = [
-            l2_convention(loaded, ex, STestConfig.default(), 100) for ex in l2_examples
-        ]
-        _write(out_dir, result)
-    if click:
+        result["l2_convention"] = []
+        for ex in l2_examples:
+            result["l2_convention"].append(l2_convention(loaded, ex, STestConfig.default(), 100))
+            _write(out_dir, result)
+    if click and "click" in parts:
         result["latency"] = {}
         for name, c in (("default", STestConfig.default()), ("paper", STestConfig.fast())):
             progress(len(examples) / (len(examples) + 2), f"one click with the {name} preset")
             result["latency"][name] = latency(loaded, examples[0], InfluenceConfig(s_test=replace(c), k=k))
             _write(out_dir, result)
+    _write(out_dir, result)
     return result
+
+
+def _kept(out_dir: Path, result: dict[str, Any], parts: Sequence[str]) -> dict[str, Any]:
+    """From an earlier ``solvers.json`` of the same model, k and reference settings: the results of the parts
+    that do not run now (``examples``/``summary``/``ref_repeats`` for compare, ``l2_convention``, ``latency``)."""
+    path = out_dir / "solvers.json"
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+    if any(old.get(key) != result[key] for key in ("model", "k", "reference")):
+        return {}
+    keep = {"compare": ("examples", "summary", "ref_repeats", "solvers"), "l2": ("l2_convention",),
+            "click": ("latency",)}  # fmt: skip
+    return {key: old[key] for part, keys in keep.items() if part not in parts for key in keys if key in old}
 
 
 def _write(out_dir: Path, result: dict[str, Any]) -> None:
