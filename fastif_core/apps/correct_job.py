@@ -30,6 +30,7 @@ from fastif_core.correct_config import CorrectConfig
 from fastif_core.errors import ConfigError
 from fastif_core.objective import Objective, hf_forward
 from fastif_core.store import Store
+from fastif_core.store import results as res
 from fastif_core.workspace import LoadedWorkspace, require_prepared, two_way_aware_cross_entropy
 
 Progress = Callable[[float, str], None]
@@ -138,12 +139,34 @@ def run_correction(
     seconds = {"setup": t1 - t0, "loops": time.perf_counter() - t1, "total": time.perf_counter() - t0}
     saved = _save(root, loaded, cfg, model_id, kept, found, runs) if cfg.save else None
     if found is None:
-        with Store.open(root) as store:
-            found = store.save_app_result(APP, replace(cfg, save=None), _result(cfg, model_id, data, pool, before,
-                                          runs, seconds, loaded.device), model_id=model_id, kind=cfg.kind,
-                                          config_hash=cfg.result_key(), job_id=job_id, owner=owner)  # fmt: skip
-        job_id = None  # the job is done with the result
+        result = _result(cfg, model_id, data, pool, before, runs, seconds, loaded.device)
+        return {**_store(root, cfg, model_id, result, saved, job_id, owner).result, "cached": False, "saved": saved}
     return _finish(root, found, cfg, saved, job_id, owner, cached=False)
+
+
+def _ref(run_id: int, cached: bool, saved: dict | None) -> dict[str, Any]:
+    """The job's result: the stored run, and the saved model version."""
+    return {"correction_id": run_id, "cached": cached, **({"saved_model_id": saved["model_id"]} if saved else {})}
+
+
+def _store(root: str | Path, cfg: CorrectConfig, model_id: int, result: dict[str, Any], saved: dict | None,
+           job_id: int | None, owner: str | None) -> Any:  # fmt: skip
+    """Write the run once; with a job, its ``done`` lands in the same transaction (LeaseLostError: nothing)."""
+    args = (APP, model_id, replace(cfg, save=None), result, cfg.kind)
+    with Store.open(root) as store:
+        if job_id is None:
+            info = store.save_app_result(APP, args[2], result, model_id=model_id, kind=cfg.kind,
+                                         config_hash=cfg.result_key())  # fmt: skip
+            return replace(info, result={**info.result, "run_id": info.id})
+        stored: dict[str, Any] = {}
+
+        def writer(s: Any) -> dict[str, Any]:
+            stored["info"] = res.app_info(APP, res.save_app_result(s, *args, job_id, cfg.result_key()))
+            return _ref(stored["info"].id, False, saved)
+
+        store.complete_job(job_id, owner or "", writer)
+    info = stored["info"]
+    return replace(info, result={**info.result, "run_id": info.id})
 
 
 def _save(root: str | Path, loaded: LoadedWorkspace, cfg: CorrectConfig, parent: int, model: Any, found: Any,
@@ -191,10 +214,9 @@ def _close(a: list[dict], b: list[dict]) -> bool:
 
 def _finish(root: str | Path, found: Any, cfg: CorrectConfig, saved: dict | None, job_id: int | None,
             owner: str | None, *, cached: bool) -> dict[str, Any]:  # fmt: skip
-    ref = {"correction_id": found.id, "cached": cached, **({"saved_model_id": saved["model_id"]} if saved else {})}
     if job_id is not None:
         with Store.open(root) as store:
-            store.complete_job(job_id, owner or "", result=ref)
+            store.complete_job(job_id, owner or "", result=_ref(found.id, cached, saved))
     return {**found.result, "run_id": found.id, "cached": cached, "saved": saved}
 
 
