@@ -39,7 +39,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     """``--workspace`` and ``--device`` as every ``fastif`` command has them."""
     p.add_argument("--workspace", "-w", type=Path, default=default_workspace(),
                    help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="torch device: auto (CUDA if present, else cpu), cpu, cuda:N")
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if present, else cpu), cpu, cuda:N"
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,12 +69,26 @@ def _add_correct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default=",".join(METHODS), help=help_of(CorrectConfig, "methods"))
     p.add_argument("--heldout", default=d.heldout, help=help_of(CorrectConfig, "heldout"))
     p.add_argument("--save", choices=METHODS, default=None, help=help_of(CorrectConfig, "save"))
-    p.add_argument("--preset", choices=PRESETS, default="default", help="s_test settings preset (see `fastif influence`)")
-    p.add_argument("--depth", type=positive_int, default=None, help=f"{help_of(STestConfig, 'depth')} (default: the preset's)")
+    p.add_argument(
+        "--preset", choices=PRESETS, default="default", help="s_test settings preset (see `fastif influence`)"
+    )
+    p.add_argument(
+        "--depth",
+        type=positive_int,
+        default=None,
+        help=f"{help_of(STestConfig, 'depth')} (default: the preset's)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"{help_of(STestConfig, 'batch_size')} (default: the preset's)")  # fmt: skip
-    p.add_argument("--gradient-l2", choices=GRADIENT_L2, default=d.gradient_l2, help=help_of(CorrectConfig, "gradient_l2"))
-    p.add_argument("--submit", action="store_true", help="queue a `correct` job for the worker instead of running here")
+    p.add_argument(
+        "--gradient-l2",
+        choices=GRADIENT_L2,
+        default=d.gradient_l2,
+        help=help_of(CorrectConfig, "gradient_l2"),
+    )
+    p.add_argument(
+        "--submit", action="store_true", help="queue a `correct` job for the worker instead of running here"
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=cmd_correct)
 
@@ -91,9 +107,10 @@ def cmd_correct(a: argparse.Namespace) -> int:
     cfg = correct_config_from_args(a)
     if a.submit:
         return _submit(a, cfg)
+    from tqdm.auto import tqdm
+
     from fastif_core.apps.correct_job import check_settings, run_correction
     from fastif_core.device import resolve_device
-    from tqdm.auto import tqdm
 
     check_settings(a.workspace, cfg)  # one line for a bad slice before the model loads
     bar = tqdm(total=1000, desc="correct", unit="‰", leave=False)
@@ -134,7 +151,9 @@ def format_correction(out: dict[str, Any]) -> str:
         for method, m in out["methods"].items():
             acc = m["summary"].get(part, {}).get("accuracy")
             if acc:
-                lines.append(f"      {method:<8} after {acc['mean'][-1]:.3f} [{acc['min'][-1]:.3f}, {acc['max'][-1]:.3f}]")
+                lines.append(
+                    f"      {method:<8} after {acc['mean'][-1]:.3f} [{acc['min'][-1]:.3f}, {acc['max'][-1]:.3f}]"
+                )
     if out.get("saved"):
         lines.append(f"saved model version {out['saved']['model_id']} ({out['saved']['method']})")
     return "\n".join(lines)
@@ -143,9 +162,15 @@ def format_correction(out: dict[str, Any]) -> str:
 def _add_versions(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("versions", help="list model versions; activate one; compare two")
     _common(p)
-    p.add_argument("--activate", type=int, metavar="ID", help="serve model version ID (builds its index if missing)")
-    p.add_argument("--compare", type=int, nargs=2, metavar=("A", "B"), help="accuracy per slice and changed predictions")
-    p.add_argument("--limit", type=positive_int, default=20, help="changed examples listed by --compare (default 20)")
+    p.add_argument(
+        "--activate", type=int, metavar="ID", help="serve model version ID (builds its index if missing)"
+    )
+    p.add_argument(
+        "--compare", type=int, nargs=2, metavar=("A", "B"), help="accuracy per slice and changed predictions"
+    )
+    p.add_argument(
+        "--limit", type=positive_int, default=20, help="changed examples listed by --compare (default 20)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_versions)
 
@@ -168,5 +193,7 @@ def cmd_versions(a: argparse.Namespace) -> int:
               f"{out['broken']} broken)")  # fmt: skip
     else:
         for v in out["versions"]:
-            print(f"{'*' if v['active'] else ' '} {v['id']:>4} {v['name']:<48} {v['method']:<22} parent {v['parent_model_id']}")
+            print(
+                f"{'*' if v['active'] else ' '} {v['id']:>4} {v['name']:<48} {v['method']:<22} parent {v['parent_model_id']}"
+            )
     return 0

@@ -19,7 +19,12 @@ from fastif_core.errors import ConfigError
 
 METHODS = ("helpful", "harmful", "random", "anchors")
 SLICE_KEYS = ("dataset", "split", "heuristic", "subcase", "genre", "template", "label")
-GROUP_KEYS = ("heuristic", "subcase", "genre", "template")  # the first one in the target groups the evaluation
+GROUP_KEYS = (
+    "heuristic",
+    "subcase",
+    "genre",
+    "template",
+)  # the first one in the target groups the evaluation
 TRAIN_POOL = "train"
 
 
@@ -56,9 +61,13 @@ class CorrectConfig:
     loop (I iterations × A anchors, k candidates, one SGD step on the top m), methods and seeds."""
 
     slice: str = _f("heuristic=lexical_overlap,label=non-entailment", "target slice: key=value[,key=value]")
-    pool: str = _f(TRAIN_POOL, "candidates: 'train' (the training set) or a new source: demo:augment, a file, hf:...")
+    pool: str = _f(
+        TRAIN_POOL, "candidates: 'train' (the training set) or a new source: demo:augment, a file, hf:..."
+    )
     iterations: int = _f(10, "iterations I: anchors drawn, influence, one gradient step, evaluation")
-    anchors: int = _f(10, "anchors A drawn from the anchor pool per iteration (one s_test for their mean loss)")
+    anchors: int = _f(
+        10, "anchors A drawn from the anchor pool per iteration (one s_test for their mean loss)"
+    )
     k: int = _f(1000, "candidates: the k nearest of the anchors' mean feature (capped at the pool size)")
     top: int = _f(10, "examples m of the chosen kind in each gradient step")
     lr: float = _f(1e-4, "SGD learning rate of the step on the trainable parameters")
@@ -82,13 +91,20 @@ class CorrectConfig:
         _check(self.top >= 1, "top", "an integer >= 1", self.top)
         _check(self.lr > 0 and self.lr != float("inf"), "lr", "a number > 0", self.lr)
         _check(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
-        _check(0.0 < self.anchor_fraction < 1.0, "anchor_fraction", "0 < anchor_fraction < 1", self.anchor_fraction)
+        _check(
+            0.0 < self.anchor_fraction < 1.0,
+            "anchor_fraction",
+            "0 < anchor_fraction < 1",
+            self.anchor_fraction,
+        )
         _check(self.max_eval is None or self.max_eval >= 1, "max_eval", "an integer >= 1", self.max_eval)
         _check(bool(self.methods) and len(set(self.methods)) == len(self.methods)
                and all(m in METHODS for m in self.methods), "methods", ", ".join(METHODS), ",".join(self.methods))  # fmt: skip
         _check(self.save is None or self.save in self.methods, "save", f"one of the run's methods "
                f"({', '.join(self.methods)})", self.save)  # fmt: skip
-        _check(bool(self.pool.strip()), "pool", "'train' or a source (demo:augment, a file, hf:...)", self.pool)
+        _check(
+            bool(self.pool.strip()), "pool", "'train' or a source (demo:augment, a file, hf:...)", self.pool
+        )
         _check(self.gradient_l2 in GRADIENT_L2, "gradient_l2", " | ".join(GRADIENT_L2), self.gradient_l2)
         _check(self.score_batch_size >= 1, "score_batch_size", "an integer >= 1", self.score_batch_size)
         if self.heldout != "auto":
@@ -129,7 +145,12 @@ class ActivateParams:
     model_id: int = field(metadata={"help": "id of the model version to serve"})
 
     def validate(self) -> ActivateParams:
-        _check(isinstance(self.model_id, int) and self.model_id >= 1, "model_id", "a model id >= 1", self.model_id)
+        _check(
+            isinstance(self.model_id, int) and self.model_id >= 1,
+            "model_id",
+            "a model id >= 1",
+            self.model_id,
+        )
         return self
 
 

@@ -51,7 +51,9 @@ def _paths(root: str | Path) -> tuple[WorkspacePaths, dict[str, Any]]:
     manifest = require_prepared(root)
     paths = WorkspacePaths.of(root, manifest)
     if paths.legacy:
-        raise WorkspaceError(f"{paths.manifest}: model versions need the per-model layout; re-run `fastif prepare`")
+        raise WorkspaceError(
+            f"{paths.manifest}: model versions need the per-model layout; re-run `fastif prepare`"
+        )
     return paths, manifest
 
 
@@ -118,11 +120,17 @@ def save_version(
         if parent is None:
             raise WorkspaceError(f"model {parent_id} does not exist (list versions with `fastif versions`)")
         known = store.find_model(config_hash=key)
-        if known is not None and (paths.model_dir(known.id) / M.TRAIN_META).exists() and known.metrics.get("build"):
+        if (
+            known is not None
+            and (paths.model_dir(known.id) / M.TRAIN_META).exists()
+            and known.metrics.get("build")
+        ):
             return known
         name = f"{parent.name}-{lineage.get('method', 'version')}-{key[:8]}"
         lin = {**lineage, "parent_model_id": parent_id, "base_model": parent.lineage.get("base_model")}
-        info = store.get_or_create_model(name, "", train_config, parent.label_names, config_hash=key, lineage=lin)
+        info = store.get_or_create_model(
+            name, "", train_config, parent.label_names, config_hash=key, lineage=lin
+        )
         target = paths.model_dir(info.id)
         if not (target / M.TRAIN_META).exists():
             _write_checkpoint(paths, target, model, tokenizer, train_config, {"model_id": info.id, **lin})
@@ -148,7 +156,9 @@ def _write_checkpoint(paths: WorkspacePaths, target: Path, model: Any, tokenizer
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def activate(root: str | Path, model_id: int, *, device: str = "cpu", progress: Progress | None = None) -> dict:
+def activate(
+    root: str | Path, model_id: int, *, device: str = "cpu", progress: Progress | None = None
+) -> dict:
     """Serve ``model_id``: the store's active model and the manifest switch together; returns the manifest.
     The manifest's ``model_builds`` remembers each served model's build and accuracy for switching back."""
     paths, manifest = _paths(root)
@@ -186,7 +196,9 @@ def _rebuild(store: Store, paths: WorkspacePaths, manifest: dict[str, Any], info
     model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(info.id), device)
     name, build = _build(store, paths, manifest, model, tokenizer, info, current, device,
                          progress or (lambda f, m: None))  # fmt: skip
-    store.update_model(info.id, metrics={**info.metrics, "build": name, "accuracy": build.manifest["accuracy"]})
+    store.update_model(
+        info.id, metrics={**info.metrics, "build": name, "accuracy": build.manifest["accuracy"]}
+    )
     return {"build": name, "accuracy": build.manifest["accuracy"]}
 
 

@@ -35,7 +35,9 @@ def test_one_step_equals_a_manual_sgd_step_on_the_chosen_examples(tiny):
     rows, lr = [3, 0, 7], 0.05
     sgd_step(objective, data.collate(rows), lr)
     batch = data.collate(rows)
-    loss = F.cross_entropy(manual(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
+    loss = F.cross_entropy(
+        manual(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]
+    )
     loss.backward()
     with torch.no_grad():
         for p in manual.parameters():
@@ -64,7 +66,9 @@ def test_helpful_and_harmful_take_the_most_negative_and_most_positive_influence(
     s_test = solve(objective, test_gradient(objective, anchors), data, TINY_S_TEST).s_test
     reference = score_candidates_reference(objective, s_test, data, cands)  # one backward per candidate
     torch.testing.assert_close(values, reference, rtol=1e-7, atol=1e-12)
-    value_of = dict(zip(cands, reference.tolist(), strict=True))  # the tiny data repeats pairs: compare values
+    value_of = dict(
+        zip(cands, reference.tolist(), strict=True)
+    )  # the tiny data repeats pairs: compare values
     ranked = sorted(value_of.values())
     helpful, harmful = pick("helpful", values, cands, 3), pick("harmful", values, cands, 3)
     assert [value_of[c] for c in helpful] == pytest.approx(ranked[:3], rel=1e-9, abs=1e-15)
@@ -89,8 +93,12 @@ def test_evaluate_counts_two_way_non_entailment_as_any_class_but_entailment(tiny
     enc = data.subset(range(6))
     enc.labels[:] = torch.tensor([0, 1, 2, 3, 3, 0])  # 3 = merged non-entailment on the 3-way model
     with torch.no_grad():
-        probs = torch.softmax(model(**{k: v for k, v in enc.collate(range(6)).items() if k != "labels"}).logits, -1)
-    p_gold = torch.stack([probs[0, 0], probs[1, 1], probs[2, 2], 1 - probs[3, 0], 1 - probs[4, 0], probs[5, 0]])
+        probs = torch.softmax(
+            model(**{k: v for k, v in enc.collate(range(6)).items() if k != "labels"}).logits, -1
+        )
+    p_gold = torch.stack(
+        [probs[0, 0], probs[1, 1], probs[2, 2], 1 - probs[3, 0], 1 - probs[4, 0], probs[5, 0]]
+    )
     pred = probs.argmax(1)
     hits = [pred[0] == 0, pred[1] == 1, pred[2] == 2, pred[3] != 0, pred[4] != 0, pred[5] == 0]
     got = evaluate(model, {"part": enc})["part"]
@@ -101,7 +109,10 @@ def test_evaluate_counts_two_way_non_entailment_as_any_class_but_entailment(tiny
 
 def test_summary_is_mean_min_max_over_seeds_with_before_first():
     before = {"a": {"accuracy": 0.5, "loss": 1.0}}
-    runs = [{"curve": [{"a": {"accuracy": 0.6, "loss": 0.9}}]}, {"curve": [{"a": {"accuracy": 0.8, "loss": 0.7}}]}]
+    runs = [
+        {"curve": [{"a": {"accuracy": 0.6, "loss": 0.9}}]},
+        {"curve": [{"a": {"accuracy": 0.8, "loss": 0.7}}]},
+    ]
     acc = summarize(before, runs)["a"]["accuracy"]
     assert acc["mean"] == pytest.approx([0.5, 0.7]) and acc["min"] == [0.5, 0.6] and acc["max"] == [0.5, 0.8]
 

@@ -50,7 +50,10 @@ def test_correction_through_the_worker_saves_a_version_and_leaves_the_base_untou
         (seed,) = m["seeds"]
         assert len(seed["curve"]) == 2 and set(seed["curve"][-1]) == parts
         assert all(set(p) <= train_ids and len(p) == (0 if method == "anchors" else 3) for p in seed["picks"])
-        assert m["summary"][result["target"]]["accuracy"]["mean"][0] == result["before"][result["target"]]["accuracy"]
+        assert (
+            m["summary"][result["target"]]["accuracy"]["mean"][0]
+            == result["before"][result["target"]]["accuracy"]
+        )
     assert saved.lineage["parent_model_id"] == 1 and saved.lineage["method"] == "correction:helpful"
     assert saved.lineage["picks"] == result["methods"]["helpful"]["seeds"][0]["picks"]
     assert (ws / "models" / str(saved.id) / "lineage.json").is_file()
@@ -70,7 +73,11 @@ def test_correction_through_the_worker_saves_a_version_and_leaves_the_base_untou
     manifest_acc = read_manifest(ws)["accuracy"]["demo-hans/challenge"]["slices"]["heuristic"]
     assert set(manifest_acc) == {"constituent", "lexical_overlap", "subsequence"} and after["n"] >= 1
     cmp = versions.compare(ws, 1, saved.id)
-    assert {r["value"] for r in cmp["slices"]["heuristic"]} == {"constituent", "lexical_overlap", "subsequence"}
+    assert {r["value"] for r in cmp["slices"]["heuristic"]} == {
+        "constituent",
+        "lexical_overlap",
+        "subsequence",
+    }
     assert cmp["changed"] == len(cmp["examples"]) and all(e["a"] != e["b"] for e in cmp["examples"])
     versions.activate(ws, 1)
     assert read_manifest(ws)["model_id"] == 1 and versions.checkpoint_hash(ws / "models" / "1") == base_hash

@@ -85,7 +85,9 @@ def evaluate(model: Any, parts: dict[str, Any], batch_size: int = 64, device: st
     for name, enc in parts.items():
         probs = M.predict_proba(model, enc, batch_size, device).double()  # (N, C)
         labels, c = enc.labels, probs.shape[1]
-        p_gold = torch.where(labels == c, probs[:, 1:].sum(1), probs.gather(1, labels.clamp(max=c - 1)[:, None])[:, 0])
+        p_gold = torch.where(
+            labels == c, probs[:, 1:].sum(1), probs.gather(1, labels.clamp(max=c - 1)[:, None])[:, 0]
+        )
         pred = probs.argmax(1)
         correct = torch.where(labels == c, pred != 0, pred == labels)
         out[name] = {"n": len(enc), "loss": float(-p_gold.clamp_min(1e-12).log().mean()) if len(enc) else None,

@@ -115,14 +115,20 @@ def select(store: Store, cfg: CorrectConfig, model_id: int) -> LoopData:
     return LoopData(name, pool, dict(sorted(evals.items())), held, held_name)
 
 
-def encode_labeled(tokenizer: Any, records: list[NLIExample], label_names: tuple[str, ...], max_length: int) -> Any:
+def encode_labeled(
+    tokenizer: Any, records: list[NLIExample], label_names: tuple[str, ...], max_length: int
+) -> Any:
     """``EncodedExamples`` whose labels index ``label_names``; a 2-way *non-entailment* on a 3-way model
     gets index C (the merged class of :func:`fastif_core.workspace.two_way_aware_cross_entropy`)."""
     from fastif_core import model as M
 
     c = len(label_names)
-    merged = [ex.label not in label_names and c == 3 and to_two_way(ex.label) == "non-entailment" for ex in records]
-    placeholder = [replace(ex, label=label_names[0]) if m else ex for ex, m in zip(records, merged, strict=True)]
+    merged = [
+        ex.label not in label_names and c == 3 and to_two_way(ex.label) == "non-entailment" for ex in records
+    ]
+    placeholder = [
+        replace(ex, label=label_names[0]) if m else ex for ex, m in zip(records, merged, strict=True)
+    ]
     encoded = M.encode(tokenizer, placeholder, label_names, max_length)
     for i, m in enumerate(merged):
         if m:

@@ -140,13 +140,21 @@ def run_correction(
     saved = _save(root, loaded, cfg, model_id, kept, found, runs) if cfg.save else None
     if found is None:
         result = _result(cfg, model_id, data, pool, before, runs, seconds, loaded.device)
-        return {**_store(root, cfg, model_id, result, saved, job_id, owner).result, "cached": False, "saved": saved}
+        return {
+            **_store(root, cfg, model_id, result, saved, job_id, owner).result,
+            "cached": False,
+            "saved": saved,
+        }
     return _finish(root, found, cfg, saved, job_id, owner, cached=False)
 
 
 def _ref(run_id: int, cached: bool, saved: dict | None) -> dict[str, Any]:
     """The job's result: the stored run, and the saved model version."""
-    return {"correction_id": run_id, "cached": cached, **({"saved_model_id": saved["model_id"]} if saved else {})}
+    return {
+        "correction_id": run_id,
+        "cached": cached,
+        **({"saved_model_id": saved["model_id"]} if saved else {}),
+    }
 
 
 def _store(root: str | Path, cfg: CorrectConfig, model_id: int, result: dict[str, Any], saved: dict | None,
@@ -181,13 +189,23 @@ def _save(root: str | Path, loaded: LoadedWorkspace, cfg: CorrectConfig, parent:
         if not reproduced:
             raise ConfigError(f"save={cfg.save!r}: re-running the loop did not reproduce the stored curve; "
                               "run the correction again without the cached result")  # fmt: skip
-    key = config_hash({"correction": cfg.result_key(), "method": cfg.save, "seed": cfg.seed, "parent": parent})
+    key = config_hash(
+        {"correction": cfg.result_key(), "method": cfg.save, "seed": cfg.seed, "parent": parent}
+    )
     lineage = {"method": f"correction:{cfg.save}", "settings": to_dict(replace(cfg, save=None)),
                "seed": cfg.seed, "steps": cfg.iterations, "picks": run["picks"],
                "correction_key": cfg.result_key(), "kind": cfg.kind, "pool": cfg.pool}  # fmt: skip
     tcfg = served_train_config(loaded)
-    info = versions.save_version(root, parent, model, loaded.tokenizer, tcfg, lineage, key, device=loaded.device)
-    return {"model_id": info.id, "name": info.name, "method": cfg.save, "seed": cfg.seed, "reproduced": reproduced}
+    info = versions.save_version(
+        root, parent, model, loaded.tokenizer, tcfg, lineage, key, device=loaded.device
+    )
+    return {
+        "model_id": info.id,
+        "name": info.name,
+        "method": cfg.save,
+        "seed": cfg.seed,
+        "reproduced": reproduced,
+    }
 
 
 def served_train_config(loaded: LoadedWorkspace) -> Any:
@@ -207,7 +225,9 @@ def _close(a: list[dict], b: list[dict]) -> bool:
         for part, metrics in x.items():
             for name, value in metrics.items():
                 other = y[part][name]
-                if (value is None) != (other is None) or (value is not None and abs(value - other) > REPRODUCE_TOL):
+                if (value is None) != (other is None) or (
+                    value is not None and abs(value - other) > REPRODUCE_TOL
+                ):
                     return False
     return True
 
@@ -231,7 +251,9 @@ def run_correct_job(ctx: Any) -> dict[str, Any]:
 
 def run_activate_job(ctx: Any) -> dict[str, Any]:
     """``activate_model`` jobs: build the version's features and index if missing, then switch."""
-    manifest = versions.activate(ctx.root, ctx.params.model_id, device=ctx.group.device, progress=ctx.progress)
+    manifest = versions.activate(
+        ctx.root, ctx.params.model_id, device=ctx.group.device, progress=ctx.progress
+    )
     return {"model_id": manifest["model_id"], "build": manifest.get("build")}
 
 

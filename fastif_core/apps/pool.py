@@ -70,7 +70,9 @@ def load_pool(loaded: LoadedWorkspace, source: str, *, batch_size: int = 64) -> 
     return _read(loaded, source, directory, built)
 
 
-def _build(loaded: LoadedWorkspace, source: str, records: list[NLIExample], directory: Path, batch_size: int) -> None:
+def _build(
+    loaded: LoadedWorkspace, source: str, records: list[NLIExample], directory: Path, batch_size: int
+) -> None:
     """Features under the served model and a FAISS index over them, written once into ``directory``."""
     from fastif_core import model as M
 
