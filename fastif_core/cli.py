@@ -25,6 +25,7 @@ from fastif_core.config import (
     TrainConfig,
     help_of,
 )
+from fastif_core.correct_cli import add_parser as add_correct_parser
 from fastif_core.errors import FastifError, JobError
 
 Command = Callable[[argparse.Namespace], int]
@@ -458,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_prepare, _add_examples, _add_influence, _add_worker, _add_submit, _add_jobs, _add_bench,
                 _add_corpus):  # fmt: skip
         add(sub)
+    add_correct_parser(sub)
     return parser
 
 

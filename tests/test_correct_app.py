@@ -1,0 +1,60 @@
+"""The dashboard's Correct page (streamlit AppTest) on a tiny workspace with one stored run: the curves,
+the before/after table, the version list; launching queues one ``correct`` job for the served model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from fastif_core.apps.correct_job import run_correction
+from fastif_core.config import STestConfig
+from fastif_core.correct_config import CorrectConfig
+from fastif_core.store import Store
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "dashboard.py")
+RUN = CorrectConfig(anchors=2, iterations=2, seeds=2, top=3, lr=0.05, methods=("random", "anchors"), max_eval=6,
+                    s_test=STestConfig.default(depth=2, batch_size=8))  # fmt: skip
+
+
+@pytest.fixture
+def page(tiny_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
+    out = run_correction(tiny_workspace, RUN)
+    monkeypatch.setenv("FASTIF_WORKSPACE", str(tiny_workspace))
+    monkeypatch.setenv("FASTIF_AUTOSTART_WORKER", "0")
+    st.cache_data.clear()
+    return tiny_workspace, out
+
+
+def _correct_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("views/correct.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_correct_page_draws_the_stored_run_and_queues_a_launch(page) -> None:
+    ws, out = page
+    at = _correct_page()
+    texts = "\n".join(str(m.value) for m in at.markdown)
+    assert f"**Run #{out['run_id']}**" in texts and out["target"] in texts
+    frames = [d.value for d in at.dataframe]
+    table = next(f for f in frames if "change" in getattr(f, "columns", []))
+    assert set(table["method"]) == {"random", "anchors"} and set(table["part"]) == set(out["before"])
+    row = table[(table.method == "random") & (table.part == out["target"])].iloc[0]
+    summary = out["methods"]["random"]["summary"][out["target"]]["accuracy"]
+    assert row["after"] == pytest.approx(summary["mean"][-1]) and row["min"] == pytest.approx(
+        summary["min"][-1]
+    )
+    assert any(list(getattr(f, "columns", []))[:2] == ["id", "name"] for f in frames)  # the version list
+    at.number_input(key="correct_anchors").set_value(2)
+    at.button[0].click()  # "Run correction" (the first form's submit button)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    with Store.open(ws) as store:
+        queued = store.list_jobs(status="queued")
+    assert [j.kind for j in queued] == ["correct"] and queued[0].params["model_id"] == 1
+    assert queued[0].params["anchors"] == 2

@@ -1,0 +1,139 @@
+"""Correction and augmentation runs end to end on the tiny workspace: through the worker, stored once,
+saved as a model version (the base model's files hashed before and after), activated and compared;
+the same seed reproduces the stored curve; a cancelled run stores nothing; bad settings are one line."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from test_bad_input import run_cli, workspace_digest
+
+from fastif_core import jobs, versions
+from fastif_core.apps.correct_job import run_correction
+from fastif_core.apps.pool import load_pool
+from fastif_core.config import STestConfig
+from fastif_core.correct_config import ActivateParams, CorrectConfig
+from fastif_core.store import Store
+from fastif_core.worker import run_worker
+from fastif_core.workspace import LoadedWorkspace, read_manifest
+
+FAST = dict(anchors=2, iterations=2, seeds=1, k=12, top=3, lr=0.05, max_eval=6,
+            s_test=STestConfig.default(depth=2, batch_size=8))  # fmt: skip
+
+
+def _job(ws, job_id):
+    with Store.open(ws) as store:
+        return store.get_job(job_id)
+
+
+def test_correction_through_the_worker_saves_a_version_and_leaves_the_base_untouched(tiny_workspace):
+    ws = tiny_workspace
+    base_hash = versions.checkpoint_hash(ws / "models" / "1")
+    cfg = CorrectConfig(**FAST, methods=("helpful", "harmful", "random", "anchors"), save="helpful")
+    with Store.open(ws) as store:
+        queued = jobs.enqueue(store, "correct", cfg)
+    assert run_worker(ws, "cpu:1", once=True, poll=0.1) == 1
+    done = _job(ws, queued.id)
+    assert done.status == "done", done.error
+    with Store.open(ws) as store:
+        run = store.get_app_result("correction", done.result["correction_id"])
+        saved = store.get_model(done.result["saved_model_id"])
+        train_ids = set(store.train_ids(1))
+    result = run.result
+    assert set(result["methods"]) == {"helpful", "harmful", "random", "anchors"}
+    parts = set(result["before"])
+    assert {"heldout", result["target"]} <= parts and len(parts) == 4  # three heuristics + held-out
+    for method, m in result["methods"].items():
+        (seed,) = m["seeds"]
+        assert len(seed["curve"]) == 2 and set(seed["curve"][-1]) == parts
+        assert all(set(p) <= train_ids and len(p) == (0 if method == "anchors" else 3) for p in seed["picks"])
+        assert (
+            m["summary"][result["target"]]["accuracy"]["mean"][0]
+            == result["before"][result["target"]]["accuracy"]
+        )
+    assert saved.lineage["parent_model_id"] == 1 and saved.lineage["method"] == "correction:helpful"
+    assert saved.lineage["picks"] == result["methods"]["helpful"]["seeds"][0]["picks"]
+    assert (ws / "models" / str(saved.id) / "lineage.json").is_file()
+    assert versions.checkpoint_hash(ws / "models" / "1") == base_hash
+
+    again = run_correction(ws, cfg)  # the same seed: the helpful loop is re-run and must reproduce the curve
+    assert again["saved"]["reproduced"] is True and again["saved"]["model_id"] == saved.id
+    assert run_correction(ws, replace(cfg, save=None))["cached"] is True
+
+    with Store.open(ws) as store:
+        jobs.enqueue(store, "activate_model", ActivateParams(model_id=saved.id))
+    assert run_worker(ws, "cpu:1", once=True, poll=0.1) == 1
+    assert read_manifest(ws)["model_id"] == saved.id
+    loaded = LoadedWorkspace.load(ws)
+    assert loaded.model_id == saved.id and len(loaded.train_ids) == len(train_ids)
+    after = result["methods"]["helpful"]["seeds"][0]["curve"][-1][result["target"]]
+    manifest_acc = read_manifest(ws)["accuracy"]["demo-hans/challenge"]["slices"]["heuristic"]
+    assert set(manifest_acc) == {"constituent", "lexical_overlap", "subsequence"} and after["n"] >= 1
+    cmp = versions.compare(ws, 1, saved.id)
+    assert {r["value"] for r in cmp["slices"]["heuristic"]} == {
+        "constituent",
+        "lexical_overlap",
+        "subsequence",
+    }
+    assert cmp["changed"] == len(cmp["examples"]) and all(e["a"] != e["b"] for e in cmp["examples"])
+    versions.activate(ws, 1)
+    assert read_manifest(ws)["model_id"] == 1 and versions.checkpoint_hash(ws / "models" / "1") == base_hash
+
+
+def test_augmentation_pool_gets_its_own_features_and_index_once(tiny_workspace):
+    cfg = CorrectConfig(**{**FAST, "iterations": 1}, methods=("helpful", "random"), pool="demo:augment")
+    out = run_correction(tiny_workspace, cfg)
+    assert out["kind"] == "augment" and out["pool"]["built"] is True and out["pool"]["size"] == 300
+    picks = [p for m in out["methods"].values() for p in m["seeds"][0]["picks"][0]]
+    assert len(picks) == 6 and all(p.startswith("demo:augment:") for p in picks)
+    loaded = LoadedWorkspace.load(tiny_workspace)
+    pool = load_pool(loaded, "demo:augment")
+    assert pool.built is False and pool.directory == out["pool"]["directory"] and pool.index.ntotal == 300
+
+
+def test_cancelled_run_stores_nothing(tiny_workspace):
+    ws = tiny_workspace
+    cfg = CorrectConfig(**{**FAST, "iterations": 8, "s_test": STestConfig.default(depth=30, batch_size=16,
+                                                                                  tolerance=0.0)},
+                        methods=("helpful",))  # fmt: skip
+    with Store.open(ws) as store:
+        queued = jobs.enqueue(store, "correct", cfg)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(ws, "cpu:1"), daemon=True,
+                              kwargs={"poll": 0.1, "lease_seconds": 2.0, "stop_event": stop})  # fmt: skip
+    thread.start()
+    try:
+        end = time.monotonic() + 300
+        while _job(ws, queued.id).progress <= 0.0 and time.monotonic() < end:
+            time.sleep(0.2)
+        with Store.open(ws) as store:
+            store.cancel_job(queued.id)
+        while not _job(ws, queued.id).finished and time.monotonic() < end:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(120)
+    assert _job(ws, queued.id).status == "cancelled"
+    with Store.open(ws) as store:
+        assert store.list_app_results("correction") == [] and len(store.list_models()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--slice", "heuristic=no_such_heuristic"], "slice='heuristic=no_such_heuristic' matches 0"),
+        (["--anchors", "50"], "anchors=50 is larger than the anchor pool"),
+        (["--iterations", "0"], "--iterations: invalid value '0': allowed an integer >= 1"),
+        (["--methods", "helpful,best"], "methods='helpful,best' is invalid: allowed helpful, harmful"),
+        (["--slice", "colour=red"], "slice='colour=red' is invalid"),
+        (["--save", "random", "--methods", "helpful"], "save='random' is invalid"),
+    ],
+)
+def test_bad_settings_are_one_line_before_any_work(tiny_workspace_template, capsys, args, needle):
+    before = workspace_digest(tiny_workspace_template)
+    code, out, err = run_cli(capsys, ["correct", "-w", tiny_workspace_template, "--device", "cpu", *args])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert workspace_digest(tiny_workspace_template) == before
