@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fastif_core import simulate_cli
 from fastif_core.config import (
     GRADIENT_L2,
     PRESETS,
@@ -458,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_prepare, _add_examples, _add_influence, _add_worker, _add_submit, _add_jobs, _add_bench,
                 _add_corpus):  # fmt: skip
         add(sub)
+    simulate_cli.add_parser(sub)
     return parser
 
 
