@@ -26,6 +26,7 @@ PAGES = {
     "jobs": st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:", url_path="jobs"),
     "bench": st.Page("views/bench.py", title="Bench", icon=":material/speed:", url_path="bench"),
     "correct": st.Page("views/correct.py", title="Correct", icon=":material/healing:", url_path="correct"),
+    "explain": st.Page("views/explain.py", title="Explain", icon=":material/psychology:", url_path="explain"),
 }
 
 page = st.navigation(list(PAGES.values()))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fastif_core import simulate_cli
 from fastif_core.config import (
     GRADIENT_L2,
     PRESETS,
@@ -460,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_corpus):  # fmt: skip
         add(sub)
     add_correct_parser(sub)
+    simulate_cli.add_parser(sub)
     return parser
 
 

@@ -31,11 +31,12 @@ from fastif_core.store.schema import (
     Model,
     Neighbor,
     Prediction,
+    Simulation,
     utcnow,
 )
 
-APP_TABLES: dict[str, type[Graph] | type[CorrectionRun] | type[BenchRun]] = {
-    "graph": Graph, "correction": CorrectionRun, "bench": BenchRun,
+APP_TABLES: dict[str, type[Graph] | type[CorrectionRun] | type[BenchRun] | type[Simulation]] = {
+    "graph": Graph, "correction": CorrectionRun, "bench": BenchRun, "simulation": Simulation,
 }  # fmt: skip
 
 

@@ -274,3 +274,14 @@ class Worker(Base):
     current_job_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Simulation(AppResultMixin, Base):
+    """A simulatability study (application, rev 0006): per test example and explanation kind the
+    simulator's loss change against the learning rate, and the summary, in ``result``."""
+
+    __tablename__ = "simulations"
+    __table_args__ = (UniqueConstraint("model_id", "kind", "config_hash", name="uq_simulations_key"),)
+
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
