@@ -25,6 +25,7 @@ PAGES = {
     "example": st.Page("views/example.py", title="Example", icon=":material/article:", url_path="example"),
     "jobs": st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:", url_path="jobs"),
     "bench": st.Page("views/bench.py", title="Bench", icon=":material/speed:", url_path="bench"),
+    "graphs": st.Page("views/graphs.py", title="Graphs", icon=":material/hub:", url_path="graphs"),
 }
 
 page = st.navigation(list(PAGES.values()))

@@ -26,6 +26,7 @@ from fastif_core.config import (
     help_of,
 )
 from fastif_core.errors import FastifError, JobError
+from fastif_core.graph_cli import add_parser as add_graph_parser
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -456,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_prepare, _add_examples, _add_influence, _add_worker, _add_submit, _add_jobs, _add_bench,
-                _add_corpus):  # fmt: skip
+                _add_corpus, add_graph_parser):  # fmt: skip
         add(sub)
     return parser
 

@@ -16,7 +16,7 @@ from fastif_core.config import InfluenceConfig, _f, _require, from_dict, to_dict
 
 # ExampleFilter fields a test set can be restricted by (the browse page's filters)
 FILTER_FIELDS = ("dataset", "split", "label", "genre", "heuristic", "subcase")
-# how the chosen examples are split into slices; "auto" = HANS heuristic where an example has one, else dataset
+# how the chosen examples are split into slices; "auto" = heuristic in HANS-style datasets, else the dataset
 SLICE_BY = ("auto", "dataset", "split", "label", "predicted", "genre", "heuristic", "subcase")
 
 
@@ -36,7 +36,7 @@ class GraphConfig:
     genre: tuple[str, ...] = _values("only these MNLI genres")
     heuristic: tuple[str, ...] = _values("only these HANS heuristics")
     subcase: tuple[str, ...] = _values("only these HANS subcases")
-    slice_by: str = _f("auto", "slices: auto (HANS heuristic, else dataset) | " + " | ".join(SLICE_BY[1:]))
+    slice_by: str = _f("auto", "slices: auto (heuristic in HANS-style datasets, else dataset) | " + " | ".join(SLICE_BY[1:]))
     influence: InfluenceConfig = field(
         default_factory=lambda: InfluenceConfig(top=1),
         metadata={"help": "candidates (k nearest, or full) and the s_test solver of every test example"},

@@ -54,7 +54,7 @@ def _weighted_sums(node: np.ndarray, weight: np.ndarray, q: np.ndarray, n: int) 
 
 def geometric_medians(
     node: np.ndarray, target: np.ndarray, weight: np.ndarray, points: np.ndarray, num_nodes: int, *,
-    radius: float, iterations: int = 500, tol: float = 1e-9,
+    radius: float, iterations: int = 500, tol: float = 1e-7,
 ) -> tuple[np.ndarray, int]:  # fmt: skip
     """Constrained weighted geometric medians of all nodes at once (projected Weiszfeld).
 

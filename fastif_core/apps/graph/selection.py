@@ -1,8 +1,8 @@
 """The test set of a graph, chosen by slices with the browse page's filters (``ExampleFilter``).
 
 Default (the paper's choice where the data has it): incorrectly predicted examples outside the training
-set, sliced by HANS heuristic where an example has one and by dataset otherwise, ``per_slice`` from
-each. On the 8K MNLI workspace that is 100 from MNLI and 100 from each HANS heuristic; on the built-in
+set, sliced by heuristic in the HANS-style (2-way, "non-entailment") datasets and by dataset otherwise,
+``per_slice`` from each. On the 8K MNLI workspace that is 100 from MNLI and 100 from each HANS heuristic; on the built-in
 corpus its own ``demo`` evaluation pairs and the three heuristics of ``demo-hans``.
 """
 
@@ -29,20 +29,24 @@ class TestSet:
         return {name: self.slice_index.count(s) for s, name in enumerate(self.slices)}
 
 
-def slice_of(row: Any, slice_by: str) -> str | None:
-    """The slice name of an example row (``ExampleRow``) under ``slice_by``; None = no value."""
+def slice_of(row: Any, slice_by: str, hans: frozenset[str] = frozenset()) -> str | None:
+    """The slice name of an example row (``ExampleRow``) under ``slice_by``; None = no value. ``auto``:
+    the heuristic for examples of the HANS-style datasets ``hans``, else the dataset (MNLI-style pairs
+    built on a HANS construction stay in their dataset's slice)."""
     if slice_by == "auto":
-        return row.slices.get("heuristic") or row.dataset
+        return (row.slices.get("heuristic") if row.dataset in hans else None) or row.dataset
     if slice_by in ("dataset", "split", "label", "predicted"):
         return getattr(row, slice_by)
     return row.slices.get(slice_by)
 
 
-def choose(rows: Sequence[Any], slice_by: str, per_slice: int, seed: int) -> TestSet:
+def choose(
+    rows: Sequence[Any], slice_by: str, per_slice: int, seed: int, hans: frozenset[str] = frozenset()
+) -> TestSet:
     """``per_slice`` rows of each slice, a seeded sample (the same for the same rows and seed)."""
     groups: dict[str, list[str]] = {}
     for row in rows:
-        name = slice_of(row, slice_by)
+        name = slice_of(row, slice_by, hans)
         if name:
             groups.setdefault(str(name), []).append(row.id)
     ids: list[str] = []
@@ -68,7 +72,8 @@ def candidate_filter(cfg: GraphConfig, model_id: int) -> Any:
 def select_test_set(store: Any, cfg: GraphConfig, model_id: int) -> TestSet:
     """The graph's test examples from the store; a ConfigError naming the filters when none match."""
     rows = store.query_examples(candidate_filter(cfg, model_id), limit=None)
-    chosen = choose(rows, cfg.slice_by, cfg.per_slice, cfg.seed)
+    hans = frozenset(d.name for d in store.list_datasets() if "non-entailment" in d.labels)
+    chosen = choose(rows, cfg.slice_by, cfg.per_slice, cfg.seed, hans)
     if not chosen.ids:
         which = ", ".join(f"{k}={list(v)}" for k, v in cfg.filters().items()) or "no filter"
         wrong = " predicted incorrectly" if cfg.incorrect_only else ""
