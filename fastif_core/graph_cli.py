@@ -88,11 +88,10 @@ def cmd_graph(a: argparse.Namespace) -> int:
 
 
 def in_process(a: argparse.Namespace, cfg: GraphConfig) -> dict[str, Any]:
-    from fastif_core.apps.graph.build import build_graph, check_request
+    from fastif_core.apps.graph.build import build_graph, preflight
     from fastif_core.device import resolve_device
-    from fastif_core.workspace import require_prepared
 
-    check_request(require_prepared(a.workspace), cfg)  # bad settings: one line, before loading the model
+    preflight(a.workspace, cfg)  # bad settings or an empty test set: one line, before loading the model
     with _bar() as report:
         return build_graph(a.workspace, cfg, device=str(resolve_device(a.device)), progress=report)
 
@@ -110,11 +109,10 @@ def worker_alive(root: Path) -> bool:
 def via_worker(root: Path, cfg: GraphConfig, poll: float = 1.0) -> dict[str, Any]:
     """Queue the graph job (an equal one is reused), follow its progress, return the stored graph."""
     from fastif_core import jobs
-    from fastif_core.apps.graph.build import check_request, graph_to_dict
+    from fastif_core.apps.graph.build import graph_to_dict, preflight
     from fastif_core.store import Store
-    from fastif_core.workspace import require_prepared
 
-    model_id = check_request(require_prepared(root), cfg)
+    model_id = preflight(root, cfg)  # a job that cannot work is refused before it is queued
     with Store.open(root) as store, _bar() as report:
         job = jobs.enqueue(store, "graph", cfg.with_model(model_id))
         while not job.finished:
@@ -137,7 +135,7 @@ class _bar:
 
         def report(fraction: float, message: str) -> None:
             self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-            self.bar.set_postfix_str(message[-90:], refresh=True)
+            self.bar.set_postfix_str(message[:100], refresh=True)
 
         return report
 

@@ -83,6 +83,17 @@ def check_request(manifest: dict[str, Any], cfg: GraphConfig) -> int:
     return model_id
 
 
+def preflight(root: str | Path, cfg: GraphConfig) -> int:
+    """Everything that can be checked before any work (settings, k, a non-empty test set); the model id."""
+    from fastif_core.store import Store
+    from fastif_core.workspace import require_prepared
+
+    model_id = check_request(require_prepared(root), cfg)
+    with Store.open(root) as store:
+        select_test_set(store, cfg.with_model(model_id), model_id)
+    return model_id
+
+
 def build_graph(
     root: str | Path, cfg: GraphConfig, *, device: str = "cpu", loaded: Any = None, runner: Runner = serial_runner,
     progress: Progress | None = None, job_id: int | None = None, owner: str | None = None,

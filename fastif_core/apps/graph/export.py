@@ -53,7 +53,8 @@ def to_networkx(graph: GraphArrays, slices: list[str], examples: dict[str, Any])
 
 
 def write(g: nx.Graph, path: str | Path, fmt: str) -> Path:
-    """Write ``g`` as ``graphml`` or node-link ``json`` (edges under ``"links"``)."""
+    """Write ``g`` as ``graphml`` or node-link ``json`` (edges under ``"links"``; each node's ``"id"`` is
+    its example id, which is also the ``id`` attribute)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is invalid: allowed {' | '.join(FORMATS)}")
     path = Path(path)
@@ -68,4 +69,6 @@ def read(path: str | Path, fmt: str) -> nx.Graph:
     """A graph written by :func:`write`."""
     if fmt == "graphml":
         return nx.read_graphml(path)
-    return nx.node_link_graph(json.loads(Path(path).read_text()), directed=False, multigraph=False, edges="links")
+    g = nx.node_link_graph(json.loads(Path(path).read_text()), directed=False, multigraph=False, edges="links")
+    nx.set_node_attributes(g, {n: n for n in g.nodes}, "id")  # node-link keeps the id attribute as the key
+    return g
