@@ -25,7 +25,9 @@ def new_graph_controls(options: FilterOptions, num_train: int) -> GraphConfig | 
     d = GraphConfig()
     with st.form("graph_form", border=True):
         c1, c2, c3, c4 = st.columns(4)
-        per_slice = c1.number_input("Test examples per slice", 1, 10_000, d.per_slice, help=help_of(GraphConfig, "per_slice"))
+        per_slice = c1.number_input(
+            "Test examples per slice", 1, 10_000, d.per_slice, help=help_of(GraphConfig, "per_slice")
+        )
         slice_by = c2.selectbox("Slices", SLICE_BY, help=help_of(GraphConfig, "slice_by"))
         k = c3.number_input("k neighbours", 1, max(1, num_train), min(InfluenceConfig().k or 1, max(1, num_train)),
                             help=help_of(InfluenceConfig, "k"))  # fmt: skip
@@ -35,7 +37,9 @@ def new_graph_controls(options: FilterOptions, num_train: int) -> GraphConfig | 
         heuristic = f2.multiselect("HANS heuristic", options.heuristics, placeholder="All", key="g_heuristic")
         label = f3.multiselect("Gold label", options.labels, placeholder="All", key="g_label")
         t1, t2 = st.columns(2)
-        incorrect = t1.toggle("Incorrect predictions only", d.incorrect_only, help=help_of(GraphConfig, "incorrect_only"))
+        incorrect = t1.toggle(
+            "Incorrect predictions only", d.incorrect_only, help=help_of(GraphConfig, "incorrect_only")
+        )
         full = t2.toggle("Full mode (all training examples)", False)
         submitted = st.form_submit_button("Compute graph", type="primary", icon=":material/hub:")
     if not submitted:
@@ -50,7 +54,9 @@ def view_controls(slices: list[str], max_abs: float, key: str) -> ViewSettings:
     c1, c2, c3 = st.columns([1, 1, 2])
     view = c1.segmented_control("Edges", VIEWS, default="Helpful", key=f"{key}_view") or "Helpful"
     top = float(max_abs) if max_abs > 0 else 1.0
-    threshold = c2.slider("Threshold on |I|", 0.0, top, 0.0, step=top / 200, format="%.3g", key=f"{key}_threshold")
+    threshold = c2.slider(
+        "Threshold on |I|", 0.0, top, 0.0, step=top / 200, format="%.3g", key=f"{key}_threshold"
+    )
     chosen = c3.multiselect("Slices shown", slices, default=slices, key=f"{key}_slices") or slices
     sides = ("helpful", "harmful") if view == "Side by side" else (view.lower(),)
     return ViewSettings(sides, float(threshold), list(chosen))

@@ -55,7 +55,9 @@ def shown_edges(view: GraphView, side: str, threshold: float, slices: list[str])
     keep_slice = np.isin(np.arange(len(view.slices)), [view.slices.index(s) for s in slices])
     sign = -1.0 if side == "helpful" else 1.0
     v = view.edge_value
-    return np.flatnonzero((np.sign(v) == sign) & (np.abs(v) >= threshold) & keep_slice[view.test_slice[view.edge_test]])
+    return np.flatnonzero(
+        (np.sign(v) == sign) & (np.abs(v) >= threshold) & keep_slice[view.test_slice[view.edge_test]]
+    )
 
 
 def _segments(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +118,10 @@ def node_traces(view: GraphView, side: str, edges: np.ndarray, slices: list[str]
                                    customdata=[[view.test_ids[j]] for j in rows], hovertext=text, hoverinfo="text"))  # fmt: skip
     n_sum, n_n = _influence_by(view.edge_train[edges], v, len(view.train_ids))
     nodes = np.flatnonzero(n_n > 0)
-    labels = [(view.examples.get(view.train_ids[t]).label if view.examples.get(view.train_ids[t]) else "") for t in nodes]
+    labels = [
+        (view.examples.get(view.train_ids[t]).label if view.examples.get(view.train_ids[t]) else "")
+        for t in nodes
+    ]
     for label in sorted(set(labels)):
         sel = nodes[np.asarray(labels) == label]
         text = [_hover(view.train_ids[t], view.examples.get(view.train_ids[t]),
@@ -128,7 +133,9 @@ def node_traces(view: GraphView, side: str, edges: np.ndarray, slices: list[str]
     return traces
 
 
-def graph_figure(view: GraphView, side: str, threshold: float, slices: list[str], height: int = 720) -> go.Figure:
+def graph_figure(
+    view: GraphView, side: str, threshold: float, slices: list[str], height: int = 720
+) -> go.Figure:
     """The circular bipartite graph of ``side`` (helpful or harmful edges) above ``threshold``."""
     edges = shown_edges(view, side, threshold, slices)
     fig = go.Figure([*edge_traces(view, side, edges), *node_traces(view, side, edges, slices)])

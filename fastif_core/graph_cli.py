@@ -44,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", "-w", type=Path, default=default_workspace(),
                    help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)")  # fmt: skip
     d = GraphConfig()
-    p.add_argument("--per-slice", type=positive_int, default=d.per_slice, help=help_of(GraphConfig, "per_slice"))
+    p.add_argument(
+        "--per-slice", type=positive_int, default=d.per_slice, help=help_of(GraphConfig, "per_slice")
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--incorrect-only", dest="incorrect_only", action="store_true", default=True,
                        help="only incorrectly predicted examples (default)")  # fmt: skip
@@ -54,13 +56,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help=f"{help_of(GraphConfig, name)} (repeatable)")  # fmt: skip
     p.add_argument("--slice-by", choices=SLICE_BY, default=d.slice_by, help=help_of(GraphConfig, "slice_by"))
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--k", type=positive_int, default=InfluenceConfig().k, help=help_of(InfluenceConfig, "k"))
-    mode.add_argument("--full", action="store_true", help="score all training examples for every test example")
-    p.add_argument("--preset", choices=PRESETS, default="default", help="s_test settings (see `fastif influence`)")
-    p.add_argument("--depth", type=positive_int, default=None, help=f"{help_of(STestConfig, 'depth')} (default: the preset's)")
+    mode.add_argument(
+        "--k", type=positive_int, default=InfluenceConfig().k, help=help_of(InfluenceConfig, "k")
+    )
+    mode.add_argument(
+        "--full", action="store_true", help="score all training examples for every test example"
+    )
+    p.add_argument(
+        "--preset", choices=PRESETS, default="default", help="s_test settings (see `fastif influence`)"
+    )
+    p.add_argument(
+        "--depth",
+        type=positive_int,
+        default=None,
+        help=f"{help_of(STestConfig, 'depth')} (default: the preset's)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=help_of(GraphConfig, "seed"))
-    p.add_argument("--export", type=positive_int, metavar="ID", help="write stored graph ID instead of building one")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="graphml", help="export format (default graphml)")
+    p.add_argument(
+        "--export", type=positive_int, metavar="ID", help="write stored graph ID instead of building one"
+    )
+    p.add_argument(
+        "--format", choices=EXPORT_FORMATS, default="graphml", help="export format (default graphml)"
+    )
     p.add_argument("--out", type=Path, help="export file (with --export)")
     p.add_argument("--in-process", action="store_true", help="never hand the job to a running worker")
     p.add_argument("--device", default="auto", help="torch device when run in process: auto, cpu, cuda:N")
@@ -82,7 +99,9 @@ def cmd_graph(a: argparse.Namespace) -> int:
     if a.out is not None:
         raise ConfigError("--out is only for --export ID")
     cfg = config_from_args(a)
-    result = via_worker(a.workspace, cfg) if not a.in_process and worker_alive(a.workspace) else in_process(a, cfg)
+    result = (
+        via_worker(a.workspace, cfg) if not a.in_process and worker_alive(a.workspace) else in_process(a, cfg)
+    )
     print(json.dumps(result, indent=2) if a.json else format_graph(result))
     return 0
 
@@ -120,7 +139,9 @@ def via_worker(root: Path, cfg: GraphConfig, poll: float = 1.0) -> dict[str, Any
             time.sleep(poll)
             job = store.get_job(job.id)
         if job.status != "done":
-            raise JobError(f"graph job {job.id} {job.status}: {(job.error or '').splitlines()[0] if job.error else ''}")
+            raise JobError(
+                f"graph job {job.id} {job.status}: {(job.error or '').splitlines()[0] if job.error else ''}"
+            )
         info = store.get_app_result("graph", int(job.result["graph_id"]))
     return graph_to_dict(info, cached=bool(job.result.get("cached")))
 
@@ -172,7 +193,9 @@ def format_graph(r: dict[str, Any]) -> str:
                      f"helpful {row['helpful_edges']:>7} × {_num(row['helpful_mean_abs'])}   "
                      f"harmful {row['harmful_edges']:>7} × {_num(row['harmful_mean_abs'])}")  # fmt: skip
     names, corr, count = r["correlation"]["slices"], r["correlation"]["pearson"], r["correlation"]["count"]
-    lines.append("correlation (Pearson of mean influence per training example, n = shared training examples):")
+    lines.append(
+        "correlation (Pearson of mean influence per training example, n = shared training examples):"
+    )
     lines.append(" " * 24 + "".join(f"{n[:18]:>20}" for n in names))
     for i, name in enumerate(names):
         cells = "".join(f"{_num(corr[i][j], '+.3f') + f' (n={count[i][j]})':>20}" for j in range(len(names)))

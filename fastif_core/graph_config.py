@@ -36,7 +36,9 @@ class GraphConfig:
     genre: tuple[str, ...] = _values("only these MNLI genres")
     heuristic: tuple[str, ...] = _values("only these HANS heuristics")
     subcase: tuple[str, ...] = _values("only these HANS subcases")
-    slice_by: str = _f("auto", "slices: auto (heuristic in HANS-style datasets, else dataset) | " + " | ".join(SLICE_BY[1:]))
+    slice_by: str = _f(
+        "auto", "slices: auto (heuristic in HANS-style datasets, else dataset) | " + " | ".join(SLICE_BY[1:])
+    )
     influence: InfluenceConfig = field(
         default_factory=lambda: InfluenceConfig(top=1),
         metadata={"help": "candidates (k nearest, or full) and the s_test solver of every test example"},
@@ -74,7 +76,9 @@ class GraphConfig:
     def from_json_dict(cls, data: dict[str, Any]) -> GraphConfig:
         data = dict(data)
         influence = InfluenceConfig.from_json_dict({"top": 1, **data.pop("influence", {})})
-        lists = {name: tuple(data.pop(name)) for name in FILTER_FIELDS if isinstance(data.get(name), list | tuple)}
+        lists = {
+            name: tuple(data.pop(name)) for name in FILTER_FIELDS if isinstance(data.get(name), list | tuple)
+        }
         return from_dict(cls, {**data, **lists, "influence": influence})
 
     def with_model(self, model_id: int) -> GraphConfig:

@@ -118,7 +118,12 @@ def test_cli_prints_the_stored_graph_and_exports_it(graph_ws, tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"graph {out['graph_id']} [stored]: num_nodes={out['num_nodes']}" in text and "(n=" in text
     dest = tmp_path / "g.json"
-    assert main(["graph", "-w", str(ws), "--export", str(out["graph_id"]), "--format", "json", "--out", str(dest)]) == 0
+    assert (
+        main(
+            ["graph", "-w", str(ws), "--export", str(out["graph_id"]), "--format", "json", "--out", str(dest)]
+        )
+        == 0
+    )
     assert len(json.loads(dest.read_text())["links"]) == out["num_edges"]
 
 
@@ -138,7 +143,10 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_stored(graph_ws, capsys, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     with Store.open(ws) as store:
-        assert before == ([g.id for g in store.list_app_results("graph")], len(store.list_influence_runs(limit=1000)))
+        assert before == (
+            [g.id for g in store.list_app_results("graph")],
+            len(store.list_influence_runs(limit=1000)),
+        )
 
 
 def exit_code(argv: list[str]) -> int:
@@ -164,11 +172,17 @@ def test_graphs_page_renders_the_stored_graph(graph_ws, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     r = load_graph(ws, job_result["graph_id"]).info.result
     captions = "\n".join(c.value for c in at.caption)
-    assert f"{r['num_nodes']:,} nodes ({r['num_test_nodes']} test" in captions and f"{r['num_edges']:,} edges" in captions
+    assert (
+        f"{r['num_nodes']:,} nodes ({r['num_test_nodes']} test" in captions
+        and f"{r['num_edges']:,} edges" in captions
+    )
     assert len(at.get("plotly_chart")) == 2  # the graph and the correlation heatmap
     assert [b.label for b in at.get("download_button")] == ["Download slice statistics (CSV)",
                                                             "Download slice correlations (CSV)"]  # fmt: skip
     table = at.dataframe[0].value
-    assert table["slice"].tolist() == r["slices"] and table["helpful edges"].sum() + table["harmful edges"].sum() <= r["num_edges"]
+    assert (
+        table["slice"].tolist() == r["slices"]
+        and table["helpful edges"].sum() + table["harmful edges"].sum() <= r["num_edges"]
+    )
     at.segmented_control(key=f"g{job_result['graph_id']}_view").set_value("Side by side").run()
     assert not at.exception and len(at.get("plotly_chart")) == 3

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from fastif_core.apps.graph.layout import (
+    circle_positions,
     geometric_medians,
     geometric_medians_slsqp,
     median_objective,
     project_to_disc,
-    circle_positions,
 )
 
 R = 0.8

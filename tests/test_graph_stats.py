@@ -26,7 +26,12 @@ def test_slice_statistics_by_hand():
     a, b, c = slice_statistics(VALUES, SLICE, NAMES)
     assert a == {"slice": "a", "test_examples": 2, "train_nodes": 3, "edges": 4, "helpful_edges": 2,
                  "harmful_edges": 2, "helpful_mean_abs": 3.0, "harmful_mean_abs": 2.0, "mean": -0.5}  # fmt: skip
-    assert (b["helpful_edges"], b["harmful_edges"], b["helpful_mean_abs"], b["harmful_mean_abs"]) == (1, 2, 1.0, 3.5)
+    assert (b["helpful_edges"], b["harmful_edges"], b["helpful_mean_abs"], b["harmful_mean_abs"]) == (
+        1,
+        2,
+        1.0,
+        3.5,
+    )
     assert (c["helpful_edges"], c["harmful_edges"], c["harmful_mean_abs"], c["train_nodes"]) == (1, 1, 4.0, 2)
 
 
@@ -34,7 +39,11 @@ def naive_means(values, test_slice, num_slices):
     out = np.full((values.shape[1], num_slices), np.nan)
     for i in range(values.shape[1]):
         for s in range(num_slices):
-            vals = [values[j, i] for j in range(values.shape[0]) if test_slice[j] == s and not math.isnan(values[j, i])]
+            vals = [
+                values[j, i]
+                for j in range(values.shape[0])
+                if test_slice[j] == s and not math.isnan(values[j, i])
+            ]
             if vals:
                 out[i, s] = sum(vals) / len(vals)
     return out
@@ -43,7 +52,7 @@ def naive_means(values, test_slice, num_slices):
 def naive_pearson(x, y):
     n = len(x)
     mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=False))
     sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
     return sxy / math.sqrt(sxx * syy) if n >= 2 and sxx > 0 and syy > 0 else math.nan
 
@@ -53,7 +62,11 @@ def naive_correlations(means):
     corr, count = np.full((s, s), np.nan), np.zeros((s, s), int)
     for a in range(s):
         for b in range(s):
-            rows = [i for i in range(means.shape[0]) if not math.isnan(means[i, a]) and not math.isnan(means[i, b])]
+            rows = [
+                i
+                for i in range(means.shape[0])
+                if not math.isnan(means[i, a]) and not math.isnan(means[i, b])
+            ]
             count[a, b] = len(rows)
             corr[a, b] = naive_pearson([means[i, a] for i in rows], [means[i, b] for i in rows])
     return corr, count

@@ -56,7 +56,9 @@ settings = gc.view_controls(view.slices, view.max_abs(), key=f"g{chosen}")
 columns = st.columns(len(settings.sides))
 for col, side in zip(columns, settings.sides, strict=True):
     with col:
-        fig = graph_figure(view, side, settings.threshold, settings.slices, height=720 if len(columns) == 1 else 560)
+        fig = graph_figure(
+            view, side, settings.threshold, settings.slices, height=720 if len(columns) == 1 else 560
+        )
         event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"plot_{chosen}_{side}",
                                 config={"displaylogo": False, "scrollZoom": True})  # fmt: skip
         points = [p for p in event.selection.points if p.get("customdata")]

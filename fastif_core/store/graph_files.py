@@ -55,7 +55,9 @@ def load_graph_arrays(root: str | Path, relative: str) -> GraphArrays:
 
     path = Path(root) / relative
     if not path.is_file():
-        raise WorkspaceError(f"{path} does not exist: the graph's arrays were deleted; compute the graph again")
+        raise WorkspaceError(
+            f"{path} does not exist: the graph's arrays were deleted; compute the graph again"
+        )
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata()

@@ -48,7 +48,9 @@ def side_layout(arrays: dict[str, np.ndarray], sign: int, cfg: GraphConfig) -> t
     )  # fmt: skip
 
 
-def graph_arrays(values: np.ndarray, test: TestSet, cfg: GraphConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def graph_arrays(
+    values: np.ndarray, test: TestSet, cfg: GraphConfig
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Edges and both layouts of the matrix; also the layout's iterations."""
     train_pos, edge_test, edge_train, edge_value = edges_of(values)
     test_slice = np.asarray(test.slice_index, dtype=np.int32)
@@ -137,4 +139,10 @@ def build_graph(
 
 def graph_to_dict(info: Any, *, cached: bool) -> dict[str, Any]:
     """The JSON answer of ``fastif graph``: the graph id, its settings and its summary."""
-    return {"graph_id": info.id, "model_id": info.model_id, "config": info.config, **info.result, "cached": cached}
+    return {
+        "graph_id": info.id,
+        "model_id": info.model_id,
+        "config": info.config,
+        **info.result,
+        "cached": cached,
+    }

@@ -47,7 +47,8 @@ def to_networkx(graph: GraphArrays, slices: list[str], examples: dict[str, Any])
                    **_xy("helpful_", graph["helpful_xy"][t]), **_xy("harmful_", graph["harmful_xy"][t]))  # fmt: skip
     tests, trains, weights = graph["edge_test"], graph["edge_train"], graph["edge_value"]
     g.add_weighted_edges_from(
-        (graph.train_ids[int(t)], graph.test_ids[int(j)], float(w)) for j, t, w in zip(tests, trains, weights, strict=True)
+        (graph.train_ids[int(t)], graph.test_ids[int(j)], float(w))
+        for j, t, w in zip(tests, trains, weights, strict=True)
     )
     return g
 
@@ -69,6 +70,8 @@ def read(path: str | Path, fmt: str) -> nx.Graph:
     """A graph written by :func:`write`."""
     if fmt == "graphml":
         return nx.read_graphml(path)
-    g = nx.node_link_graph(json.loads(Path(path).read_text()), directed=False, multigraph=False, edges="links")
+    g = nx.node_link_graph(
+        json.loads(Path(path).read_text()), directed=False, multigraph=False, edges="links"
+    )
     nx.set_node_attributes(g, {n: n for n in g.nodes}, "id")  # node-link keeps the id attribute as the key
     return g

@@ -45,7 +45,9 @@ def project_to_disc(points: np.ndarray, radius: float) -> np.ndarray:
     return points * np.minimum(1.0, radius / np.maximum(norm, 1e-300))
 
 
-def _weighted_sums(node: np.ndarray, weight: np.ndarray, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _weighted_sums(
+    node: np.ndarray, weight: np.ndarray, q: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``(Σ_j a_ij, Σ_j a_ij q_j)`` per node for edge weights ``a`` (E,) and edge targets ``q`` (E, 2)."""
     den = np.bincount(node, weight, n)  # (N,)
     num = np.stack([np.bincount(node, weight * q[:, 0], n), np.bincount(node, weight * q[:, 1], n)], 1)
@@ -74,7 +76,7 @@ def geometric_medians(
     has = den > 0
     p = project_to_disc(num / np.where(has, den, 1.0)[:, None], radius)  # start: the weighted mean
     done = 0
-    for done in range(1, iterations + 1):
+    for done in range(1, iterations + 1):  # noqa: B007 - the iterations run are returned
         d = np.maximum(np.linalg.norm(p[node] - q, axis=1), 1e-12)  # (E,) >= 1 - r in exact arithmetic
         den, num = _weighted_sums(node, weight / d, q, num_nodes)
         new = project_to_disc(num / np.where(has, den, 1.0)[:, None], radius)

@@ -33,7 +33,9 @@ def random_graph(nodes: int, tests: int, slices: int, degree: int, seed: int) ->
 def run(nodes: int, tests: int, slices: int, degree: int, radius: float, seed: int) -> dict[str, float]:
     node, target, weight, points = random_graph(nodes, tests, slices, degree, seed)
     t0 = time.perf_counter()
-    fast, iters = geometric_medians(node, target, weight, points, nodes, radius=radius, iterations=2000, tol=1e-9)
+    fast, iters = geometric_medians(
+        node, target, weight, points, nodes, radius=radius, iterations=2000, tol=1e-9
+    )
     t1 = time.perf_counter()
     ref = geometric_medians_slsqp(node, target, weight, points, nodes, radius=radius)
     t2 = time.perf_counter()

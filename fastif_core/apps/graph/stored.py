@@ -29,7 +29,9 @@ def load_graph(root: str | Path, graph_id: int) -> StoredGraph:
         info = store.get_app_result("graph", int(graph_id))
         if info is None:
             known = [g.id for g in store.list_app_results("graph", limit=20)]
-            raise WorkspaceError(f"graph {graph_id} does not exist in this workspace (stored graphs: {known or 'none'})")
+            raise WorkspaceError(
+                f"graph {graph_id} does not exist in this workspace (stored graphs: {known or 'none'})"
+            )
         arrays = load_graph_arrays(root, info.result["arrays"])
         rows = store.get_examples(arrays.test_ids + arrays.train_ids, info.model_id)
     return StoredGraph(info, arrays, {r.id: r for r in rows})
