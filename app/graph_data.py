@@ -70,6 +70,7 @@ def correlation_frame(result: dict[str, Any]) -> pd.DataFrame:
 
 def describe(info: AppResultInfo) -> str:
     r, c = info.result, info.config
-    k = "full" if c["influence"]["k"] is None else f"k={c['influence']['k']}"
+    influence = c.get("influence") or {}
+    k = "full" if "k" in influence and influence["k"] is None else f"k={influence.get('k', '—')}"
     return (f"#{info.id} · {r['num_test_nodes']} test / {r['num_train_nodes']} training nodes · {r['num_edges']:,} edges · "
             f"{k} · {', '.join(r['slices'])}")  # fmt: skip

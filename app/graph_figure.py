@@ -18,6 +18,7 @@ SLICE_COLORS = ("#7048e8", "#1098ad", "#f08c00", "#d6336c", "#5c940d", "#4263eb"
 SIDES = ("helpful", "harmful")
 BINS = ((0.6, 0.12), (1.2, 0.3), (2.2, 0.65))  # (line width, opacity) from the weakest to the strongest third
 HOVER_CHARS = 140
+CROWD = 3000  # edges per magnitude bin above which the bin's opacity is lowered as 1/sqrt(count)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def edge_traces(view: GraphView, side: str, edges: np.ndarray) -> list[go.Scatte
             continue
         x, y = _segments(view.node_xy[side][view.edge_train[sel]], view.test_xy[view.edge_test[sel]])
         lo, hi = float(np.abs(view.edge_value[sel]).min()), float(np.abs(view.edge_value[sel]).max())
-        traces.append(go.Scattergl(x=x, y=y, mode="lines", line={"width": width, "color": color}, opacity=opacity,
+        faint = opacity * min(1.0, (CROWD / sel.size) ** 0.5)  # thousands of overlapping lines stay readable
+        traces.append(go.Scattergl(x=x, y=y, mode="lines", line={"width": width, "color": color}, opacity=max(faint, 0.03),
                                    hoverinfo="skip", name=f"{side} |I| {lo:.2g}–{hi:.2g} ({sel.size:,})"))  # fmt: skip
     return traces
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastif_core.apps.graph import layout, stats
 from fastif_core.apps.graph.influences import graph_influences
-from fastif_core.apps.graph.selection import TestSet, select_test_set
+from fastif_core.apps.graph.selection import Selection, select_test_set
 from fastif_core.config import config_hash
 from fastif_core.errors import ConfigError, JobError
 from fastif_core.graph_config import GraphConfig
@@ -49,7 +49,7 @@ def side_layout(arrays: dict[str, np.ndarray], sign: int, cfg: GraphConfig) -> t
 
 
 def graph_arrays(
-    values: np.ndarray, test: TestSet, cfg: GraphConfig
+    values: np.ndarray, test: Selection, cfg: GraphConfig
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Edges and both layouts of the matrix; also the layout's iterations."""
     train_pos, edge_test, edge_train, edge_value = edges_of(values)
@@ -62,7 +62,7 @@ def graph_arrays(
     return arrays, {"helpful": helpful_iters, "harmful": harmful_iters}
 
 
-def summary(values: np.ndarray, test: TestSet, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def summary(values: np.ndarray, test: Selection, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """The small part of a graph: sizes, the test set per slice, Table 4, Table 5 with counts."""
     num_train = len(arrays["train_pos"])
     return {

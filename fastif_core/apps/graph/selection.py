@@ -18,7 +18,7 @@ from fastif_core.graph_config import GraphConfig
 
 
 @dataclass(frozen=True)
-class TestSet:
+class Selection:
     """Test example ids (grouped by slice, slices sorted by name) and each one's slice index."""
 
     ids: list[str]
@@ -42,7 +42,7 @@ def slice_of(row: Any, slice_by: str, hans: frozenset[str] = frozenset()) -> str
 
 def choose(
     rows: Sequence[Any], slice_by: str, per_slice: int, seed: int, hans: frozenset[str] = frozenset()
-) -> TestSet:
+) -> Selection:
     """``per_slice`` rows of each slice, a seeded sample (the same for the same rows and seed)."""
     groups: dict[str, list[str]] = {}
     for row in rows:
@@ -57,7 +57,7 @@ def choose(
         picked = sorted(random.Random(f"{seed}:{name}").sample(members, min(per_slice, len(members))))
         ids += picked
         index += [s] * len(picked)
-    return TestSet(ids, index, names)
+    return Selection(ids, index, names)
 
 
 def candidate_filter(cfg: GraphConfig, model_id: int) -> Any:
@@ -69,7 +69,7 @@ def candidate_filter(cfg: GraphConfig, model_id: int) -> Any:
                          model_id=model_id)  # fmt: skip
 
 
-def select_test_set(store: Any, cfg: GraphConfig, model_id: int) -> TestSet:
+def select_test_set(store: Any, cfg: GraphConfig, model_id: int) -> Selection:
     """The graph's test examples from the store; a ConfigError naming the filters when none match."""
     rows = store.query_examples(candidate_filter(cfg, model_id), limit=None)
     hans = frozenset(d.name for d in store.list_datasets() if "non-entailment" in d.labels)
