@@ -23,10 +23,11 @@ st.set_page_config(page_title="fastif", page_icon=str(ROOT / "assets" / "logo.sv
 PAGES = {
     "browse": st.Page("views/browse.py", title="Browse", icon=":material/table_rows:", default=True),
     "example": st.Page("views/example.py", title="Example", icon=":material/article:", url_path="example"),
-    "jobs": st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:", url_path="jobs"),
-    "bench": st.Page("views/bench.py", title="Bench", icon=":material/speed:", url_path="bench"),
+    "graphs": st.Page("views/graphs.py", title="Graphs", icon=":material/hub:", url_path="graphs"),
     "correct": st.Page("views/correct.py", title="Correct", icon=":material/healing:", url_path="correct"),
     "explain": st.Page("views/explain.py", title="Explain", icon=":material/psychology:", url_path="explain"),
+    "jobs": st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:", url_path="jobs"),
+    "bench": st.Page("views/bench.py", title="Bench", icon=":material/speed:", url_path="bench"),
 }
 
 page = st.navigation(list(PAGES.values()))

@@ -28,6 +28,7 @@ from fastif_core.config import (
 )
 from fastif_core.correct_cli import add_parser as add_correct_parser
 from fastif_core.errors import FastifError, JobError
+from fastif_core.graph_cli import add_parser as add_graph_parser
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -458,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_prepare, _add_examples, _add_influence, _add_worker, _add_submit, _add_jobs, _add_bench,
-                _add_corpus):  # fmt: skip
+                _add_corpus, add_graph_parser):  # fmt: skip
         add(sub)
     add_correct_parser(sub)
     simulate_cli.add_parser(sub)

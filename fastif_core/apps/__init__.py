@@ -5,4 +5,5 @@ subcommand and a dashboard page. The worker imports this package at start (``wor
 so that importing an application module here registers its kind with every worker."""
 
 from fastif_core.apps import correct_job  # noqa: E402,F401 - registers the correct and activate_model kinds
+from fastif_core.apps.graph import job as graph_job  # noqa: F401 - the "graph" kind and its handler
 from fastif_core.apps.simulate import job as _simulate_job  # noqa: F401 - registers the ``simulate`` job kind
