@@ -162,8 +162,8 @@ class _Lissa:
     mean: Tensor | None = None
 
     @classmethod
-    def start(cls, v: Tensor) -> _Lissa:
-        return cls(v, v.clone(), float(v.norm()), block=torch.zeros_like(v))
+    def start(cls, v: Tensor, cfg: STestConfig) -> _Lissa:
+        return cls(v, v.clone(), float(v.norm()), block=torch.zeros_like(v) if cfg.window > 0 else None)
 
     def advance(self, product: Tensor, step: int, t: int, cfg: STestConfig) -> None:
         new = self.v + (1.0 - cfg.damping) * self.h - product / cfg.scale
@@ -243,7 +243,7 @@ def _lissa_many(
 ) -> list[tuple[Tensor, RepStats]]:  # fmt: skip
     """One LiSSA repetition for every row of ``vs``: each batch drawn once, applied to the active rows."""
     gen = torch.Generator().manual_seed(cfg.seed + t)
-    states = [_Lissa.start(v) for v in vs]
+    states = [_Lissa.start(v, cfg) for v in vs]
     for step in range(1, cfg.depth + 1):
         active = [(m, s) for m, s in enumerate(states) if not s.converged]
         if not active:

@@ -107,7 +107,12 @@ def add_matrix_parser(
         "--full, every training example. Stored block by block: re-running continues an interrupted run.",
     )  # fmt: skip
     influence_options(p)
-    p.add_argument("--row-block", type=int, default=None, help="tests solved together (default 64)")
+    p.add_argument(
+        "--row-block",
+        type=int,
+        default=None,
+        help="tests solved together (default 32; memory ≈ 6 × row_block × P × 4 bytes)",
+    )
     p.add_argument(
         "--col-block", type=int, default=None, help="candidate columns per stored block (default 1024)"
     )

@@ -13,8 +13,10 @@ seeds), then :func:`fastif_core.scoring.score_many` over candidate chunks of ``c
 ``(row block, column chunk)`` block is stored as soon as it is scored, so a restarted run (the same
 request, e.g. a requeued job) recomputes only the missing blocks; the values are deterministic, so a
 resumed matrix equals an uninterrupted one. No ``(N, P)`` tensor exists: s_test is ``(row_block, P)``,
-scoring holds one candidate batch. Memory ≈ ``row_block × P × 4`` bytes × about 4 (CG's x, r, p and the
-stacked s_test) + one scoring batch; ``row_block = 64`` on the 10.8M-parameter MiniLM is ≈ 11 GB.
+scoring holds one candidate batch. Memory ≈ ``row_block × P × 4`` bytes × about 6 (V, the repetition sums,
+CG's x, r, p, the stacked s_test) + one scoring batch: ``row_block = 32`` on the 10.8M-parameter MiniLM is
+≈ 8 GB. A larger block scores each column once for more tests (the per-example backward is shared by the
+block), so raise it where memory allows (e.g. ``--row-block 200`` on an H200).
 
 API: :func:`influence_matrix` -> :class:`MatrixResult`, :func:`matrix_config` (the stored key),
 :func:`load_matrix` (read a stored one).
@@ -42,7 +44,7 @@ from fastif_core.solvers import expected_cost
 from fastif_core.store import matrices as sm
 
 Progress = Callable[[float, str], None]
-ROW_BLOCK, COL_BLOCK = 64, 1024
+ROW_BLOCK, COL_BLOCK = 32, 1024
 
 
 @dataclass

@@ -34,7 +34,7 @@ from fastif_core.config import InfluenceConfig
 
 
 def store_benchmark(
-    rows: int = 400, cols: int = 8000, row_block: int = 64, col_block: int = 1024, url: str | None = None,
+    rows: int = 400, cols: int = 8000, row_block: int = 32, col_block: int = 1024, url: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Seconds to write (block by block, one transaction each, as a matrix job does) and read back a
@@ -122,7 +122,7 @@ def crossover(loaded: Any, ms: Sequence[int], candidates: int, jvp_max_m: int = 
 
 def run_section(
     loaded: Any, example_ids: Sequence[str], matrix_ids: Sequence[str], cfg: InfluenceConfig, out: Path,
-    *, row_block: int = 64, ms: Sequence[int] = (1, 2, 4, 16, 32), candidates: int = 64, progress: Any = None,
+    *, row_block: int = 32, ms: Sequence[int] = (1, 2, 4, 16, 32), candidates: int = 64, progress: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """All four figures side by side, written to ``out/many.json`` after each one (resumable by hand)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("what", choices=["store"])
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--cols", type=int, default=8000)
-    parser.add_argument("--row-block", type=int, default=64)
+    parser.add_argument("--row-block", type=int, default=32)
     parser.add_argument("--col-block", type=int, default=1024)
     parser.add_argument("--url", default=None, help="a SQLAlchemy URL (default: a scratch SQLite file)")
     a = parser.parse_args(argv)
