@@ -44,8 +44,8 @@ def is_many(a: argparse.Namespace) -> bool:
         names = [f"--{n.replace('_', '-')}" for n in given] + (["the filters"] if filtered else [])
         raise ConfigError(f"examples: {' and '.join(names)} both name the test examples; give one of them")
     if not given and not filtered:
-        raise ConfigError("examples: give --example ID, --examples ID1,ID2, --examples-from FILE or the "
-                          "filters --dataset/--split/--incorrect/--limit")  # fmt: skip
+        raise ConfigError("examples: one of --example ID, --examples ID1,ID2, --examples-from FILE or the "
+                          "filters --dataset/--split/--incorrect/--limit is required")  # fmt: skip
     return given != ["example"]
 
 
