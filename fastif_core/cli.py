@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastif_core import simulate_cli
+from fastif_core import cli_many, simulate_cli
 from fastif_core.config import (
     GRADIENT_L2,
     PRESETS,
@@ -220,7 +220,7 @@ def cmd_examples(a: argparse.Namespace) -> int:
 def _add_influence(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "influence",
-        help="most helpful and harmful training examples for one example",
+        help="most helpful and harmful training examples for one example (or many: --examples)",
         description="Influence I(z, z_test) = -grad L(z_test)^T H^-1 grad L(z): negative = helpful, "
         "positive = harmful. Scores the k nearest training examples (--full: all of them) with the "
         "s_test of --preset (default: the engine's default solver).",
@@ -231,7 +231,8 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
 
 def _influence_options(p: argparse.ArgumentParser) -> None:
     add_workspace_argument(p)
-    p.add_argument("--example", required=True, help="example id (see `fastif examples`)")
+    p.add_argument("--example", default=None, help="example id (see `fastif examples`)")
+    cli_many.add_selection_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--k", type=int, default=InfluenceConfig().k, help=help_of(InfluenceConfig, "k"))
     mode.add_argument("--full", action="store_true", help="score all training examples")
@@ -275,6 +276,8 @@ def cmd_influence(a: argparse.Namespace) -> int:
     from fastif_core.query import influence_query
 
     cfg = influence_config_from_args(a)
+    if cli_many.is_many(a):
+        return cli_many.cmd_influence_many(a, cfg, str(resolve_device(a.device)), format_influence)
     result = influence_query(
         a.workspace, a.example, cfg, device=str(resolve_device(a.device)), show_progress=True
     )
@@ -352,7 +355,9 @@ def cmd_worker(a: argparse.Namespace) -> int:
 def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="queue a job for the worker (the same one twice = one job)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    inf = kinds.add_parser("influence", help="influence for one example (same options as `fastif influence`)")
+    inf = kinds.add_parser(
+        "influence", help="influence for one or many examples (options of `fastif influence`)"
+    )
     _influence_options(inf)
     inf.set_defaults(func=cmd_submit)
     prep = kinds.add_parser("prepare", help="prepare the workspace (same options as `fastif prepare`)")
@@ -368,19 +373,23 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from fastif_core.store import Store
     from fastif_core.workspace import require_prepared
 
+    kind, params = a.kind, None
     if a.kind == "influence":
         manifest, cfg = require_prepared(a.workspace), influence_config_from_args(a)
         check_request(manifest, cfg)
-        params: Any = jobs.InfluenceParams(
-            example_id=a.example, config=cfg, model_id=int(manifest["model_id"])
-        )
+        if cli_many.is_many(a):  # several examples: one influence_many job
+            kind, params = "influence_many", cli_many.many_params(a, cfg, int(manifest["model_id"]))
+        else:
+            params = jobs.InfluenceParams(
+                example_id=a.example, config=cfg, model_id=int(manifest["model_id"])
+            )
     else:
         params = prepare_config_from_args(a)
     store = Store.open(a.workspace)
     try:
-        if a.kind == "influence":
+        if kind == "influence":
             require_example(store, a.example, params.model_id)
-        job = jobs.enqueue(store, a.kind, params)
+        job = jobs.enqueue(store, kind, params)
     finally:
         store.close()
     print(json.dumps(job_to_dict(job), indent=2) if a.json else f"job {job.id} ({job.kind}): {job.status}")
@@ -463,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     add_correct_parser(sub)
     simulate_cli.add_parser(sub)
+    cli_many.add_matrix_parser(sub, _influence_options, influence_config_from_args)
     return parser
 
 

@@ -323,6 +323,18 @@ class ParallelContext:
         cmd = {"op": "influence", "key": key, "batch": batch, "candidates": rows, "cfg": to_dict(cfg)}
         return self._command(cmd, progress=progress, should_stop=should_stop)
 
+    def call(
+        self, fn: str, key: str, payload: dict[str, Any], progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> Any:  # fmt: skip
+        """Run ``fn`` (``'package.module:function'``, called as ``fn(ctx, cmd, progress, should_stop)``) on
+        every rank with the loaded state ``key`` and the picklable ``payload``; returns rank 0's result.
+        Other engine modules add SPMD commands this way (e.g. :mod:`fastif_core.parallel_many`)."""
+        if key not in self._states:
+            raise JobError(f"state {key!r} is not loaded on the group: call load() first")
+        cmd = {**payload, "op": "call", "fn": fn, "key": key}
+        return self._command(cmd, progress=progress, should_stop=should_stop)
+
     # ---- execution (all ranks) -------------------------------------------------------------------
 
     def serve(self) -> None:
@@ -374,6 +386,8 @@ class ParallelContext:
             return self._run_load(cmd)
         if cmd["op"] == "influence":
             return _run_influence(self, cmd, progress, should_stop)
+        if cmd["op"] == "call":
+            return import_ref(cmd["fn"])(self, cmd, progress, should_stop)
         raise JobError(f"unknown group command {cmd['op']!r}")
 
     def _run_load(self, cmd: dict[str, Any]) -> None:

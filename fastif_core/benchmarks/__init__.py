@@ -61,6 +61,7 @@ key                                    meaning
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed (test examples, LiSSA, random removal)")  # fmt: skip
     p.add_argument(
-        "--section", choices=["all", "solvers"], default="all",
+        "--section", choices=["all", "solvers", "many"], default="all",
         help="all: every section (bench.json); solvers: only the s_test solver comparison (solvers.json, "
-        "resumable: reference repetitions are kept under OUT/reference)",
+        "resumable: reference repetitions are kept under OUT/reference); many: many test examples at once "
+        "(many.json: batched vs single queries, the full matrix, the scoring cross-over, matrix store I/O)",
     )  # fmt: skip
+    p.add_argument(
+        "--many-tests", type=int, default=32, help="many: test examples of the batched-vs-single row"
+    )
+    p.add_argument("--matrix-tests", type=int, default=400, help="many: test examples of the full matrix")
     p.add_argument(
         "--ref-repeats", type=int, default=8, help="solvers: repetitions T of the paper's LiSSA reference"
     )
@@ -185,11 +191,17 @@ def run_from_args(a: argparse.Namespace) -> int:
     try:
         if a.section == "solvers":
             result = run_solvers(a, progress)
+        elif a.section == "many":
+            result = run_many(a, progress)
         else:
             result = run_bench(a.workspace, a.out, config=config, progress=progress)
     finally:
         for bar in bars:
             bar.close()
+    if a.section == "many":
+        print(json.dumps({k: v for k, v in result.items() if k != "crossover"}, indent=2, default=str))
+        print(f"\nwrote {Path(a.out) / 'many.json'}")
+        return 0
     if a.section == "solvers":
         from fastif_core.benchmarks.report import solver_text
 
@@ -226,6 +238,27 @@ def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     return run_solver_section(loaded, examples, Path(a.out), ref_repeats=a.ref_repeats, k=a.solver_k,
                               l2_examples=pool[: a.l2_examples], solvers=solvers, progress=progress,
                               parts=a.solver_parts or PARTS)  # fmt: skip
+
+
+def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """``fastif bench --section many``: :mod:`fastif_core.benchmarks.many` on the workspace's test examples,
+    with the engine's default settings at k = ``--solver-k`` and seed ``--seed``."""
+    from fastif_core.benchmarks.common import choose_test_examples
+    from fastif_core.benchmarks.many import run_section
+    from fastif_core.config import InfluenceConfig, STestConfig
+    from fastif_core.device import resolve_device
+    from fastif_core.store import Store
+    from fastif_core.workspace import LoadedWorkspace
+
+    device = "cpu" if a.devices == "cpu:1" else str(resolve_device("auto"))
+    loaded = LoadedWorkspace.load(a.workspace, device)
+    with Store.open(a.workspace) as store:
+        pool = choose_test_examples(store, loaded, max(a.many_tests, a.matrix_tests), a.seed)
+    cfg = InfluenceConfig(s_test=STestConfig.default(seed=a.seed), k=min(a.solver_k, len(loaded.train_ids)))
+    ids = [e.id for e in pool]
+    return run_section(
+        loaded, ids[: a.many_tests], ids[: a.matrix_tests], cfg, Path(a.out), progress=progress
+    )
 
 
 def _balanced_head(pool: list[Any], n: int) -> list[Any]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -285,3 +286,47 @@ class Simulation(AppResultMixin, Base):
 
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+
+class InfluenceMatrix(Base):
+    """An influence matrix (rev 0004): M test examples (rows) × N training examples (columns), one model,
+    one InfluenceConfig; the values live in ``influence_matrix_chunks``. ``status`` is ``running`` until
+    every chunk is stored (a restarted job continues from the chunks already there), then ``complete``."""
+
+    __tablename__ = "influence_matrices"
+    __table_args__ = (
+        UniqueConstraint("model_id", "test_hash", "config_hash", name="uq_influence_matrices_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    test_ids: Mapped[list[Any]] = mapped_column()  # row order
+    test_hash: Mapped[str] = mapped_column(String(64))
+    train_positions: Mapped[list[Any]] = mapped_column()  # column order: training-set positions
+    config: Mapped[dict[str, Any]] = mapped_column()
+    config_hash: Mapped[str] = mapped_column(String(64))
+    full: Mapped[bool] = mapped_column(Boolean, default=False)  # every training example, not the kNN union
+    row_block: Mapped[int] = mapped_column(Integer)  # rows per chunk (tests whose s_test are solved together)
+    col_block: Mapped[int] = mapped_column(Integer)  # columns per chunk
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column()
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+
+class InfluenceMatrixChunk(Base):
+    """One block of an influence matrix: rows ``row_start..+num_rows``, columns ``col_start..+num_cols``,
+    as little-endian float32, row-major (NaN where the pair is not a kNN candidate of that test)."""
+
+    __tablename__ = "influence_matrix_chunks"
+
+    matrix_id: Mapped[int] = mapped_column(
+        ForeignKey("influence_matrices.id", ondelete="CASCADE"), primary_key=True
+    )
+    row_start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    col_start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    num_rows: Mapped[int] = mapped_column(Integer)
+    num_cols: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # compute time of this chunk

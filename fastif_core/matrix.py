@@ -1,0 +1,305 @@
+"""Influence matrices: ``(M test examples × N training examples)`` for a prepared workspace, computed once,
+stored in the store (:mod:`fastif_core.store.matrices`) and read many times (graphs, simulatability).
+
+Columns: the union of the M tests' kNN candidate sets (``k`` of the config), ascending training position,
+or every training example (``full=True``). **Value NaN** where a pair is not a candidate of that test
+(kNN matrices only): every column is scored for all the tests of a row block at once, but a test's
+answer covers only its own k nearest training examples, exactly as its single influence query would;
+a full matrix has no NaN.
+
+Computation, per row block of ``row_block`` tests: their test gradients ``V``, ONE batched s_test run
+(:func:`fastif_core.batched.solve_many`: the same s_test each test gets alone with these settings and
+seeds), then :func:`fastif_core.scoring.score_many` over candidate chunks of ``col_block`` columns. Each
+``(row block, column chunk)`` block is stored as soon as it is scored, so a restarted run (the same
+request, e.g. a requeued job) recomputes only the missing blocks; the values are deterministic, so a
+resumed matrix equals an uninterrupted one. No ``(N, P)`` tensor exists: s_test is ``(row_block, P)``,
+scoring holds one candidate batch. Memory ≈ ``row_block × P × 4`` bytes × about 6 (V, the repetition sums,
+CG's x, r, p, the stacked s_test) + one scoring batch: ``row_block = 32`` on the 10.8M-parameter MiniLM is
+≈ 8 GB. A larger block scores each column once for more tests (the per-example backward is shared by the
+block), so raise it where memory allows (e.g. ``--row-block 200`` on an H200).
+
+API: :func:`influence_matrix` -> :class:`MatrixResult`, :func:`matrix_config` (the stored key),
+:func:`load_matrix` (read a stored one).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastif_core import jobs
+from fastif_core.batched import solve_many
+from fastif_core.config import InfluenceConfig, from_dict
+from fastif_core.errors import ConfigError, JobError
+from fastif_core.influence_many import test_gradients
+from fastif_core.query import check_request, require_example, stored_config
+from fastif_core.scoring import METHODS, score_many
+from fastif_core.solvers import expected_cost
+from fastif_core.store import matrices as sm
+
+Progress = Callable[[float, str], None]
+ROW_BLOCK, COL_BLOCK = 32, 1024
+
+
+@dataclass
+class MatrixResult:
+    """A stored influence matrix and how it was obtained."""
+
+    matrix_id: int
+    model_id: int
+    test_ids: list[str]  # row order
+    train_ids: list[str]  # column order
+    train_positions: list[int]  # column j = training position train_positions[j] (FAISS row)
+    values: np.ndarray  # (M, N) float32; NaN = not a kNN candidate of that test
+    config: InfluenceConfig
+    full: bool
+    seconds: dict[str, float]  # this call: knn, test_gradient, s_test, scoring, store_write, read, total
+    chunks: dict[str, int] = field(default_factory=dict)  # total, computed now, found stored
+    cached: bool = False  # complete in the store before this call
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)  # rss (process), cuda (if used)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.values.shape)  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary of ``fastif matrix --json`` (no values)."""
+        return {"matrix_id": self.matrix_id, "model_id": self.model_id, "shape": list(self.shape),
+                "full": self.full, "cached": self.cached, "seconds": self.seconds, "chunks": self.chunks,
+                "peak_memory_mb": self.peak_memory_mb, "candidate_pairs": int(np.isfinite(self.values).sum()),
+                "test_ids": self.test_ids, "config": stored_config(self.config)}  # fmt: skip
+
+
+def matrix_config(cfg: InfluenceConfig, full: bool) -> dict[str, Any]:
+    """What a matrix is keyed by besides the model and the test ids: the scoring settings + ``full``."""
+    return {**stored_config(replace(cfg, k=None) if full else cfg), "full": bool(full)}
+
+
+def _check(loaded: Any, test_ids: Sequence[str], cfg: InfluenceConfig, row_block: int, col_block: int,
+           method: str) -> None:  # fmt: skip
+    check_request(loaded.manifest, cfg)
+    if not test_ids:
+        raise ConfigError("test_ids is empty: give at least one test example id")
+    seen = [i for n, i in enumerate(test_ids) if i in test_ids[:n]]
+    if seen:
+        raise ConfigError(f"test_ids lists {seen[0]!r} twice: each test example once")
+    for name, value in (("row_block", row_block), ("col_block", col_block)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r} is invalid: allowed an integer >= 1")
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r} is invalid: allowed {', '.join(METHODS)}")
+
+
+def _columns(loaded: Any, test_ids: Sequence[str], k: int | None) -> tuple[list[int], np.ndarray | None]:
+    """``(column positions ascending, candidate mask (M, N) or None for full)``."""
+    if k is None:
+        return list(range(len(loaded.train_ids))), None
+    sets = [loaded.nearest(t, k)[0] for t in test_ids]
+    columns = sorted({int(p) for s in sets for p in s})
+    where = {p: j for j, p in enumerate(columns)}
+    mask = np.zeros((len(test_ids), len(columns)), dtype=bool)
+    for m, s in enumerate(sets):
+        mask[m, [where[int(p)] for p in s]] = True
+    return columns, mask
+
+
+@dataclass
+class _Clock:
+    """Seconds per stage and progress over the work units of the missing blocks."""
+
+    progress: Progress | None
+    units: float
+    done: float = 0.0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("knn", "test_gradient", "s_test", "scoring", "store_write"), 0.0))  # fmt: skip
+
+    def add(self, stage: str, start: float, units: float, message: str) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - start
+        self.done += units
+        if self.progress is not None:
+            self.progress(min(self.done / max(self.units, 1e-9), 1.0), message)
+        return now
+
+
+def influence_matrix(
+    loaded: Any, test_ids: Sequence[str], cfg: InfluenceConfig, *, full: bool = False,
+    progress: Progress | None = None, row_block: int = ROW_BLOCK, col_block: int = COL_BLOCK,
+    method: str = "auto", job_id: int | None = None, owner: str | None = None,
+) -> MatrixResult:  # fmt: skip
+    """The influence matrix of ``test_ids`` (rows) on the kNN union or every training example (``full``),
+    from the store when complete there, else computed (continuing from any stored blocks) and stored.
+
+    Args:
+        loaded: a :class:`~fastif_core.workspace.LoadedWorkspace` (model, training set, index).
+        cfg: settings of each test's influence (``k`` = candidates per test; ignored with ``full``).
+        progress: ``(fraction, message)`` after every stored block; it may raise to stop (blocks stored
+            so far are kept: the next call continues from them).
+        row_block, col_block: tests solved together, candidates per stored chunk (a new layout
+            restarts an unfinished matrix; a complete one is returned as stored).
+        method: the scoring path of :func:`fastif_core.scoring.score_many`.
+        job_id, owner: mark the job done with the completion, in one transaction.
+
+    Raises:
+        ConfigError / WorkspaceError: bad settings or an unknown test id, before any computation.
+    """
+    from fastif_core.store import Store
+
+    start = time.perf_counter()
+    cfg = (replace(cfg, k=None) if full else cfg).validate()
+    test_ids = [str(t) for t in test_ids]
+    _check(loaded, test_ids, cfg, row_block, col_block, method)
+    store = Store.open(loaded.root)
+    try:
+        records = [require_example(store, t, loaded.model_id).to_record() for t in test_ids]
+        columns, mask = _columns(loaded, test_ids, cfg.k)
+        knn_seconds = time.perf_counter() - start
+        info = sm.start_matrix(store, model_id=loaded.model_id, test_ids=test_ids, train_positions=columns,
+                               config=matrix_config(cfg, cfg.k is None), full=cfg.k is None,
+                               row_block=row_block, col_block=col_block, job_id=job_id)  # fmt: skip
+        cached = info.status == "complete"
+        computed, stored, clock = 0, 0, _Clock(progress, 1.0)
+        if not cached:
+            computed, stored, clock = _fill(loaded, store, info, records, cfg, mask, method, progress)
+        clock.seconds["knn"] = knn_seconds
+        t_read = time.perf_counter()
+        values = sm.read_values(store, info.id)
+        clock.seconds["read"] = time.perf_counter() - t_read
+        clock.seconds["total"] = time.perf_counter() - start
+        memory = _peak_memory(loaded.objective.device)
+        if not cached:
+            info = sm.complete_matrix(store, info.id, {**clock.seconds, "peak_memory_mb": memory,
+                                                      "chunks_computed": computed}, job_id=job_id, owner=owner)  # fmt: skip
+    finally:
+        store.close()
+    return MatrixResult(info.id, info.model_id, info.test_ids, [loaded.train_ids[p] for p in info.train_positions],
+                        info.train_positions, values, cfg, info.full, clock.seconds,
+                        {"total": len(info.blocks()), "computed": computed, "found_stored": stored},
+                        cached, memory)  # fmt: skip
+
+
+def _fill(
+    loaded: Any, store: Any, info: sm.MatrixInfo, records: list[Any], cfg: InfluenceConfig,
+    mask: np.ndarray | None, method: str, progress: Progress | None,
+) -> tuple[int, int, _Clock]:  # fmt: skip
+    """Compute and store every missing block; returns (blocks computed, blocks found stored, clock)."""
+    have = sm.stored_chunks(store, info.id)
+    todo = [b for b in info.blocks() if b not in have]
+    rows = sorted({r for r, _ in todo})
+    solve_units = expected_cost(cfg.s_test) * info.row_block
+    clock = _Clock(progress, len(rows) * solve_units + sum(4.0 * _width(info, c) for _, c in todo))
+    for r0 in rows:
+        block_records = records[r0 : r0 + info.row_block]
+        s = _block_s_test(loaded, block_records, cfg, clock, solve_units)
+        for c0 in [c for r, c in todo if r == r0]:
+            _score_chunk(loaded, store, info, s, cfg, mask, method, (r0, c0), clock)
+    return len(todo), len(info.blocks()) - len(todo), clock
+
+
+def _width(info: sm.MatrixInfo, c0: int) -> int:
+    return min(info.col_block, len(info.train_positions) - c0)
+
+
+def _block_s_test(
+    loaded: Any, records: list[Any], cfg: InfluenceConfig, clock: _Clock, units: float
+) -> torch.Tensor:
+    """``S (b, P)`` of one row block: test gradients, then one batched solve."""
+    obj, t0 = loaded.objective, time.perf_counter()
+    v = test_gradients(obj, [loaded.encode_test(r) for r in records], include_l2=cfg.test_l2)
+    t1 = clock.add("test_gradient", t0, 0.0, f"test gradients of {len(records)} tests")
+    s = solve_many(obj, v, loaded.train, cfg.s_test).s_test
+    clock.add("s_test", t1, units, f"s_test of {len(records)} tests ({cfg.s_test.solver})")
+    return s
+
+
+def _score_chunk(
+    loaded: Any, store: Any, info: sm.MatrixInfo, s: torch.Tensor, cfg: InfluenceConfig,
+    mask: np.ndarray | None, method: str, at: tuple[int, int], clock: _Clock,
+) -> None:  # fmt: skip
+    """Score one (row block, column chunk) block and store it (NaN at non-candidate pairs)."""
+    (r0, c0), width, t0 = at, _width(info, at[1]), time.perf_counter()
+    cols = info.train_positions[c0 : c0 + width]
+    values = score_many(loaded.objective, s, loaded.train, cols, cfg.score_batch_size,
+                        include_l2=cfg.train_l2, method=method)  # fmt: skip
+    block = values.detach().to(torch.float32).cpu().numpy()
+    if mask is not None:
+        block[~mask[r0 : r0 + len(block), c0 : c0 + width]] = np.nan
+    t1 = clock.add("scoring", t0, 0.0, "")
+    sm.save_chunk(store, info.id, r0, c0, block, seconds=t1 - t0)
+    done = f"stored block rows {r0}..{r0 + len(block) - 1}, columns {c0}..{c0 + width - 1}"
+    clock.add("store_write", t1, 4.0 * width, done)
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (and of CUDA allocations when on a GPU), MiB."""
+    out = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def load_matrix(root: Any, matrix_id: int) -> tuple[sm.MatrixInfo, np.ndarray]:
+    """A stored matrix's description and values ``(M, N)`` (no model needed)."""
+    from fastif_core.errors import WorkspaceError
+    from fastif_core.store import Store
+
+    store = Store.open(root)
+    try:
+        info = sm.get_matrix(store, matrix_id)
+        if info is None:
+            raise WorkspaceError(
+                f"influence matrix {matrix_id} does not exist (list them with `fastif matrix --list`)"
+            )
+        return info, sm.read_values(store, matrix_id)
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True)
+class MatrixParams:
+    """An influence matrix job: test examples (rows), settings, kNN union or every training example."""
+
+    test_ids: tuple[str, ...] = field(metadata={"help": "ids of the test examples (the rows, in order)"})
+    config: InfluenceConfig = field(
+        default_factory=InfluenceConfig, metadata={"help": "candidates and s_test"}
+    )
+    full: bool = field(
+        default=False, metadata={"help": "every training example as a column (else the kNN union)"}
+    )
+    row_block: int = field(default=ROW_BLOCK, metadata={"help": "tests whose s_test are solved together"})
+    col_block: int = field(default=COL_BLOCK, metadata={"help": "candidate columns per stored block"})
+    model_id: int | None = field(
+        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
+    )
+
+    def validate(self) -> MatrixParams:
+        if (
+            isinstance(self.test_ids, str)
+            or not self.test_ids
+            or not all(isinstance(i, str) for i in self.test_ids)
+        ):
+            raise JobError(f"test_ids={self.test_ids!r} is invalid: allowed a non-empty list of example ids")
+        if len(set(self.test_ids)) != len(self.test_ids):
+            raise JobError("test_ids lists an example twice: each test example once")
+        for name in ("row_block", "col_block"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise JobError(f"{name}={getattr(self, name)!r} is invalid: allowed an integer >= 1")
+        self.config.validate()
+        return self
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> MatrixParams:
+        data = dict(data)
+        config = InfluenceConfig.from_json_dict(data.pop("config", {}))
+        ids = data.pop("test_ids", ())
+        return from_dict(cls, {**data, "test_ids": tuple(ids) if isinstance(ids, list | tuple) else ids,
+                               "config": config})  # fmt: skip
+
+
+jobs.register_kind("matrix", MatrixParams, "influence matrix of many test examples (stored block by block)")
