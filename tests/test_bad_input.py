@@ -208,6 +208,8 @@ OPTIONS = {
     "bench-ks": (["bench", "--out", "OUT", "--ks", "a,b"], ("--ks", "comma-separated")),
     "bench-test-examples": (["bench", "--out", "OUT", "--test-examples", "0"], ("test_examples=0", ">= 1")),
     "bench-no-out": (["bench"], ("--out", "required")),
+    "bench-ref-shard": (["bench", "--out", "OUT", "--section", "solvers", "--ref-shard", "2/2"], ("--ref-shard", "0 <= I < N")),
+    "bench-solver-parts": (["bench", "--out", "OUT", "--section", "solvers", "--solver-parts", "refs"], ("--solver-parts", "reference, compare, l2, click")),
     "corpus-no-out": (["corpus"], ("--out", "required")),
     "unknown-command": (["frobnicate"], ("invalid choice", "prepare")),
 }  # fmt: skip

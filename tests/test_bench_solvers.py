@@ -109,6 +109,13 @@ def test_references_fill_repetition_major_and_are_keyed_by_checkpoint(tiny_works
     fill_references(loaded, examples, 2, cache, ref_cfg=REF)  # resumes: rep 0 read back, rep 1 added
     assert [f.stat().st_mtime_ns for f in first] == stamps
     assert len(list(cache.rglob("rep1.safetensors"))) == len(examples)
+    # a shard fills every N-th example's reference only (N processes share the work, one cache)
+    sharded = tmp_path / "sharded"
+    run_solver_section(loaded, examples, sharded, ref_repeats=1, k=12, parts=("reference",), ref_cfg=REF,
+                       ref_shard=(1, 2), click=False)  # fmt: skip
+    assert [f.parent.name for f in sharded.rglob("rep*.safetensors")] == [
+        re.sub(r"[^A-Za-z0-9_.-]+", "_", examples[1].id)
+    ]
     # the key is the checkpoint's content: the same model id with other weights is another directory
     key = model_key(loaded)
     assert key.startswith(f"model{loaded.model_id}-") and all(p.parts[len(cache.parts)] == key for p in first)

@@ -100,6 +100,16 @@ def _parts(text: str) -> tuple[str, ...]:
     return parts
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed I/N with integers 0 <= I < N") from exc
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed I/N with integers 0 <= I < N")
+    return i, n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fastif bench`` but ``--workspace``, which the CLI adds as for every command (the
     CLI's subparser delegates here; this module never imports the CLI)."""
@@ -152,6 +162,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--solver-parts", type=_parts, default=None,
         help="solvers: comma-separated subset of reference, compare, l2, click (default all); the results "
         "of the other parts are kept from OUT/solvers.json",
+    )  # fmt: skip
+    p.add_argument(
+        "--ref-shard", type=_shard, default=(0, 1), metavar="I/N",
+        help="solvers: fill the reference of every N-th test example from the I-th (N processes, e.g. one "
+        "thread each with OMP_NUM_THREADS=1, share the reference; the cache is the same)",
     )  # fmt: skip
     p.add_argument(
         "--only-solvers", default=None,
@@ -237,7 +252,7 @@ def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     examples = _balanced_head(pool, a.test_examples)
     return run_solver_section(loaded, examples, Path(a.out), ref_repeats=a.ref_repeats, k=a.solver_k,
                               l2_examples=pool[: a.l2_examples], solvers=solvers, progress=progress,
-                              parts=a.solver_parts or PARTS)  # fmt: skip
+                              parts=a.solver_parts or PARTS, ref_shard=a.ref_shard)  # fmt: skip
 
 
 def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:

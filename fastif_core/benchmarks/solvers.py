@@ -252,11 +252,12 @@ def run_solver_section(
     loaded: Any, examples: Sequence[TestExample], out_dir: Path, *, ref_repeats: int = 8, k: int = 1000,
     l2_examples: Sequence[TestExample] = (), solvers: dict[str, STestConfig] | None = None,
     click: bool = True, progress: Progress = lambda f, m: None, ref_cfg: STestConfig | None = None,
-    parts: Sequence[str] = PARTS,
+    parts: Sequence[str] = PARTS, ref_shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:  # fmt: skip
     """The section's ``parts`` (default all: fill the references, compare the solvers, the L2 convention,
     one click's latency). ``out_dir/solvers.json`` is rewritten after every step (a stop loses nothing);
-    the results of parts that do not run are kept from an earlier run (same model, k and reference)."""
+    the results of parts that do not run are kept from an earlier run (same model, k and reference).
+    ``ref_shard = (i, n)`` fills the references of ``examples[i::n]`` only (n processes share the work)."""
     solvers = solvers or default_solvers()
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"model": model_key(loaded), "k": k, "ref_repeats": ref_repeats, "reference": to_dict(ref_cfg or STestConfig.fast()), "solvers": {n: to_dict(c) for n, c in solvers.items()},
@@ -264,7 +265,8 @@ def run_solver_section(
                               "threads": torch.get_num_threads(), "examples": []}  # fmt: skip
     result.update(_kept(out_dir, result, parts))
     if "reference" in parts:
-        fill_references(loaded, examples, ref_repeats, out_dir / "reference",
+        shard, shards = ref_shard
+        fill_references(loaded, list(examples)[shard::shards], ref_repeats, out_dir / "reference",
                         lambda f, m: progress(0.5 * f, m), ref_cfg)  # fmt: skip
     if "compare" in parts:
         result["examples"] = []
