@@ -46,12 +46,12 @@ from fastif_core.errors import FastifError, JobError
 if TYPE_CHECKING:
     from fastif_core.store import JobInfo, Store
 
-RESERVED_KINDS = {
-    "graph": "influence graph (application issue)",
-    "correction": "error correction by removing harmful training examples (application issue)",
-    "augmentation": "data augmentation from influential examples (application issue)",
-    "simulatability": "explanation simulatability study (application issue)",
-    "benchmark": "fastif bench (benchmark issue)",
+RESERVED_KINDS = {  # kinds whose module registers them on import: a clear error until it is imported
+    "graph": "influence graph (fastif_core.graph_config)",
+    "correct": "error correction and augmentation (fastif_core.correct_config)",
+    "activate_model": "switch the active model version (fastif_core.correct_config)",
+    "simulate": "simulatability study (fastif_core.simulate_config)",
+    "benchmark": "fastif bench as a job (not implemented: run fastif bench)",
 }
 
 
