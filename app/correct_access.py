@@ -12,7 +12,7 @@ import streamlit as st
 
 from app.data_access import store, workspace_state
 from fastif_core import jobs, versions
-from fastif_core.correct_config import ActivateParams, CorrectConfig
+from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
 from fastif_core.store import AppResultInfo, JobInfo
 
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import data_access as da
 from fastif_core import jobs
-from fastif_core.simulate_config import JOB_KIND, SimulateConfig, SimulateParams
+from fastif_core.apps.simulate.config import JOB_KIND, SimulateConfig, SimulateParams
 from fastif_core.store import AppResultInfo, JobInfo
 
 APP, KIND = "simulation", JOB_KIND  # the store's table and the job kind (fastif_core.apps.simulate)
@@ -26,10 +26,3 @@ def enqueue_simulate(root: str, config: SimulateConfig) -> JobInfo:
     """Queue a study of the workspace's model (an equal queued, running or done job is reused)."""
     params = SimulateParams(config=config, model_id=da.workspace_state(root).model_id)
     return jobs.enqueue(da.store(root), KIND, params)
-
-
-def simulate_job(root: str, job_id: int | None) -> JobInfo | None:
-    """The study job to follow: the one this session queued, else the newest queued or running one."""
-    if job_id is not None:
-        return da.job(root, job_id)
-    return da.active_job(root, KIND)

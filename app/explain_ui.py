@@ -11,8 +11,8 @@ import streamlit as st
 
 from app import palette
 from app.controls import FilterOptions
+from fastif_core.apps.simulate.config import DEFAULT_K, KINDS, SimulateConfig, TestFilter
 from fastif_core.config import help_of
-from fastif_core.simulate_config import DEFAULT_K, KINDS, SimulateConfig, TestFilter
 
 KIND_COLORS = {"helpful": palette.HELPFUL_COLOR, "harmful": palette.HARMFUL_COLOR, "random": "#868e96"}
 GROUP_TITLES = {"correct": "Correct predictions", "incorrect": "Incorrect predictions"}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import streamlit as st
 
 from app.controls import PRESET_LABELS, FilterOptions
+from fastif_core.apps.graph.config import SLICE_BY, GraphConfig
 from fastif_core.config import InfluenceConfig, STestConfig, help_of
-from fastif_core.graph_config import SLICE_BY, GraphConfig
 
 VIEWS = ("Helpful", "Harmful", "Side by side")
 

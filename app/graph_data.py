@@ -10,7 +10,7 @@ import streamlit as st
 
 from app import data_access as da
 from fastif_core import jobs
-from fastif_core.graph_config import GraphConfig
+from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.store import AppResultInfo, JobInfo
 from fastif_core.store.graph_files import GraphArrays, load_graph_arrays
 
@@ -38,13 +38,6 @@ def load(root: str, graph_id: int) -> LoadedGraph | None:
     arrays = load_graph_arrays(root, info.result["arrays"])
     rows = s.get_examples(arrays.test_ids + arrays.train_ids, info.model_id)
     return LoadedGraph(info, arrays, {r.id: r for r in rows})
-
-
-def graph_job(root: str, job_id: int | None) -> JobInfo | None:
-    """The graph job to follow: the one this session queued, else the newest queued or running one."""
-    if job_id is not None:
-        return da.job(root, job_id)
-    return da.active_job(root, "graph")
 
 
 def enqueue_graph(root: str, cfg: GraphConfig) -> JobInfo:

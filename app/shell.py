@@ -92,3 +92,15 @@ def job_progress(root: str, job_id: int) -> None:
     if job.finished:
         st.cache_data.clear()
         st.rerun(scope="app")
+
+
+def follow_job(root: str, kind: str, session_key: str) -> None:
+    """The job a launch form follows: the one this session queued (``st.session_state[session_key]``), else
+    the newest queued or running job of ``kind``; live progress while it runs, its status if it failed or
+    was cancelled, nothing once it is done (the page shows the stored result)."""
+    job_id = st.session_state.get(session_key)
+    job = da.job(root, job_id) if job_id is not None else da.active_job(root, kind)
+    if job is not None and not job.finished:
+        job_progress(root, job.id)
+    elif job is not None and job.status != "done":
+        render.job_status(job)

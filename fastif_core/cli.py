@@ -15,7 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastif_core import cli_many, simulate_cli
+from fastif_core import cli_jobs, cli_many
+from fastif_core.apps.correct.cli import add_parser as add_correct_parser
+from fastif_core.apps.graph.cli import add_parser as add_graph_parser
+from fastif_core.apps.simulate import cli as simulate_cli
+from fastif_core.cli_types import add_workspace_argument, positive_int
 from fastif_core.config import (
     GRADIENT_L2,
     PRESETS,
@@ -26,9 +30,7 @@ from fastif_core.config import (
     TrainConfig,
     help_of,
 )
-from fastif_core.correct_cli import add_parser as add_correct_parser
-from fastif_core.errors import FastifError, JobError
-from fastif_core.graph_cli import add_parser as add_graph_parser
+from fastif_core.errors import FastifError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -38,41 +40,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {value}: allowed an integer >= 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed a number > 0") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed a number > 0")
-    return value
-
-
-def add_workspace_argument(p: argparse.ArgumentParser) -> None:
-    """``--workspace/-w`` with the default every command shares."""
-    from fastif_core.workspace import default_workspace
-
-    p.add_argument(
-        "--workspace",
-        "-w",
-        type=Path,
-        default=default_workspace(),
-        help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)",
-    )
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -321,37 +288,6 @@ def cmd_corpus(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_worker(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "worker", help="run queued jobs on every visible device (or N CPU processes)",
-        description="Serve the workspace's job queue until stopped (SIGTERM/Ctrl-C finish or release the "
-        "current job). Under torchrun every rank runs this command; rank 0 talks to the store.",
-    )  # fmt: skip
-    add_workspace_argument(p)
-    p.add_argument("--devices", default="auto", help="auto (all GPUs, else cpu:1) | cpu:N | cuda:0,cuda:1")
-    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
-    p.add_argument(
-        "--poll", type=positive_float, default=1.0, help="seconds between claims while idle (default 1)"
-    )
-    p.add_argument("--lease-seconds", type=positive_float, default=60.0,
-                   help="a job whose worker stops heartbeating for this long is claimed again (default 60)")  # fmt: skip
-    p.set_defaults(func=cmd_worker)
-
-
-def cmd_worker(a: argparse.Namespace) -> int:
-    import logging
-
-    from fastif_core.store import Store
-    from fastif_core.worker import run_worker
-    from fastif_core.workspace import require_workspace
-
-    Store.open(require_workspace(a.workspace)).close()  # a typo or a bad database: one line, before any log
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds)
-    print(f"worker stopped after {n} job(s)", file=sys.stderr)
-    return 0
-
-
 def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="queue a job for the worker (the same one twice = one job)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -392,55 +328,12 @@ def cmd_submit(a: argparse.Namespace) -> int:
         job = jobs.enqueue(store, kind, params)
     finally:
         store.close()
-    print(json.dumps(job_to_dict(job), indent=2) if a.json else f"job {job.id} ({job.kind}): {job.status}")
-    return 0
-
-
-def _add_jobs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("jobs", help="list queued, running and finished jobs; cancel one")
-    add_workspace_argument(p)
-    p.add_argument(
-        "--status", choices=("queued", "running", "done", "failed", "cancelled"), help="only this status"
+    print(
+        json.dumps(cli_jobs.job_to_dict(job), indent=2)
+        if a.json
+        else f"job {job.id} ({job.kind}): {job.status}"
     )
-    p.add_argument("--limit", type=int, default=20, help="at most this many jobs, newest first (default 20)")
-    p.add_argument(
-        "--cancel", type=int, metavar="ID", help="cancel job ID (queued: at once; running: next step)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_jobs)
-
-
-def cmd_jobs(a: argparse.Namespace) -> int:
-    from fastif_core.store import Store
-    from fastif_core.workspace import require_workspace
-
-    store = Store.open(require_workspace(a.workspace))
-    try:
-        if a.cancel is not None:
-            if store.get_job(a.cancel) is None:
-                raise JobError(f"job {a.cancel} does not exist (list jobs with `fastif jobs`)")
-            store.cancel_job(a.cancel)
-        rows = [job_to_dict(j) for j in store.list_jobs(status=a.status, limit=a.limit)]
-    finally:
-        store.close()
-    if a.json:
-        print(json.dumps({"jobs": rows}, indent=2))
-        return 0
-    for r in rows:
-        done = f"{100 * r['progress']:.0f}%"
-        print(
-            f"{r['id']:>5} {r['kind']:<12} {r['status']:<10} {done:>5} {r['message'] or ''} {r['error'] or ''}"
-        )
     return 0
-
-
-def job_to_dict(job: Any) -> dict[str, Any]:
-    keys = ("id", "kind", "status", "params", "attempts", "max_attempts", "progress", "message", "error",
-            "result", "device", "cancel_requested")  # fmt: skip
-    out = {k: getattr(job, k) for k in keys}
-    out["created_at"] = job.created_at.isoformat() if job.created_at else None
-    out["duration_s"] = job.duration_s
-    return out
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -467,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastif", description="Fast influence functions (FastIF) for transformer NLP models."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_examples, _add_influence, _add_worker, _add_submit, _add_jobs, _add_bench,
+    for add in (_add_prepare, _add_examples, _add_influence, cli_jobs.add_worker, _add_submit, cli_jobs.add_jobs,
+                _add_bench,
                 _add_corpus, add_graph_parser):  # fmt: skip
         add(sub)
     add_correct_parser(sub)

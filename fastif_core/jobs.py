@@ -47,10 +47,10 @@ if TYPE_CHECKING:
     from fastif_core.store import JobInfo, Store
 
 RESERVED_KINDS = {  # kinds whose module registers them on import: a clear error until it is imported
-    "graph": "influence graph (fastif_core.graph_config)",
-    "correct": "error correction and augmentation (fastif_core.correct_config)",
-    "activate_model": "switch the active model version (fastif_core.correct_config)",
-    "simulate": "simulatability study (fastif_core.simulate_config)",
+    "graph": "influence graph (fastif_core.apps.graph.config)",
+    "correct": "error correction and augmentation (fastif_core.apps.correct.config)",
+    "activate_model": "switch the active model version (fastif_core.apps.correct.config)",
+    "simulate": "simulatability study (fastif_core.apps.simulate.config)",
     "benchmark": "fastif bench as a job (not implemented: run fastif bench)",
 }
 

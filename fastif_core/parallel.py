@@ -6,7 +6,7 @@ and objective once (:meth:`ParallelContext.load`) and serve any number of influe
 
 Rank 0 is the coordinator (the process that talks to the store); every other rank runs
 :meth:`ParallelContext.serve`, a loop that executes the small command dicts rank 0 broadcasts
-(``load``, ``influence``, ``ping``, ``shutdown``). One influence query:
+(``load``, ``call``, ``ping``, ``shutdown``). One influence query (:mod:`fastif_core.parallel_query`):
 
 1. every rank computes the test gradient v and the LiSSA repetitions ``t ≡ rank (mod world)`` with the
    seeds a serial run uses (``solvers.solve_repetitions``; a deterministic CG repetition is solved once);
@@ -47,16 +47,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import Tensor
 
-from fastif_core import influence, solvers
-from fastif_core.batches import Batch, Examples, to_device
+from fastif_core.batches import Batch, Examples
 from fastif_core.config import InfluenceConfig, to_dict
 from fastif_core.device import cuda_count
 from fastif_core.errors import ConfigError, FastifError, JobError
@@ -67,6 +65,7 @@ from fastif_core.peers import GroupLost, Peers, collective_timeout
 Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
 ShouldStop = Callable[[], bool]  # polled on rank 0 between steps
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+QUERY = "fastif_core.parallel_query:run_influence"  # the SPMD body of one influence query
 DEFAULT_TIMEOUT_S = 300.0  # a rank silent this long is lost (the worker passes its lease instead)
 
 
@@ -320,8 +319,8 @@ class ParallelContext:
         cfg.validate()
         rows = None if candidates is None else [int(i) for i in candidates]
         batch = {k: v.cpu() for k, v in test_batch.items()}
-        cmd = {"op": "influence", "key": key, "batch": batch, "candidates": rows, "cfg": to_dict(cfg)}
-        return self._command(cmd, progress=progress, should_stop=should_stop)
+        payload = {"batch": batch, "candidates": rows, "cfg": to_dict(cfg)}
+        return self.call(QUERY, key, payload, progress=progress, should_stop=should_stop)
 
     def call(
         self, fn: str, key: str, payload: dict[str, Any], progress: Progress | None = None,
@@ -384,8 +383,6 @@ class ParallelContext:
             return None
         if cmd["op"] == "load":
             return self._run_load(cmd)
-        if cmd["op"] == "influence":
-            return _run_influence(self, cmd, progress, should_stop)
         if cmd["op"] == "call":
             return import_ref(cmd["fn"])(self, cmd, progress, should_stop)
         raise JobError(f"unknown group command {cmd['op']!r}")
@@ -402,10 +399,10 @@ class ParallelContext:
 
     def _raise_any(self, error: BaseException | None) -> None:
         """Collective: every rank learns whether any failed; rank 0 raises the first error."""
-        errors = [_describe(error)]
+        errors = [describe_error(error)]
         if self.distributed:
             errors = [None] * self.world_size
-            self._collective(lambda: dist.all_gather_object(errors, _describe(error)))
+            self._collective(lambda: dist.all_gather_object(errors, describe_error(error)))
         first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
         if first is not None and self.is_coordinator:
             raise error if error is not None else _rebuild(*first)
@@ -413,7 +410,7 @@ class ParallelContext:
             raise JobError("a rank failed")
 
 
-def _describe(error: BaseException | None) -> tuple[str, str] | None:
+def describe_error(error: BaseException | None) -> tuple[str, str] | None:
     return None if error is None else (type(error).__name__, str(error))
 
 
@@ -426,127 +423,6 @@ def _rebuild(rank: int, described: tuple[str, str]) -> FastifError:
     if isinstance(cls, type) and issubclass(cls, FastifError):
         return cls(message)
     return JobError(f"rank {rank} failed: {name}: {message}")
-
-
-def _run_influence(
-    ctx: ParallelContext, cmd: dict[str, Any], progress: Progress | None, should_stop: ShouldStop | None
-) -> InfluenceResult | None:
-    """The SPMD body of one query (see the module docstring); returns the result on rank 0."""
-    t0 = time.perf_counter()
-    state, cfg = ctx._states[cmd["key"]], InfluenceConfig.from_json_dict(cmd["cfg"])
-    obj, train = state.objective, state.train
-    rows = list(range(len(train))) if cmd["candidates"] is None else cmd["candidates"]
-    split = influence.progress_split(cfg, len(rows))
-    partial, error = _local_s_test(ctx, state, cmd["batch"], cfg, _sub(progress, 0.0, split))
-    stop = ctx.is_coordinator and should_stop is not None and should_stop()
-    flags = torch.tensor([float(error is not None), float(stop)], dtype=obj.dtype, device=obj.device)
-    flat = torch.cat([partial.to_flat(), flags])  # (P + 4,): Σ estimates, Σ‖e‖², count, error, cancel
-    if ctx.distributed:
-        ctx._collective(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM))  # the ONE all-reduce
-    if flat[-2] > 0:
-        ctx._raise_any(error)
-    if flat[-1] > 0:
-        raise QueryCancelled("cancelled after s_test, before scoring: nothing was stored")
-    total = solvers.STestPartial.from_flat(
-        flat[:-2], partial.scale, partial.reps, partial.seconds, partial.scale_hvps
-    )
-    s_test = total.total / total.count  # (P,) identical on every rank
-    t1 = time.perf_counter()
-    order = _length_order(train, rows)
-    mine = [rows[p] for p in order[ctx.rank :: ctx.world_size]]
-    values, error = _score_shard(ctx, state, s_test, mine, cfg, _sub(progress, split, 1.0))
-    gathered = _gather(ctx, {"values": values, "reps": partial.reps, "error": _describe(error)})
-    if any(g["error"] for g in gathered):
-        ctx._raise_any(error)
-    if not ctx.is_coordinator:
-        return None
-    seconds = {"s_test": t1 - t0, "scoring": time.perf_counter() - t1, "total": time.perf_counter() - t0}
-    return _assemble(ctx, rows, order, gathered, replace(total, seconds=t1 - t0), cfg, seconds)
-
-
-def _local_s_test(
-    ctx: ParallelContext, state: RankState, batch: Batch, cfg: InfluenceConfig, progress: Progress | None
-) -> tuple[solvers.STestPartial, BaseException | None]:
-    """This rank's repetitions ``t ≡ rank (mod world)``; an error becomes an empty partial + the error."""
-    obj, train = state.objective, state.train
-    try:
-        # scale=0 is estimated deterministically (seeded), so every rank resolves the same scale
-        s_cfg, spent = solvers.resolve(obj, train, cfg.s_test, ctx.device)
-        v = influence.test_gradient(obj, to_device(batch, ctx.device), ctx.device, include_l2=cfg.test_l2)
-        reps = range(ctx.rank, s_cfg.repeats, ctx.world_size)
-        if not reps:
-            return _empty_partial(obj, s_cfg.scale), None
-        partial = solvers.solve_repetitions(obj, v, train, s_cfg, reps, ctx.device, progress)
-        return replace(partial, scale_hvps=spent), None
-    except Exception as exc:  # noqa: BLE001 - reported collectively after the all-reduce
-        return _empty_partial(obj, 0.0), exc
-
-
-def _empty_partial(obj: Objective, scale: float) -> solvers.STestPartial:
-    return solvers.STestPartial(
-        torch.zeros(obj.num_params, dtype=obj.dtype, device=obj.device), 0.0, 0, scale
-    )
-
-
-def _length_order(train: Examples, rows: list[int]) -> list[int]:
-    """Positions into ``rows``, longest example first: rank r scores ``order[r::world]`` (balanced)."""
-    if not rows:
-        return []
-    lengths = train.lengths()[torch.as_tensor(rows, dtype=torch.long)]
-    return torch.argsort(lengths, descending=True, stable=True).tolist()
-
-
-def _score_shard(
-    ctx: ParallelContext, state: RankState, s_test: Tensor, rows: list[int], cfg: InfluenceConfig,
-    progress: Progress | None,
-) -> tuple[Tensor, BaseException | None]:  # fmt: skip
-    """Influence values ``(len(rows),)`` of this rank's shard (on CPU), or the error."""
-    obj = state.objective
-    if not rows:
-        return torch.zeros(0, dtype=obj.dtype), None
-    try:
-        values = influence.score_candidates(
-            obj,
-            s_test,
-            state.train,
-            rows,
-            cfg.score_batch_size,
-            ctx.device,
-            progress,
-            include_l2=cfg.train_l2,
-        )
-        return values.detach().cpu(), None
-    except Exception as exc:  # noqa: BLE001 - reported collectively after the gather
-        return torch.zeros(0, dtype=obj.dtype), exc
-
-
-def _gather(ctx: ParallelContext, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    if not ctx.distributed:
-        return [payload]
-    out: list[Any] = [None] * ctx.world_size
-    ctx._collective(lambda: dist.all_gather_object(out, payload))
-    return out
-
-
-def _assemble(
-    ctx: ParallelContext, rows: list[int], order: list[int], gathered: list[dict[str, Any]],
-    total: solvers.STestPartial, cfg: InfluenceConfig, seconds: dict[str, float],
-) -> InfluenceResult:  # fmt: skip
-    """Rank 0: every shard back in candidate order; solver statistics over all repetitions."""
-    values = torch.empty(len(rows), dtype=gathered[0]["values"].dtype)  # (k,)
-    for rank, g in enumerate(gathered):
-        values[torch.as_tensor(order[rank :: ctx.world_size], dtype=torch.long)] = g["values"]
-    reps = {t: r for g in gathered for t, r in g["reps"].items()}
-    est = solvers.finish(replace(total, reps=reps), cfg.s_test)
-    stats = {**est.stats(), "ranks": ctx.world_size, "devices": ctx.spec}
-    return InfluenceResult(torch.as_tensor(rows, dtype=torch.long), values, est.s_test.cpu(), stats, seconds)
-
-
-def _sub(progress: Progress | None, lo: float, hi: float) -> Progress | None:
-    """Only rank 0 reports: map a stage's ``[0, 1]`` onto ``[lo, hi]`` of the query."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(lo + (hi - lo) * fraction, message)
 
 
 def _share_cpu(spec: DeviceSpec) -> int | None:

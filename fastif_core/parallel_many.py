@@ -36,12 +36,9 @@ from fastif_core.parallel import (
     QueryCancelled,
     RankState,
     ShouldStop,
-    _describe,
-    _empty_partial,
-    _gather,
-    _length_order,
-    _sub,
+    describe_error,
 )
+from fastif_core.parallel_query import empty_partial, gather, length_order, sub_progress
 from fastif_core.scoring import score_many
 
 MANY = f"{__name__}:run_many"
@@ -66,7 +63,7 @@ def run_many(
     obj, train, m = state.objective, state.train, len(cmd["batches"])
     union, lists, picks = union_columns(cmd["candidates"], m, len(train))
     split = progress_split(cfg, len(union)) if len(union) else 1.0
-    partials, error = _local_s_test(ctx, state, cmd["batches"], cfg, _sub(progress, 0.0, split))
+    partials, error = _local_s_test(ctx, state, cmd["batches"], cfg, sub_progress(progress, 0.0, split))
     stop = ctx.is_coordinator and should_stop is not None and should_stop()
     flags = torch.tensor([float(error is not None), float(stop)], dtype=obj.dtype, device=obj.device)
     flat = torch.cat([many_to_flat(partials), flags])  # (M·(P + 2) + 2,)
@@ -80,10 +77,12 @@ def run_many(
     s = torch.stack([p.total / p.count for p in sums])  # (M, P), identical on every rank
     t1 = time.perf_counter()
     rows = union.tolist()
-    order = _length_order(train, rows)
+    order = length_order(train, rows)
     mine = [rows[p] for p in order[ctx.rank :: ctx.world_size]]
-    values, error = _score_shard(ctx, state, s, mine, cfg, _sub(progress, split, 1.0))
-    gathered = _gather(ctx, {"values": values, "reps": [p.reps for p in partials], "error": _describe(error)})
+    values, error = _score_shard(ctx, state, s, mine, cfg, sub_progress(progress, split, 1.0))
+    gathered = gather(
+        ctx, {"values": values, "reps": [p.reps for p in partials], "error": describe_error(error)}
+    )
     if any(g["error"] for g in gathered):
         ctx._raise_any(error)
     if not ctx.is_coordinator:
@@ -107,11 +106,11 @@ def _local_s_test(
         v = test_gradients(obj, batches, ctx.device, include_l2=cfg.test_l2)
         reps = range(ctx.rank, s_cfg.repeats, ctx.world_size)
         if not reps:
-            return [_empty_partial(obj, s_cfg.scale) for _ in batches], None
+            return [empty_partial(obj, s_cfg.scale) for _ in batches], None
         partials = solve_many_repetitions(obj, v, train, s_cfg, reps, ctx.device, progress)
         return [replace(p, scale_hvps=spent) for p in partials], None
     except Exception as exc:  # noqa: BLE001 - reported collectively after the all-reduce
-        return [_empty_partial(obj, 0.0) for _ in batches], exc
+        return [empty_partial(obj, 0.0) for _ in batches], exc
 
 
 def _score_shard(

@@ -37,16 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastif_core import jobs, matrix, query_many  # noqa: F401 - register the influence_many and matrix kinds
+from fastif_core import jobs
 from fastif_core.errors import ConfigError, FastifError, JobError, LeaseLostError
-from fastif_core.parallel import ParallelContext, QueryCancelled, RankState
+from fastif_core.parallel import ParallelContext, QueryCancelled
 from fastif_core.peers import GroupLost
 
 log = logging.getLogger("fastif.worker")
 
 Handler = Callable[["JobContext"], Any]  # returns None (job already done) or a result dict
 _HANDLERS: dict[str, Handler] = {}
-HANDLER_MODULES = ("fastif_core.apps",)  # application packages register their kinds and handlers on import
+HANDLER_MODULES = (  # each registers its job kinds' handlers on import
+    "fastif_core.engine_jobs",
+    "fastif_core.apps.graph.job",
+    "fastif_core.apps.correct.job",
+    "fastif_core.apps.simulate.job",
+)
 MODULES_ENV = "FASTIF_WORKER_MODULES"
 
 
@@ -326,103 +331,3 @@ def _install_signals(worker: Worker) -> Callable[[], None]:
             signal.signal(signum, handler)
 
     return restore
-
-
-# ---- job handlers ---------------------------------------------------------------------------------
-
-
-def load_workspace_state(device: str, rank: int, root: str) -> RankState:
-    """Rank loader (imported by module path on every rank): the workspace's model, objective, train set;
-    the kNN index and features only on rank 0, the only rank that searches."""
-    from fastif_core.workspace import LoadedWorkspace
-
-    loaded = LoadedWorkspace.load(root, device, search=rank == 0)
-    return RankState(loaded.objective, loaded.train, {"loaded": loaded})
-
-
-def _group_state(ctx: JobContext) -> tuple[str, RankState]:
-    """The workspace loaded on every rank (once per model build), checked against the job's model id."""
-    from fastif_core.workspace import require_prepared
-
-    params = ctx.params
-    manifest = require_prepared(ctx.root)
-    if params.model_id is not None and int(params.model_id) != int(manifest["model_id"]):
-        raise JobError(f"model_id={params.model_id} is not this workspace's model ({manifest['model_id']})")
-    key = f"{Path(ctx.root).resolve()}#{manifest['model_id']}#{manifest.get('prepare_hash', '')}"
-    ctx.progress(0.0, "loading the workspace on every rank")
-    return key, ctx.group.load(key, f"{__name__}:load_workspace_state", root=str(Path(ctx.root).resolve()))
-
-
-def run_influence(ctx: JobContext) -> dict[str, Any]:
-    """``influence`` jobs: the workspace pipeline with s_test and scoring spread over the device group."""
-    from fastif_core.query import influence_query
-
-    params = ctx.params
-    key, state = _group_state(ctx)
-
-    def runner(loaded: Any, batch: dict, candidates: list[int] | None, cfg: Any, progress: Any) -> Any:
-        try:
-            return ctx.group.influence(key, batch, candidates, cfg, progress, ctx.should_stop)
-        except QueryCancelled:
-            ctx.check()  # the precise reason: cancelled, lease lost or worker stopping
-            raise
-
-    out = influence_query(ctx.root, params.example_id, params.config, device=ctx.group.device,
-                          loaded=state.info["loaded"], runner=runner, progress=ctx.progress, job_id=ctx.job.id,
-                          owner=ctx.owner)  # fmt: skip
-    return {"influence_run_id": out["run_id"], "cached": out["cached"]}  # completes a cached answer's job
-
-
-def run_influence_many(ctx: JobContext) -> dict[str, Any]:
-    """``influence_many`` jobs: one batched run for many examples, repetitions and candidate shards spread
-    over the device group with one all-reduce for all s_test vectors (:mod:`fastif_core.parallel_many`)."""
-    from fastif_core.parallel_many import MANY, many_payload
-    from fastif_core.query_many import influence_query_many
-
-    params = ctx.params
-    key, state = _group_state(ctx)
-
-    def runner(
-        loaded: Any, batches: list, candidates: list[list[int]] | None, cfg: Any, progress: Any
-    ) -> Any:
-        try:
-            return ctx.group.call(
-                MANY, key, many_payload(batches, candidates, cfg), progress, ctx.should_stop
-            )
-        except QueryCancelled:
-            ctx.check()  # the precise reason: cancelled, lease lost or worker stopping
-            raise
-
-    out = influence_query_many(ctx.root, params.example_ids, params.config, device=ctx.group.device,
-                               loaded=state.info["loaded"], runner=runner, progress=ctx.progress,
-                               job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
-    return {"influence_run_ids": [o["run_id"] for o in out], "cached": [o["cached"] for o in out]}
-
-
-def run_matrix(ctx: JobContext) -> dict[str, Any]:
-    """``matrix`` jobs: an influence matrix on rank 0's device, stored block by block (a requeued job
-    continues from the blocks already stored)."""
-    from fastif_core.matrix import influence_matrix
-
-    params = ctx.params
-    _, state = _group_state(ctx)
-    out = influence_matrix(state.info["loaded"], params.test_ids, params.config, full=params.full,
-                           progress=ctx.progress, row_block=params.row_block, col_block=params.col_block,
-                           job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
-    return {"matrix_id": out.matrix_id, "shape": list(out.shape), "cached": out.cached}
-
-
-def run_prepare(ctx: JobContext) -> dict[str, Any]:
-    """``prepare`` jobs on rank 0's device; the manifest's model id is the job's result."""
-    from fastif_core.prepare import prepare
-
-    manifest = prepare(
-        ctx.root, ctx.params, device=ctx.group.device, progress=ctx.progress, show_progress=False
-    )
-    return {"model_id": manifest.get("model_id"), "status": manifest.get("status")}
-
-
-register_handler("influence", run_influence)
-register_handler("influence_many", run_influence_many)
-register_handler("matrix", run_matrix)
-register_handler("prepare", run_prepare)

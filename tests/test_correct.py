@@ -1,4 +1,4 @@
-"""The correction loop's pieces against ground truth on tiny float64 models (fastif_core.apps.correct):
+"""The correction loop's pieces against ground truth on tiny float64 models (fastif_core.apps.correct.loop):
 the step, the anchors' mean-loss gradient, the helpful / harmful choice, pool scoring, the slices."""
 
 from __future__ import annotations
@@ -10,10 +10,17 @@ import torch
 import torch.nn.functional as F
 from factories import make_tiny_bert, make_tiny_examples
 
-from fastif_core.apps.correct import anchor_influence, anchor_schedule, evaluate, pick, sgd_step, summarize
-from fastif_core.apps.correct_data import check_disjoint, select, split_target
+from fastif_core.apps.correct.config import CorrectConfig, parse_slice
+from fastif_core.apps.correct.data import check_disjoint, select, split_target
+from fastif_core.apps.correct.loop import (
+    anchor_influence,
+    anchor_schedule,
+    evaluate,
+    pick,
+    sgd_step,
+    summarize,
+)
 from fastif_core.config import STestConfig
-from fastif_core.correct_config import CorrectConfig, parse_slice
 from fastif_core.errors import ConfigError
 from fastif_core.influence import score_candidates_reference, test_gradient
 from fastif_core.objective import classifier_objective

@@ -9,9 +9,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from fastif_core.apps.correct_job import run_correction
+from fastif_core.apps.correct.config import CorrectConfig
+from fastif_core.apps.correct.job import run_correction
 from fastif_core.config import STestConfig
-from fastif_core.correct_config import CorrectConfig
 from fastif_core.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "dashboard.py")

@@ -12,10 +12,10 @@ import pytest
 from test_bad_input import run_cli, workspace_digest
 
 from fastif_core import jobs, versions
-from fastif_core.apps.correct_job import run_correction
-from fastif_core.apps.pool import load_pool
+from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
+from fastif_core.apps.correct.job import run_correction
+from fastif_core.apps.correct.pool import load_pool
 from fastif_core.config import STestConfig
-from fastif_core.correct_config import ActivateParams, CorrectConfig
 from fastif_core.store import Store
 from fastif_core.worker import run_worker
 from fastif_core.workspace import LoadedWorkspace, read_manifest

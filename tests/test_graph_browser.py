@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from fastif_core.apps.graph.build import build_graph, graph_arrays, summary
+from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.apps.graph.selection import Selection
 from fastif_core.config import InfluenceConfig
-from fastif_core.graph_config import GraphConfig
 from fastif_core.store import Store
 from fastif_core.store.graph_files import GraphArrays, load_graph_arrays, save_graph_arrays
 

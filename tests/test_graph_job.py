@@ -18,10 +18,10 @@ import pytest
 from fastif_core import jobs
 from fastif_core.apps.graph import export
 from fastif_core.apps.graph.build import build_graph
+from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.apps.graph.stored import load_graph, to_networkx
 from fastif_core.cli import main
 from fastif_core.config import InfluenceConfig
-from fastif_core.graph_config import GraphConfig
 from fastif_core.query import cache_key, influence_query
 from fastif_core.store import Store
 from fastif_core.worker import run_worker
@@ -128,7 +128,7 @@ def test_cli_prints_the_stored_graph_and_exports_it(graph_ws, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--per-slice", "0"], "--per-slice: invalid value 0"),
+    (["--per-slice", "0"], "--per-slice: invalid value '0'"),
     (["--heuristic", "no_such_heuristic", "--k", "5", "--in-process"], "no evaluation example predicted incorrectly matches"),
     (["--k", "100000", "--in-process"], "k=100000 is larger than the training set"),
     (["--export", "999", "--out", "x.graphml"], "graph 999 does not exist"),

@@ -17,6 +17,7 @@ from test_bad_input import assert_one_line, run_cli, workspace_digest
 
 from fastif_core import jobs
 from fastif_core.apps.simulate import steps
+from fastif_core.apps.simulate.config import SimulateConfig
 from fastif_core.apps.simulate.simulator import (
     ensure_simulator,
     predicted_labels,
@@ -26,7 +27,6 @@ from fastif_core.apps.simulate.simulator import (
 from fastif_core.cli import main
 from fastif_core.errors import JobError
 from fastif_core.model import freeze_layers, predict_proba
-from fastif_core.simulate_config import SimulateConfig
 from fastif_core.store import Store
 from fastif_core.worker import run_worker
 from fastif_core.workspace import LoadedWorkspace

@@ -286,8 +286,8 @@ def test_worker_under_torchrun_uses_every_rank(ws):
 def checked_workspace_state(device: str, rank: int, root: str):
     """The worker's rank loader, failing the load (on rank 0, through the group) if a follower loaded
     the kNN index or the features, or if rank 0 did not."""
+    from fastif_core.engine_jobs import load_workspace_state
     from fastif_core.errors import JobError
-    from fastif_core.worker import load_workspace_state
 
     state = load_workspace_state(device, rank, root)
     loaded = state.info["loaded"]

@@ -14,8 +14,8 @@ import streamlit as st
 from app import correct_access as ca
 from app import data_access as da
 from app import shell
+from fastif_core.apps.correct.config import METHODS, CorrectConfig, slice_text
 from fastif_core.config import STestConfig
-from fastif_core.correct_config import METHODS, CorrectConfig, slice_text
 from fastif_core.errors import FastifError
 
 root = da.workspace_root()
@@ -132,12 +132,7 @@ if config is not None:
         st.session_state["correct_job"] = ca.enqueue_correct(root, config).id
     except FastifError as exc:  # a bad setting is shown as one line, the page keeps working
         st.error(str(exc))
-job_id = st.session_state.get("correct_job")
-job = da.job(root, job_id) if job_id else None
-if job is not None and not job.finished:
-    shell.job_progress(root, job.id)
-elif job is not None and job.status != "done":
-    st.error(f"Job #{job.id} {job.status}: {job.error or ''}")
+shell.follow_job(root, "correct", "correct_job")
 stored = ca.runs(root)
 if stored:
     chosen = st.selectbox("Stored runs", [r.id for r in stored], key="correct_run",

@@ -24,11 +24,7 @@ with st.expander("Run a study", expanded=not xd.simulations(root, state.model_id
     config = ui.simulate_controls(da.filter_options(root), state.num_train)
 if config is not None:
     st.session_state["simulate_job"] = xd.enqueue_simulate(root, config).id
-job = xd.simulate_job(root, st.session_state.get("simulate_job"))
-if job is not None and not job.finished:
-    shell.job_progress(root, job.id)
-elif job is not None and job.status != "done":
-    render.job_status(job)
+shell.follow_job(root, "simulate", "simulate_job")
 
 stored = xd.simulations(root, state.model_id)
 if not stored:

@@ -27,11 +27,7 @@ with st.expander("Compute a new graph", expanded=not graphs):
     config = gc.new_graph_controls(da.filter_options(root), state.num_train)
     if config is not None:
         st.session_state["graph_job"] = gd.enqueue_graph(root, config).id
-job = gd.graph_job(root, st.session_state.get("graph_job"))
-if job is not None and not job.finished:
-    shell.job_progress(root, job.id)
-elif job is not None and job.status != "done":
-    render.job_status(job)
+shell.follow_job(root, "graph", "graph_job")
 if not graphs:
     st.info("No graph is stored for this workspace's model yet: compute one above.")
     st.stop()

@@ -5,6 +5,6 @@ Pure computation: :mod:`.selection` (test set by slices), :mod:`.layout` (the ci
 vectorised Weiszfeld), :mod:`.stats` (slice statistics and correlations), :mod:`.export` (networkx,
 GraphML / node-link JSON). Orchestration: :mod:`.influences` (the one function that asks the engine),
 :mod:`.build` (the pipeline, stored once), :mod:`.job` (the ``graph`` job kind's worker handler).
-Settings: :class:`fastif_core.graph_config.GraphConfig`; CLI: :mod:`fastif_core.graph_cli`; page:
+Settings: :class:`fastif_core.apps.graph.config.GraphConfig`; CLI: :mod:`fastif_core.apps.graph.cli`; page:
 ``app/views/graphs.py``.
 """

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from fastif_core.apps.graph import layout, stats
+from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.apps.graph.influences import graph_influences
 from fastif_core.apps.graph.selection import Selection, select_test_set
 from fastif_core.config import config_hash
 from fastif_core.errors import ConfigError, JobError
-from fastif_core.graph_config import GraphConfig
 from fastif_core.query import Runner, serial_runner
 from fastif_core.store.graph_files import GraphArrays, save_graph_arrays
 

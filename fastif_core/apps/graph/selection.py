@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.errors import ConfigError
-from fastif_core.graph_config import GraphConfig
 
 
 @dataclass(frozen=True)

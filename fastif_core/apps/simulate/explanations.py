@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from fastif_core.apps.simulate.config import SimulateConfig
 from fastif_core.errors import ConfigError
-from fastif_core.simulate_config import SimulateConfig
 from fastif_core.store import ExampleRow, Store
 
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
+from fastif_core.apps.simulate.config import SimulateConfig, result_key
 from fastif_core.apps.simulate.explanations import explanation_sets, select_test_examples
 from fastif_core.apps.simulate.simulator import Simulator, ensure_simulator
 from fastif_core.apps.simulate.steps import losses_after_step, test_loss
 from fastif_core.apps.simulate.summary import example_curves, summarize
 from fastif_core.config import to_dict
 from fastif_core.query import Runner, influence_query, serial_runner
-from fastif_core.simulate_config import SimulateConfig, result_key
 from fastif_core.store import ExampleRow, Store
 from fastif_core.workspace import LoadedWorkspace, require_prepared
 

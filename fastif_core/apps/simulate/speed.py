@@ -61,11 +61,11 @@ def measure_speedup(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fastif_core.apps.simulate.config import SimulateConfig
     from fastif_core.apps.simulate.explanations import select_test_examples
     from fastif_core.apps.simulate.run import task_target
     from fastif_core.apps.simulate.simulator import ensure_simulator
     from fastif_core.device import resolve_device
-    from fastif_core.simulate_config import SimulateConfig
     from fastif_core.store import Store
     from fastif_core.workspace import LoadedWorkspace, default_workspace
 

@@ -4,7 +4,7 @@ A new pool (``demo:augment``, a HANS-format or MNLI file, ``hf:...``) gets its o
 FAISS index under the model that serves the workspace, built once and stored in
 ``W/pools/<model_id>-<hash of the pool's data>/`` (``examples.jsonl``, ``features.safetensors``,
 ``index.faiss``, ``pool.json``; staged, then renamed). Its examples are labelled in the model's scheme
-(:func:`~fastif_core.apps.correct_data.encode_labeled`), so a pool example's influence and gradient
+(:func:`~fastif_core.apps.correct.data.encode_labeled`), so a pool example's influence and gradient
 step are computed exactly as a training example's.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 from torch import Tensor
 
-from fastif_core.apps.correct_data import encode_labeled
-from fastif_core.correct_config import TRAIN_POOL
+from fastif_core.apps.correct.config import TRAIN_POOL
+from fastif_core.apps.correct.data import encode_labeled
 from fastif_core.data.records import NLIExample
 from fastif_core.errors import DataFormatError, WorkspaceError
 from fastif_core.knn import KnnIndex

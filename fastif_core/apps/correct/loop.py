@@ -13,7 +13,7 @@ Methods choose the step's examples with the same budget and the same anchors:
 Everything here is tensors and models in, numbers out; the engine does the math
 (:func:`~fastif_core.influence.test_gradient`, :func:`~fastif_core.solvers.solve`,
 :func:`~fastif_core.scoring.score_many`, :func:`~fastif_core.model.predict_proba`). The job, the store
-and the files are in :mod:`fastif_core.apps.correct_job`.
+and the files are in :mod:`fastif_core.apps.correct.job`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from fastif_core import model as M
+from fastif_core.apps.correct.config import CorrectConfig
 from fastif_core.batches import Batch, Examples
 from fastif_core.config import InfluenceConfig
-from fastif_core.correct_config import CorrectConfig
 from fastif_core.influence import test_gradient
 from fastif_core.objective import Objective
 from fastif_core.scoring import score_many

@@ -1,7 +1,7 @@
 """The examples a correction run looks at: the target slice split into an anchor pool and a disjoint
 evaluation part, the evaluation part of every slice of the challenge data, and held-out data.
 
-Given a store and a :class:`~fastif_core.correct_config.CorrectConfig`, :func:`select` returns
+Given a store and a :class:`~fastif_core.apps.correct.config.CorrectConfig`, :func:`select` returns
 :class:`LoopData` (records only; no model). The target slice ``heuristic=lexical_overlap,label=...``
 is split with ``cfg.seed`` into the anchor pool (``anchor_fraction``) and its evaluation part; the other
 slices are the other values of its grouping key (the first of ``heuristic``, ``subcase``, ``genre``,
@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fastif_core.correct_config import GROUP_KEYS, CorrectConfig, parse_slice, slice_text
+from fastif_core.apps.correct.config import GROUP_KEYS, CorrectConfig, parse_slice, slice_text
 from fastif_core.data.records import NLIExample, to_two_way
 from fastif_core.data.sampling import stratified_sample
 from fastif_core.errors import ConfigError

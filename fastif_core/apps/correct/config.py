@@ -1,7 +1,7 @@
 """Settings of the error-correction / data-augmentation application (paper Sec. 6.3) and its job kinds.
 
 Torch-free on purpose: the dashboard imports this module to build and enqueue ``correct`` and
-``activate_model`` jobs, the CLI to parse its flags, and :mod:`fastif_core.apps.correct` (the worker
+``activate_model`` jobs, the CLI to parse its flags, and :mod:`fastif_core.apps.correct.loop` (the worker
 side) to run them. The same :class:`CorrectConfig` is stored as JSON with every run it produced.
 
 A slice is written ``key=value[,key=value...]`` over the store's example fields

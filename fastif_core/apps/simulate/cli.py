@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fastif_core.apps.simulate.config import JOB_KIND, SimulateConfig, SimulateParams, TestFilter
 from fastif_core.config import PRESETS, STestConfig, help_of
-from fastif_core.simulate_config import JOB_KIND, SimulateConfig, SimulateParams, TestFilter
 from fastif_core.workspace import default_workspace
 
 FILTERS = ("dataset", "split", "label", "predicted", "genre", "heuristic", "subcase")

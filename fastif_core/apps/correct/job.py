@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from fastif_core import versions
-from fastif_core.apps.correct import LoopInputs, evaluate, run_loop, summarize
-from fastif_core.apps.correct_data import LoopData, check_disjoint, encode_labeled, select
-from fastif_core.apps.pool import Pool, anchor_query, load_pool
+from fastif_core.apps.correct.config import CorrectConfig
+from fastif_core.apps.correct.data import LoopData, check_disjoint, encode_labeled, select
+from fastif_core.apps.correct.loop import LoopInputs, evaluate, run_loop, summarize
+from fastif_core.apps.correct.pool import Pool, anchor_query, load_pool
 from fastif_core.config import config_hash, to_dict
-from fastif_core.correct_config import CorrectConfig
 from fastif_core.errors import ConfigError
 from fastif_core.objective import Objective, hf_forward
 from fastif_core.store import Store

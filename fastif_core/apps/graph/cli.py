@@ -13,22 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastif_core.apps.graph.config import FILTER_FIELDS, SLICE_BY, GraphConfig
+from fastif_core.cli_types import positive_int
 from fastif_core.config import PRESETS, InfluenceConfig, STestConfig, help_of
 from fastif_core.errors import ConfigError, JobError
-from fastif_core.graph_config import FILTER_FIELDS, SLICE_BY, GraphConfig
 
 EXPORT_FORMATS = ("graphml", "json")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (``fastif_core.cli`` imports this module, so not from there)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {value}: allowed an integer >= 1")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

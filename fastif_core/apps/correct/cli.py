@@ -12,27 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fastif_core.apps.correct.config import METHODS, CorrectConfig
+from fastif_core.cli_types import positive_float, positive_int
 from fastif_core.config import GRADIENT_L2, PRESETS, STestConfig, help_of
-from fastif_core.correct_config import METHODS, CorrectConfig
 from fastif_core.workspace import default_workspace
-
-
-def _number(kind: type, low: str) -> Any:
-    """An argparse type: ``kind`` and > 0 (``fastif``'s rule: a bad value is one line, exit 2)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed {low}") from None
-        if not (value > 0 and value != float("inf")):
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: allowed {low}")
-        return value
-
-    return parse
-
-
-positive_int, positive_float = _number(int, "an integer >= 1"), _number(float, "a number > 0")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -109,7 +92,7 @@ def cmd_correct(a: argparse.Namespace) -> int:
         return _submit(a, cfg)
     from tqdm.auto import tqdm
 
-    from fastif_core.apps.correct_job import check_settings, run_correction
+    from fastif_core.apps.correct.job import check_settings, run_correction
     from fastif_core.device import resolve_device
 
     check_settings(a.workspace, cfg)  # one line for a bad slice before the model loads
@@ -131,7 +114,7 @@ def _submit(a: argparse.Namespace, cfg: CorrectConfig) -> int:
     from dataclasses import replace
 
     from fastif_core import jobs
-    from fastif_core.apps.correct_job import check_settings
+    from fastif_core.apps.correct.job import check_settings
     from fastif_core.store import Store
 
     model_id, _ = check_settings(a.workspace, cfg)
