@@ -76,6 +76,7 @@ PRESET_LABELS = {
     "paper": "Paper (FastIF's LiSSA, J=1000, B=1)",
     "lissa_batched": "LiSSA, B=16, estimated scale",
     "gauss_newton_cg": "Gauss-Newton CG",
+    "gauss_newton_direct": "Gauss-Newton, exact solve (Woodbury; the factor is kept between clicks)",
     "original": "Original code (LiSSA, B=128)",
 }
 

@@ -44,6 +44,7 @@ from fastif_core.solvers import (
     _cg_step,
     _check_finite,
     _draw,
+    direct_factor,
     effective_damping,
     finish,
     resolve,
@@ -289,6 +290,22 @@ def _cg_many(
     return [s.result(cfg) for s in states]
 
 
+def _direct_many(
+    objective: Objective, vs: Tensor, train: Examples, cfg: STestConfig, t: int, method: str, batched: bool,
+    tick: Progress,
+) -> list[tuple[Tensor, RepStats]]:  # fmt: skip
+    """The exact Gauss-Newton solve of every row at once: one factor, two products with it for all M."""
+    if not torch.isfinite(vs).all():
+        bad = int((~torch.isfinite(vs)).any(dim=1).nonzero()[0])
+        raise _tagged(bad, LissaDivergenceError("direct: the test gradient is not finite: nothing to solve"))
+    fac, _ = direct_factor(objective, train, cfg, t)
+    xs = fac.solve(vs)  # (M, P)
+    residuals = fac.residual(xs, vs).tolist()
+    tick(1.0, f"solved {len(vs)} vectors")
+    return [(xs[m], RepStats(1, fac.passes, r, r <= max(cfg.tolerance, 1e-4)))
+            for m, r in enumerate(residuals)]  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------ public API
 
 
@@ -320,7 +337,7 @@ def solve_many_repetitions(
     vs = _vectors(objective, v, device)
     cfg, spent = resolve(objective, train, cfg, device)
     batched = device.type == "cuda" if batched is None else batched
-    one = _cg_many if cfg.solver == "cg" else _lissa_many
+    one = {"cg": _cg_many, "direct": _direct_many, "lissa": _lissa_many}[cfg.solver]
     start, reps = time.perf_counter(), list(repetitions)
     sums = _Sums(torch.zeros_like(vs), [0.0] * len(vs), [{} for _ in vs])
     with objective.evaluating():

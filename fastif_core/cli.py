@@ -206,7 +206,8 @@ def _influence_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset", choices=PRESETS, default="default",
         help="s_test settings: default (the benchmark's choice, see the README) | paper (FastIF's LiSSA "
-        "J=1000, B=1, d=5e-3, s=1e4) | original (LiSSA B=128) | lissa_batched | gauss_newton_cg; "
+        "J=1000, B=1, d=5e-3, s=1e4) | original (LiSSA B=128) | lissa_batched | gauss_newton_cg | "
+        "gauss_newton_direct (the B=64 Gauss-Newton system solved exactly); "
         "the flags below override single fields",
     )  # fmt: skip
     for name, kind in _S_TEST_FLAGS:

@@ -64,7 +64,7 @@ def help_of(cls: type, name: str) -> str:
     raise KeyError(name)
 
 
-SOLVERS = ("lissa", "cg")
+SOLVERS = ("lissa", "cg", "direct")
 CURVATURES = ("hessian", "gauss_newton")
 GRADIENT_L2 = ("none", "train", "test_and_train")
 PAPER_DAMPING, PAPER_SCALE = 5e-3, 1e4  # FastIF's MNLI LiSSA settings: effective damping μ = 50
@@ -112,8 +112,12 @@ class STestConfig:
         _require(self.window >= 0, "window", "an integer >= 0", self.window)
         _require(self.max_norm > 0.0, "max_norm", "a number > 0", self.max_norm)
         _require(
-            self.solver != "cg" or self.mu > 0 or self.scale > 0,
-            "scale", "a number > 0 for solver=cg (or set mu)", self.scale,
+            self.solver == "lissa" or self.mu > 0 or self.scale > 0,
+            "scale", f"a number > 0 for solver={self.solver} (or set mu)", self.scale,
+        )  # fmt: skip
+        _require(
+            self.solver != "direct" or self.curvature == "gauss_newton",
+            "curvature", "gauss_newton for solver=direct (the true Hessian has no low-rank factor)", self.curvature,
         )  # fmt: skip
         return self
 
@@ -150,6 +154,13 @@ class STestConfig:
         return cls(**{**base, "mu": PAPER_DAMPING * PAPER_SCALE, "tolerance": 1e-3, **overrides})
 
     @classmethod
+    def gauss_newton_direct(cls, **overrides: Any) -> STestConfig:
+        """The system of :meth:`gauss_newton_cg` (one seeded batch of 64, μ = 50) solved exactly by the
+        Woodbury identity (``solver=direct``): no iterations; the factor is kept for the next query."""
+        base = {"solver": "direct", "curvature": "gauss_newton", "batch_size": 64, "depth": 1}
+        return cls(**{**base, "mu": PAPER_DAMPING * PAPER_SCALE, **overrides})
+
+    @classmethod
     def default(cls, **overrides: Any) -> STestConfig:
         """The engine's default (CLI, worker and dashboard): chosen by ``fastif bench``'s solver section on
         the trained 8,000-example MNLI workspace (see the README)."""
@@ -157,16 +168,18 @@ class STestConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> STestConfig:
-        """A named preset: ``default``, ``paper`` (= ``fast``), ``original``, ``lissa_batched``, ``gauss_newton_cg``."""
+        """A named preset: ``default``, ``paper`` (= ``fast``), ``original``, ``lissa_batched``, ``gauss_newton_cg``,
+        ``gauss_newton_direct``."""
         makers = {
             "default": cls.default, "paper": cls.fast, "fast": cls.fast, "original": cls.original,
             "lissa_batched": cls.lissa_batched, "gauss_newton_cg": cls.gauss_newton_cg,
+            "gauss_newton_direct": cls.gauss_newton_direct,
         }  # fmt: skip
         _require(name in makers, "preset", " | ".join(makers), name)
         return makers[name](**overrides)
 
 
-PRESETS = ("default", "paper", "original", "lissa_batched", "gauss_newton_cg")
+PRESETS = ("default", "paper", "original", "lissa_batched", "gauss_newton_cg", "gauss_newton_direct")
 
 
 @dataclass(frozen=True)

@@ -187,13 +187,17 @@ def _hooked(layers: list[Layer], batch_size: int, on_grad: OnGrad) -> Iterator[l
             handle.remove()
 
 
-def _backward(objective: Objective, batch: Batch, on_grad: OnGrad) -> None:
-    """One forward and backward of ``Σ_i ℓ_i`` (eval mode, data term only), feeding ``on_grad``."""
+def _backward(
+    objective: Objective, batch: Batch, on_grad: OnGrad, scalar: Callable[[Tensor], Tensor] | None = None
+) -> None:
+    """One forward and backward of ``Σ_i ℓ_i`` (eval mode, data term only), feeding ``on_grad``; with
+    ``scalar`` of ``scalar(outputs (B, C))`` instead, which must be a sum of per-row terms."""
     layers = trainable_layers(objective)
     batch = to_device(batch, objective.device)
     with objective.evaluating(), torch.enable_grad():
         with _hooked(layers, len(batch["labels"]), on_grad) as roots:
-            loss = objective.data_loss(objective.params, batch).sum()
+            outputs = objective.outputs(objective.params, batch)
+            loss = objective.loss(outputs, batch["labels"]).sum() if scalar is None else scalar(outputs)
         if roots and loss.requires_grad:
             torch.autograd.grad(loss, roots, allow_unused=True)
 
@@ -239,4 +243,26 @@ def per_example_dots(objective: Objective, batch: Batch, s: Tensor) -> Tensor:
         out = out + RULES[type(module)][1](module, a, g, {k: shaped[n] for k, n in names.items()})
 
     _backward(objective, batch, on_grad)
+    return out
+
+
+def per_example_output_gradients(objective: Objective, batch: Batch, weights: Tensor, out: Tensor) -> Tensor:
+    """``∇_θ (w_i · f_i(θ))`` of every row i into ``out (B, P)`` (``names`` order), ``w = weights (B, C)`` a
+    fixed weighting of the model outputs ``f_i``: one batched backward, written in place (no other
+    ``(B, P)`` tensor). With ``w_i`` a row of ``Q_i^{1/2}`` these are rows of the Gauss-Newton factor."""
+    params = objective.params
+    offsets, start = {}, 0
+    for n in objective.names:
+        offsets[n] = (start, start + params[n].numel())
+        start += params[n].numel()
+    out.zero_()
+    w = weights.detach().to(objective.device, objective.dtype)
+
+    def on_grad(module: nn.Module, names: dict[str, str], a: Tensor, g: Tensor) -> None:
+        for local, value in RULES[type(module)][0](module, a, g).items():
+            if local in names:
+                lo, hi = offsets[names[local]]
+                out[:, lo:hi] += value.reshape(value.shape[0], -1)
+
+    _backward(objective, batch, on_grad, scalar=lambda outputs: (outputs * w).sum())
     return out

@@ -22,7 +22,12 @@ condition number. It needs ``C_b + μI`` positive definite: always true for Gaus
 Hessian of a trained transformer is indefinite and CG then stops with
 :class:`~fastif_core.errors.CurvatureBreakdownError` (it never returns the garbage CG produces there).
 
-Both average T repetitions; ``rel_std`` is their spread ``sqrt(mean_t ‖e_t - s_test‖²) / ‖s_test‖``.
+**Direct** (``solver=direct``, Gauss-Newton only): the same fixed batch as CG, but ``(G_b + μI)⁻¹ v`` by
+the Woodbury identity on the batch's low-rank factor (:mod:`fastif_core.direct`): exact, no iterations.
+The factor costs a few batched backward passes and is kept on the objective (one at a time, dropped when
+the parameters change), so the next query on the same model and batch pays two products with it.
+
+All average T repetitions; ``rel_std`` is their spread ``sqrt(mean_t ‖e_t - s_test‖²) / ‖s_test‖``.
 Every solver checks each step for non-finite values and exploding norms and reports its curvature-product
 count (``hvps``) and its final convergence measure (CG: relative residual; LiSSA: relative change).
 
@@ -42,6 +47,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from fastif_core import direct
 from fastif_core.batches import Examples, sample_indices, to_device
 from fastif_core.config import STestConfig
 from fastif_core.errors import ConfigError, CurvatureBreakdownError, LissaDivergenceError
@@ -137,7 +143,7 @@ class STestResult:
         """JSON-able summary for the store and the UI."""
         measures = [r.measure for r in self.reps.values()]
         flags = [r.converged for r in self.reps.values()]
-        key = "residual" if self.cfg.solver == "cg" else "change"
+        key = "change" if self.cfg.solver == "lissa" else "residual"
         return {
             "solver": self.cfg.solver, "curvature": self.cfg.curvature, "batch_size": self.cfg.batch_size,
             "hvps": self.hvps, key: max(measures, default=None), "converged": _all_or_none(flags),
@@ -152,8 +158,8 @@ def _all_or_none(flags: list[bool | None]) -> bool | None:
 
 
 def effective_damping(cfg: STestConfig) -> float:
-    """μ of a resolved config: ``mu`` for CG, ``damping × scale`` for LiSSA."""
-    if cfg.solver == "cg":
+    """μ of a resolved config: ``mu`` for CG and direct, ``damping × scale`` for LiSSA."""
+    if cfg.solver in ("cg", "direct"):
         return cfg.mu if cfg.mu > 0 else cfg.damping * cfg.scale
     return cfg.damping * cfg.scale
 
@@ -167,7 +173,7 @@ def resolve(
     every later query of a worker resolves the same scale without paying for it again.
     """
     cfg.validate()
-    if cfg.solver == "cg":
+    if cfg.solver != "lissa":
         return cfg, 0
     spent = 0
     if cfg.scale == 0:
@@ -216,7 +222,7 @@ def solve_repetitions(
     device = resolve_device(objective, device)
     cfg, spent = resolve(objective, train, cfg, device)
     v = v.to(device, objective.dtype)
-    one = _cg_one if cfg.solver == "cg" else _lissa_one
+    one = {"cg": _cg_one, "direct": _direct_one, "lissa": _lissa_one}[cfg.solver]
     start = time.perf_counter()
     total, sq, reps = torch.zeros_like(v), 0.0, {}
     with objective.evaluating():
@@ -317,6 +323,38 @@ def _cg_one(
     return x, RepStats(step, step, residual, converged)
 
 
+def direct_factor(
+    objective: Objective, train: Examples, cfg: STestConfig, t: int
+) -> tuple[direct.GaussNewtonFactor, bool]:
+    """The factor of ``G_b + μI`` on repetition t's batch and whether it was built now. One factor is kept
+    on the objective, keyed by the batch, μ and the parameters' version counters (an in-place update of
+    the weights, as a correction step makes, invalidates it)."""
+    params = list(objective.params.values())
+    key = (id(train), len(train), cfg.batch_size, cfg.seed + t, effective_damping(cfg),
+           tuple(p._version for p in params), tuple(p.data_ptr() for p in params))  # fmt: skip
+    cached = objective.__dict__.get("_direct_factor")
+    if cached is not None and cached[0] == key:
+        return cached[1], False
+    objective.__dict__.pop("_direct_factor", None)  # free the old factor before building the new one
+    batch = _draw(train, cfg, torch.Generator().manual_seed(cfg.seed + t), objective.device)
+    built = direct.factor(objective, batch, effective_damping(cfg))
+    objective.__dict__["_direct_factor"] = (key, built)
+    return built, True
+
+
+def _direct_one(
+    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig, t: int, method: str,
+    tick: Callable[[int], None],
+) -> tuple[Tensor, RepStats]:  # fmt: skip
+    """``(G_b + μI)⁻¹ v`` on the batch drawn with seed + t, exactly; the measure is the relative residual."""
+    if not math.isfinite(float(v.double().norm())):
+        raise LissaDivergenceError("direct: the test gradient is not finite: nothing to solve")
+    fac, _ = direct_factor(objective, train, cfg, t)
+    x = fac.solve(v)
+    residual = float(fac.residual(x, v)) if float(v.norm()) > 0 else 0.0
+    return x, RepStats(1, fac.passes, residual, residual <= max(cfg.tolerance, 1e-4))
+
+
 def _cg_step(
     x: Tensor, r: Tensor, p: Tensor, ap: Tensor, rs: float, v_norm: float, step: int, t: int,
     cfg: STestConfig, mu: float,
@@ -373,5 +411,7 @@ def solve(
 def expected_cost(cfg: STestConfig) -> float:
     """Forward-pass equivalents of one solve (a curvature product ≈ 3 forwards per example), for
     splitting a query's progress bar; CG usually stops well before ``depth`` (assume 15 iterations)."""
+    if cfg.solver == "direct":
+        return 3.0 * cfg.repeats * 3 * cfg.batch_size  # C backward passes with hooks, a Gram product
     steps = min(cfg.depth, 15) if cfg.solver == "cg" and cfg.tolerance > 0 else cfg.depth
     return 3.0 * cfg.repeats * steps * cfg.batch_size

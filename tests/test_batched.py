@@ -57,6 +57,9 @@ CASES = {  # small enough for a test (each case: 2 × 3 solves of a few steps); 
     "cg/gauss_newton": STestConfig(
         solver="cg", curvature="gauss_newton", depth=30, batch_size=3, repeats=2, mu=0.2, tolerance=1e-6
     ),  # fmt: skip
+    "direct/gauss_newton": STestConfig(
+        solver="direct", curvature="gauss_newton", batch_size=3, repeats=2, mu=0.2
+    ),
 }
 
 

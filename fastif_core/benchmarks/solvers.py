@@ -44,14 +44,16 @@ PEARSON_FLOOR, OVERLAP_FLOOR = 0.99, 0.8
 
 
 def default_solvers() -> dict[str, STestConfig]:
-    """The settings compared: the paper's LiSSA, batched LiSSA, Gauss-Newton CG at three batch sizes, and
-    CG on the true Hessian (expected to meet negative curvature on a trained transformer)."""
+    """The settings compared: the paper's LiSSA, batched LiSSA, Gauss-Newton CG at three batch sizes, the
+    exact Gauss-Newton solve of the B=64 system, and CG on the true Hessian (expected to meet negative
+    curvature on a trained transformer)."""
     return {
         "paper": STestConfig.fast(),
         "lissa_batched": STestConfig.lissa_batched(),
         "gn_cg_b16": STestConfig.gauss_newton_cg(batch_size=16),
         "gn_cg_b32": STestConfig.gauss_newton_cg(batch_size=32),
         "gn_cg_b64": STestConfig.gauss_newton_cg(batch_size=64),
+        "gn_direct_b64": STestConfig.gauss_newton_direct(batch_size=64),
         "hessian_cg_b16": STestConfig.gauss_newton_cg(batch_size=16, curvature="hessian"),
     }
 

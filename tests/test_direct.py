@@ -1,0 +1,124 @@
+"""Ground truth for the exact Gauss-Newton solver (``solver=direct``, :mod:`fastif_core.direct`): the
+Woodbury solve equals the dense damped Gauss-Newton solve on tiny float64 models (3-way cross-entropy with
+decayed and undecayed parameters, the HANS two-way loss whose output Hessian is projected, a 1-output
+logistic model), equals conjugate gradient converged on the same batch, and its kept factor is rebuilt when
+the weights change in place. Its rows are checked against the Gauss-Newton-vector product directly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
+
+from fastif_core import direct
+from fastif_core.batched import solve_many
+from fastif_core.batches import sample_indices
+from fastif_core.config import STestConfig
+from fastif_core.errors import ConfigError, LissaDivergenceError
+from fastif_core.hessian import exact_damped_solve, gnvp
+from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
+from fastif_core.solvers import solve
+from fastif_core.workspace import two_way_aware_cross_entropy
+
+
+def _bert(loss=None, n: int = 8):
+    """The tiny BERT in float64: its last layer's output block, the pooler and the classifier trainable
+    (LayerNorm weights and biases undecayed, the rest decayed at wd = 0.01)."""
+    model = make_tiny_bert(0, dtype=torch.float64)
+    keep = ("bert.encoder.layer.1.output", "bert.pooler", "classifier")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(keep))
+    obj = classifier_objective(model, weight_decay=0.01)
+    if loss is not None:
+        obj = Objective(model, loss=loss, weight_decay=0.01)
+    return obj, make_tiny_examples(n)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _batch_rows(n: int, b: int, seed: int) -> list[int]:
+    return list(sample_indices(n, b, torch.Generator().manual_seed(seed)))
+
+
+def test_factor_rows_reproduce_the_gauss_newton_vector_product():
+    """K on a batch: (A + KᵀK) v equals G_b v + μ v computed by the forward/backward product."""
+    obj, train = _bert()
+    batch = train.collate(range(5))
+    with obj.evaluating():
+        fac = direct.factor(obj, batch, mu=0.3)
+        v = torch.randn(obj.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        want = gnvp(obj, batch, v) + 0.3 * v
+    torch.testing.assert_close(fac.apply(v), want, rtol=1e-9, atol=1e-11)
+    assert fac.rows.shape == (2 * 5, obj.num_params) and fac.passes == 2  # softmax over 3: rank 2 per example
+
+
+@pytest.mark.parametrize("loss", [None, two_way_aware_cross_entropy], ids=["cross_entropy", "hans_two_way"])
+def test_direct_equals_the_dense_damped_gauss_newton_solve(loss):
+    obj, train = _bert(loss)
+    if loss is not None:  # two HANS non-entailment rows (label index C = 3): a non-convex output loss
+        train.labels[[1, 4]] = 3
+    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=6, mu=0.2, seed=3)
+    v = obj.grad(train.collate([7]), include_l2=False)
+    result = solve(obj, v, train, cfg)
+    exact = exact_damped_solve(obj, train.collate(_batch_rows(len(train), 6, 3)), v, damping=0.2,
+                               curvature="gauss_newton")  # fmt: skip
+    assert _rel(result.s_test, exact) < 1e-9
+    stats = result.stats()
+    assert stats["solver"] == "direct" and stats["converged"] is True and stats["residual"] < 1e-10
+
+
+def test_direct_on_a_one_output_logistic_model():
+    model, train = make_tiny_logistic(0, n=40, d=5)
+    obj = Objective(model, forward=tensor_forward, loss=binary_cross_entropy, weight_decay=0.05)
+    v = obj.grad(train.collate([3]))
+    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=40, mu=0.01)
+    exact = exact_damped_solve(obj, train.collate(range(40)), v, damping=0.01, curvature="gauss_newton")
+    assert _rel(solve(obj, v, train, cfg).s_test, exact) < 1e-9
+
+
+def test_direct_is_the_fixed_point_that_gauss_newton_cg_approaches():
+    obj, train = _bert()
+    v = obj.grad(train.collate([2, 6]), include_l2=False)
+    base = {"curvature": "gauss_newton", "batch_size": 4, "mu": 0.5, "repeats": 2}
+    cg = solve(obj, v, train, STestConfig(solver="cg", depth=500, tolerance=1e-12, **base))
+    exact = solve(obj, v, train, STestConfig(solver="direct", **base))
+    assert _rel(exact.s_test, cg.s_test) < 1e-8
+    assert exact.rel_std is not None and exact.rel_std == pytest.approx(cg.rel_std, rel=1e-6)
+
+
+def test_many_vectors_equal_single_solves_and_the_factor_is_built_once():
+    obj, train = _bert()
+    with obj.evaluating():
+        vs = torch.stack([obj.grad(train.collate([i]), include_l2=False) for i in (0, 3, 5)])
+    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4)
+    many = solve_many(obj, vs, train, cfg)
+    built = obj.__dict__["_direct_factor"][1]
+    for m in range(3):
+        single = solve(obj, vs[m], train, cfg)
+        assert _rel(many.s_test[m], single.s_test) < 1e-12 and single.hvps == many.results[m].hvps == 2
+    assert obj.__dict__["_direct_factor"][1] is built  # the singles reused the factor of the batched solve
+
+
+def test_an_in_place_weight_update_rebuilds_the_factor():
+    """A correction step changes the weights in place: the kept factor must not answer for the old model."""
+    obj, train = _bert()
+    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4)
+    v = obj.grad(train.collate([1]), include_l2=False)
+    solve(obj, v, train, cfg)
+    with torch.no_grad():
+        next(p for n, p in obj.model.named_parameters() if n.startswith("classifier")).mul_(1.5)
+    after = solve(obj, v, train, cfg).s_test
+    exact = exact_damped_solve(obj, train.collate(_batch_rows(len(train), 5, 0)), v, damping=0.4,
+                               curvature="gauss_newton")  # fmt: skip
+    assert _rel(after, exact) < 1e-9
+
+
+def test_direct_refuses_the_hessian_and_non_finite_input():
+    with pytest.raises(ConfigError, match="curvature.*gauss_newton for solver=direct"):
+        STestConfig(solver="direct", mu=1.0).validate()
+    obj, train = _bert()
+    v = torch.full((obj.num_params,), float("nan"), dtype=torch.float64)
+    with pytest.raises(LissaDivergenceError, match="not finite"):
+        solve(obj, v, train, STestConfig(solver="direct", curvature="gauss_newton", batch_size=4, mu=1.0))
