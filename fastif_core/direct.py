@@ -72,14 +72,9 @@ class GaussNewtonFactor:
 
 
 def damping_diagonal(objective: Objective, mu: float) -> Tensor:
-    """``A = μ + 2·wd`` on decayed parameters, ``μ`` elsewhere: ``(P,)``."""
-    params, decayed = objective.params, set(objective.decayed)
-    parts = [
-        torch.full((params[n].numel(),), mu + (2.0 * objective.weight_decay if n in decayed else 0.0),
-                   dtype=objective.dtype, device=objective.device)
-        for n in objective.names
-    ]  # fmt: skip
-    return torch.cat(parts)
+    """``A = μ + 2·wd`` on decayed parameters, ``μ`` elsewhere: ``(P,)`` (the L2 term's Hessian diagonal)."""
+    ones = torch.ones(objective.num_params, dtype=objective.dtype, device=objective.device)
+    return mu + objective.flatten(objective.regularizer_hvp(objective.unflatten(ones)))
 
 
 def output_loss_roots(objective: Objective, batch: Batch) -> Tensor:

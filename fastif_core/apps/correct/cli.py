@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from fastif_core.apps.correct.config import METHODS, CorrectConfig
-from fastif_core.cli_types import positive_float, positive_int
+from fastif_core.cli_types import add_workspace_argument, positive_float, positive_int
 from fastif_core.config import GRADIENT_L2, PRESETS, STestConfig, help_of
-from fastif_core.workspace import default_workspace
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     """``--workspace`` and ``--device`` as every ``fastif`` command has them."""
-    p.add_argument("--workspace", "-w", type=Path, default=default_workspace(),
-                   help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)")  # fmt: skip
+    add_workspace_argument(p)
     p.add_argument(
         "--device", default="auto", help="torch device: auto (CUDA if present, else cpu), cpu, cuda:N"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastif_core.apps.graph.config import FILTER_FIELDS, SLICE_BY, GraphConfig
-from fastif_core.cli_types import positive_int
+from fastif_core.cli_types import add_workspace_argument, positive_int
 from fastif_core.config import PRESETS, InfluenceConfig, STestConfig, help_of
 from fastif_core.errors import ConfigError, JobError
 
@@ -23,7 +23,6 @@ EXPORT_FORMATS = ("graphml", "json")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``fastif graph``."""
-    from fastif_core.workspace import default_workspace
 
     p = sub.add_parser(
         "graph", help="influence graph of test slices and their training examples (paper Sec. 6.2)",
@@ -31,8 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predictions, 100 per HANS heuristic and per other dataset), the circular bipartite layout and the "
         "slice tables. Runs through the worker when one is alive, else in this process.",
     )  # fmt: skip
-    p.add_argument("--workspace", "-w", type=Path, default=default_workspace(),
-                   help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)")  # fmt: skip
+    add_workspace_argument(p)
     d = GraphConfig()
     p.add_argument(
         "--per-slice", type=positive_int, default=d.per_slice, help=help_of(GraphConfig, "per_slice")

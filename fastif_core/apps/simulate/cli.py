@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from fastif_core.apps.simulate.config import JOB_KIND, SimulateConfig, SimulateParams, TestFilter
+from fastif_core.cli_types import add_workspace_argument
 from fastif_core.config import PRESETS, STestConfig, help_of
-from fastif_core.workspace import default_workspace
 
 FILTERS = ("dataset", "split", "label", "predicted", "genre", "heuristic", "subcase")
 
@@ -24,8 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "per label, for every learning rate of a log grid, and report its loss change on the test input "
         "(target: the task model's prediction), split by correct / incorrect predictions.",
     )  # fmt: skip
-    p.add_argument("--workspace", "-w", type=Path, default=default_workspace(),
-                   help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)")  # fmt: skip
+    add_workspace_argument(p)
     d = SimulateConfig()
     for name, kind in (("test_examples", int), ("learning_rates", int), ("lr_min", float), ("lr_max", float),
                        ("per_kind", int), ("seed", int), ("simulator_epochs", float), ("lr_chunk", int)):  # fmt: skip
