@@ -18,6 +18,9 @@ CG's x, r, p, the stacked s_test) + one scoring batch: ``row_block = 32`` on the
 ≈ 8 GB. A larger block scores each column once for more tests (the per-example backward is shared by the
 block), so raise it where memory allows (e.g. ``--row-block 200`` on an H200).
 
+A kNN matrix whose tests (same order) and settings have a complete **full** matrix stored is read from it
+(the candidate pairs' values; no model work), so a full matrix computed once answers every k.
+
 API: :func:`influence_matrix` -> :class:`MatrixResult`, :func:`matrix_config` (the stored key),
 :func:`load_matrix` (read a stored one).
 """
@@ -60,7 +63,8 @@ class MatrixResult:
     config: InfluenceConfig
     full: bool
     seconds: dict[str, float]  # this call: knn, test_gradient, s_test, scoring, store_write, read, total
-    chunks: dict[str, int] = field(default_factory=dict)  # total, computed now, found stored
+    # total, computed now, found stored, derived_from_full (read from a stored full matrix)
+    chunks: dict[str, int] = field(default_factory=dict)
     cached: bool = False  # complete in the store before this call
     peak_memory_mb: dict[str, float] = field(default_factory=dict)  # rss (process), cuda (if used)
 
@@ -164,8 +168,12 @@ def influence_matrix(
                                config=matrix_config(cfg, cfg.k is None), full=cfg.k is None,
                                row_block=row_block, col_block=col_block, job_id=job_id)  # fmt: skip
         cached = info.status == "complete"
-        computed, stored, clock = 0, 0, _Clock(progress, 1.0)
-        if not cached:
+        computed, stored, derived, clock = 0, 0, 0, _Clock(progress, 1.0)
+        source = None if cached or mask is None else _stored_full(store, loaded.model_id, test_ids, cfg)
+        if source is not None:
+            derived = _derive(store, info, source, mask)
+            stored = len(info.blocks()) - derived
+        elif not cached:
             computed, stored, clock = _fill(loaded, store, info, records, cfg, mask, method, progress)
         clock.seconds["knn"] = knn_seconds
         t_read = time.perf_counter()
@@ -174,13 +182,16 @@ def influence_matrix(
         clock.seconds["total"] = time.perf_counter() - start
         memory = _peak_memory(loaded.objective.device)
         if not cached:
-            info = sm.complete_matrix(store, info.id, {**clock.seconds, "peak_memory_mb": memory,
-                                                      "chunks_computed": computed}, job_id=job_id, owner=owner)  # fmt: skip
+            timings = {**clock.seconds, "peak_memory_mb": memory, "chunks_computed": computed}
+            if source is not None:
+                timings["derived_from_matrix"] = source.id
+            info = sm.complete_matrix(store, info.id, timings, job_id=job_id, owner=owner)
     finally:
         store.close()
     return MatrixResult(info.id, info.model_id, info.test_ids, [loaded.train_ids[p] for p in info.train_positions],
                         info.train_positions, values, cfg, info.full, clock.seconds,
-                        {"total": len(info.blocks()), "computed": computed, "found_stored": stored},
+                        {"total": len(info.blocks()), "computed": computed, "found_stored": stored,
+                         "derived_from_full": derived},
                         cached, memory)  # fmt: skip
 
 
@@ -200,6 +211,28 @@ def _fill(
         for c0 in [c for r, c in todo if r == r0]:
             _score_chunk(loaded, store, info, s, cfg, mask, method, (r0, c0), clock)
     return len(todo), len(info.blocks()) - len(todo), clock
+
+
+def _stored_full(
+    store: Any, model_id: int, test_ids: Sequence[str], cfg: InfluenceConfig
+) -> sm.MatrixInfo | None:
+    """The complete full matrix of the same model, test ids (same order) and settings, if one is stored."""
+    found = sm.find_matrix(store, model_id, test_ids, matrix_config(cfg, True))
+    return found if found is not None and found.status == "complete" else None
+
+
+def _derive(store: Any, info: sm.MatrixInfo, source: sm.MatrixInfo, mask: np.ndarray) -> int:
+    """Fill the kNN matrix ``info`` from the full matrix ``source``: its values at the candidate pairs
+    (a test's s_test and each pair's score do not depend on which other columns are computed, so these
+    are the values the kNN run would compute, up to float rounding of the batched solve). Returns the
+    number of blocks written."""
+    values = sm.read_values(store, source.id)[:, info.train_positions]
+    values[~mask] = np.nan
+    have = sm.stored_chunks(store, info.id)
+    todo = [b for b in info.blocks() if b not in have]
+    for r0, c0 in todo:
+        sm.save_chunk(store, info.id, r0, c0, values[r0 : r0 + info.row_block, c0 : c0 + info.col_block])
+    return len(todo)
 
 
 def _width(info: sm.MatrixInfo, c0: int) -> int:

@@ -1,6 +1,6 @@
 """The graph application end to end on a real tiny prepared workspace: a ``graph`` job run by a real
-worker (one influence row stored beforehand is reused, not recomputed), every edge equal to the stored
-influence run it came from, Tables 4-5 consistent with the edges, the layout on its circles, the same
+worker (its influence matrix stored once, reused by a ``fastif matrix``-style request), every edge equal to
+the single-example influence query of its test example, Tables 4-5 consistent with the edges, the layout on its circles, the same
 request answered from the store, GraphML / node-link JSON round trips, ``fastif graph`` (JSON, export,
 bad input: exit 2, one line, nothing stored), and the Graphs page rendering the stored graph (AppTest)."""
 
@@ -22,8 +22,9 @@ from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.apps.graph.stored import load_graph, to_networkx
 from fastif_core.cli import main
 from fastif_core.config import InfluenceConfig
-from fastif_core.query import cache_key, influence_query
+from fastif_core.query import influence_query
 from fastif_core.store import Store
+from fastif_core.store import matrices as sm
 from fastif_core.worker import run_worker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,14 +35,8 @@ CLI = ["--per-slice", "1", "--k", str(K)]
 
 @pytest.fixture(scope="module")
 def graph_ws(tiny_workspace_template: Path, tmp_path_factory) -> tuple[Path, dict]:
-    """A private workspace with one influence row stored by hand, then the graph job run by a worker."""
-    from fastif_core.apps.graph.selection import select_test_set
-
+    """A private workspace, then the graph job run by a worker."""
     ws = Path(shutil.copytree(tiny_workspace_template, tmp_path_factory.mktemp("graph") / "ws"))
-    with Store.open(ws) as store:
-        model_id = store.find_model().id
-        first = select_test_set(store, CFG, model_id).ids[0]
-    influence_query(ws, first, CFG.influence)  # a row the job must reuse
     with Store.open(ws) as store:
         job = jobs.enqueue(store, "graph", CFG)
     assert run_worker(ws, "cpu:1", once=True, poll=0.1) == 1
@@ -51,23 +46,28 @@ def graph_ws(tiny_workspace_template: Path, tmp_path_factory) -> tuple[Path, dic
     return ws, done.result
 
 
-def test_the_worker_builds_the_graph_from_stored_influence_rows(graph_ws):
+def test_the_worker_builds_the_graph_from_one_stored_influence_matrix(graph_ws):
     ws, job_result = graph_ws
     g = load_graph(ws, job_result["graph_id"])
     r = g.info.result
     assert r["num_test_nodes"] == len(r["slices"]) == 4 and r["num_edges"] == 4 * K
-    assert r["influence_rows"] == {"computed": 3, "stored": 1}
+    m = r["influence_matrix"]
+    assert m["computed"] > 0 and m["stored"] == m["derived"] == 0 and not m["cached"]
     assert r["num_nodes"] == 4 + r["num_train_nodes"] == 4 + len(g.arrays.train_ids)
     a = g.arrays
     with Store.open(ws) as store:
-        for j, test_id in enumerate(a.test_ids):
-            run = store.get_influence_run(store.find_influence_run(g.info.model_id, test_id,
-                                                                   cache_key(CFG.influence)).id, with_text=False)  # fmt: skip
-            stored = {s.train_id: s.value for s in run.scores}
-            rows = np.flatnonzero(a["edge_test"] == j)
-            got = {a.train_ids[int(a["edge_train"][e])]: float(a["edge_value"][e]) for e in rows}
-            assert got.keys() == stored.keys()
-            assert all(abs(got[t] - stored[t]) <= 1e-6 * max(1.0, abs(stored[t])) for t in got)
+        (info,) = sm.list_matrices(store, g.info.model_id)
+    assert info.id == m["matrix_id"] and info.test_ids == a.test_ids and info.status == "complete"
+    for j, test_id in enumerate(a.test_ids):  # each row = that test's own single query (batched solve: 1e-5)
+        single = influence_query(ws, test_id, CFG.influence)
+        with Store.open(ws) as store:
+            run = store.get_influence_run(single["run_id"], with_text=False)
+        expected = {s.train_id: s.value for s in run.scores}
+        rows = np.flatnonzero(a["edge_test"] == j)
+        got = {a.train_ids[int(a["edge_train"][e])]: float(a["edge_value"][e]) for e in rows}
+        assert got.keys() == expected.keys()
+        scale = max(abs(v) for v in expected.values())
+        assert all(abs(got[t] - expected[t]) <= 1e-5 * scale for t in got)
     assert all(not g.examples[t].correct and g.examples[t].train_pos is None for t in a.test_ids)
 
 

@@ -83,7 +83,8 @@ def test_interrupted_full_matrix_resumes_from_its_stored_blocks(loaded):
     seen: list[float] = []
     out = influence_matrix(loaded, ids, CFG, full=True, row_block=1, col_block=16,
                            progress=lambda f, _msg: seen.append(f))  # fmt: skip
-    assert out.chunks == {"total": 8, "computed": 5, "found_stored": 3} and not out.cached
+    assert out.chunks == {"total": 8, "computed": 5, "found_stored": 3, "derived_from_full": 0}
+    assert not out.cached
     assert out.shape == (2, len(loaded.train_ids)) and out.full and not np.isnan(out.values).any()
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
     v = test_gradients(loaded.objective, [loaded.encode_test(_record(loaded, i)) for i in ids])
@@ -92,6 +93,18 @@ def test_interrupted_full_matrix_resumes_from_its_stored_blocks(loaded):
     np.testing.assert_allclose(
         out.values, reference.numpy(), rtol=1e-4, atol=1e-4 * float(reference.abs().max())
     )
+    # the stored full matrix answers a kNN matrix of the same tests and settings: no model work
+    knn = influence_matrix(loaded, ids, CFG, row_block=1, col_block=16,
+                           progress=lambda f, msg: pytest.fail(f"computed: {msg}"))  # fmt: skip
+    assert knn.chunks["computed"] == 0 and knn.chunks["derived_from_full"] == knn.chunks["total"] > 0
+    for m, test_id in enumerate(ids):
+        positions = loaded.nearest(test_id, CFG.k)[0]
+        cols = [knn.train_positions.index(p) for p in positions]
+        np.testing.assert_array_equal(knn.values[m, cols], out.values[m, positions])
+        assert np.isnan(np.delete(knn.values[m], cols)).all()
+    again = influence_matrix(loaded, ids, CFG, row_block=1, col_block=16)
+    assert again.cached and again.matrix_id == knn.matrix_id
+    np.testing.assert_array_equal(again.values, knn.values)
 
 
 def test_bad_requests_fail_before_any_work(loaded):

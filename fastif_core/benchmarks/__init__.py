@@ -65,6 +65,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fastif_core.config import PRESETS
+
 __all__ = ["add_arguments", "config_from_args", "format_summary", "run_bench", "run_from_args"]
 
 
@@ -150,7 +152,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--many-tests", type=int, default=32, help="many: test examples of the batched-vs-single row"
     )
-    p.add_argument("--matrix-tests", type=int, default=400, help="many: test examples of the full matrix")
+    p.add_argument(
+        "--matrix-tests", type=int, default=400,
+        help="many: test examples of the full matrix (0: skip it, e.g. when `fastif matrix --full` measures it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--many-preset", choices=PRESETS, default="default",
+        help="many: s_test preset of both sides (default: the engine's default; gauss_newton_direct makes "
+        "s_test cheap, so the rows compare scoring)",
+    )  # fmt: skip
     p.add_argument(
         "--ref-repeats", type=int, default=8, help="solvers: repetitions T of the paper's LiSSA reference"
     )
@@ -257,7 +267,7 @@ def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
 
 def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     """``fastif bench --section many``: :mod:`fastif_core.benchmarks.many` on the workspace's test examples,
-    with the engine's default settings at k = ``--solver-k`` and seed ``--seed``."""
+    with the s_test of ``--many-preset`` at k = ``--solver-k`` and seed ``--seed``."""
     from fastif_core.benchmarks.common import choose_test_examples
     from fastif_core.benchmarks.many import run_section
     from fastif_core.config import InfluenceConfig, STestConfig
@@ -269,7 +279,8 @@ def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     loaded = LoadedWorkspace.load(a.workspace, device)
     with Store.open(a.workspace) as store:
         pool = choose_test_examples(store, loaded, max(a.many_tests, a.matrix_tests), a.seed)
-    cfg = InfluenceConfig(s_test=STestConfig.default(seed=a.seed), k=min(a.solver_k, len(loaded.train_ids)))
+    cfg = InfluenceConfig(s_test=STestConfig.preset(a.many_preset, seed=a.seed),
+                          k=min(a.solver_k, len(loaded.train_ids)))  # fmt: skip
     ids = [e.id for e in pool]
     return run_section(
         loaded, ids[: a.many_tests], ids[: a.matrix_tests], cfg, Path(a.out), progress=progress

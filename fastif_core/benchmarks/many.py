@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastif_core.config import InfluenceConfig
+from fastif_core.config import InfluenceConfig, to_dict
 
 
 def store_benchmark(
@@ -124,14 +124,17 @@ def run_section(
     loaded: Any, example_ids: Sequence[str], matrix_ids: Sequence[str], cfg: InfluenceConfig, out: Path,
     *, row_block: int = 32, ms: Sequence[int] = (1, 2, 4, 16, 32), candidates: int = 64, progress: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """All four figures side by side, written to ``out/many.json`` after each one (resumable by hand)."""
+    """All four figures side by side (the full matrix only with ``matrix_ids``), written to
+    ``out/many.json`` after each one (resumable by hand)."""
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"device": str(loaded.objective.device), "threads": torch.get_num_threads(),
+                              "config": to_dict(cfg),
                               "num_train": len(loaded.train_ids), "trainable_params": loaded.objective.num_params}  # fmt: skip
     steps = (("store", lambda: store_benchmark()),
              ("crossover", lambda: crossover(loaded, ms, candidates)),
              ("batched", lambda: batched_vs_single(loaded, example_ids, cfg)),
              ("full", lambda: full_matrix(loaded, matrix_ids, cfg, row_block)))  # fmt: skip
+    steps = steps if matrix_ids else steps[:-1]  # no matrix tests: the full matrix is measured elsewhere
     for i, (name, fn) in enumerate(steps):
         if progress is not None:
             progress(i / len(steps), f"many: {name}")

@@ -21,7 +21,6 @@ from fastif_core.apps.graph.influences import graph_influences
 from fastif_core.apps.graph.selection import Selection, select_test_set
 from fastif_core.config import config_hash
 from fastif_core.errors import ConfigError, JobError
-from fastif_core.query import Runner, serial_runner
 from fastif_core.store.graph_files import GraphArrays, save_graph_arrays
 
 Progress = Callable[[float, str], None]
@@ -97,7 +96,7 @@ def preflight(root: str | Path, cfg: GraphConfig) -> int:
 
 
 def build_graph(
-    root: str | Path, cfg: GraphConfig, *, device: str = "cpu", loaded: Any = None, runner: Runner = serial_runner,
+    root: str | Path, cfg: GraphConfig, *, device: str = "cpu", loaded: Any = None,
     progress: Progress | None = None, job_id: int | None = None, owner: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Compute (or find) the graph of ``cfg`` on the workspace ``root``; returns :func:`graph_to_dict`."""
@@ -117,8 +116,8 @@ def build_graph(
     loaded = loaded or LoadedWorkspace.load(root, device)
     t1 = time.perf_counter()
     within = None if progress is None else (lambda f, m: progress(INFLUENCE_SHARE * f, m))
-    values, _, rows = graph_influences(loaded, test.ids, cfg.influence, cfg.influence.k, cfg.influence.full,
-                                       within, runner=runner)  # fmt: skip
+    values, _, matrix = graph_influences(loaded, test.ids, cfg.influence, cfg.influence.k, cfg.influence.full,
+                                         within, row_block=cfg.row_block)  # fmt: skip
     t2 = time.perf_counter()
     if progress is not None:
         progress(INFLUENCE_SHARE, "layout (Weiszfeld) and slice tables")
@@ -128,7 +127,7 @@ def build_graph(
     t4 = time.perf_counter()
     train_ids = [loaded.train_ids[int(p)] for p in arrays["train_pos"]]
     relative = save_graph_arrays(root, f"model{model_id}-{key}", GraphArrays(arrays, test.ids, train_ids))
-    result |= {"arrays": relative, "influence_rows": rows, "layout_iterations": iterations,
+    result |= {"arrays": relative, "influence_matrix": matrix, "layout_iterations": iterations,
                "seconds": {"selection": ts - t0, "load": t1 - ts, "influence": t2 - t1, "layout": t3 - t2,
                            "statistics": t4 - t3, "total": t4 - t0}}  # fmt: skip
     with Store.open(root) as store:

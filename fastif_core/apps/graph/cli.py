@@ -61,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed, help=help_of(GraphConfig, "seed"))
     p.add_argument(
+        "--row-block", type=positive_int, default=d.row_block, help=help_of(GraphConfig, "row_block")
+    )
+    p.add_argument(
         "--export", type=positive_int, metavar="ID", help="write stored graph ID instead of building one"
     )
     p.add_argument(
@@ -78,7 +81,8 @@ def config_from_args(a: argparse.Namespace) -> GraphConfig:
     influence = InfluenceConfig(s_test=s_test, k=None if a.full else a.k, top=1)
     lists = {name: tuple(getattr(a, name)) for name in FILTER_FIELDS}
     return GraphConfig(per_slice=a.per_slice, incorrect_only=a.incorrect_only, slice_by=a.slice_by,
-                       influence=influence, seed=a.seed, **lists).validate()  # fmt: skip
+                       influence=influence, seed=a.seed, row_block=a.row_block,
+                       **lists).validate()  # fmt: skip
 
 
 def cmd_graph(a: argparse.Namespace) -> int:

@@ -48,6 +48,11 @@ class GraphConfig:
     jitter: float = _f(0.3, "random angular jitter of the test nodes, as a fraction of their spacing")
     layout_iterations: int = _f(500, "maximum Weiszfeld iterations of the layout")
     model_id: int | None = _f(None, "model id in the store (None = the workspace's)")
+    row_block: int = _f(
+        32,
+        "test examples whose s_test are solved and scored together (memory ≈ 6 × row_block "
+        "× P × 4 bytes; the values do not depend on it)",
+    )
 
     def validate(self) -> GraphConfig:
         _require(self.per_slice >= 1, "per_slice", "an integer >= 1", self.per_slice)
@@ -55,6 +60,7 @@ class GraphConfig:
         _require(0.0 < self.inner_radius < 1.0, "inner_radius", "a number in (0, 1)", self.inner_radius)
         _require(0.0 <= self.jitter < 0.5, "jitter", "a number in [0, 0.5)", self.jitter)
         _require(self.layout_iterations >= 1, "layout_iterations", "an integer >= 1", self.layout_iterations)
+        _require(self.row_block >= 1, "row_block", "an integer >= 1", self.row_block)
         for name in FILTER_FIELDS:
             values = getattr(self, name)
             ok = isinstance(values, tuple) and all(isinstance(v, str) and v for v in values)
@@ -67,9 +73,11 @@ class GraphConfig:
         return {name: getattr(self, name) for name in FILTER_FIELDS if getattr(self, name)}
 
     def stored(self) -> dict[str, Any]:
-        """The settings that determine the graph (``influence.top`` only selects what a query shows)."""
+        """The settings that determine the graph (``influence.top`` only selects what a query shows;
+        ``row_block`` only how the matrix is computed)."""
         data = to_dict(self)
         data["influence"].pop("top")
+        data.pop("row_block")
         return data
 
     @classmethod
