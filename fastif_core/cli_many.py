@@ -111,7 +111,8 @@ def add_matrix_parser(
         "--row-block",
         type=int,
         default=None,
-        help="tests solved together (default 32; memory ≈ 6 × row_block × P × 4 bytes)",
+        help="tests scored together (default 32; memory ≈ row_block × P × 4 bytes + the solver's; a larger "
+        "block shares each candidate's backward among more tests)",
     )
     p.add_argument(
         "--col-block", type=int, default=None, help="candidate columns per stored block (default 1024)"

@@ -13,10 +13,13 @@ seeds), then :func:`fastif_core.scoring.score_many` over candidate chunks of ``c
 ``(row block, column chunk)`` block is stored as soon as it is scored, so a restarted run (the same
 request, e.g. a requeued job) recomputes only the missing blocks; the values are deterministic, so a
 resumed matrix equals an uninterrupted one. No ``(N, P)`` tensor exists: s_test is ``(row_block, P)``,
-scoring holds one candidate batch. Memory ≈ ``row_block × P × 4`` bytes × about 6 (V, the repetition sums,
-CG's x, r, p, the stacked s_test) + one scoring batch: ``row_block = 32`` on the 10.8M-parameter MiniLM is
-≈ 8 GB. A larger block scores each column once for more tests (the per-example backward is shared by the
-block), so raise it where memory allows (e.g. ``--row-block 200`` on an H200).
+scoring holds one candidate batch. Memory ≈ ``row_block × P × 4`` bytes (the block's S) + the solver's
+working memory for ``SOLVE_BLOCK`` = 16 tests (about 6 × 16 × P × 4 bytes: V, the repetition sums, CG's
+x, r, p) + the direct solver's factor where used (5.5 GB for B=64) + one scoring batch:
+``row_block = 100`` on the 10.8M-parameter MiniLM is ≈ 4.3 + 4.1 (+ 5.5) GB. A larger block scores each
+column once for more tests (the per-example forward and backward of a candidate is shared by the block;
+only the contraction grows with it), so raise it where memory allows (``--row-block 100`` on a 24 GB
+CPU machine, 400 on an H200).
 
 A kNN matrix whose tests (same order) and settings have a complete **full** matrix stored is read from it
 (the candidate pairs' values; no model work), so a full matrix computed once answers every k.
@@ -48,6 +51,7 @@ from fastif_core.store import matrices as sm
 
 Progress = Callable[[float, str], None]
 ROW_BLOCK, COL_BLOCK = 32, 1024
+SOLVE_BLOCK = 16  # tests solved at once inside a row block (the solver's working memory)
 
 
 @dataclass
@@ -242,13 +246,21 @@ def _width(info: sm.MatrixInfo, c0: int) -> int:
 def _block_s_test(
     loaded: Any, records: list[Any], cfg: InfluenceConfig, clock: _Clock, units: float
 ) -> torch.Tensor:
-    """``S (b, P)`` of one row block: test gradients, then one batched solve."""
-    obj, t0 = loaded.objective, time.perf_counter()
-    v = test_gradients(obj, [loaded.encode_test(r) for r in records], include_l2=cfg.test_l2)
-    t1 = clock.add("test_gradient", t0, 0.0, f"test gradients of {len(records)} tests")
-    s = solve_many(obj, v, loaded.train, cfg.s_test).s_test
-    clock.add("s_test", t1, units, f"s_test of {len(records)} tests ({cfg.s_test.solver})")
-    return s
+    """``S (b, P)`` of one row block: test gradients and batched solves, ``SOLVE_BLOCK`` tests at a time
+    (each test's s_test does not depend on the others solved with it), written into one ``(b, P)``
+    tensor, so the solver's working memory is that of ``SOLVE_BLOCK`` vectors, not of the row block."""
+    obj = loaded.objective
+    out = torch.empty(len(records), obj.num_params, dtype=obj.dtype, device=obj.device)
+    for lo in range(0, len(records), SOLVE_BLOCK):
+        part = records[lo : lo + SOLVE_BLOCK]
+        t0 = time.perf_counter()
+        v = test_gradients(obj, [loaded.encode_test(r) for r in part], include_l2=cfg.test_l2)
+        t1 = clock.add("test_gradient", t0, 0.0, f"test gradients of tests {lo}..{lo + len(part) - 1}")
+        out[lo : lo + len(part)] = solve_many(obj, v, loaded.train, cfg.s_test).s_test
+        del v
+        share = units * len(part) / len(records)
+        clock.add("s_test", t1, share, f"s_test of tests {lo}..{lo + len(part) - 1} ({cfg.s_test.solver})")
+    return out
 
 
 def _score_chunk(

@@ -143,3 +143,45 @@ def _drive(tiny_workspace: Path, tmp_path: Path, *, render_load: bool) -> None:
               "render_load_test_nodes": 400, "clicked": target, "screenshot": str(shot)}  # fmt: skip
     (ARTIFACTS / "graph_browser.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))
+
+
+@pytest.mark.bench
+def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
+    """A measurement on your own workspace, not run by default: ``FASTIF_GRAPH_WORKSPACE=workspaces/mnli8k
+    [FASTIF_GRAPH_ID=N] python -m pytest -m bench tests/test_graph_browser.py -k real_workspace`` opens
+    its newest stored graph (or graph N) on the Graphs page, times the render and saves
+    ``test-artifacts/graph_<workspace>_<id>.png`` and ``.json``. The workspace is only read."""
+    from playwright.sync_api import sync_playwright
+
+    root = os.environ.get("FASTIF_GRAPH_WORKSPACE")
+    if not root:
+        pytest.skip("set FASTIF_GRAPH_WORKSPACE to a workspace with a stored graph")
+    root_path = Path(root).resolve()
+    with Store.open(root_path) as store:
+        wanted = os.environ.get("FASTIF_GRAPH_ID")
+        graphs = [g for g in store.list_app_results("graph") if wanted is None or g.id == int(wanted)]
+        assert graphs, f"no stored graph {wanted or ''} in {root_path}"
+        info = max(graphs, key=lambda g: g.id)
+    env = {**os.environ, "FASTIF_WORKSPACE": str(root_path), "FASTIF_AUTOSTART_WORKER": "0"}
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/dashboard.py", "--server.port", str(port),
+           "--server.headless", "true"]  # fmt: skip
+    with _process(cmd, tmp_path / "streamlit.log", env) as app, sync_playwright() as pw:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, app, tmp_path / "streamlit.log")
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        try:
+            seconds = open_graph(page, url, info.id)
+            page.set_viewport_size({"width": 1400, "height": 2600})
+            page.wait_for_timeout(2000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / f"graph_{root_path.name}_{info.id}.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    record = {"workspace": str(root_path), "graph_id": info.id, "render_s": round(seconds, 2),
+              "num_edges": info.result["num_edges"], "num_test_nodes": info.result["num_test_nodes"],
+              "num_train_nodes": info.result["num_train_nodes"], "screenshot": str(shot)}  # fmt: skip
+    shot.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    print(json.dumps(record))

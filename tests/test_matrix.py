@@ -107,6 +107,21 @@ def test_interrupted_full_matrix_resumes_from_its_stored_blocks(loaded):
     np.testing.assert_array_equal(again.values, knn.values)
 
 
+def test_a_row_block_solved_in_parts_equals_one_solve(loaded, monkeypatch):
+    """s_test of a row block in parts of SOLVE_BLOCK tests (the solver's memory) = one batched solve."""
+    import fastif_core.matrix as matrix_module
+
+    ids = _ids(loaded, 3)
+    monkeypatch.setattr(matrix_module, "SOLVE_BLOCK", 2)  # parts of 2 + 1 tests in a row block of 3
+    out = influence_matrix(loaded, ids, CFG, full=True, row_block=3, col_block=64)
+    v = test_gradients(loaded.objective, [loaded.encode_test(_record(loaded, i)) for i in ids])
+    s = solve_many(loaded.objective, v, loaded.train, CFG.s_test).s_test
+    reference = score_many(loaded.objective, s, loaded.train, range(len(loaded.train_ids)), method="jvp")
+    np.testing.assert_allclose(
+        out.values, reference.numpy(), rtol=1e-4, atol=1e-5 * float(reference.abs().max())
+    )
+
+
 def test_bad_requests_fail_before_any_work(loaded):
     ids = _ids(loaded, 2)
     for bad, match in (([ids[0], ids[0]], "twice"), ([], "empty"), ([ids[0], "nope"], "nope")):

@@ -50,8 +50,8 @@ class GraphConfig:
     model_id: int | None = _f(None, "model id in the store (None = the workspace's)")
     row_block: int = _f(
         32,
-        "test examples whose s_test are solved and scored together (memory ≈ 6 × row_block "
-        "× P × 4 bytes; the values do not depend on it)",
+        "test examples scored together (memory ≈ row_block × P × 4 bytes + the solver's; larger shares each "
+        "candidate's backward among more tests; the values do not depend on it)",
     )
 
     def validate(self) -> GraphConfig:
