@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from app.controls import PRESET_LABELS, FilterOptions
+from app.graph_figure import DEFAULT_MAX_EDGES, SLIDER_STEPS
 from fastif_core.apps.graph.config import SLICE_BY, GraphConfig
 from fastif_core.config import InfluenceConfig, STestConfig, help_of
 
@@ -49,13 +50,20 @@ def new_graph_controls(options: FilterOptions, num_train: int) -> GraphConfig | 
                        heuristic=tuple(heuristic), label=tuple(label), influence=influence)  # fmt: skip
 
 
-def view_controls(slices: list[str], max_abs: float, key: str) -> ViewSettings:
-    """Helpful / harmful / side by side, the |I| threshold and the slices shown."""
+def view_controls(slices: list[str], max_abs: float, key: str, start: float = 0.0) -> ViewSettings:
+    """Helpful / harmful / side by side, the |I| threshold (starting at ``start``) and the slices shown."""
     c1, c2, c3 = st.columns([1, 1, 2])
     view = c1.segmented_control("Edges", VIEWS, default="Helpful", key=f"{key}_view") or "Helpful"
     top = float(max_abs) if max_abs > 0 else 1.0
     threshold = c2.slider(
-        "Threshold on |I|", 0.0, top, 0.0, step=top / 200, format="%.3g", key=f"{key}_threshold"
+        "Threshold on |I|",
+        0.0,
+        top,
+        min(float(start), top),
+        step=top / SLIDER_STEPS,
+        format="%.3g",
+        key=f"{key}_threshold",
+        help=f"starts where at most {DEFAULT_MAX_EDGES:,} edges per side remain; drag to 0 for every edge",
     )
     chosen = c3.multiselect("Slices shown", slices, default=slices, key=f"{key}_slices") or slices
     sides = ("helpful", "harmful") if view == "Side by side" else (view.lower(),)

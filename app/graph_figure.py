@@ -21,6 +21,10 @@ HOVER_CHARS = 140
 CROWD = 3000  # edges per magnitude bin above which the bin's opacity is lowered as 1/sqrt(count)
 
 
+DEFAULT_MAX_EDGES = 20_000  # edges per side drawn at first (the slider shows the rest)
+SLIDER_STEPS = 1000
+
+
 @dataclass(frozen=True)
 class GraphView:
     """What the figure draws: positions, edges and the nodes' examples (id -> ExampleRow or None)."""
@@ -45,6 +49,24 @@ class GraphView:
 
     def max_abs(self) -> float:
         return float(np.abs(self.edge_value).max()) if self.edge_value.size else 0.0
+
+    def default_threshold(self, max_edges: int = DEFAULT_MAX_EDGES, steps: int = SLIDER_STEPS) -> float:
+        """The slider's first position: the smallest |I| on the slider's grid (``steps`` steps up to
+        :meth:`max_abs`) at which at most ``max_edges`` edges of either sign remain, 0 when all fit."""
+        return threshold_for(
+            self.edge_value, max_edges, self.max_abs() / steps if self.max_abs() > 0 else 1.0
+        )
+
+
+def threshold_for(values: np.ndarray, max_edges: int, step: float) -> float:
+    """The smallest multiple of ``step`` at which ``|values| >= threshold`` holds for at most ``max_edges``
+    helpful and at most ``max_edges`` harmful values (0 when each side has that few)."""
+    out = 0.0
+    for side in (values[values < 0], values[values > 0]):
+        if side.size > max_edges:
+            kth = np.partition(np.abs(side), side.size - max_edges - 1)[side.size - max_edges - 1]
+            out = max(out, (np.floor(kth / step) + 1) * step)  # strictly above the (max_edges+1)-th
+    return float(out)
 
 
 def slice_color(s: int) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.graph_figure import GraphView, correlation_figure, graph_figure, shown_edges  # noqa: E402
+from app.graph_figure import GraphView, correlation_figure, graph_figure, shown_edges, threshold_for  # noqa: E402
 from fastif_core.apps.graph.selection import choose  # noqa: E402
 from fastif_core.store.records import ExampleRow  # noqa: E402
 
@@ -43,6 +43,16 @@ def test_edges_are_binned_into_three_traces_and_each_shown_edge_is_drawn_once():
     ends = {(round(t.x[i + 1], 9), round(t.y[i + 1], 9)) for t in lines for i in range(0, len(t.x), 3)}
     allowed = {(round(x, 9), round(y, 9)) for x, y in v.test_xy[np.isin(v.test_slice, [0, 2])]}
     assert ends <= allowed  # every edge ends on a test node of a chosen slice
+
+
+def test_default_threshold_keeps_at_most_max_edges_per_side_on_the_slider_grid():
+    values = np.r_[-np.arange(1, 101) / 10.0, np.arange(1, 31) / 10.0]  # 100 helpful, 30 harmful
+    t = threshold_for(values, 20, 0.25)
+    assert t == 8.25  # the 21st strongest helpful |I| is 8.0: the next grid point above it
+    assert (values <= -t).sum() <= 20 and (values >= t).sum() <= 20
+    assert (values <= -(t - 0.25)).sum() > 20  # one step lower shows too many
+    assert threshold_for(values, 100, 0.25) == 0.0  # every side fits: all edges
+    assert view().default_threshold(max_edges=10**6) == 0.0
 
 
 def test_helpful_side_uses_the_negative_edges_and_the_helpful_layout():

@@ -48,7 +48,7 @@ st.caption(f"{result['num_nodes']:,} nodes ({result['num_test_nodes']} test, {re
            f"{result['num_edges']:,} edges · computed in {s['total']:.0f} s (influence {s['influence']:.0f} s, layout "
            f"{s['layout']:.2f} s) · test set {', '.join(f'{k} {v}' for k, v in result['test_set'].items())}")  # fmt: skip
 
-settings = gc.view_controls(view.slices, view.max_abs(), key=f"g{chosen}")
+settings = gc.view_controls(view.slices, view.max_abs(), key=f"g{chosen}", start=view.default_threshold())
 columns = st.columns(len(settings.sides))
 for col, side in zip(columns, settings.sides, strict=True):
     with col:
