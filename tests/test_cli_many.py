@@ -112,7 +112,7 @@ def test_matrix_command_prints_id_shape_and_timings(tiny_workspace):
     assert (
         out["shape"] == [2, 60]
         and out["full"]
-        and out["chunks"] == {"total": 3, "computed": 3, "found_stored": 0}
+        and out["chunks"] == {"total": 3, "computed": 3, "found_stored": 0, "derived_from_full": 0}
     )
     assert out["candidate_pairs"] == 120 and {"s_test", "scoring", "store_write", "total"} <= set(
         out["seconds"]

@@ -15,7 +15,10 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,6 +81,25 @@ def open_graph(page, url: str, graph_id: int) -> float:
     return time.monotonic() - t0
 
 
+@contextmanager
+def dashboard_page(root: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """``(url, page)``: the dashboard on workspace ``root`` (``streamlit run``) and a headless Chromium page."""
+    from playwright.sync_api import sync_playwright
+
+    env = {**os.environ, "FASTIF_WORKSPACE": str(root), "FASTIF_AUTOSTART_WORKER": "0"}
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/dashboard.py", "--server.port", str(port),
+           "--server.headless", "true"]  # fmt: skip
+    with _process(cmd, tmp_path / "streamlit.log", env) as app, sync_playwright() as pw:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, app, tmp_path / "streamlit.log")
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield url, browser.new_page(viewport={"width": 1400, "height": 1100})
+        finally:
+            browser.close()
+
+
 def test_graphs_page_click_through(tiny_workspace: Path, tmp_path: Path) -> None:
     """Open a computed graph, click a test node, land on that example's page."""
     _drive(tiny_workspace, tmp_path, render_load=False)
@@ -91,51 +113,31 @@ def test_graphs_page_render_load(tiny_workspace: Path, tmp_path: Path) -> None:
 
 
 def _drive(tiny_workspace: Path, tmp_path: Path, *, render_load: bool) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     small = build_graph(tiny_workspace, GraphConfig(per_slice=1, influence=InfluenceConfig(k=5, top=1)))
     big = store_render_load(tiny_workspace) if render_load else None
     arrays = load_graph_arrays(tiny_workspace, small["arrays"])
     target, target_xy = arrays.test_ids[0], tuple(float(c) for c in arrays["test_xy"][0])
-    env = {**os.environ, "FASTIF_WORKSPACE": str(tiny_workspace), "FASTIF_AUTOSTART_WORKER": "0"}
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app/dashboard.py",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-    ]
-    with _process(cmd, tmp_path / "streamlit.log", env) as app, sync_playwright() as pw:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, app, tmp_path / "streamlit.log")
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        try:
-            small_s = open_graph(page, url, small["graph_id"])
-            page.wait_for_timeout(500)
-            x, y = plot_point(page, target_xy)
-            page.mouse.move(x, y)
-            page.mouse.click(x, y)
-            expect(page).to_have_url(
-                re.compile(r"/example\?example=" + re.escape(target).replace(":", "(:|%3A)")), timeout=60_000
-            )
-            expect(page.get_by_text("Premise", exact=True)).to_be_visible(timeout=60_000)
-            if big is None:
-                return
-            big_s = open_graph(page, url, big)
-            page.set_viewport_size({"width": 1400, "height": 2600})  # Streamlit scrolls inside its container
-            page.wait_for_timeout(2000)
-            ARTIFACTS.mkdir(exist_ok=True)
-            shot = ARTIFACTS / "graph_browser.png"
-            page.screenshot(path=str(shot), full_page=True)
-            shutil.copy(shot, tmp_path / shot.name)
-        finally:
-            browser.close()
+    with dashboard_page(tiny_workspace, tmp_path) as (url, page):
+        small_s = open_graph(page, url, small["graph_id"])
+        page.wait_for_timeout(500)
+        x, y = plot_point(page, target_xy)
+        page.mouse.move(x, y)
+        page.mouse.click(x, y)
+        expect(page).to_have_url(
+            re.compile(r"/example\?example=" + re.escape(target).replace(":", "(:|%3A)")), timeout=60_000
+        )
+        expect(page.get_by_text("Premise", exact=True)).to_be_visible(timeout=60_000)
+        if big is None:
+            return
+        big_s = open_graph(page, url, big)
+        page.set_viewport_size({"width": 1400, "height": 2600})  # Streamlit scrolls inside its container
+        page.wait_for_timeout(2000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "graph_browser.png"
+        page.screenshot(path=str(shot), full_page=True)
+        shutil.copy(shot, tmp_path / shot.name)
     with Store.open(tiny_workspace) as store:
         edges = store.get_app_result("graph", big).result["num_edges"]
     assert edges >= 100_000
@@ -151,8 +153,6 @@ def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
     [FASTIF_GRAPH_ID=N] python -m pytest -m bench tests/test_graph_browser.py -k real_workspace`` opens
     its newest stored graph (or graph N) on the Graphs page, times the render and saves
     ``test-artifacts/graph_<workspace>_<id>.png`` and ``.json``. The workspace is only read."""
-    from playwright.sync_api import sync_playwright
-
     root = os.environ.get("FASTIF_GRAPH_WORKSPACE")
     if not root:
         pytest.skip("set FASTIF_GRAPH_WORKSPACE to a workspace with a stored graph")
@@ -162,24 +162,13 @@ def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
         graphs = [g for g in store.list_app_results("graph") if wanted is None or g.id == int(wanted)]
         assert graphs, f"no stored graph {wanted or ''} in {root_path}"
         info = max(graphs, key=lambda g: g.id)
-    env = {**os.environ, "FASTIF_WORKSPACE": str(root_path), "FASTIF_AUTOSTART_WORKER": "0"}
-    port = _free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/dashboard.py", "--server.port", str(port),
-           "--server.headless", "true"]  # fmt: skip
-    with _process(cmd, tmp_path / "streamlit.log", env) as app, sync_playwright() as pw:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, app, tmp_path / "streamlit.log")
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        try:
-            seconds = open_graph(page, url, info.id)
-            page.set_viewport_size({"width": 1400, "height": 2600})
-            page.wait_for_timeout(2000)
-            ARTIFACTS.mkdir(exist_ok=True)
-            shot = ARTIFACTS / f"graph_{root_path.name}_{info.id}.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with dashboard_page(root_path, tmp_path) as (url, page):
+        seconds = open_graph(page, url, info.id)
+        page.set_viewport_size({"width": 1400, "height": 2600})
+        page.wait_for_timeout(2000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"graph_{root_path.name}_{info.id}.png"
+        page.screenshot(path=str(shot), full_page=True)
     record = {"workspace": str(root_path), "graph_id": info.id, "render_s": round(seconds, 2),
               "num_edges": info.result["num_edges"], "num_test_nodes": info.result["num_test_nodes"],
               "num_train_nodes": info.result["num_train_nodes"], "screenshot": str(shot)}  # fmt: skip

@@ -9,6 +9,7 @@ the same tests and settings reuses it, and a full matrix stored for these tests 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -32,8 +33,6 @@ def with_eta(progress: Progress | None) -> Progress | None:
     """``progress`` with an ETA appended, from the time elapsed at the current fraction."""
     if progress is None:
         return None
-    import time
-
     start = time.perf_counter()
 
     def report(fraction: float, message: str) -> None:
