@@ -299,8 +299,8 @@ def _direct_many(
         bad = int((~torch.isfinite(vs)).any(dim=1).nonzero()[0])
         raise _tagged(bad, LissaDivergenceError("direct: the test gradient is not finite: nothing to solve"))
     fac, _ = direct_factor(objective, train, cfg, t)
-    xs = fac.solve(vs)  # (M, P)
-    residuals = fac.residual(xs, vs).tolist()
+    xs = vs.to(fac.rows.dtype, copy=True)  # (M, P), solved in place
+    residuals = fac.solve_(xs).tolist()
     tick(1.0, f"solved {len(vs)} vectors")
     return [(xs[m], RepStats(1, fac.passes, r, r <= max(cfg.tolerance, 1e-4)))
             for m, r in enumerate(residuals)]  # fmt: skip
@@ -356,6 +356,26 @@ def solve_many_repetitions(
     seconds = time.perf_counter() - start
     return [STestPartial(sums.total[m], sums.sq[m], len(reps), cfg.scale, sums.reps[m], seconds, spent)
             for m in range(len(vs))]  # fmt: skip
+
+
+def solve_direct_(objective: Objective, v: Tensor, train: Examples, cfg: STestConfig) -> list[RepStats]:
+    """s_test of every row of ``v (M, P)`` written over ``v``, for ``solver=direct`` with one repetition:
+    row m equals ``solve_many(objective, v, train, cfg).s_test[m]`` (the same kept factor), without its
+    ``(M, P)`` copies, so an influence matrix's whole row block is solved at once in its own buffer."""
+    cfg, _ = resolve(objective, train, cfg, v.device)
+    if cfg.solver != "direct" or cfg.repeats != 1:
+        raise ConfigError(
+            f"solve_direct_ needs solver=direct with repeats=1, not {cfg.solver} x{cfg.repeats}"
+        )
+    if len(train) == 0:
+        raise ConfigError("s_test needs at least one training example to draw curvature batches from")
+    if not torch.isfinite(v).all():
+        bad = int((~torch.isfinite(v)).any(dim=1).nonzero()[0])
+        raise _tagged(bad, LissaDivergenceError("direct: the test gradient is not finite: nothing to solve"))
+    with objective.evaluating():
+        fac, _ = direct_factor(objective, train, cfg, 0)
+        residuals = fac.solve_(v).tolist()
+    return [RepStats(1, fac.passes, r, r <= max(cfg.tolerance, 1e-4)) for r in residuals]
 
 
 def finish_many(

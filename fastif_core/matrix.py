@@ -13,13 +13,14 @@ seeds), then :func:`fastif_core.scoring.score_many` over candidate chunks of ``c
 ``(row block, column chunk)`` block is stored as soon as it is scored, so a restarted run (the same
 request, e.g. a requeued job) recomputes only the missing blocks; the values are deterministic, so a
 resumed matrix equals an uninterrupted one. No ``(N, P)`` tensor exists: s_test is ``(row_block, P)``,
-scoring holds one candidate batch. Memory ≈ ``row_block × P × 4`` bytes (the block's S) + the solver's
-working memory for ``SOLVE_BLOCK`` = 16 tests (about 6 × 16 × P × 4 bytes: V, the repetition sums, CG's
-x, r, p) + the direct solver's factor where used (5.5 GB for B=64) + one scoring batch:
-``row_block = 100`` on the 10.8M-parameter MiniLM is ≈ 4.3 + 4.1 (+ 5.5) GB. A larger block scores each
-column once for more tests (the per-example forward and backward of a candidate is shared by the block;
-only the contraction grows with it), so raise it where memory allows (``--row-block 100`` on a 24 GB
-CPU machine, 400 on an H200).
+scoring holds one candidate batch. Memory ≈ ``row_block × P × 4`` bytes (the block's S) + one scoring batch
++ the solver's working memory: for ``solver=direct`` (one repetition) the block is solved in place in S, so
+only the factor (5.5 GB for B=64 on the 10.8M-parameter MiniLM) is added; the other solvers run
+``SOLVE_BLOCK`` = 16 tests at a time (about 6 × 16 × P × 4 bytes: V, the repetition sums, CG's x, r, p).
+A larger block scores each column once for more tests (the per-example forward and backward of a
+candidate is shared by the block; only the contraction grows with it), so raise it where memory allows:
+``--row-block 200`` with the direct preset on a 24 GB CPU machine (S 8.6 GB + factor 5.5 GB), 400 on an
+H200.
 
 A kNN matrix whose tests (same order) and settings have a complete **full** matrix stored is read from it
 (the candidate pairs' values; no model work), so a full matrix computed once answers every k.
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from fastif_core import jobs
-from fastif_core.batched import solve_many
+from fastif_core.batched import solve_direct_, solve_many
 from fastif_core.config import InfluenceConfig, from_dict
 from fastif_core.errors import ConfigError, JobError
 from fastif_core.influence_many import test_gradients
@@ -246,20 +247,30 @@ def _width(info: sm.MatrixInfo, c0: int) -> int:
 def _block_s_test(
     loaded: Any, records: list[Any], cfg: InfluenceConfig, clock: _Clock, units: float
 ) -> torch.Tensor:
-    """``S (b, P)`` of one row block: test gradients and batched solves, ``SOLVE_BLOCK`` tests at a time
-    (each test's s_test does not depend on the others solved with it), written into one ``(b, P)``
-    tensor, so the solver's working memory is that of ``SOLVE_BLOCK`` vectors, not of the row block."""
-    obj = loaded.objective
+    """``S (b, P)`` of one row block: test gradients ``SOLVE_BLOCK`` at a time, written into one ``(b, P)``
+    buffer, then solved. ``solver=direct`` with one repetition solves the whole block in place in that
+    buffer (:func:`fastif_core.batched.solve_direct_`: two passes over the factor for all b tests); the
+    other solvers run :func:`solve_many` on ``SOLVE_BLOCK`` tests at a time (each test's s_test does not
+    depend on the others solved with it), so their working memory is that of ``SOLVE_BLOCK`` vectors."""
+    obj, s_cfg = loaded.objective, cfg.s_test
+    in_place = s_cfg.solver == "direct" and s_cfg.repeats == 1
     out = torch.empty(len(records), obj.num_params, dtype=obj.dtype, device=obj.device)
     for lo in range(0, len(records), SOLVE_BLOCK):
         part = records[lo : lo + SOLVE_BLOCK]
         t0 = time.perf_counter()
         v = test_gradients(obj, [loaded.encode_test(r) for r in part], include_l2=cfg.test_l2)
         t1 = clock.add("test_gradient", t0, 0.0, f"test gradients of tests {lo}..{lo + len(part) - 1}")
-        out[lo : lo + len(part)] = solve_many(obj, v, loaded.train, cfg.s_test).s_test
+        if in_place:
+            out[lo : lo + len(part)] = v
+            continue
+        out[lo : lo + len(part)] = solve_many(obj, v, loaded.train, s_cfg).s_test
         del v
         share = units * len(part) / len(records)
-        clock.add("s_test", t1, share, f"s_test of tests {lo}..{lo + len(part) - 1} ({cfg.s_test.solver})")
+        clock.add("s_test", t1, share, f"s_test of tests {lo}..{lo + len(part) - 1} ({s_cfg.solver})")
+    if in_place:
+        t1 = time.perf_counter()
+        solve_direct_(obj, out, loaded.train, s_cfg)
+        clock.add("s_test", t1, units, f"s_test of {len(records)} tests at once (direct, in place)")
     return out
 
 

@@ -35,7 +35,8 @@ from fastif_core.batches import Batch, to_device
 from fastif_core.errors import ConfigError
 from fastif_core.objective import Objective
 
-_BLOCK = 1 << 25  # elements (128 MiB of float32) of per-example weight gradients held at once per layer
+_BLOCK = 1 << 26  # elements (256 MiB of float32) of per-example weight gradients held at once per layer
+# (a batch of 64 of MiniLM's 384 × 1536 layers fits in one block: one contraction with S per layer)
 
 # (module, input a, output gradient g) -> {local parameter name: (B, *shape)}
 GradFn = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
@@ -46,6 +47,13 @@ DotFn = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], Tensor]
 def _rows(x: Tensor) -> Tensor:
     """``(B, *, d)`` -> ``(B, T, d)`` with T the product of the middle dimensions (1 for ``(B, d)``)."""
     return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _even_step(n: int, most: int) -> int:
+    """Rows per block: at most ``most`` (at least 1), in equal blocks (64 rows at most 56 -> 2 × 32, not
+    56 + 8: a thin last block makes a matrix product that reads all of S for a few rows)."""
+    most = max(1, most)
+    return -(-n // -(-n // most))
 
 
 # ------------------------------------------------------------------------------------------ nn.Linear
@@ -67,7 +75,7 @@ def _linear_dots(module: nn.Linear, a: Tensor, g: Tensor, s: dict[str, Tensor]) 
     (m, n_out, n_in), t = w.shape, a.shape[1]
     if t * m <= t + m:
         return out + torch.einsum("mbto,bto->mb", torch.einsum("bti,moi->mbto", a, w), g)
-    step = max(1, _BLOCK // (n_out * n_in))
+    step = _even_step(a.shape[0], _BLOCK // (n_out * n_in))
     flat = w.reshape(m, n_out * n_in)  # (M, out·in)
     for lo in range(0, a.shape[0], step):
         grads = g[lo : lo + step].transpose(1, 2) @ a[lo : lo + step]  # (b, out, in)

@@ -350,8 +350,9 @@ def _direct_one(
     if not math.isfinite(float(v.double().norm())):
         raise LissaDivergenceError("direct: the test gradient is not finite: nothing to solve")
     fac, _ = direct_factor(objective, train, cfg, t)
-    x = fac.solve(v)
-    residual = float(fac.residual(x, v)) if float(v.norm()) > 0 else 0.0
+    x = v.reshape(1, -1).to(fac.rows.dtype, copy=True)
+    residual = float(fac.solve_(x)[0]) if float(v.norm()) > 0 else 0.0
+    x = x.reshape(v.shape)
     return x, RepStats(1, fac.passes, residual, residual <= max(cfg.tolerance, 1e-4))
 
 

@@ -46,3 +46,9 @@ def test_matrix_tests_zero_leaves_the_full_matrix_out(tiny_workspace: Path, tmp_
     assert r["config"]["s_test"]["solver"] == "cg"  # the engine's default preset
     with Store.open(tiny_workspace) as store:
         assert sm.list_matrices(store) == []
+
+
+def test_many_tests_zero_measures_the_cross_over_alone(tiny_workspace: Path, tmp_path: Path):
+    r = _run(tiny_workspace, tmp_path / "c", "--many-tests", "0", "--matrix-tests", "0")
+    assert "batched" not in r and "full" not in r and r["store"]["rows"] == 400
+    assert set(r["crossover"]["seconds_per_pair"]) and r["crossover"]["cost_model_crossover_m"] is not None

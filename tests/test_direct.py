@@ -11,7 +11,7 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
 
 from fastif_core import direct
-from fastif_core.batched import solve_many
+from fastif_core.batched import solve_direct_, solve_many
 from fastif_core.batches import sample_indices
 from fastif_core.config import STestConfig
 from fastif_core.errors import ConfigError, LissaDivergenceError
@@ -99,6 +99,57 @@ def test_many_vectors_equal_single_solves_and_the_factor_is_built_once():
         single = solve(obj, vs[m], train, cfg)
         assert _rel(many.s_test[m], single.s_test) < 1e-12 and single.hvps == many.results[m].hvps == 2
     assert obj.__dict__["_direct_factor"][1] is built  # the singles reused the factor of the batched solve
+
+
+def test_the_in_place_residual_is_the_residual_of_the_system():
+    """``solve_`` reports ``‖Kᵀ(w − Kx)‖/‖v‖`` without a pass over K: on a factor whose Cholesky factor is
+    deliberately wrong (so the solve is inexact) it equals the residual measured with the system itself."""
+    obj, train = _bert()
+    with obj.evaluating():
+        fac = direct.factor(obj, train.collate(range(6)), mu=0.3)
+        vs = torch.stack([obj.grad(train.collate([i]), include_l2=False) for i in (1, 7)])
+    off = torch.linalg.cholesky(
+        fac.chol @ fac.chol.T * 1.3 + 0.1 * torch.eye(len(fac.chol), dtype=torch.float64)
+    )
+    bad = direct.GaussNewtonFactor(fac.rows, fac.a_inv, off, fac.kk, fac.passes)
+    x = vs.clone()
+    reported = bad.solve_(x)
+    measured = bad.residual(x, vs)
+    assert float(measured.min()) > 1e-3  # inexact, so the check means something
+    torch.testing.assert_close(reported, measured, rtol=1e-8, atol=0.0)
+    exact = vs.clone()
+    assert float(fac.solve_(exact).max()) < 1e-12 and float(fac.residual(exact, vs).max()) < 1e-12
+
+
+def test_float32_solves_need_no_refinement():
+    """In float32 the factor's float64 Gram products leave a residual near float32 precision (measured
+    in float64 against the same K), and the reported residual agrees with it."""
+    model = make_tiny_bert(0, dtype=torch.float32)
+    obj, train = classifier_objective(model, weight_decay=0.01), make_tiny_examples(8)
+    with obj.evaluating():
+        fac = direct.factor(obj, train.collate(range(8)), mu=0.05)
+        vs = torch.stack([obj.grad(train.collate([i]), include_l2=False) for i in (0, 5)])
+    x = vs.clone()
+    reported = fac.solve_(x)
+    wide = direct.GaussNewtonFactor(fac.rows.double(), fac.a_inv.double(), fac.chol, fac.kk, fac.passes)
+    measured = wide.residual(x.double(), vs.double())
+    assert float(measured.max()) < 1e-5 and float(reported.max()) < 1e-5
+
+
+def test_the_in_place_batch_solve_equals_solve_many():
+    obj, train = _bert()
+    with obj.evaluating():
+        vs = torch.stack([obj.grad(train.collate([i]), include_l2=False) for i in (0, 3, 5)])
+    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4)
+    want = solve_many(obj, vs, train, cfg)
+    x = vs.clone()
+    stats = solve_direct_(obj, x, train, cfg)
+    assert _rel(x, want.s_test) < 1e-12
+    assert [s.converged for s in stats] == [True] * 3 and all(s.measure < 1e-10 for s in stats)
+    with pytest.raises(ConfigError, match="solver=direct with repeats=1"):
+        solve_direct_(
+            obj, vs.clone(), train, STestConfig(solver="direct", curvature="gauss_newton", repeats=2)
+        )
 
 
 def test_an_in_place_weight_update_rebuilds_the_factor():

@@ -107,15 +107,20 @@ def test_interrupted_full_matrix_resumes_from_its_stored_blocks(loaded):
     np.testing.assert_array_equal(again.values, knn.values)
 
 
-def test_a_row_block_solved_in_parts_equals_one_solve(loaded, monkeypatch):
-    """s_test of a row block in parts of SOLVE_BLOCK tests (the solver's memory) = one batched solve."""
+DIRECT = InfluenceConfig(s_test=STestConfig.gauss_newton_direct(batch_size=8, seed=3), k=10, top=0)
+
+
+@pytest.mark.parametrize("cfg", [CFG, DIRECT], ids=["cg_in_parts", "direct_in_place"])
+def test_a_row_block_solved_in_parts_equals_one_solve(loaded, monkeypatch, cfg):
+    """s_test of a row block -- in parts of SOLVE_BLOCK tests (CG: the solver's memory), or the whole block
+    in place in its buffer (direct) -- equals one batched solve of the same tests."""
     import fastif_core.matrix as matrix_module
 
     ids = _ids(loaded, 3)
     monkeypatch.setattr(matrix_module, "SOLVE_BLOCK", 2)  # parts of 2 + 1 tests in a row block of 3
-    out = influence_matrix(loaded, ids, CFG, full=True, row_block=3, col_block=64)
+    out = influence_matrix(loaded, ids, cfg, full=True, row_block=3, col_block=64)
     v = test_gradients(loaded.objective, [loaded.encode_test(_record(loaded, i)) for i in ids])
-    s = solve_many(loaded.objective, v, loaded.train, CFG.s_test).s_test
+    s = solve_many(loaded.objective, v, loaded.train, cfg.s_test).s_test
     reference = score_many(loaded.objective, s, loaded.train, range(len(loaded.train_ids)), method="jvp")
     np.testing.assert_allclose(
         out.values, reference.numpy(), rtol=1e-4, atol=1e-5 * float(reference.abs().max())

@@ -150,7 +150,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(many.json: batched vs single queries, the full matrix, the scoring cross-over, matrix store I/O)",
     )  # fmt: skip
     p.add_argument(
-        "--many-tests", type=int, default=32, help="many: test examples of the batched-vs-single row"
+        "--many-tests",
+        type=int,
+        default=32,
+        help="many: test examples of the batched-vs-single row (0: skip it, e.g. to measure the cross-over)",
     )
     p.add_argument(
         "--matrix-tests", type=int, default=400,
@@ -278,7 +281,8 @@ def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     device = "cpu" if a.devices == "cpu:1" else str(resolve_device("auto"))
     loaded = LoadedWorkspace.load(a.workspace, device)
     with Store.open(a.workspace) as store:
-        pool = choose_test_examples(store, loaded, max(a.many_tests, a.matrix_tests), a.seed)
+        n = max(a.many_tests, a.matrix_tests)
+        pool = choose_test_examples(store, loaded, n, a.seed) if n > 0 else []
     cfg = InfluenceConfig(s_test=STestConfig.preset(a.many_preset, seed=a.seed),
                           k=min(a.solver_k, len(loaded.train_ids)))  # fmt: skip
     ids = [e.id for e in pool]

@@ -124,7 +124,8 @@ def run_section(
     loaded: Any, example_ids: Sequence[str], matrix_ids: Sequence[str], cfg: InfluenceConfig, out: Path,
     *, row_block: int = 32, ms: Sequence[int] = (1, 2, 4, 16, 32), candidates: int = 64, progress: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """All four figures side by side (the full matrix only with ``matrix_ids``), written to
+    """All four figures side by side (the full matrix only with ``matrix_ids``, batched vs single only with
+    ``example_ids``), written to
     ``out/many.json`` after each one (resumable by hand)."""
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"device": str(loaded.objective.device), "threads": torch.get_num_threads(),
@@ -134,7 +135,9 @@ def run_section(
              ("crossover", lambda: crossover(loaded, ms, candidates)),
              ("batched", lambda: batched_vs_single(loaded, example_ids, cfg)),
              ("full", lambda: full_matrix(loaded, matrix_ids, cfg, row_block)))  # fmt: skip
-    steps = steps if matrix_ids else steps[:-1]  # no matrix tests: the full matrix is measured elsewhere
+    # no matrix tests: the full matrix is measured elsewhere (`fastif matrix --full`); no many tests: no
+    # batched-vs-single row (e.g. to measure the cross-over alone)
+    steps = tuple(s for s in steps if (s[0] != "full" or matrix_ids) and (s[0] != "batched" or example_ids))
     for i, (name, fn) in enumerate(steps):
         if progress is not None:
             progress(i / len(steps), f"many: {name}")
