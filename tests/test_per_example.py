@@ -86,6 +86,22 @@ def test_dots_equal_gradients_times_s():
     torch.testing.assert_close(per_example_dots(obj, batch, s[:1]), expected[:1], rtol=1e-10, atol=1e-12)
 
 
+def test_dots_in_row_blocks_equal_one_block(monkeypatch):
+    """A Linear layer's per-example gradients held a few rows at a time (equal blocks) give the same dots."""
+    import fastif_core.per_example as pe
+
+    assert [pe._even_step(64, m) for m in (56, 64, 200, 1, 0)] == [32, 64, 64, 1, 1]
+    assert pe._even_step(7, 3) == 3 and pe._even_step(6, 4) == 3
+    obj = _tiny_bert("none")
+    train = make_tiny_examples(6, seed=2)
+    batch = train.collate(range(6))
+    s = torch.randn(3, obj.num_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    whole = per_example_dots(obj, batch, s)
+    largest = max(m.weight.numel() for m in obj.model.modules() if isinstance(m, nn.Linear))
+    monkeypatch.setattr(pe, "_BLOCK", 2 * largest)  # two rows of the widest layer at a time: 3 blocks
+    torch.testing.assert_close(per_example_dots(obj, batch, s), whole, rtol=1e-12, atol=1e-14)
+
+
 def test_unsupported_module_names_the_parameter():
     obj = Objective(nn.Sequential(nn.Linear(4, 3), nn.PReLU()), forward=tensor_forward)
     with pytest.raises(ConfigError, match=r"'1\.weight' belongs to a PReLU.*Linear, LayerNorm, Embedding"):
