@@ -215,6 +215,7 @@ def _fill(
         s = _block_s_test(loaded, block_records, cfg, clock, solve_units)
         for c0 in [c for r, c in todo if r == r0]:
             _score_chunk(loaded, store, info, s, cfg, mask, method, (r0, c0), clock)
+        del s  # free this block's S before the next one is allocated (two would not fit at row block 200)
     return len(todo), len(info.blocks()) - len(todo), clock
 
 

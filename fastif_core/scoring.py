@@ -32,21 +32,21 @@ from fastif_core.per_example import per_example_dots, trainable_layers
 METHODS = ("auto", "jvp", "per_example")
 
 # Cost model constants, in units of one multiply-add of a plain no-grad forward (see scoring_costs).
-# Calibrated on the packaged MiniLM (3 labels, embeddings frozen, all 6 layers trainable: P = 10.8M),
-# MNLI dev pairs (mean 42-50 tokens), 2 CPU threads on a shared machine (load average 7-9, so absolute
-# rates are ~20x below an idle machine's; the ratios are what the model uses), by
-#   PYTHONPATH=. nice -n 19 python -m fastif_core.benchmarks.scoring \
-#       --candidates 32 --batch-size 32 --ms 1,2,4,16,64 --jvp-max-m 2     (and --candidates 16 --batch-size 16)
-# candidates/s jvp vs per_example: M=1 0.82 vs 0.58 (1.14 vs 0.89 in the 16-candidate run), M=2 0.39 vs
-# 0.88, M=4 0.20 vs 0.81, M=16 0.053 vs 0.83, M=64 0.012 vs 0.81 (JVP at M > 2 timed on 2 tangents
-# and scaled: M independent passes); fitted JVP_COST 3.0 / 3.8 and
-# BACKWARD_COST 3.3 / 2.8 (averaged below). DOT_COST from per_example_dots on one batch of 16 at M=64
-# vs M=1: +5.7 s for 63·16·10.8M element multiply-adds = 5.2e-10 s each, against 4.5-6.9e-10 s per
-# forward multiply-add in the same runs. So on this CPU the cross-over is M* ≈ 1: a tie at M = 1
-# (within the noise of the two runs), per-example gradients 2.3x faster at M = 2 and 66x at M = 64.
-JVP_COST = 3.4  # the tangent part of a JVP pass, per multiply-add of the trainable Linear layers
-BACKWARD_COST = 3.0  # hooked backward + per-example ∇W_i, per multiply-add of the trainable Linear layers
-DOT_COST = 1.0  # contracting one per-example gradient element with one s_test
+# Calibrated on the packaged MiniLM fine-tuned on the 8K MNLI workspace (3 labels, embeddings frozen, all
+# 6 layers trainable: P = 10.8M; 64 training candidates, mean 34.5 tokens) on an idle 2-core AVX2 CPU by
+#   fastif bench -w workspaces/mnli8k --out bench-out/mnli8k-cross --section many --many-tests 0 \
+#       --matrix-tests 0 --many-preset gauss_newton_direct
+# and fastif_core.benchmarks.scoring.calibration of its crossover.raw: JVP_COST 1.48, BACKWARD_COST 2.37,
+# DOT_COST 0.82 (7.2e-11 s per forward multiply-add). Seconds per (candidate, test) pair, jvp vs
+# per_example: M=1 0.063 vs 0.078, M=2 0.067 vs 0.046, M=4 0.066 vs 0.025, M=16 0.072 vs 0.0069, M=32
+# 0.064 vs 0.0033 (JVP at M > 2 timed on 2 tangents and scaled: M independent passes). So the cross-over
+# is M* = (1 + BACKWARD_COST) / (1 + JVP_COST - DOT_COST/T) ≈ 1.4: JVP for one test, per-example
+# gradients from two on (1.5x faster at M = 2, 19x at M = 32). An earlier calibration on a loaded machine
+# (load average 7-9) gave 3.4 / 3.0 / 1.0, i.e. M* ≈ 1, which picked per-example gradients at M = 1 (25%
+# slower there).
+JVP_COST = 1.5  # the tangent part of a JVP pass, per multiply-add of the trainable Linear layers
+BACKWARD_COST = 2.4  # hooked backward + per-example ∇W_i, per multiply-add of the trainable Linear layers
+DOT_COST = 0.8  # contracting one per-example gradient element with one s_test
 
 
 def model_sizes(objective: Objective) -> dict[str, int]:
