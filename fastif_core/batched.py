@@ -358,6 +358,14 @@ def solve_many_repetitions(
             for m in range(len(vs))]  # fmt: skip
 
 
+def prepare_direct(objective: Objective, train: Examples, cfg: STestConfig) -> None:
+    """Build (or find) the kept factor that :func:`solve_direct_` will use, so that a caller can build it
+    before allocating its right-hand sides (the factor's build memory and theirs never coexist)."""
+    cfg, _ = resolve(objective, train, cfg)
+    with objective.evaluating():
+        direct_factor(objective, train, cfg, 0)
+
+
 def solve_direct_(objective: Objective, v: Tensor, train: Examples, cfg: STestConfig) -> list[RepStats]:
     """s_test of every row of ``v (M, P)`` written over ``v``, for ``solver=direct`` with one repetition:
     row m equals ``solve_many(objective, v, train, cfg).s_test[m]`` (the same kept factor), without its

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from fastif_core import jobs
-from fastif_core.batched import solve_direct_, solve_many
+from fastif_core.batched import prepare_direct, solve_direct_, solve_many
 from fastif_core.config import InfluenceConfig, from_dict
 from fastif_core.errors import ConfigError, JobError
 from fastif_core.influence_many import test_gradients
@@ -255,6 +255,10 @@ def _block_s_test(
     depend on the others solved with it), so their working memory is that of ``SOLVE_BLOCK`` vectors."""
     obj, s_cfg = loaded.objective, cfg.s_test
     in_place = s_cfg.solver == "direct" and s_cfg.repeats == 1
+    if in_place:  # the factor first: its build memory and the block's S never coexist
+        t0 = time.perf_counter()
+        prepare_direct(obj, loaded.train, s_cfg)
+        clock.add("s_test", t0, 0.0, "direct factor ready")
     out = torch.empty(len(records), obj.num_params, dtype=obj.dtype, device=obj.device)
     for lo in range(0, len(records), SOLVE_BLOCK):
         part = records[lo : lo + SOLVE_BLOCK]

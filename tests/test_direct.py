@@ -122,8 +122,8 @@ def test_the_in_place_residual_is_the_residual_of_the_system():
 
 
 def test_float32_solves_need_no_refinement():
-    """In float32 the factor's float64 Gram products leave a residual near float32 precision (measured
-    in float64 against the same K), and the reported residual agrees with it."""
+    """In float32 a solve whose products with K are summed in float64 block by block leaves a residual
+    near float32 precision (measured in float64 against the same K), and reports one as small."""
     model = make_tiny_bert(0, dtype=torch.float32)
     obj, train = classifier_objective(model, weight_decay=0.01), make_tiny_examples(8)
     with obj.evaluating():
