@@ -294,16 +294,22 @@ def _direct_many(
     objective: Objective, vs: Tensor, train: Examples, cfg: STestConfig, t: int, method: str, batched: bool,
     tick: Progress,
 ) -> list[tuple[Tensor, RepStats]]:  # fmt: skip
-    """The exact Gauss-Newton solve of every row at once: one factor, two products with it for all M."""
-    if not torch.isfinite(vs).all():
-        bad = int((~torch.isfinite(vs)).any(dim=1).nonzero()[0])
+    """The exact Gauss-Newton solve of every row at once: one factor, two passes over it for all M."""
+    xs = vs.clone()  # (M, P), solved in place
+    stats = _direct_in_place(objective, xs, train, cfg, t)
+    tick(1.0, f"solved {len(vs)} vectors")
+    return list(zip(xs, stats, strict=True))
+
+
+def _direct_in_place(
+    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig, t: int
+) -> list[RepStats]:
+    """``v (M, P)`` overwritten by ``(G_b + μI)⁻¹ v`` on repetition t's batch; per-row stats (the residual)."""
+    if not torch.isfinite(v).all():
+        bad = int((~torch.isfinite(v)).any(dim=1).nonzero()[0])
         raise _tagged(bad, LissaDivergenceError("direct: the test gradient is not finite: nothing to solve"))
     fac, _ = direct_factor(objective, train, cfg, t)
-    xs = vs.to(fac.rows.dtype, copy=True)  # (M, P), solved in place
-    residuals = fac.solve_(xs).tolist()
-    tick(1.0, f"solved {len(vs)} vectors")
-    return [(xs[m], RepStats(1, fac.passes, r, r <= max(cfg.tolerance, 1e-4)))
-            for m, r in enumerate(residuals)]  # fmt: skip
+    return [RepStats(1, fac.passes, r, r <= max(cfg.tolerance, 1e-4)) for r in fac.solve_(v).tolist()]
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -377,13 +383,8 @@ def solve_direct_(objective: Objective, v: Tensor, train: Examples, cfg: STestCo
         )
     if len(train) == 0:
         raise ConfigError("s_test needs at least one training example to draw curvature batches from")
-    if not torch.isfinite(v).all():
-        bad = int((~torch.isfinite(v)).any(dim=1).nonzero()[0])
-        raise _tagged(bad, LissaDivergenceError("direct: the test gradient is not finite: nothing to solve"))
     with objective.evaluating():
-        fac, _ = direct_factor(objective, train, cfg, 0)
-        residuals = fac.solve_(v).tolist()
-    return [RepStats(1, fac.passes, r, r <= max(cfg.tolerance, 1e-4)) for r in residuals]
+        return _direct_in_place(objective, v, train, cfg, 0)
 
 
 def finish_many(

@@ -10,10 +10,10 @@ them. K has at most B·C rows (R = 2B for softmax cross-entropy over 3 classes: 
     (A + KᵀK)⁻¹ v = A⁻¹v − A⁻¹Kᵀ (I + K A⁻¹ Kᵀ)⁻¹ K A⁻¹ v
 
 needs one R × R Cholesky factor. Building it costs R/B batched backward passes with per-example hooks
-(:func:`fastif_core.per_example.per_example_output_gradients`) and one ``R × R`` Gram product (column blocks
-summed in float64); every solve after that is two passes over K, column
-block by column block, for one vector or for M at once, in place (:meth:`GaussNewtonFactor.solve_`: no
-``(M, P)`` temporary, and the residual comes out of the R-dimensional space at no extra pass). The answer is the fixed point that
+(:func:`fastif_core.per_example.per_example_output_gradients`) and one ``R × R`` Gram product (column
+blocks summed in float64); every solve after that is two passes over K, column block by column block, for
+one vector or for M at once, in place (:meth:`GaussNewtonFactor.solve_`: no ``(M, P)`` temporary, and the
+residual comes out of the R-dimensional space at no extra pass). The answer is the fixed point that
 conjugate gradient on the same batch approaches (``solver=cg``, ``curvature=gauss_newton``), without
 iterations or a tolerance. Memory: K itself, ``R × P`` floats (about 5.5 GB for B=64 on MiniLM's 10.8M
 trainable parameters, in float32).
@@ -35,8 +35,8 @@ from fastif_core.per_example import per_example_output_gradients
 # MNLI workspace's factor (B=64, R=128, P=10.8M, 2 cores) float32 blocks of 2^16 gave the same solve
 # residual as float64 products (3.2e-8 vs 3.1e-8 on 16 test gradients; solutions equal to 2e-8) in 10 s,
 # where the float64 products made the whole factor build 59 s.
+# The same width blocks a solve (memory: (M + R) × this, one block at a time).
 _COLUMNS = 1 << 16
-_SOLVE_COLUMNS = 1 << 16  # parameters per block of a solve (memory: (M + R) × this, one block at a time)
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,21 @@ class GaussNewtonFactor:
         m, r = v.shape[0], self.rows.shape[0]
         z = torch.zeros(m, r, dtype=torch.float64, device=v.device)
         v_sq = torch.zeros(m, dtype=torch.float64, device=v.device)
-        for cols in _blocks(v.shape[1], _SOLVE_COLUMNS):
+        for cols in _blocks(v.shape[1], _COLUMNS):
             vb = v[:, cols]
             v_sq += vb.double().pow(2).sum(dim=1)
             z += ((vb * self.a_inv[cols]) @ self.rows[:, cols].T).double()
         w = torch.cholesky_solve(z.T, self.chol).T  # (M, R) float64
         w_low = w.to(v.dtype)
         u = torch.zeros_like(z)
-        for cols in _blocks(v.shape[1], _SOLVE_COLUMNS):
+        for cols in _blocks(v.shape[1], _COLUMNS):
             k = self.rows[:, cols]
             xb = (v[:, cols] - w_low @ k) * self.a_inv[cols]
             v[:, cols] = xb
             u += (xb @ k.T).double()
         d = w - u
         r_sq = ((d @ self.kk) * d).sum(dim=1).clamp_min(0.0)
-        return (r_sq.sqrt() / v_sq.sqrt().clamp_min(1e-30)).to(torch.float64)
+        return r_sq.sqrt() / v_sq.sqrt().clamp_min(1e-30)
 
     def apply(self, x: Tensor) -> Tensor:
         """``(A + KᵀK) x`` for ``x (P,)`` or ``(M, P)``: the system itself, for residual checks."""

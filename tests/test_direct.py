@@ -88,11 +88,17 @@ def test_direct_is_the_fixed_point_that_gauss_newton_cg_approaches():
     assert exact.rel_std is not None and exact.rel_std == pytest.approx(cg.rel_std, rel=1e-6)
 
 
+def _three_gradients(obj: Objective, train) -> torch.Tensor:
+    with obj.evaluating():
+        return torch.stack([obj.grad(train.collate([i]), include_l2=False) for i in (0, 3, 5)])
+
+
 def test_many_vectors_equal_single_solves_and_the_factor_is_built_once():
     obj, train = _bert()
-    with obj.evaluating():
-        vs = torch.stack([obj.grad(train.collate([i]), include_l2=False) for i in (0, 3, 5)])
-    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4)
+    vs, cfg = (
+        _three_gradients(obj, train),
+        STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4),
+    )
     many = solve_many(obj, vs, train, cfg)
     built = obj.__dict__["_direct_factor"][1]
     for m in range(3):
@@ -138,9 +144,10 @@ def test_float32_solves_need_no_refinement():
 
 def test_the_in_place_batch_solve_equals_solve_many():
     obj, train = _bert()
-    with obj.evaluating():
-        vs = torch.stack([obj.grad(train.collate([i]), include_l2=False) for i in (0, 3, 5)])
-    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4)
+    vs, cfg = (
+        _three_gradients(obj, train),
+        STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4),
+    )
     want = solve_many(obj, vs, train, cfg)
     x = vs.clone()
     stats = solve_direct_(obj, x, train, cfg)
