@@ -121,6 +121,22 @@ def test_cancelled_run_stores_nothing(tiny_workspace):
         assert store.list_app_results("correction") == [] and len(store.list_models()) == 1
 
 
+def test_one_seed_alone_with_the_first_split_reproduces_that_seed_of_a_multi_seed_run(tiny_workspace):
+    # seeds can be run separately (one per machine or session) and merged: split_seed keeps the split
+    cfg = CorrectConfig(**{**FAST, "iterations": 1, "seeds": 2}, methods=("helpful", "random"))
+    both = run_correction(tiny_workspace, cfg)
+    alone = run_correction(tiny_workspace, replace(cfg, seed=1, seeds=1, split_seed=0))
+    assert alone["cached"] is False and alone["sizes"] == both["sizes"] and alone["before"] == both["before"]
+    for method in ("helpful", "random"):
+        (second,) = [r for r in both["methods"][method]["seeds"] if r["seed"] == 1]
+        (only,) = alone["methods"][method]["seeds"]
+        assert only["seed"] == 1 and only["picks"] == second["picks"] and only["anchors"] == second["anchors"]
+        for mine, theirs in zip(only["curve"], second["curve"], strict=True):
+            assert mine.keys() == theirs.keys()
+            assert all(mine[p] == pytest.approx(theirs[p], rel=1e-9) for p in mine)
+    assert run_correction(tiny_workspace, replace(cfg, split_seed=0))["cached"] is True  # None means seed
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -46,6 +46,7 @@ def _add_correct(sub: argparse._SubParsersAction) -> None:
                        ("anchor_fraction", float), ("max_eval", positive_int)):  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
                        help=help_of(CorrectConfig, name))  # fmt: skip
+    p.add_argument("--split-seed", type=int, default=None, help=help_of(CorrectConfig, "split_seed"))
     p.add_argument("--methods", default=",".join(METHODS), help=help_of(CorrectConfig, "methods"))
     p.add_argument("--heldout", default=d.heldout, help=help_of(CorrectConfig, "heldout"))
     p.add_argument("--save", choices=METHODS, default=None, help=help_of(CorrectConfig, "save"))
@@ -78,8 +79,9 @@ def correct_config_from_args(a: argparse.Namespace) -> CorrectConfig:
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     return CorrectConfig(
         slice=a.slice, pool=a.pool, iterations=a.iterations, anchors=a.anchors, k=a.k, top=a.top, lr=a.lr,
-        seeds=a.seeds, seed=a.seed, methods=methods, anchor_fraction=a.anchor_fraction, max_eval=a.max_eval,
-        heldout=a.heldout, s_test=STestConfig.preset(a.preset, **given), gradient_l2=a.gradient_l2, save=a.save,
+        seeds=a.seeds, seed=a.seed, split_seed=a.split_seed, methods=methods, anchor_fraction=a.anchor_fraction,
+        max_eval=a.max_eval, heldout=a.heldout, s_test=STestConfig.preset(a.preset, **given),
+        gradient_l2=a.gradient_l2, save=a.save,
     ).validate()  # fmt: skip
 
 

@@ -73,6 +73,11 @@ class CorrectConfig:
     lr: float = _f(1e-4, "SGD learning rate of the step on the trainable parameters")
     seeds: int = _f(3, "seeds S (anchor draws and random picks differ; the same for every method)")
     seed: int = _f(0, "first seed; also splits the target slice into anchor pool and evaluation part")
+    split_seed: int | None = _f(
+        None,
+        "seed of the anchor/evaluation split and the evaluation subsample (None = seed); with "
+        "seed=s, seeds=1, split_seed=0 a run reproduces seed s of a seed=0 run",
+    )
     methods: tuple[str, ...] = _f(METHODS, f"methods, each with the same budget: {', '.join(METHODS)}")
     anchor_fraction: float = _f(0.5, "share of the target slice in the anchor pool (the rest is evaluated)")
     max_eval: int | None = _f(None, "evaluate at most this many examples per slice (seeded subsample)")
@@ -113,6 +118,11 @@ class CorrectConfig:
         return self
 
     @property
+    def data_seed(self) -> int:
+        """The seed that splits the target slice and subsamples every evaluation part."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
     def target(self) -> dict[str, str]:
         return parse_slice(self.slice)
 
@@ -127,7 +137,8 @@ class CorrectConfig:
 
     def result_key(self) -> str:
         """Hash of what determines the curves (``save`` only says which final model to keep)."""
-        return config_hash({**to_dict(replace(self, save=None)), "methods": list(self.methods)})
+        norm = replace(self, save=None, split_seed=self.data_seed)  # split_seed=None means seed
+        return config_hash({**to_dict(norm), "methods": list(self.methods)})
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> CorrectConfig:

@@ -3,8 +3,8 @@ evaluation part, the evaluation part of every slice of the challenge data, and h
 
 Given a store and a :class:`~fastif_core.apps.correct.config.CorrectConfig`, :func:`select` returns
 :class:`LoopData` (records only; no model). The target slice ``heuristic=lexical_overlap,label=...``
-is split with ``cfg.seed`` into the anchor pool (``anchor_fraction``) and its evaluation part; the other
-slices are the other values of its grouping key (the first of ``heuristic``, ``subcase``, ``genre``,
+is split with ``cfg.data_seed`` (``split_seed``, else ``seed``) into the anchor pool (``anchor_fraction``)
+and its evaluation part; the other slices are the other values of its grouping key (the first of ``heuristic``, ``subcase``, ``genre``,
 ``template`` it names) among the same datasets with the same remaining constraints, evaluated whole.
 Training examples are never part of a slice. Every bad setting is a ConfigError before any model work.
 """
@@ -98,7 +98,7 @@ def select(store: Store, cfg: CorrectConfig, model_id: int) -> LoopData:
     if len(target) < 2:
         raise ConfigError(f"slice={cfg.slice!r} matches {len(target)} evaluation example(s) of this workspace: "
                           "allowed a slice with at least 2 (see `fastif examples` for the fields)")  # fmt: skip
-    pool, own_eval = split_target(target, cfg.anchor_fraction, cfg.seed)
+    pool, own_eval = split_target(target, cfg.anchor_fraction, cfg.data_seed)
     if cfg.anchors > len(pool):
         raise ConfigError(f"anchors={cfg.anchors} is larger than the anchor pool ({len(pool)} of the slice's "
                           f"{len(target)} examples at anchor_fraction={cfg.anchor_fraction}): allowed "
@@ -107,11 +107,11 @@ def select(store: Store, cfg: CorrectConfig, model_id: int) -> LoopData:
     evals = {}
     for text, sib in sibling_slices(store, spec, model_id).items():
         rows = own_eval if text == name else _rows(store, sib, model_id)
-        evals[text] = _sample(rows, cfg.max_eval, cfg.seed)
-    evals.setdefault(name, _sample(own_eval, cfg.max_eval, cfg.seed))
+        evals[text] = _sample(rows, cfg.max_eval, cfg.data_seed)
+    evals.setdefault(name, _sample(own_eval, cfg.max_eval, cfg.data_seed))
     held_name, held = heldout_rows(store, cfg, model_id)
     pool_ids = {ex.id for ex in pool}
-    held = [ex for ex in _sample(held, cfg.max_eval, cfg.seed) if ex.id not in pool_ids]
+    held = [ex for ex in _sample(held, cfg.max_eval, cfg.data_seed) if ex.id not in pool_ids]
     return LoopData(name, pool, dict(sorted(evals.items())), held, held_name)
 
 
