@@ -72,7 +72,7 @@ class CorrectConfig:
     top: int = _f(10, "examples m of the chosen kind in each gradient step")
     lr: float = _f(1e-4, "SGD learning rate of the step on the trainable parameters")
     seeds: int = _f(3, "seeds S (anchor draws and random picks differ; the same for every method)")
-    seed: int = _f(0, "first seed; also splits the target slice into anchor pool and evaluation part")
+    seed: int = _f(0, "first seed; also splits the target slice unless split_seed is set")
     split_seed: int | None = _f(
         None,
         "seed of the anchor/evaluation split and the evaluation subsample (None = seed); with "

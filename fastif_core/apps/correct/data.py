@@ -4,8 +4,9 @@ evaluation part, the evaluation part of every slice of the challenge data, and h
 Given a store and a :class:`~fastif_core.apps.correct.config.CorrectConfig`, :func:`select` returns
 :class:`LoopData` (records only; no model). The target slice ``heuristic=lexical_overlap,label=...``
 is split with ``cfg.data_seed`` (``split_seed``, else ``seed``) into the anchor pool (``anchor_fraction``)
-and its evaluation part; the other slices are the other values of its grouping key (the first of ``heuristic``, ``subcase``, ``genre``,
-``template`` it names) among the same datasets with the same remaining constraints, evaluated whole.
+and its evaluation part; the other slices are the other values of its grouping key (the first of
+``heuristic``, ``subcase``, ``genre``, ``template`` it names) among the same datasets with the same
+remaining constraints, evaluated whole.
 Training examples are never part of a slice. Every bad setting is a ConfigError before any model work.
 """
 
