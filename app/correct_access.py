@@ -13,6 +13,7 @@ import streamlit as st
 from app.data_access import store, workspace_state
 from fastif_core import jobs, versions
 from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
+from fastif_core.apps.correct.stored import stored_comparisons
 from fastif_core.store import AppResultInfo, JobInfo
 
 
@@ -28,6 +29,17 @@ def slice_options(root: str) -> dict[str, list[str]]:
 def runs(root: str) -> list[AppResultInfo]:
     """Stored correction / augmentation runs of the served model, newest first."""
     return store(root).list_app_results("correction", model_id=workspace_state(root).model_id, limit=50)
+
+
+def run(root: str, run_id: int) -> AppResultInfo | None:
+    return store(root).get_app_result("correction", run_id)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def comparisons(root: str) -> list[dict[str, Any]]:
+    """The served model's stored runs merged per comparison (runs that differ only in their seeds), newest first."""
+    merged = stored_comparisons(root, model_id=workspace_state(root).model_id)
+    return sorted(merged, key=lambda m: max(m["run_ids"]), reverse=True)
 
 
 @st.cache_data(ttl=5, show_spinner=False)

@@ -18,8 +18,8 @@ from fastif_core.apps.correct.loop import (
     evaluate,
     pick,
     sgd_step,
-    summarize,
 )
+from fastif_core.apps.correct.summary import merge_runs, summarize
 from fastif_core.config import STestConfig
 from fastif_core.errors import ConfigError
 from fastif_core.influence import score_candidates_reference, test_gradient
@@ -122,6 +122,27 @@ def test_summary_is_mean_min_max_over_seeds_with_before_first():
     ]
     acc = summarize(before, runs)["a"]["accuracy"]
     assert acc["mean"] == pytest.approx([0.5, 0.7]) and acc["min"] == [0.5, 0.6] and acc["max"] == [0.5, 0.8]
+
+
+def _run(seed, seeds, split_seed=None, accuracy=0.5, model_id=1):
+    """A stored result's shape: every seed's one-iteration curve has accuracy 0.1 * (seed + 1)."""
+    runs = [{"seed": s, "curve": [{"a": {"n": 4, "accuracy": 0.1 * (s + 1), "loss": 1.0}}]}
+            for s in range(seed, seed + seeds)]  # fmt: skip
+    return {"settings": {"slice": "heuristic=x", "seed": seed, "seeds": seeds, "split_seed": split_seed, "save": None,
+                         "model_id": None, "lr": 1e-4}, "model_id": model_id, "kind": "correct",
+            "before": {"a": {"n": 4, "accuracy": accuracy, "loss": 1.0}}, "seconds": {"total": 10.0},
+            "device": "cpu", "methods": {"helpful": {"seeds": runs}}}  # fmt: skip
+
+
+def test_runs_merge_only_within_one_split_model_and_before():
+    (one,) = merge_runs([(2, _run(1, 1, split_seed=0)), (1, _run(0, 2))])  # split None = seed 0
+    assert one["run_ids"] == [1, 2] and one["seed_list"] == [0, 1] and one["settings"]["seeds"] == 2
+    assert one["settings"]["split_seed"] == 0 and one["seconds"]["total"] == 20.0
+    acc = one["methods"]["helpful"]["summary"]["a"]["accuracy"]  # seed 1 (held twice) counted once
+    assert acc["mean"] == pytest.approx([0.5, 0.15]) and acc["min"] == [0.5, 0.1] and acc["max"] == [0.5, 0.2]
+    apart = [_run(0, 1), _run(1, 1, split_seed=1), _run(1, 1, split_seed=0, model_id=2),
+             _run(1, 1, split_seed=0, accuracy=0.25)]  # fmt: skip
+    assert [m["seed_list"] for m in merge_runs(list(enumerate(apart)))] == [[0], [1], [1], [1]]
 
 
 def test_anchor_schedule_is_seeded_and_every_draw_has_distinct_anchors():

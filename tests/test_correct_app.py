@@ -3,6 +3,7 @@ the before/after table, the version list; launching queues one ``correct`` job f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from fastif_core.apps.correct.config import CorrectConfig
 from fastif_core.apps.correct.job import run_correction
+from fastif_core.apps.correct.summary import merge_runs
 from fastif_core.config import STestConfig
 from fastif_core.store import Store
 
@@ -58,3 +60,28 @@ def test_correct_page_draws_the_stored_run_and_queues_a_launch(page) -> None:
         queued = store.list_jobs(status="queued")
     assert [j.kind for j in queued] == ["correct"] and queued[0].params["model_id"] == 1
     assert queued[0].params["anchors"] == 2
+
+
+def test_merged_view_joins_a_seed_run_alone_to_the_stored_two_seed_run(page) -> None:
+    ws, out = page
+    third = run_correction(ws, replace(RUN, seed=2, seeds=1, split_seed=0))
+    (merged,) = merge_runs([(out["run_id"], out), (third["run_id"], third)])
+    at = _correct_page()
+    at.toggle(key="correct_merge").set_value(True)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = "\n".join(str(m.value) for m in at.markdown)
+    assert f"**Runs #{out['run_id']}, #{third['run_id']}** · seeds [0, 1, 2]" in texts
+    table = next(d.value for d in at.dataframe if "change" in getattr(d.value, "columns", []))
+    row = table[(table.method == "anchors") & (table.part == out["target"])].iloc[0]
+    acc = merged["methods"]["anchors"]["summary"][out["target"]]["accuracy"]
+    assert (row["after"], row["min"], row["max"]) == pytest.approx(
+        (acc["mean"][-1], acc["min"][-1], acc["max"][-1])
+    )
+    assert acc["mean"][-1] == pytest.approx(
+        sum(
+            s["curve"][-1][out["target"]]["accuracy"]
+            for s in [*out["methods"]["anchors"]["seeds"], *third["methods"]["anchors"]["seeds"]]
+        )
+        / 3
+    )

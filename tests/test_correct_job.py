@@ -4,6 +4,7 @@ the same seed reproduces the stored curve; a cancelled run stores nothing; bad s
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import replace
@@ -15,6 +16,7 @@ from fastif_core import jobs, versions
 from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
 from fastif_core.apps.correct.job import run_correction
 from fastif_core.apps.correct.pool import load_pool
+from fastif_core.apps.correct.summary import merge_runs
 from fastif_core.config import STestConfig
 from fastif_core.store import Store
 from fastif_core.worker import run_worker
@@ -135,6 +137,35 @@ def test_one_seed_alone_with_the_first_split_reproduces_that_seed_of_a_multi_see
             assert mine.keys() == theirs.keys()
             assert all(mine[p] == pytest.approx(theirs[p], rel=1e-9) for p in mine)
     assert run_correction(tiny_workspace, replace(cfg, split_seed=0))["cached"] is True  # None means seed
+
+
+def test_stored_single_seed_runs_merge_into_the_multi_seed_comparison(tiny_workspace, capsys):
+    cfg = CorrectConfig(**{**FAST, "iterations": 1, "seeds": 2}, methods=("helpful", "random"))
+    singles = [run_correction(tiny_workspace, replace(cfg, seed=s, seeds=1, split_seed=0)) for s in (1, 0)]
+    (merged,) = merge_runs([(r["run_id"], r) for r in singles])
+    both = run_correction(tiny_workspace, cfg)  # computed after the singles: nothing is shared
+    assert (
+        both["cached"] is False
+        and merged["seed_list"] == [0, 1]
+        and merged["run_ids"] == sorted(r["run_id"] for r in singles)
+    )
+    assert merged["before"] == both["before"] and merged["settings"]["seeds"] == 2
+    for method in ("helpful", "random"):
+        for part, metrics in both["methods"][method]["summary"].items():
+            for name, stats in metrics.items():
+                for stat in ("mean", "min", "max"):
+                    got = merged["methods"][method]["summary"][part][name][stat]
+                    assert got == pytest.approx(stats[stat], rel=1e-9), (method, part, name, stat)
+    # the CLI lists the three stored runs as one comparison; another split is another comparison
+    run_correction(tiny_workspace, replace(cfg, seed=1, seeds=1, split_seed=1))
+    code, out, err = run_cli(capsys, ["corrections", "-w", tiny_workspace, "--json"])
+    assert code == 0, err
+    listed = json.loads(out)
+    assert sorted(len(m["run_ids"]) for m in listed) == [1, 3]
+    (three,) = [m for m in listed if len(m["run_ids"]) == 3]
+    assert three["seed_list"] == [0, 1] and three["methods"] == json.loads(json.dumps(merged["methods"]))
+    code, out, _ = run_cli(capsys, ["corrections", "-w", tiny_workspace, "--kind", "augment"])
+    assert code == 0 and "no stored correction runs match" in out
 
 
 @pytest.mark.parametrize(

@@ -69,11 +69,14 @@ def curve_chart(frame, part: str, metric: str) -> alt.LayerChart:
     return (band + line).properties(title=part, height=220)
 
 
-def show_run(run) -> None:
-    result = run.result
-    st.markdown(f"**Run #{run.id}** · target `{result['target']}` · pool `{result['pool']['source']}` "
-                f"({result['pool']['size']:,}) · {result['settings']['seeds']} seed(s) · "
-                f"{result['seconds']['total']:.0f} s on {result['device']}")  # fmt: skip
+def show_run(run, result: dict | None = None) -> None:
+    """A stored run, or (``result``) the comparison merged from several runs, the first of them ``run``."""
+    merged = result is not None
+    result = result if merged else run.result
+    title = (f"**Runs {', '.join(f'#{i}' for i in result['run_ids'])}** · seeds {result['seed_list']}" if merged
+             else f"**Run #{run.id}** · {result['settings']['seeds']} seed(s)")  # fmt: skip
+    st.markdown(f"{title} · target `{result['target']}` · pool `{result['pool']['source']}` "
+                f"({result['pool']['size']:,}) · {result['seconds']['total']:.0f} s on {result['device']}")  # fmt: skip
     st.caption("Evaluated examples: " + ", ".join(f"{k} n={v}" for k, v in result["sizes"].items()))
     metric = st.radio("Curves", ["accuracy", "loss"], horizontal=True, key="correct_metric")
     frame = ca.curves_frame(result, metric)
@@ -87,7 +90,8 @@ def show_run(run) -> None:
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("before", "after", "min", "max", "change")})  # fmt: skip
     with st.form("save_form"):
-        method = st.selectbox("Save a method's final model (first seed) as a new model version",
+        method = st.selectbox(f"Save a method's final model (seed {run.result['settings']['seed']} of run "
+                              f"#{run.id}) as a new model version",
                               list(result["methods"]), key="save_method")  # fmt: skip
         if st.form_submit_button("Save as new model version", icon=":material/save:"):
             from dataclasses import replace
@@ -134,7 +138,18 @@ if config is not None:
         st.error(str(exc))
 shell.follow_job(root, "correct", "correct_job")
 stored = ca.runs(root)
-if stored:
+merge = bool(stored) and st.toggle(
+    "Merge the seeds of one comparison", key="correct_merge",
+    help="runs that differ only in --seed/--seeds (same split, settings and model), e.g. one seed per machine",
+)  # fmt: skip
+if merge:
+    merged = ca.comparisons(root)
+    at = st.selectbox("Stored comparisons", range(len(merged)), key="correct_comparison",
+                      format_func=lambda i: f"runs {', '.join(f'#{r}' for r in merged[i]['run_ids'])} "
+                                            f"{merged[i]['target']} · {merged[i]['kind']} · seeds {merged[i]['seed_list']}")  # fmt: skip
+    first = merged[at]["run_ids"][0]
+    show_run(next((r for r in stored if r.id == first), None) or ca.run(root, first), merged[at])
+elif stored:
     chosen = st.selectbox("Stored runs", [r.id for r in stored], key="correct_run",
                           format_func=lambda i: next(f"#{r.id} {r.result['target']} · {r.kind} · "
                                                      f"{r.created_at:%Y-%m-%d %H:%M}" for r in stored if r.id == i))  # fmt: skip

@@ -25,8 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the ``correct`` and ``versions`` subcommands on the ``fastif`` parser."""
+    """Register the ``correct``, ``corrections`` and ``versions`` subcommands on the ``fastif`` parser."""
     _add_correct(sub)
+    _add_corrections(sub)
     _add_versions(sub)
 
 
@@ -139,6 +140,42 @@ def format_correction(out: dict[str, Any]) -> str:
     if out.get("saved"):
         lines.append(f"saved model version {out['saved']['model_id']} ({out['saved']['method']})")
     return "\n".join(lines)
+
+
+def _add_corrections(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "corrections", help="stored correction / augmentation runs, the seeds of one comparison merged",
+        description="Runs that differ only in --seed/--seeds (same split, settings, model and `before`; e.g. "
+        "`--seed s --seeds 1 --split-seed 0` on several machines) are one comparison: listed once, with the "
+        "mean [min, max] over all their distinct seeds.",
+    )  # fmt: skip
+    add_workspace_argument(p)
+    p.add_argument(
+        "--kind", choices=("correct", "augment"), default=None, help="only this kind (default: both)"
+    )
+    p.add_argument(
+        "--slice", default=None, help="only runs with this target slice (as given to `fastif correct`)"
+    )
+    p.add_argument("--model", type=int, default=None, help="only runs of this model version (default: all)")
+    p.add_argument("--json", action="store_true", help="print the merged results as a JSON list")
+    p.set_defaults(func=cmd_corrections)
+
+
+def cmd_corrections(a: argparse.Namespace) -> int:
+    from fastif_core.apps.correct.stored import stored_comparisons
+
+    merged = stored_comparisons(a.workspace, kind=a.kind, target=a.slice, model_id=a.model)
+    if a.json:
+        print(json.dumps(merged, indent=2))
+        return 0
+    if not merged:
+        print("no stored correction runs match")
+    for out in merged:
+        print(
+            f"runs {', '.join(map(str, out['run_ids']))} · seeds {out['seed_list']} · {out['seconds']['total']:.0f} s"
+        )
+        print(format_correction(out))
+    return 0
 
 
 def _add_versions(sub: argparse._SubParsersAction) -> None:

@@ -24,8 +24,9 @@ import torch
 from fastif_core import versions
 from fastif_core.apps.correct.config import CorrectConfig
 from fastif_core.apps.correct.data import LoopData, check_disjoint, encode_labeled, select
-from fastif_core.apps.correct.loop import LoopInputs, evaluate, run_loop, summarize
+from fastif_core.apps.correct.loop import LoopInputs, evaluate, run_loop
 from fastif_core.apps.correct.pool import Pool, anchor_query, load_pool
+from fastif_core.apps.correct.summary import summarize
 from fastif_core.config import config_hash, to_dict
 from fastif_core.errors import ConfigError
 from fastif_core.objective import Objective, hf_forward

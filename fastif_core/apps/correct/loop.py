@@ -153,18 +153,3 @@ def run_loop(
             progress((t + 1) / cfg.iterations, f"{method} seed {seed}: iteration {t + 1}/{cfg.iterations}")
     return {"seed": seed, "curve": curve, "picks": picks, "anchors": schedule, "s_test": solver,
             "seconds": time.perf_counter() - started}  # fmt: skip
-
-
-def summarize(before: dict[str, dict], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, min and max over seeds of loss and accuracy per part and iteration (index 0 = before)."""
-    out: dict[str, Any] = {}
-    for part in before:
-        out[part] = {}
-        for metric in ("accuracy", "loss"):
-            series = [[before[part][metric], *[it[part][metric] for it in r["curve"]]] for r in runs]
-            if any(v is None for s in series for v in s):
-                continue
-            cols = list(zip(*series, strict=True))
-            out[part][metric] = {"mean": [sum(c) / len(c) for c in cols], "min": [min(c) for c in cols],
-                                 "max": [max(c) for c in cols]}  # fmt: skip
-    return out
