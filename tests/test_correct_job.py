@@ -168,6 +168,59 @@ def test_stored_single_seed_runs_merge_into_the_multi_seed_comparison(tiny_works
     assert code == 0 and "no stored correction runs match" in out
 
 
+def test_a_seed_run_in_another_workspace_imports_by_model_hash_and_merges(
+    tiny_workspace, tiny_workspace_template, tmp_path, capsys
+):
+    """Seed 1 runs in a second copy of the prepared workspace (another machine with the same prepare),
+    seed 0 here; `fastif corrections --import` stores the other run under this workspace's model and
+    lists both as one comparison. Bad files store nothing and are one line naming the file and field."""
+    import shutil
+
+    other = shutil.copytree(tiny_workspace_template, tmp_path / "other")
+    common = ["--anchors", "2", "--iterations", "1", "--k", "12", "--top", "3", "--lr", "0.05", "--max-eval",
+              "6", "--depth", "2", "--batch-size", "8", "--methods", "helpful,random", "--seeds", "1",
+              "--split-seed", "0", "--device", "cpu", "--json"]  # fmt: skip
+    runs = {}
+    for ws, seed in ((other, 1), (tiny_workspace, 0)):
+        code, out, err = run_cli(capsys, ["correct", "-w", str(ws), "--seed", str(seed), *common])
+        assert code == 0, err
+        runs[seed] = json.loads(out)
+    exported = tmp_path / "seed1.json"  # as a workspace that numbered its models differently wrote it
+    exported.write_text(json.dumps({**runs[1], "model_id": runs[1]["model_id"] + 6}))
+    local_model = runs[0]["model_id"]
+    assert runs[1]["model_hash"] == runs[0]["model_hash"]
+
+    bad_json = tmp_path / "cut.json"
+    bad_json.write_text(json.dumps(runs[1])[:-40])
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({**runs[1], "model_hash": "0" * 64}))
+    no_before = tmp_path / "no_before.json"
+    no_before.write_text(json.dumps({k: v for k, v in runs[1].items() if k != "before"}))
+    before = workspace_digest(tiny_workspace)
+    for bad, needle in ((bad_json, "not JSON"), (foreign, "field 'model_hash'"), (no_before, "'before'")):
+        code, out, err = run_cli(capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported),
+                                          str(bad)])  # fmt: skip
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert str(bad) in err and needle in err, err
+    assert workspace_digest(tiny_workspace) == before  # the good file before the bad one is not stored either
+
+    code, out, err = run_cli(
+        capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported), "--json"]
+    )
+    assert code == 0 and f"{exported}: imported as run" in err, err
+    (merged,) = json.loads(out)
+    assert merged["seed_list"] == [0, 1] and merged["model_id"] == local_model
+    assert merged["run_ids"][0] == runs[0]["run_id"]
+    for method in ("helpful", "random"):
+        mine = {int(s["seed"]): s for s in merged["methods"][method]["seeds"]}
+        assert (
+            mine[1] == runs[1]["methods"][method]["seeds"][0]
+            and mine[0] == runs[0]["methods"][method]["seeds"][0]
+        )
+    code, _, err = run_cli(capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported)])
+    assert code == 0 and "already stored as run" in err + _, err
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

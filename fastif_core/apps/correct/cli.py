@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from fastif_core.apps.correct.config import METHODS, CorrectConfig
@@ -157,13 +158,21 @@ def _add_corrections(sub: argparse._SubParsersAction) -> None:
         "--slice", default=None, help="only runs with this target slice (as given to `fastif correct`)"
     )
     p.add_argument("--model", type=int, default=None, help="only runs of this model version (default: all)")
+    p.add_argument(
+        "--import", dest="imports", nargs="+", metavar="FILE", default=[],
+        help="first store these runs (the JSON `fastif correct --json` printed, in a workspace prepared with "
+        "the same model, settings and data: another machine or day)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the merged results as a JSON list")
     p.set_defaults(func=cmd_corrections)
 
 
 def cmd_corrections(a: argparse.Namespace) -> int:
-    from fastif_core.apps.correct.stored import stored_comparisons
+    from fastif_core.apps.correct.stored import import_runs, stored_comparisons
 
+    for done in import_runs(a.workspace, a.imports) if a.imports else []:
+        state = "imported as" if done["imported"] else "already stored as"
+        print(f"{done['file']}: {state} run {done['run_id']}", file=sys.stderr if a.json else sys.stdout)
     merged = stored_comparisons(a.workspace, kind=a.kind, target=a.slice, model_id=a.model)
     if a.json:
         print(json.dumps(merged, indent=2))

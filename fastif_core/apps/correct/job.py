@@ -104,14 +104,16 @@ def run_loops(loaded: LoadedWorkspace, inputs: LoopInputs, cfg: CorrectConfig, *
 
 
 def _result(cfg: CorrectConfig, model_id: int, data: LoopData, pool: Pool, before: dict, runs: dict,
-            seconds: dict[str, float], device: str) -> dict[str, Any]:  # fmt: skip
+            seconds: dict[str, float], device: str, model_hash: str) -> dict[str, Any]:  # fmt: skip
+    """The stored run. ``model_hash`` (the model's ``config_hash``: base model, training settings and data)
+    names the model across workspaces, so a run made elsewhere can be imported (:mod:`.stored`)."""
     methods = {}
     for method, seeds in runs.items():
         after = {r["seed"]: r["curve"][-1] for r in seeds}
         methods[method] = {"seeds": seeds, "after": after, "summary": summarize(before, seeds)}
     return {
-        "settings": to_dict(replace(cfg, save=None)), "model_id": model_id, "kind": cfg.kind, "target": data.target,
-        "heldout": data.heldout_name, "sizes": data.sizes(), "device": device, "seconds": seconds,
+        "settings": to_dict(replace(cfg, save=None)), "model_id": model_id, "model_hash": model_hash, "kind": cfg.kind,
+        "target": data.target, "heldout": data.heldout_name, "sizes": data.sizes(), "device": device, "seconds": seconds,
         "pool": {"source": pool.source, "size": len(pool), "built": pool.built, "directory": pool.directory},
         "before": before, "methods": methods,
     }  # fmt: skip
@@ -126,6 +128,7 @@ def run_correction(
     model_id, data = check_settings(root, cfg)
     with Store.open(root) as store:
         found = store.find_app_result(APP, cfg.result_key(), model_id=model_id, kind=cfg.kind)
+        model_hash = store.get_model(model_id).config_hash
     if found is not None and cfg.save is None:
         return _finish(root, found, cfg, None, job_id, owner, cached=True)
     report = progress or (lambda f, m: None)
@@ -140,7 +143,7 @@ def run_correction(
     seconds = {"setup": t1 - t0, "loops": time.perf_counter() - t1, "total": time.perf_counter() - t0}
     saved = _save(root, loaded, cfg, model_id, kept, found, runs) if cfg.save else None
     if found is None:
-        result = _result(cfg, model_id, data, pool, before, runs, seconds, loaded.device)
+        result = _result(cfg, model_id, data, pool, before, runs, seconds, loaded.device, model_hash)
         return {
             **_store(root, cfg, model_id, result, saved, job_id, owner).result,
             "cached": False,
