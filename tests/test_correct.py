@@ -19,7 +19,7 @@ from fastif_core.apps.correct.loop import (
     pick,
     sgd_step,
 )
-from fastif_core.apps.correct.summary import merge_runs, summarize
+from fastif_core.apps.correct.summary import markdown_table, merge_runs, summarize
 from fastif_core.config import STestConfig
 from fastif_core.errors import ConfigError
 from fastif_core.influence import score_candidates_reference, test_gradient
@@ -143,6 +143,15 @@ def test_runs_merge_only_within_one_split_model_and_before():
     apart = [_run(0, 1), _run(1, 1, split_seed=1), _run(1, 1, split_seed=0, model_id=2),
              _run(1, 1, split_seed=0, accuracy=0.25)]  # fmt: skip
     assert [m["seed_list"] for m in merge_runs(list(enumerate(apart)))] == [[0], [1], [1], [1]]
+
+
+def test_markdown_table_has_the_final_mean_min_max_per_method_and_part():
+    (one,) = merge_runs([(1, _run(0, 2)), (2, _run(2, 1, split_seed=0))])  # seeds 0, 1, 2: 0.1, 0.2, 0.3
+    lines = markdown_table(one).splitlines()
+    assert lines[0] == "| method | a (n=4) |" and lines[2] == "| before | 0.500 |"
+    assert lines[3] == "| helpful | 0.200 [0.100, 0.300] |" and len(lines) == 4
+    assert markdown_table(_run(1, 1)).splitlines()[3] == "| helpful | 0.200 |"  # one seed: the value
+    assert markdown_table(one, "loss").splitlines()[3] == "| helpful | 1.000 [1.000, 1.000] |"
 
 
 def test_anchor_schedule_is_seeded_and_every_draw_has_distinct_anchors():

@@ -16,7 +16,7 @@ from fastif_core import jobs, versions
 from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
 from fastif_core.apps.correct.job import run_correction
 from fastif_core.apps.correct.pool import load_pool
-from fastif_core.apps.correct.summary import merge_runs
+from fastif_core.apps.correct.summary import markdown_table, merge_runs
 from fastif_core.config import STestConfig
 from fastif_core.store import Store
 from fastif_core.worker import run_worker
@@ -217,8 +217,10 @@ def test_a_seed_run_in_another_workspace_imports_by_model_hash_and_merges(
             mine[1] == runs[1]["methods"][method]["seeds"][0]
             and mine[0] == runs[0]["methods"][method]["seeds"][0]
         )
-    code, _, err = run_cli(capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported)])
-    assert code == 0 and "already stored as run" in err + _, err
+    code, out, err = run_cli(capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported),
+                                      "--markdown"])  # fmt: skip
+    assert code == 0 and "already stored as run" in out, err
+    assert markdown_table(merged) in out and "| helpful | " in out
 
 
 @pytest.mark.parametrize(

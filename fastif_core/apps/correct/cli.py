@@ -163,12 +163,17 @@ def _add_corrections(sub: argparse._SubParsersAction) -> None:
         help="first store these runs (the JSON `fastif correct --json` printed, in a workspace prepared with "
         "the same model, settings and data: another machine or day)",
     )  # fmt: skip
+    p.add_argument(
+        "--markdown", action="store_true",
+        help="print each comparison as a markdown table (final accuracy, mean [min, max] over seeds)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the merged results as a JSON list")
     p.set_defaults(func=cmd_corrections)
 
 
 def cmd_corrections(a: argparse.Namespace) -> int:
     from fastif_core.apps.correct.stored import import_runs, stored_comparisons
+    from fastif_core.apps.correct.summary import markdown_table
 
     for done in import_runs(a.workspace, a.imports) if a.imports else []:
         state = "imported as" if done["imported"] else "already stored as"
@@ -183,7 +188,13 @@ def cmd_corrections(a: argparse.Namespace) -> int:
         print(
             f"runs {', '.join(map(str, out['run_ids']))} · seeds {out['seed_list']} · {out['seconds']['total']:.0f} s"
         )
-        print(format_correction(out))
+        if a.markdown:
+            print(
+                f"target {out['target']} · {out['kind']} · pool {out['pool']['source']} ({out['pool']['size']})\n"
+            )
+            print(markdown_table(out) + "\n")
+        else:
+            print(format_correction(out))
     return 0
 
 
