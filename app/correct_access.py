@@ -12,8 +12,8 @@ import streamlit as st
 
 from app.data_access import store, workspace_state
 from fastif_core import jobs, versions
+from fastif_core.apps.correct import stored as stored_runs
 from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
-from fastif_core.apps.correct.stored import stored_comparisons
 from fastif_core.store import AppResultInfo, JobInfo
 
 
@@ -38,8 +38,16 @@ def run(root: str, run_id: int) -> AppResultInfo | None:
 @st.cache_data(ttl=5, show_spinner=False)
 def comparisons(root: str) -> list[dict[str, Any]]:
     """The served model's stored runs merged per comparison (runs that differ only in their seeds), newest first."""
-    merged = stored_comparisons(root, model_id=workspace_state(root).model_id)
+    merged = stored_runs.stored_comparisons(root, model_id=workspace_state(root).model_id)
     return sorted(merged, key=lambda m: max(m["run_ids"]), reverse=True)
+
+
+def import_runs(root: str, paths: list[str]) -> list[dict[str, Any]]:
+    """Store runs made in another workspace (``fastif corrections --import``); the lists show them at once."""
+    done = stored_runs.import_runs(root, paths)
+    runs.clear()
+    comparisons.clear()
+    return done
 
 
 @st.cache_data(ttl=5, show_spinner=False)

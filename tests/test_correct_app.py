@@ -85,3 +85,31 @@ def test_merged_view_joins_a_seed_run_alone_to_the_stored_two_seed_run(page) -> 
         )
         / 3
     )
+
+
+def test_page_imports_a_run_made_in_another_workspace_and_merges_it(
+    page, tiny_workspace_template, tmp_path
+) -> None:
+    import json
+    import shutil
+
+    ws, out = page
+    other = shutil.copytree(tiny_workspace_template, tmp_path / "other")  # the same prepare elsewhere
+    seed2 = run_correction(other, replace(RUN, seed=2, seeds=1, split_seed=0))
+    exported = tmp_path / "seed2.json"
+    exported.write_text(json.dumps(seed2))
+    at = _correct_page()
+    at.text_area(key="correct_import_paths").set_value(f"{tmp_path / 'missing.json'}\n{exported}")
+    at.button(key="correct_import").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (error,) = at.error
+    assert "missing.json: cannot read the run" in error.value and not at.success
+    at.text_area(key="correct_import_paths").set_value(str(exported))
+    at.button(key="correct_import").click()
+    at.run()
+    assert [s.value for s in at.success] == [f"{exported}: imported as run #{out['run_id'] + 1}"]
+    at.toggle(key="correct_merge").set_value(True)
+    at.run()
+    texts = "\n".join(str(m.value) for m in at.markdown)
+    assert f"**Runs #{out['run_id']}, #{out['run_id'] + 1}** · seeds [0, 1, 2]" in texts

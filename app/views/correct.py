@@ -137,6 +137,18 @@ if config is not None:
     except FastifError as exc:  # a bad setting is shown as one line, the page keeps working
         st.error(str(exc))
 shell.follow_job(root, "correct", "correct_job")
+with st.expander("Import runs made in another workspace"):
+    paths = st.text_area("Run files, one path per line", key="correct_import_paths",
+                         help="the JSON `fastif correct --json` printed in a workspace prepared with the same model, "
+                              "settings and data (another machine or day); each run is matched to this workspace's "
+                              "model by its model_hash")  # fmt: skip
+    if st.button("Import", key="correct_import"):
+        try:
+            done = ca.import_runs(root, [p.strip() for p in paths.splitlines() if p.strip()])
+            st.success("; ".join(f"{d['file']}: {'imported as' if d['imported'] else 'already stored as'} run "
+                                 f"#{d['run_id']}" for d in done) or "no files given")  # fmt: skip
+        except FastifError as exc:  # a bad file is one line and nothing is stored
+            st.error(str(exc))
 stored = ca.runs(root)
 merge = bool(stored) and st.toggle(
     "Merge the seeds of one comparison", key="correct_merge",
