@@ -150,7 +150,8 @@ def test_markdown_table_has_the_final_mean_min_max_per_method_and_part():
     lines = markdown_table(one).splitlines()
     assert lines[0] == "| method | a (n=4) |" and lines[2] == "| before | 0.500 |"
     assert lines[3] == "| helpful | 0.200 [0.100, 0.300] |" and len(lines) == 4
-    assert markdown_table(_run(1, 1)).splitlines()[3] == "| helpful | 0.200 |"  # one seed: the value
+    (single,) = merge_runs([(3, _run(1, 1))])  # a stored run's shape, with its summary
+    assert markdown_table(single).splitlines()[3] == "| helpful | 0.200 |"  # one seed: the value
     assert markdown_table(one, "loss").splitlines()[3] == "| helpful | 1.000 [1.000, 1.000] |"
 
 

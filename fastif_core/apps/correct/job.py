@@ -26,6 +26,7 @@ from fastif_core.apps.correct.config import CorrectConfig
 from fastif_core.apps.correct.data import LoopData, check_disjoint, encode_labeled, select
 from fastif_core.apps.correct.loop import LoopInputs, evaluate, run_loop
 from fastif_core.apps.correct.pool import Pool, anchor_query, load_pool
+from fastif_core.apps.correct.stored import APP
 from fastif_core.apps.correct.summary import summarize
 from fastif_core.config import config_hash, to_dict
 from fastif_core.errors import ConfigError
@@ -35,7 +36,6 @@ from fastif_core.store import results as res
 from fastif_core.workspace import LoadedWorkspace, require_prepared, two_way_aware_cross_entropy
 
 Progress = Callable[[float, str], None]
-APP = "correction"
 REPRODUCE_TOL = 1e-6  # a re-run loop (to save its model) must give the stored curve to this precision
 
 

@@ -28,7 +28,7 @@ def stored_comparisons(root: str | Path, *, kind: str | None = None, target: str
     require_workspace(root)  # a mistyped path is one clear line, and no database is created
     want = None if target is None else slice_text(parse_slice(target))
     with Store.open(root) as store:
-        rows = store.list_app_results("correction", model_id=model_id, kind=kind, limit=1_000_000)
+        rows = store.list_app_results(APP, model_id=model_id, kind=kind, limit=1_000_000)
     runs = [(r.id, r.result) for r in rows
             if want is None or slice_text(parse_slice(r.result["settings"]["slice"])) == want]  # fmt: skip
     return merge_runs(runs)

@@ -85,21 +85,20 @@ def _merge(group: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
 
 def markdown_table(result: dict[str, Any], metric: str = "accuracy") -> str:
     """One markdown table of a run or merged comparison: a row ``before`` and one per method, a column per
-    evaluated part (with its n); each cell the final ``metric`` as ``mean [min, max]`` over the seeds
-    (the mean alone for one seed)."""
+    evaluated part (with its n); each cell the final ``metric`` from the method's summary, ``mean [min, max]``
+    over the seeds (the value alone for one seed)."""
     parts = list(result["before"])
     head = ["method", *[f"{part} (n={result['before'][part]['n']})" for part in parts]]
-    rows = [["before", *[_cell([result["before"][p][metric]]) for p in parts]]]
+    rows = [["before", *[f"{result['before'][p][metric]:.3f}" for p in parts]]]
     for method, m in result["methods"].items():
-        finals = [[s["curve"][-1][p][metric] for s in m["seeds"]] for p in parts]
-        rows.append([method, *[_cell(values) for values in finals]])
+        one = len(m["seeds"]) == 1
+        rows.append([method, *[_cell(m["summary"][p].get(metric), one) for p in parts]])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
-def _cell(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    if not known:
+def _cell(stats: dict[str, list[float]] | None, one_seed: bool) -> str:
+    if stats is None:  # summarize leaves out a metric some seed did not measure
         return "–"
-    mean = sum(known) / len(known)
-    return f"{mean:.3f}" if len(known) == 1 else f"{mean:.3f} [{min(known):.3f}, {max(known):.3f}]"
+    mean, low, high = stats["mean"][-1], stats["min"][-1], stats["max"][-1]
+    return f"{mean:.3f}" if one_seed else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
