@@ -47,7 +47,10 @@ def test_jvp_scores_equal_backward_reference_on_tiny_bert():
     slow = score_candidates_reference(obj, s_test, train, indices)
     assert fast.shape == (len(indices),)
     assert _rel(fast, slow) < 1e-4
-    assert fast[1] == fast[3]  # the duplicate lands in both positions
+    # The duplicate lands in both positions. Positions 1 and 3 sit in different batches of 4 (other padding,
+    # so another reduction order): equal to float32 rounding, not bit for bit (AVX2 vs AVX-512 differ).
+    torch.testing.assert_close(fast[1], fast[3], rtol=1e-5, atol=1e-6 * float(fast.abs().max()))
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5 * float(slow.abs().max()))
 
 
 def test_jvp_scores_equal_backward_reference_on_packaged_minilm(minilm):
