@@ -11,10 +11,11 @@ import pandas as pd
 import streamlit as st
 
 from app.data_access import store, workspace_state
-from fastif_core import jobs, versions
+from fastif_core import jobs
 from fastif_core.apps.correct import stored as stored_runs
 from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
 from fastif_core.store import AppResultInfo, JobInfo
+from fastif_core.workspace import versions
 
 
 @st.cache_data(ttl=30, show_spinner=False)

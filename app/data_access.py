@@ -19,7 +19,7 @@ from app import formatting as fmt
 from app.controls import FilterOptions
 from fastif_core import jobs
 from fastif_core.config import InfluenceConfig, PrepareConfig
-from fastif_core.query import cache_key
+from fastif_core.queries.influence import cache_key
 from fastif_core.store import (
     ExampleFilter,
     ExampleRow,
@@ -31,8 +31,8 @@ from fastif_core.store import (
     Store,
     WorkerInfo,
 )
-from fastif_core.worker_process import running, spawn_worker
-from fastif_core.workspace import default_workspace, read_manifest
+from fastif_core.worker.process import running, spawn_worker
+from fastif_core.workspace.layout import default_workspace, read_manifest
 
 AUTOSTART_ENV = "FASTIF_AUTOSTART_WORKER"  # "0" = never start a worker from the app (tests, shared hosts)
 WORKER_DEVICES_ENV = "FASTIF_WORKER_DEVICES"  # devices of an auto-started worker (default "auto")

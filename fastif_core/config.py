@@ -72,7 +72,7 @@ PAPER_DAMPING, PAPER_SCALE = 5e-3, 1e4  # FastIF's MNLI LiSSA settings: effectiv
 
 @dataclass(frozen=True)
 class STestConfig:
-    """How s_test = (C + μI)⁻¹ v is solved (``fastif_core.solvers``): C is the Hessian (or its Gauss-Newton
+    """How s_test = (C + μI)⁻¹ v is solved (``fastif_core.engine.solvers``): C is the Hessian (or its Gauss-Newton
     part) of the training loss, μ the effective damping, v the test gradient.
 
     LiSSA (the paper's recursion) is parameterised by damping d and scale s with μ = d·s; CG solves the same

@@ -16,7 +16,7 @@ Rules:
 - Enqueueing parameters equal to a queued, running or done job returns that job (one click twice =
   one computation). Failed and cancelled jobs may be enqueued again (a new job).
 - Claiming is atomic (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``FOR UPDATE SKIP LOCKED``).
-- A worker renews its lease by heartbeats (the worker's heartbeat thread, :mod:`fastif_core.worker`)
+- A worker renews its lease by heartbeats (the worker's heartbeat thread, :mod:`fastif_core.worker.loop`)
   and learns there whether cancellation was requested; it stops between steps and stores nothing.
 - Results and ``done`` are written in one transaction, only while the worker still owns the lease
   (``Store.save_influence_run(..., job_id=, owner=)``, ``Store.complete_job(job, owner, writer)``).

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from fastif_core.batches import EncodedExamples
+from fastif_core.engine.examples import EncodedExamples
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MNLI_DEV = SHARED_DATA / "mnli" / "dev_matched.tsv"
@@ -81,7 +81,7 @@ def make_tiny_logistic(seed: int = 0, n: int = 100, d: int = 5, dtype: torch.dty
 
     Returns ``(model, TensorExamples)``; labels are 0/1 drawn from the true logistic model.
     """
-    from fastif_core.batches import TensorExamples
+    from fastif_core.engine.examples import TensorExamples
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=dtype)
@@ -118,7 +118,7 @@ def tiny_prepare_config(model_dir: Path | None, **overrides):
 
 def make_tiny_workspace(root: Path, seed: int = 0) -> Path:
     """A real prepared workspace (store, checkpoint, FAISS index) on the tiny BERT and the built-in corpus."""
-    from fastif_core.prepare import prepare
+    from fastif_core.workspace.prepare import prepare
 
     model_dir = save_tiny_checkpoint(root.parent / f"{root.name}-base-model", seed)
     prepare(root, tiny_prepare_config(model_dir), device="cpu", show_progress=False)

@@ -21,7 +21,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from fastif_core.config import InfluenceConfig, STestConfig, to_dict
-from fastif_core.query import influence_query
+from fastif_core.queries.influence import influence_query
 from fastif_core.store import ExampleFilter, InfluenceRunInfo, Store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,9 @@ import pytest
 import torch
 from factories import make_tiny_bert, make_tiny_examples
 
-from fastif_core.batched import (
+from fastif_core.config import STestConfig
+from fastif_core.engine.curvature import curvature_vp
+from fastif_core.engine.iterations import (
     curvature_vps,
     finish_many,
     many_from_flat,
@@ -15,11 +17,9 @@ from fastif_core.batched import (
     solve_many,
     solve_many_repetitions,
 )
-from fastif_core.config import STestConfig
+from fastif_core.engine.objective import classifier_objective
+from fastif_core.engine.solvers import solve
 from fastif_core.errors import ConfigError, LissaDivergenceError
-from fastif_core.hessian import curvature_vp
-from fastif_core.objective import classifier_objective
-from fastif_core.solvers import solve
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from fastif_core.benchmarks import add_arguments, config_from_args, format_summa
 from fastif_core.benchmarks.common import BenchConfig, _balanced
 from fastif_core.benchmarks.lissa_grid import grid_points
 from fastif_core.benchmarks.quality import correlations, recall_curves, top_sets
-from fastif_core.query import cache_key
+from fastif_core.queries.influence import cache_key
 from fastif_core.store import Store
-from fastif_core.workspace import LoadedWorkspace
+from fastif_core.workspace.layout import LoadedWorkspace
 
 QUICK = BenchConfig(test_examples=2, quick=True, ks=(10, 100))
 
@@ -213,7 +213,7 @@ def test_recall_curves_and_correlations_on_known_values():
 
 
 def test_cli_arguments_build_the_config(tmp_path):
-    from fastif_core.cli import add_workspace_argument
+    from fastif_core.cli.main import add_workspace_argument
 
     p = argparse.ArgumentParser()
     add_workspace_argument(p)  # as `fastif bench` builds it

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from factories import make_tiny_bert, make_tiny_examples
 
-from fastif_core.bench import bench_scoring, engine_benchmark
-from fastif_core.hessian import HVP_METHODS
-from fastif_core.objective import classifier_objective
+from fastif_core.benchmarks.engine import bench_scoring, engine_benchmark
+from fastif_core.engine.curvature import HVP_METHODS
+from fastif_core.engine.objective import classifier_objective
 
 
 def tiny_objective():

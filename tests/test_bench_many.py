@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fastif_core.cli import main
-from fastif_core.matrix import load_matrix
+from fastif_core.cli.main import main
+from fastif_core.queries.matrix import load_matrix
 from fastif_core.store import Store
 from fastif_core.store import matrices as sm
-from fastif_core.workspace import require_prepared
+from fastif_core.workspace.layout import require_prepared
 
 ARGS = ["--section", "many", "--many-tests", "2", "--solver-k", "6", "--seed", "1"]
 

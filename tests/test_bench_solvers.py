@@ -22,10 +22,11 @@ from fastif_core.benchmarks.solvers import (
     summarize,
 )
 from fastif_core.config import STestConfig
-from fastif_core.influence import score_candidates, test_gradient
-from fastif_core.solvers import solve
+from fastif_core.engine.influence import test_gradient
+from fastif_core.engine.scoring import score_candidates
+from fastif_core.engine.solvers import solve
 from fastif_core.store import Store
-from fastif_core.workspace import LoadedWorkspace
+from fastif_core.workspace.layout import LoadedWorkspace
 
 REF = STestConfig.fast(depth=40, scale=200.0)
 SOLVERS = {

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from test_cli import assert_one_line_error, fastif
 
-from fastif_core import cli, jobs
+from fastif_core import jobs
+from fastif_core.cli import main as cli
 from fastif_core.config import InfluenceConfig, STestConfig
-from fastif_core.matrix import MatrixParams
-from fastif_core.query import list_examples
-from fastif_core.query_many import ManyInfluenceParams, influence_query_many
+from fastif_core.queries.influence import ManyInfluenceParams, influence_query_many, list_examples
+from fastif_core.queries.matrix import MatrixParams
 from fastif_core.store import Store
 from fastif_core.store import matrices as sm
-from fastif_core.worker import run_worker
+from fastif_core.worker.loop import run_worker
 
 SETTINGS = ["--k", "8", "--batch-size", "8", "--depth", "6", "--seed", "3", "--top", "3", "--device", "cpu"]
 CFG = InfluenceConfig(s_test=STestConfig.default(batch_size=8, depth=6, seed=3), k=8, top=3)

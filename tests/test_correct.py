@@ -21,10 +21,11 @@ from fastif_core.apps.correct.loop import (
 )
 from fastif_core.apps.correct.summary import markdown_table, merge_runs, summarize
 from fastif_core.config import STestConfig
+from fastif_core.engine.influence import test_gradient
+from fastif_core.engine.objective import classifier_objective
+from fastif_core.engine.scoring import score_candidates_reference
+from fastif_core.engine.solvers import solve
 from fastif_core.errors import ConfigError
-from fastif_core.influence import score_candidates_reference, test_gradient
-from fastif_core.objective import classifier_objective
-from fastif_core.solvers import solve
 from fastif_core.store import Store
 
 TINY_S_TEST = STestConfig.default(depth=4, batch_size=8)

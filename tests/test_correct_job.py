@@ -12,15 +12,16 @@ from dataclasses import replace
 import pytest
 from test_bad_input import run_cli, workspace_digest
 
-from fastif_core import jobs, versions
+from fastif_core import jobs
 from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
 from fastif_core.apps.correct.job import run_correction
 from fastif_core.apps.correct.pool import load_pool
 from fastif_core.apps.correct.summary import markdown_table, merge_runs
 from fastif_core.config import STestConfig
 from fastif_core.store import Store
-from fastif_core.worker import run_worker
-from fastif_core.workspace import LoadedWorkspace, read_manifest
+from fastif_core.worker.loop import run_worker
+from fastif_core.workspace import versions
+from fastif_core.workspace.layout import LoadedWorkspace, read_manifest
 
 FAST = dict(anchors=2, iterations=2, seeds=1, k=12, top=3, lr=0.05, max_eval=6,
             s_test=STestConfig.default(depth=2, batch_size=8))  # fmt: skip

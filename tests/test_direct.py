@@ -1,4 +1,4 @@
-"""Ground truth for the exact Gauss-Newton solver (``solver=direct``, :mod:`fastif_core.direct`): the
+"""Ground truth for the exact Gauss-Newton solver (``solver=direct``, :mod:`fastif_core.engine.woodbury`): the
 Woodbury solve equals the dense damped Gauss-Newton solve on tiny float64 models (3-way cross-entropy with
 decayed and undecayed parameters, the HANS two-way loss whose output Hessian is projected, a 1-output
 logistic model), equals conjugate gradient converged on the same batch, and its kept factor is rebuilt when
@@ -10,15 +10,15 @@ import pytest
 import torch
 from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
 
-from fastif_core import direct
-from fastif_core.batched import solve_direct_, solve_many
-from fastif_core.batches import sample_indices
 from fastif_core.config import STestConfig
+from fastif_core.engine import woodbury as direct
+from fastif_core.engine.curvature import exact_damped_solve, gnvp
+from fastif_core.engine.examples import sample_indices
+from fastif_core.engine.iterations import solve_direct_, solve_many
+from fastif_core.engine.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
+from fastif_core.engine.solvers import solve
 from fastif_core.errors import ConfigError, LissaDivergenceError
-from fastif_core.hessian import exact_damped_solve, gnvp
-from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
-from fastif_core.solvers import solve
-from fastif_core.workspace import two_way_aware_cross_entropy
+from fastif_core.workspace.layout import two_way_aware_cross_entropy
 
 
 def _bert(loss=None, n: int = 8):

@@ -11,9 +11,9 @@ import torch
 
 from fastif_core import jobs
 from fastif_core.config import InfluenceConfig, STestConfig
-from fastif_core.query import influence_query
+from fastif_core.queries.influence import influence_query
 from fastif_core.store import Store
-from fastif_core.workspace import LoadedWorkspace
+from fastif_core.workspace.layout import LoadedWorkspace
 
 pytestmark = pytest.mark.gpu
 
@@ -42,7 +42,7 @@ def test_influence_on_cuda_equals_cpu(tiny_workspace: Path, tmp_path: Path):
 
 
 def test_worker_on_cuda_runs_a_job(tiny_workspace: Path):
-    from fastif_core.worker import run_worker
+    from fastif_core.worker.loop import run_worker
 
     store = Store.open(tiny_workspace)
     try:

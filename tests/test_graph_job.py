@@ -20,12 +20,12 @@ from fastif_core.apps.graph import export
 from fastif_core.apps.graph.build import build_graph
 from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.apps.graph.stored import load_graph, to_networkx
-from fastif_core.cli import main
+from fastif_core.cli.main import main
 from fastif_core.config import InfluenceConfig
-from fastif_core.query import influence_query
+from fastif_core.queries.influence import influence_query
 from fastif_core.store import Store
 from fastif_core.store import matrices as sm
-from fastif_core.worker import run_worker
+from fastif_core.worker.loop import run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 K = 5

@@ -8,8 +8,7 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
 from torch import nn
 
-from fastif_core.errors import ConfigError
-from fastif_core.hessian import (
+from fastif_core.engine.curvature import (
     HVP_METHODS,
     curvature_vp,
     estimate_scale,
@@ -19,8 +18,9 @@ from fastif_core.hessian import (
     hvp,
     output_hessians,
 )
-from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
-from fastif_core.workspace import two_way_aware_cross_entropy
+from fastif_core.engine.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
+from fastif_core.errors import ConfigError
+from fastif_core.workspace.layout import two_way_aware_cross_entropy
 
 N = 64
 

@@ -90,19 +90,19 @@ def test_the_package_import_graph_has_no_cycles():
     modules = package_modules()
     graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
     assert {
-        "fastif_core.cli",
-        "fastif_core.worker",
+        "fastif_core.cli.main",
+        "fastif_core.worker.loop",
         "fastif_core.data.hub",
         "fastif_core.apps.graph.job",
     } <= set(graph)
-    assert "fastif_core.workspace" in graph["fastif_core.prepare"]  # edges are really read
+    assert "fastif_core.workspace.layout" in graph["fastif_core.workspace.prepare"]  # edges are really read
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
 @pytest.mark.parametrize(
     "module",
-    ["fastif_core.cli", "fastif_core.worker", "fastif_core.benchmarks", "fastif_core.prepare",
-     "fastif_core.workspace", "fastif_core.data.hub", "fastif_core.data.loaders", "fastif_core.apps",
+    ["fastif_core.cli.main", "fastif_core.worker.loop", "fastif_core.benchmarks", "fastif_core.workspace.prepare",
+     "fastif_core.workspace.layout", "fastif_core.data.hub", "fastif_core.data.loaders", "fastif_core.apps",
      "fastif_core.apps.graph.job", "fastif_core.apps.correct.job", "fastif_core.apps.simulate.job"],
 )  # fmt: skip
 def test_module_imports_alone_in_a_fresh_interpreter(module):

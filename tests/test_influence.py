@@ -8,11 +8,12 @@ from factories import make_tiny_bert, make_tiny_examples, packaged_model_path
 from transformers import AutoModelForSequenceClassification
 
 from fastif_core.config import InfluenceConfig, STestConfig
+from fastif_core.engine.influence import compute_influence, rank
+from fastif_core.engine.influence import test_gradient as gradient_of_test
+from fastif_core.engine.objective import Objective, classifier_objective
+from fastif_core.engine.scoring import score_candidates, score_candidates_reference
+from fastif_core.engine.solvers import solve
 from fastif_core.errors import ConfigError
-from fastif_core.influence import compute_influence, rank, score_candidates, score_candidates_reference
-from fastif_core.influence import test_gradient as gradient_of_test
-from fastif_core.objective import Objective, classifier_objective
-from fastif_core.solvers import solve
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

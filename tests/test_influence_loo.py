@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from factories import make_tiny_logistic
 from torch import Tensor
 
-from fastif_core.batches import TensorExamples
 from fastif_core.config import InfluenceConfig, STestConfig
-from fastif_core.hessian import exact_inverse_hvp
-from fastif_core.influence import compute_influence
-from fastif_core.influence import test_gradient as gradient_of_test
-from fastif_core.objective import Objective, binary_cross_entropy, tensor_forward
+from fastif_core.engine.curvature import exact_inverse_hvp
+from fastif_core.engine.examples import TensorExamples
+from fastif_core.engine.influence import compute_influence
+from fastif_core.engine.influence import test_gradient as gradient_of_test
+from fastif_core.engine.objective import Objective, binary_cross_entropy, tensor_forward
 
 N, D, WD = 100, 5, 0.05
 

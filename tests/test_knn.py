@@ -9,7 +9,7 @@ import torch
 
 from fastif_core.config import KnnConfig
 from fastif_core.errors import ConfigError, WorkspaceError
-from fastif_core.knn import KnnIndex, faiss_gpu_count
+from fastif_core.modeling.knn import KnnIndex, faiss_gpu_count
 
 
 def _features(n: int = 500, d: int = 16, seed: int = 0) -> torch.Tensor:
@@ -41,7 +41,7 @@ def test_exact_index_matches_brute_force_cdist_ranking():
 
 
 def test_batched_queries_equal_one_by_one(monkeypatch):
-    import fastif_core.knn as knn
+    import fastif_core.modeling.knn as knn
 
     x, q = _features(300), _features(25, seed=2)
     index = KnnIndex.build(x, KnnConfig(use_gpu=False))
@@ -65,7 +65,7 @@ def test_ivf_with_k_beyond_the_probed_cells_never_returns_minus_one(caplog):
     index = KnnIndex.build(x, KnnConfig(index="IVF64,Flat", nprobe=1, use_gpu=False))
     raw = index.cpu_index.search(q.numpy(), 200)[1]
     assert (raw < 0).any()  # the situation under test really occurs
-    with caplog.at_level("WARNING", logger="fastif_core.knn"):
+    with caplog.at_level("WARNING", logger="fastif_core.modeling.knn"):
         dist, pos = index.search(q, 200)
     assert ((pos >= 0) & (pos < 2000)).all()
     assert all(len(set(row)) == 200 for row in pos.tolist())
@@ -83,8 +83,8 @@ def test_prepare_keeps_nprobe_and_gpu_settings(tmp_path):
     """A workspace prepared with an IVF index and nprobe=3 searches with nprobe=3 after loading."""
     from factories import save_tiny_checkpoint, tiny_prepare_config
 
-    from fastif_core.prepare import prepare
-    from fastif_core.workspace import LoadedWorkspace
+    from fastif_core.workspace.layout import LoadedWorkspace
+    from fastif_core.workspace.prepare import prepare
 
     model = save_tiny_checkpoint(tmp_path / "base")
     cfg = tiny_prepare_config(model, demo_size=40, knn=KnnConfig(index="IVF4,Flat", nprobe=3, use_gpu=False))

@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from fastif_core.batched import solve_many
 from fastif_core.config import InfluenceConfig, STestConfig
+from fastif_core.engine.influence import compute_influence, test_gradients
+from fastif_core.engine.iterations import solve_many
+from fastif_core.engine.scoring import score_many
 from fastif_core.errors import ConfigError, LeaseLostError, WorkspaceError
-from fastif_core.influence import compute_influence
-from fastif_core.influence_many import test_gradients
-from fastif_core.matrix import influence_matrix
-from fastif_core.query import list_examples
-from fastif_core.scoring import score_many
+from fastif_core.queries.influence import list_examples
+from fastif_core.queries.matrix import influence_matrix
 from fastif_core.store import Store
 from fastif_core.store import engine as eng
 from fastif_core.store import matrices as sm
-from fastif_core.workspace import LoadedWorkspace
+from fastif_core.workspace.layout import LoadedWorkspace
 
 CFG = InfluenceConfig(s_test=STestConfig.default(batch_size=8, depth=10, seed=3), k=10, top=0)
 
@@ -114,7 +113,7 @@ DIRECT = InfluenceConfig(s_test=STestConfig.gauss_newton_direct(batch_size=8, se
 def test_a_row_block_solved_in_parts_equals_one_solve(loaded, monkeypatch, cfg):
     """s_test of a row block -- in parts of SOLVE_BLOCK tests (CG: the solver's memory), or the whole block
     in place in its buffer (direct) -- equals one batched solve of the same tests."""
-    import fastif_core.matrix as matrix_module
+    import fastif_core.queries.matrix as matrix_module
 
     ids = _ids(loaded, 3)
     monkeypatch.setattr(matrix_module, "SOLVE_BLOCK", 2)  # parts of 2 + 1 tests in a row block of 3

@@ -14,7 +14,7 @@ from transformers import DistilBertConfig, DistilBertForSequenceClassification
 from fastif_core.config import TrainConfig
 from fastif_core.data import HANS_LABELS, MNLI_LABELS, NLIExample, load_source
 from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
-from fastif_core.model import (
+from fastif_core.modeling.classifier import (
     collapse_to_two_way,
     count_trainable,
     default_model_path,
@@ -277,8 +277,8 @@ def test_adamw_decays_exactly_the_parameters_of_the_influence_l2_term(build):
     LayerNorm whose name says nothing ("1.weight") and a bias-like name that does not end in "bias"."""
     from torch import nn
 
-    from fastif_core.model import _optimizer
-    from fastif_core.objective import Objective, tensor_forward
+    from fastif_core.engine.objective import Objective, tensor_forward
+    from fastif_core.modeling.classifier import _optimizer
 
     if build == "tiny_bert":
         model = make_tiny_bert(0)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from factories import make_tiny_bert, make_tiny_examples
 from torch import nn
 
+from fastif_core.engine.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
 from fastif_core.errors import ConfigError
-from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
 
 
 def _freeze_encoder_layer(model: nn.Module, layer: int) -> None:
@@ -109,7 +109,7 @@ def test_two_way_label_loss_on_a_three_way_model_is_minus_log_p_neutral_plus_p_c
     checked against softmax probabilities computed by hand; labels 0..C-1 stay plain cross-entropy."""
     import math
 
-    from fastif_core.workspace import two_way_aware_cross_entropy
+    from fastif_core.workspace.layout import two_way_aware_cross_entropy
 
     logits = torch.tensor(
         [[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0], [1.0, 1.0, -2.0]], dtype=torch.float64
@@ -128,7 +128,7 @@ def test_hans_non_entailment_example_gets_the_merged_loss_in_a_prepared_workspac
     import math
 
     from fastif_core.store import Store
-    from fastif_core.workspace import LoadedWorkspace
+    from fastif_core.workspace.layout import LoadedWorkspace
 
     loaded = LoadedWorkspace.load(tiny_workspace_template)
     assert loaded.label_names == ("entailment", "neutral", "contradiction")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from factories import make_tiny_bert, make_tiny_examples
 
-from fastif_core import influence, solvers
 from fastif_core.config import InfluenceConfig, STestConfig
+from fastif_core.engine import influence, scoring, solvers
+from fastif_core.engine.objective import classifier_objective
 from fastif_core.errors import ConfigError, JobError, LissaDivergenceError
-from fastif_core.objective import classifier_objective
-from fastif_core.parallel import ParallelContext, QueryCancelled, RankState, parse_devices
+from fastif_core.parallel.group import ParallelContext, QueryCancelled, RankState, parse_devices
 
 LOADER = f"{__name__}:load_tiny"  # imported by module path in the spawned rank
 
@@ -32,7 +32,7 @@ def serial(cfg: InfluenceConfig, candidates: list[int]) -> tuple[torch.Tensor, t
     obj, train = state.objective, state.train
     v = influence.test_gradient(obj, query_batch())
     s_test = solvers.solve(obj, v, train, cfg.s_test).s_test
-    values = influence.score_candidates(obj, s_test, train, candidates, cfg.score_batch_size, "cpu")
+    values = scoring.score_candidates(obj, s_test, train, candidates, cfg.score_batch_size, "cpu")
     return s_test, values
 
 

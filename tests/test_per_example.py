@@ -7,10 +7,10 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
 from torch import nn
 
-from fastif_core.batches import TensorExamples
+from fastif_core.engine.examples import TensorExamples
+from fastif_core.engine.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
+from fastif_core.engine.per_example import per_example_dots, per_example_gradients, trainable_layers
 from fastif_core.errors import ConfigError
-from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
-from fastif_core.per_example import per_example_dots, per_example_gradients, trainable_layers
 
 
 def _loop(obj: Objective, train, rows: list[int]) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_dots_equal_gradients_times_s():
 
 def test_dots_in_row_blocks_equal_one_block(monkeypatch):
     """A Linear layer's per-example gradients held a few rows at a time (equal blocks) give the same dots."""
-    import fastif_core.per_example as pe
+    import fastif_core.engine.per_example as pe
 
     assert [pe._even_step(64, m) for m in (56, 64, 200, 1, 0)] == [32, 64, 64, 1, 1]
     assert pe._even_step(7, 3) == 3 and pe._even_step(6, 4) == 3

@@ -11,9 +11,9 @@ import torch
 from factories import save_tiny_checkpoint, tiny_prepare_config
 
 from fastif_core.config import TrainConfig
-from fastif_core.prepare import prepare, split_train_source
 from fastif_core.store import Store
-from fastif_core.workspace import LoadedWorkspace, WorkspacePaths, load_features, read_manifest
+from fastif_core.workspace.layout import LoadedWorkspace, WorkspacePaths, load_features, read_manifest
+from fastif_core.workspace.prepare import prepare, split_train_source
 
 
 def test_workspace_is_complete(tiny_workspace_template: Path):
@@ -209,7 +209,7 @@ import dataclasses, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from factories import tiny_prepare_config
-from fastif_core.prepare import prepare
+from fastif_core.workspace.prepare import prepare
 
 cfg = tiny_prepare_config(Path({model!r}), demo_size=40)
 cfg = dataclasses.replace(cfg, train_config=dataclasses.replace(cfg.train_config, seed=1, epochs=200))
@@ -266,7 +266,7 @@ import dataclasses, json, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from factories import tiny_prepare_config
-from fastif_core.prepare import prepare
+from fastif_core.workspace.prepare import prepare
 
 cfg = tiny_prepare_config(Path({model!r}), demo_size=40)
 seen = set()

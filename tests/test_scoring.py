@@ -11,10 +11,15 @@ from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
 from torch import nn
 
 from fastif_core.benchmarks.scoring import calibration, scoring_benchmark
+from fastif_core.engine.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
+from fastif_core.engine.scoring import (
+    choose_method,
+    score_candidates,
+    score_candidates_reference,
+    score_many,
+    scoring_costs,
+)
 from fastif_core.errors import ConfigError
-from fastif_core.influence import score_candidates, score_candidates_reference
-from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
-from fastif_core.scoring import choose_method, score_many, scoring_costs
 
 INDICES = [3, 1, 4, 1, 5, 9, 2, 6, 11]  # mixed lengths, a duplicate, not sorted
 

@@ -24,12 +24,12 @@ from fastif_core.apps.simulate.simulator import (
     simulator_objective,
     training_set,
 )
-from fastif_core.cli import main
+from fastif_core.cli.main import main
 from fastif_core.errors import JobError
-from fastif_core.model import freeze_layers, predict_proba
+from fastif_core.modeling.classifier import freeze_layers, predict_proba
 from fastif_core.store import Store
-from fastif_core.worker import run_worker
-from fastif_core.workspace import LoadedWorkspace
+from fastif_core.worker.loop import run_worker
+from fastif_core.workspace.layout import LoadedWorkspace
 
 STUDY = ["--test-examples", "2", "--learning-rates", "3", "--lr-min", "1e-3", "--lr-max", "1e-1", "--per-kind", "2",
          "--k", "12", "--depth", "3", "--seed", "1", "--device", "cpu"]  # fmt: skip

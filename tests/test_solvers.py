@@ -11,12 +11,12 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples, make_tiny_logistic
 from torch import nn
 
-from fastif_core.batches import TensorExamples, sample_indices
 from fastif_core.config import STestConfig
+from fastif_core.engine.curvature import exact_damped_solve, exact_hessian
+from fastif_core.engine.examples import TensorExamples, sample_indices
+from fastif_core.engine.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
+from fastif_core.engine.solvers import STestPartial, finish, resolve, solve, solve_repetitions
 from fastif_core.errors import ConfigError, CurvatureBreakdownError, LissaDivergenceError
-from fastif_core.hessian import exact_damped_solve, exact_hessian
-from fastif_core.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
-from fastif_core.solvers import STestPartial, finish, resolve, solve, solve_repetitions
 
 N = 64
 

@@ -23,10 +23,10 @@ from factories import make_tiny_bert, make_tiny_tokenizer
 
 from fastif_core import jobs
 from fastif_core.config import InfluenceConfig, KnnConfig, PrepareConfig, STestConfig, TrainConfig
-from fastif_core.query import influence_query
+from fastif_core.queries.influence import influence_query
 from fastif_core.store import Store
-from fastif_core.worker import run_worker
-from fastif_core.worker_process import LOG_FILE, spawn_worker, start_worker_process, worker_alive
+from fastif_core.worker.loop import run_worker
+from fastif_core.worker.process import LOG_FILE, spawn_worker, start_worker_process, worker_alive
 
 K = 4  # candidates per query (the tiny workspace has 30 training examples)
 
@@ -44,7 +44,7 @@ def tiny_prepare_config(model_dir: Path) -> PrepareConfig:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A tiny prepared workspace, built once."""
-    from fastif_core.prepare import prepare
+    from fastif_core.workspace.prepare import prepare
 
     base = tmp_path_factory.mktemp("tiny")
     prepare(base / "ws", tiny_prepare_config(base / "model"), show_progress=False)
@@ -188,7 +188,7 @@ def test_bad_parameters_fail_clearly_and_the_worker_serves_the_next_job(ws):
 
 
 def test_prepare_job_then_influence_job_on_a_new_workspace(tmp_path):
-    from fastif_core.workspace import read_manifest
+    from fastif_core.workspace.layout import read_manifest
 
     root = tmp_path / "fresh"
     with Store.open(root) as store:
@@ -286,8 +286,8 @@ def test_worker_under_torchrun_uses_every_rank(ws):
 def checked_workspace_state(device: str, rank: int, root: str):
     """The worker's rank loader, failing the load (on rank 0, through the group) if a follower loaded
     the kNN index or the features, or if rank 0 did not."""
-    from fastif_core.engine_jobs import load_workspace_state
     from fastif_core.errors import JobError
+    from fastif_core.worker.handlers import load_workspace_state
 
     state = load_workspace_state(device, rank, root)
     loaded = state.info["loaded"]
@@ -298,7 +298,7 @@ def checked_workspace_state(device: str, rank: int, root: str):
 
 
 def test_followers_load_neither_index_nor_features(prepared):
-    from fastif_core.parallel import ParallelContext
+    from fastif_core.parallel.group import ParallelContext
 
     example = eval_ids(prepared, 1)[0]
     with ParallelContext.start("cpu:2", timeout_s=120) as group:

@@ -5,7 +5,7 @@ writes ``out_dir/bench.json``, one HTML plot per section (plus PNG when kaleido 
 result in the workspace (``Store.save_bench``; the dashboard's Bench page reads ``Store.latest_bench()``).
 Modules: ``speed`` (Table 1, latency), ``quality`` (Table 3, recall), ``lissa_grid``, ``retrain``,
 ``plots`` (plotly only, no torch), ``suite`` (the orchestration); the engine ratios come from
-:mod:`fastif_core.bench`. Rows: ``full`` = every training example scored with the 'original' s_test preset
+:mod:`fastif_core.benchmarks.engine`. Rows: ``full`` = every training example scored with the 'original' s_test preset
 (B large, T=1); ``knn{k}/{preset}`` = the k nearest training examples with that preset ('fast' is B=1).
 
 Keys of ``bench.json`` (times in seconds; a "spread" is ``{n, median, q1, q3, min, max, mean}``; a
@@ -21,7 +21,7 @@ key                                    meaning
 ``device``, ``threads``, ``host``      where it ran
 ``test_examples``                      ``[{id, correct, label, timed}]``: half correct, half incorrect
                                        non-training examples, seeded; ``timed`` false = values from the store
-``engine``                             :func:`fastif_core.bench.engine_benchmark`: ``forward``, ``scoring``
+``engine``                             :func:`fastif_core.benchmarks.engine.engine_benchmark`: ``forward``, ``scoring``
                                        (``jvp``, ``reference``, their ``values`` on the reference rows
                                        and ``agreement``), ``hvp`` per method, the ratios
                                        ``jvp_speedup_vs_reference`` and ``scoring_cost_vs_forward``
@@ -204,7 +204,7 @@ def run_from_args(a: argparse.Namespace) -> int:
     """``fastif bench``: run with a tqdm progress bar, print the summary tables, exit status 0."""
     from tqdm.auto import tqdm
 
-    from fastif_core.workspace import require_prepared
+    from fastif_core.workspace.layout import require_prepared
 
     config = config_from_args(a).validate()
     require_prepared(a.workspace)  # bad settings or workspace: one error line, before any progress bar
@@ -247,7 +247,7 @@ def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     from fastif_core.benchmarks.solvers import PARTS, default_solvers, run_solver_section
     from fastif_core.errors import ConfigError
     from fastif_core.store import Store
-    from fastif_core.workspace import LoadedWorkspace
+    from fastif_core.workspace.layout import LoadedWorkspace
 
     solvers = default_solvers()
     if a.only_solvers:
@@ -276,7 +276,7 @@ def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     from fastif_core.config import InfluenceConfig, STestConfig
     from fastif_core.device import resolve_device
     from fastif_core.store import Store
-    from fastif_core.workspace import LoadedWorkspace
+    from fastif_core.workspace.layout import LoadedWorkspace
 
     device = "cpu" if a.devices == "cpu:1" else str(resolve_device("auto"))
     loaded = LoadedWorkspace.load(a.workspace, device)

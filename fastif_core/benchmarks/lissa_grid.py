@@ -14,8 +14,9 @@ from typing import Any
 from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, timed
 from fastif_core.benchmarks.quality import correlations
 from fastif_core.config import STestConfig
-from fastif_core.influence import score_candidates, test_gradient
-from fastif_core.solvers import solve
+from fastif_core.engine.influence import test_gradient
+from fastif_core.engine.scoring import score_candidates
+from fastif_core.engine.solvers import solve
 
 
 def grid_points(

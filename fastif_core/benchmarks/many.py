@@ -1,10 +1,10 @@
 """Many test examples at once (issue 12): the figures of ``fastif bench --section many``.
 
 - ``batched``: M test examples, k candidates each: one batched run
-  (:func:`fastif_core.influence_many.compute_many`) against M single queries
-  (:func:`fastif_core.influence.compute_influence`) at the same settings; the values' agreement.
+  (:func:`fastif_core.engine.influence.compute_many`) against M single queries
+  (:func:`fastif_core.engine.influence.compute_influence`) at the same settings; the values' agreement.
 - ``full``: the full influence matrix of ``matrix_tests`` test examples × every training example
-  (:func:`fastif_core.matrix.influence_matrix`, stored in the workspace): wall time, stages, peak memory.
+  (:func:`fastif_core.queries.matrix.influence_matrix`, stored in the workspace): wall time, stages, peak memory.
 - ``crossover``: seconds per (candidate, test) pair against M for both scoring paths
   (:func:`fastif_core.benchmarks.scoring.scoring_benchmark`) and the cost model's choice.
 - ``store``: write and read time of a ``rows × cols`` float32 matrix in the block layout of
@@ -71,8 +71,7 @@ def _sync(device: torch.device) -> None:
 
 def batched_vs_single(loaded: Any, example_ids: Sequence[str], cfg: InfluenceConfig) -> dict[str, Any]:
     """One batched run against M single queries, same settings and seeds (kNN search excluded from both)."""
-    from fastif_core.influence import compute_influence
-    from fastif_core.influence_many import compute_many
+    from fastif_core.engine.influence import compute_influence, compute_many
     from fastif_core.store import Store
 
     with Store.open(loaded.root) as store:
@@ -100,7 +99,7 @@ def full_matrix(
     loaded: Any, example_ids: Sequence[str], cfg: InfluenceConfig, row_block: int
 ) -> dict[str, Any]:
     """The full matrix of the examples (stored in the workspace; a stored one is recomputed only if absent)."""
-    from fastif_core.matrix import influence_matrix
+    from fastif_core.queries.matrix import influence_matrix
 
     out = influence_matrix(loaded, example_ids, cfg, full=True, row_block=row_block)
     return out.to_dict() | {"test_ids": len(out.test_ids)}

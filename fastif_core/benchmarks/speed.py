@@ -19,9 +19,10 @@ from torch import Tensor
 
 from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, mean_std, spread, timed
 from fastif_core.config import InfluenceConfig, to_dict
-from fastif_core.influence import compute_influence, score_candidates, test_gradient
-from fastif_core.query import cache_key, stored_config
-from fastif_core.solvers import solve
+from fastif_core.engine.influence import compute_influence, test_gradient
+from fastif_core.engine.scoring import score_candidates
+from fastif_core.engine.solvers import solve
+from fastif_core.queries.influence import cache_key, stored_config
 
 PRESETS = ("original", "fast")
 
@@ -182,7 +183,7 @@ def latency(loaded: Any, ex: TestExample, icfg: InfluenceConfig) -> dict:
 def rank_state(device: str, rank: int, root: str) -> tuple[Any, Any]:
     """Loader of each rank of a device group: the workspace's objective and training examples (the
     caller searches with its own loaded workspace, so no rank loads the index)."""
-    from fastif_core.workspace import LoadedWorkspace
+    from fastif_core.workspace.layout import LoadedWorkspace
 
     loaded = LoadedWorkspace.load(root, device, search=False)
     return loaded.objective, loaded.train
@@ -192,7 +193,7 @@ def multi_device(
     loaded: Any, examples: Sequence[TestExample], cfg: BenchConfig, ks: Sequence[int], progress: Progress
 ) -> dict | None:
     """Table 1 on every device of ``cfg.devices`` (end to end per row); None with a single device."""
-    from fastif_core.parallel import ParallelContext, parse_devices
+    from fastif_core.parallel.group import ParallelContext, parse_devices
 
     spec = parse_devices(cfg.devices)
     if spec.world_size < 2:

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from fastif_core.bench import engine_benchmark
 from fastif_core.benchmarks import lissa_grid, quality, retrain, speed
 from fastif_core.benchmarks.common import (
     PAPER,
@@ -24,6 +23,7 @@ from fastif_core.benchmarks.common import (
     clip,
     sub_progress,
 )
+from fastif_core.benchmarks.engine import engine_benchmark
 from fastif_core.benchmarks.plots import write_plots
 from fastif_core.config import InfluenceConfig, STestConfig, to_dict
 
@@ -47,9 +47,9 @@ def run_bench(
 ) -> dict[str, Any]:  # fmt: skip
     """Run every benchmark section on a prepared workspace; write ``out_dir/bench.json`` and the plots,
     store the result (``Store.save_bench``) and return it. ``config`` overrides the keyword settings."""
-    from fastif_core.parallel import parse_devices
+    from fastif_core.parallel.group import parse_devices
     from fastif_core.store import Store
-    from fastif_core.workspace import LoadedWorkspace
+    from fastif_core.workspace.layout import LoadedWorkspace
 
     cfg = config or BenchConfig(test_examples=test_examples, quick=quick, devices=devices, retrain=retrain)
     device = parse_devices(cfg.validate().devices).devices[0]

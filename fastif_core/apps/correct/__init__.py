@@ -6,5 +6,5 @@ training set or a new dataset with its own features and kNN index), :mod:`.loop`
 correction loop, :mod:`.summary` the summary over seeds and the merging of runs that hold different
 seeds of one comparison, :mod:`.stored` the stored runs so merged, :mod:`.job` the worker
 handlers, :mod:`.cli` ``fastif correct`` / ``fastif corrections`` / ``fastif versions``.
-Model versions themselves are :mod:`fastif_core.versions`. This package itself imports nothing.
+Model versions themselves are :mod:`fastif_core.workspace.versions`. This package itself imports nothing.
 """

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from fastif_core.apps.correct.config import METHODS, CorrectConfig
-from fastif_core.cli_types import add_workspace_argument, positive_float, positive_int
+from fastif_core.cli.options import add_workspace_argument, positive_float, positive_int
 from fastif_core.config import GRADIENT_L2, PRESETS, STestConfig, help_of
 
 
@@ -215,7 +215,7 @@ def _add_versions(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_versions(a: argparse.Namespace) -> int:
-    from fastif_core import versions
+    from fastif_core.workspace import versions
 
     if a.activate is not None:
         from fastif_core.device import resolve_device

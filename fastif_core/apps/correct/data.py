@@ -120,8 +120,8 @@ def encode_labeled(
     tokenizer: Any, records: list[NLIExample], label_names: tuple[str, ...], max_length: int
 ) -> Any:
     """``EncodedExamples`` whose labels index ``label_names``; a 2-way *non-entailment* on a 3-way model
-    gets index C (the merged class of :func:`fastif_core.workspace.two_way_aware_cross_entropy`)."""
-    from fastif_core import model as M
+    gets index C (the merged class of :func:`fastif_core.workspace.layout.two_way_aware_cross_entropy`)."""
+    from fastif_core.modeling import classifier as M
 
     c = len(label_names)
     merged = [

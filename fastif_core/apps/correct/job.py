@@ -6,7 +6,7 @@ settings and slices are checked before any model work; every (method, seed) star
 served model (whose files are only read); the result (before/after per slice, per-iteration curves,
 mean/min/max over seeds) is written once at the end, with the job's ``done`` in the same transaction,
 so a cancelled run stores nothing. A repeated run is answered from the store. ``save=METHOD`` stores
-that method's final model of the first seed as a new model version (:mod:`fastif_core.versions`); when
+that method's final model of the first seed as a new model version (:mod:`fastif_core.workspace.versions`); when
 the curves are already stored only that loop is re-run, and checked to reproduce them.
 """
 
@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from fastif_core import versions
 from fastif_core.apps.correct.config import CorrectConfig
 from fastif_core.apps.correct.data import LoopData, check_disjoint, encode_labeled, select
 from fastif_core.apps.correct.loop import LoopInputs, evaluate, run_loop
@@ -29,11 +28,16 @@ from fastif_core.apps.correct.pool import Pool, anchor_query, load_pool
 from fastif_core.apps.correct.stored import APP
 from fastif_core.apps.correct.summary import summarize
 from fastif_core.config import config_hash, to_dict
+from fastif_core.engine.objective import Objective, hf_forward
 from fastif_core.errors import ConfigError
-from fastif_core.objective import Objective, hf_forward
 from fastif_core.store import Store
 from fastif_core.store import results as res
-from fastif_core.workspace import LoadedWorkspace, require_prepared, two_way_aware_cross_entropy
+from fastif_core.workspace import versions
+from fastif_core.workspace.layout import (
+    LoadedWorkspace,
+    require_prepared,
+    two_way_aware_cross_entropy,
+)
 
 Progress = Callable[[float, str], None]
 REPRODUCE_TOL = 1e-6  # a re-run loop (to save its model) must give the stored curve to this precision
@@ -217,8 +221,8 @@ def served_train_config(loaded: LoadedWorkspace) -> Any:
     import json
 
     from fastif_core.config import TrainConfig, from_dict
-    from fastif_core.model import TRAIN_META
-    from fastif_core.workspace import WorkspacePaths
+    from fastif_core.modeling.classifier import TRAIN_META
+    from fastif_core.workspace.layout import WorkspacePaths
 
     meta = WorkspacePaths.of(loaded.root, loaded.manifest).model_dir(loaded.model_id) / TRAIN_META
     return from_dict(TrainConfig, json.loads(meta.read_text())["train_config"])
@@ -262,7 +266,7 @@ def run_activate_job(ctx: Any) -> dict[str, Any]:
 
 
 def _register() -> None:
-    from fastif_core import worker
+    from fastif_core.worker import loop as worker
 
     worker.register_handler("correct", run_correct_job)
     worker.register_handler("activate_model", run_activate_job)

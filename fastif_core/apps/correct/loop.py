@@ -11,8 +11,8 @@ Methods choose the step's examples with the same budget and the same anchors:
 - ``anchors``: the anchors themselves (fine-tuning on the test examples, the paper's "z-test" baseline).
 
 Everything here is tensors and models in, numbers out; the engine does the math
-(:func:`~fastif_core.influence.test_gradient`, :func:`~fastif_core.solvers.solve`,
-:func:`~fastif_core.scoring.score_many`, :func:`~fastif_core.model.predict_proba`). The job, the store
+(:func:`~fastif_core.engine.influence.test_gradient`, :func:`~fastif_core.engine.solvers.solve`,
+:func:`~fastif_core.engine.scoring.score_many`, :func:`~fastif_core.modeling.classifier.predict_proba`). The job, the store
 and the files are in :mod:`fastif_core.apps.correct.job`.
 """
 
@@ -27,14 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastif_core import model as M
 from fastif_core.apps.correct.config import CorrectConfig
-from fastif_core.batches import Batch, Examples
 from fastif_core.config import InfluenceConfig
-from fastif_core.influence import test_gradient
-from fastif_core.objective import Objective
-from fastif_core.scoring import score_many
-from fastif_core.solvers import solve
+from fastif_core.engine.examples import Batch, Examples
+from fastif_core.engine.influence import test_gradient
+from fastif_core.engine.objective import Objective
+from fastif_core.engine.scoring import score_many
+from fastif_core.engine.solvers import solve
+from fastif_core.modeling import classifier as M
 
 Progress = Callable[[float, str], None]
 ObjectiveFactory = Callable[[Any], Objective]  # model -> its influence objective

@@ -24,8 +24,8 @@ from fastif_core.apps.correct.config import TRAIN_POOL
 from fastif_core.apps.correct.data import encode_labeled
 from fastif_core.data.records import NLIExample
 from fastif_core.errors import DataFormatError, WorkspaceError
-from fastif_core.knn import KnnIndex
-from fastif_core.workspace import LoadedWorkspace, knn_config, load_features, save_features
+from fastif_core.modeling.knn import KnnIndex
+from fastif_core.workspace.layout import LoadedWorkspace, knn_config, load_features, save_features
 
 POOL_META = "pool.json"
 
@@ -74,7 +74,7 @@ def _build(
     loaded: LoadedWorkspace, source: str, records: list[NLIExample], directory: Path, batch_size: int
 ) -> None:
     """Features under the served model and a FAISS index over them, written once into ``directory``."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     encoded = encode_labeled(loaded.tokenizer, records, loaded.label_names, loaded.max_length)
     feats = M.pooled_features(loaded.model, encoded, batch_size, loaded.device)  # (N, d)

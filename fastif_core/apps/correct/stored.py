@@ -14,7 +14,7 @@ from fastif_core.apps.correct.config import CorrectConfig, parse_slice, slice_te
 from fastif_core.apps.correct.summary import merge_runs
 from fastif_core.errors import DataFormatError, FastifError
 from fastif_core.store import Store
-from fastif_core.workspace import require_workspace
+from fastif_core.workspace.layout import require_workspace
 
 APP = "correction"
 # what a run's JSON must hold to be stored (``fastif correct --json`` prints these and run_id/cached/saved)

@@ -87,7 +87,7 @@ def check_request(manifest: dict[str, Any], cfg: GraphConfig) -> int:
 def preflight(root: str | Path, cfg: GraphConfig) -> int:
     """Everything that can be checked before any work (settings, k, a non-empty test set); the model id."""
     from fastif_core.store import Store
-    from fastif_core.workspace import require_prepared
+    from fastif_core.workspace.layout import require_prepared
 
     model_id = check_request(require_prepared(root), cfg)
     with Store.open(root) as store:
@@ -101,7 +101,7 @@ def build_graph(
 ) -> dict[str, Any]:  # fmt: skip
     """Compute (or find) the graph of ``cfg`` on the workspace ``root``; returns :func:`graph_to_dict`."""
     from fastif_core.store import Store
-    from fastif_core.workspace import LoadedWorkspace, require_prepared
+    from fastif_core.workspace.layout import LoadedWorkspace, require_prepared
 
     model_id = check_request(require_prepared(root), cfg)
     cfg = cfg.with_model(model_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastif_core.apps.graph.config import FILTER_FIELDS, SLICE_BY, GraphConfig
-from fastif_core.cli_types import add_workspace_argument, positive_int
+from fastif_core.cli.options import add_workspace_argument, positive_int
 from fastif_core.config import PRESETS, InfluenceConfig, STestConfig, help_of
 from fastif_core.errors import ConfigError, JobError
 
@@ -109,8 +109,8 @@ def in_process(a: argparse.Namespace, cfg: GraphConfig) -> dict[str, Any]:
 
 def worker_alive(root: Path) -> bool:
     from fastif_core.store import Store
-    from fastif_core.worker_process import running
-    from fastif_core.workspace import require_prepared
+    from fastif_core.worker.process import running
+    from fastif_core.workspace.layout import require_prepared
 
     require_prepared(root)
     with Store.open(root) as store:

@@ -1,6 +1,6 @@
 """The graph's influence matrix: one function, :func:`graph_influences`, between the graph and the engine.
 
-It asks the batched engine (:func:`fastif_core.matrix.influence_matrix`) for the ``(tests × candidates)``
+It asks the batched engine (:func:`fastif_core.queries.matrix.influence_matrix`) for the ``(tests × candidates)``
 matrix of the graph's test set: the union of the tests' k nearest training examples (NaN outside each
 test's own k) or every training example. The matrix is stored block by block under its settings, so a
 restarted graph job continues from the blocks already stored, another graph or a ``fastif matrix`` run on
@@ -54,7 +54,7 @@ def graph_influences(
     ``NaN`` elsewhere; ``counts`` = the stored matrix's id and its blocks ``computed`` now, found
     ``stored`` and ``derived`` from a stored full matrix.
     """
-    from fastif_core.matrix import ROW_BLOCK, influence_matrix
+    from fastif_core.queries.matrix import ROW_BLOCK, influence_matrix
 
     out = influence_matrix(loaded, list(test_ids), replace(cfg, k=None if full else k, top=1), full=full,
                            progress=with_eta(progress), row_block=row_block or ROW_BLOCK)  # fmt: skip

@@ -7,8 +7,8 @@ from typing import Any
 
 from fastif_core.apps.graph import config  # noqa: F401 - registers the "graph" job kind
 from fastif_core.apps.graph.build import build_graph
-from fastif_core.engine_jobs import group_state
-from fastif_core.worker import JobContext, register_handler
+from fastif_core.worker.handlers import group_state
+from fastif_core.worker.loop import JobContext, register_handler
 
 
 def run_graph(ctx: JobContext) -> dict[str, Any]:

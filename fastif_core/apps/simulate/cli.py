@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from fastif_core.apps.simulate.config import JOB_KIND, SimulateConfig, SimulateParams, TestFilter
-from fastif_core.cli_types import add_workspace_argument
+from fastif_core.cli.options import add_workspace_argument
 from fastif_core.config import PRESETS, STestConfig, help_of
 
 FILTERS = ("dataset", "split", "label", "predicted", "genre", "heuristic", "subcase")
@@ -67,7 +67,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     from fastif_core import jobs
     from fastif_core.apps.simulate.explanations import select_test_examples
     from fastif_core.store import Store
-    from fastif_core.workspace import require_prepared
+    from fastif_core.workspace.layout import require_prepared
 
     cfg = config_from_args(a)
     model_id = int(require_prepared(a.workspace)["model_id"])
@@ -80,7 +80,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             return 0
     from fastif_core.apps.simulate.run import simulate
     from fastif_core.device import resolve_device
-    from fastif_core.query import _chain, _tqdm
+    from fastif_core.queries.influence import _chain, _tqdm
 
     bar = _tqdm(True)
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastif_core import engine_jobs, worker
 from fastif_core.apps.simulate.config import JOB_KIND, SimulateParams
+from fastif_core.worker import handlers as engine_jobs
+from fastif_core.worker import loop as worker
 
 __all__ = ["JOB_KIND", "SimulateParams", "run_simulate"]
 

@@ -18,9 +18,9 @@ from fastif_core.apps.simulate.simulator import Simulator, ensure_simulator
 from fastif_core.apps.simulate.steps import losses_after_step, test_loss
 from fastif_core.apps.simulate.summary import example_curves, summarize
 from fastif_core.config import to_dict
-from fastif_core.query import Runner, influence_query, serial_runner
+from fastif_core.queries.influence import Runner, influence_query, serial_runner
 from fastif_core.store import ExampleRow, Store
-from fastif_core.workspace import LoadedWorkspace, require_prepared
+from fastif_core.workspace.layout import LoadedWorkspace, require_prepared
 
 APP, KIND = "simulation", "simulate"
 SIMULATOR_SHARE = 0.2  # of the progress bar, while the simulator is trained (or loaded)

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from fastif_core.batches import EncodedExamples
 from fastif_core.config import TrainConfig, config_hash, from_dict, to_dict
+from fastif_core.engine.examples import EncodedExamples
+from fastif_core.engine.objective import Objective, hf_forward
 from fastif_core.errors import WorkspaceError
-from fastif_core.objective import Objective, hf_forward
 from fastif_core.store import ModelInfo, Store
-from fastif_core.workspace import LoadedWorkspace, WorkspacePaths, two_way_aware_cross_entropy
+from fastif_core.workspace.layout import LoadedWorkspace, WorkspacePaths, two_way_aware_cross_entropy
 
 KIND = "simulator"
 Progress = Callable[[float, str], None]
@@ -67,7 +67,7 @@ def simulator_train_config(task: ModelInfo, epochs: float = 0.0) -> TrainConfig:
 
 def base_model(manifest: dict[str, Any]) -> str:
     """The checkpoint the task model was fine-tuned from (a directory; the packaged MiniLM by default)."""
-    from fastif_core.model import default_model_path
+    from fastif_core.modeling.classifier import default_model_path
 
     return (manifest.get("prepare_config") or {}).get("model") or default_model_path()
 
@@ -91,7 +91,7 @@ def ensure_simulator(
 ) -> Simulator:  # fmt: skip
     """The simulator of the workspace's model: loaded from ``W/models/<id>`` when it was trained before,
     else fine-tuned now (on ``loaded.device``), stored and returned."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     task = store.get_model(loaded.model_id)
     if task is None:
@@ -122,7 +122,7 @@ def _save(
     lin: dict[str, Any], label_names: tuple[str, ...],
 ) -> ModelInfo:  # fmt: skip
     """Register the simulator and move its checkpoint (with ``lineage.json``) into ``W/models/<id>``."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     info = store.get_or_create_model(f"simulator-of-{lin['parent_model_id']}-{lin['model_key'][:8]}", "", tc,
                                      list(label_names), metrics=metrics, config_hash=lin["model_key"],

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from fastif_core.apps.simulate.steps import losses_after_step, losses_after_step_reference
-from fastif_core.batches import Batch, Examples
-from fastif_core.objective import Objective
+from fastif_core.engine.examples import Batch, Examples
+from fastif_core.engine.objective import Objective
 
 
 def _sync(device: torch.device) -> None:
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastif_core.apps.simulate.simulator import ensure_simulator
     from fastif_core.device import resolve_device
     from fastif_core.store import Store
-    from fastif_core.workspace import LoadedWorkspace, default_workspace
+    from fastif_core.workspace.layout import LoadedWorkspace, default_workspace
 
     p = argparse.ArgumentParser(
         prog="python -m fastif_core.apps.simulate.speed", description=__doc__.split("\n")[0]

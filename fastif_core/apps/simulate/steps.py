@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from fastif_core.batches import Batch, Examples, to_device
-from fastif_core.objective import Objective
+from fastif_core.engine.examples import Batch, Examples, to_device
+from fastif_core.engine.objective import Objective
 
 Progress = Callable[[int, int], None]  # (explanation examples done, total)
 

@@ -1,6 +1,6 @@
 """Batched s_test: one solver run for M test gradients ``V (M, P)`` (tensors in, tensors out).
 
-Every vector m gets exactly the s_test :func:`fastif_core.solvers.solve` gives ``V[m]`` with the same
+Every vector m gets exactly the s_test :func:`fastif_core.engine.solvers.solve` gives ``V[m]`` with the same
 settings and seeds, because it sees exactly the same curvature batches: LiSSA repetition t draws its
 J batches once from the generator seeded ``cfg.seed + t`` and applies each to every vector still
 iterating; CG draws its one fixed batch once. Each vector keeps its own bookkeeping (iterate, block
@@ -9,7 +9,7 @@ while the others go on with the same batch sequence a single solve would have dr
 
 What is shared: the batch draws and collation, the solver loop, and for Gauss-Newton the per-example
 output Hessians of each batch. The M curvature products of one batch are either M plain products
-(:func:`fastif_core.hessian.curvature_vp`, bit-for-bit the single solve's arithmetic) or, with
+(:func:`fastif_core.engine.curvature.curvature_vp`, bit-for-bit the single solve's arithmetic) or, with
 ``batched=True``, groups of ``VECTORS_PER_CALL`` products in one call: double backward with
 ``torch.autograd.grad(..., is_grads_batched=True)``, or ``torch.func.vmap`` over the tangents of the
 forward-mode pass. Measured on 2 CPU cores (packaged MiniLM) batching buys nothing (32 batched double
@@ -32,12 +32,11 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from fastif_core.batches import Batch, Examples
 from fastif_core.config import STestConfig
-from fastif_core.errors import ConfigError, LissaDivergenceError, SolverError
-from fastif_core.hessian import DEFAULT_HVP_METHOD, Progress, curvature_vp, output_hessians
-from fastif_core.objective import Objective, resolve_device
-from fastif_core.solvers import (
+from fastif_core.engine.curvature import DEFAULT_HVP_METHOD, Progress, curvature_vp, output_hessians
+from fastif_core.engine.examples import Batch, Examples
+from fastif_core.engine.objective import Objective, resolve_device
+from fastif_core.engine.solvers import (
     RepStats,
     STestPartial,
     STestResult,
@@ -49,6 +48,7 @@ from fastif_core.solvers import (
     finish,
     resolve,
 )
+from fastif_core.errors import ConfigError, LissaDivergenceError, SolverError
 
 VECTORS_PER_CALL = 16  # curvature products per batched autograd call (bounds the extra activation memory)
 
@@ -336,7 +336,7 @@ def solve_many_repetitions(
     method: str = DEFAULT_HVP_METHOD, batched: bool | None = None,
 ) -> list[STestPartial]:  # fmt: skip
     """Per test vector, the sum of the estimates of the given repetitions (as
-    :func:`fastif_core.solvers.solve_repetitions` of each row of ``v (M, P)``); ``batched`` None = CUDA only."""
+    :func:`fastif_core.engine.solvers.solve_repetitions` of each row of ``v (M, P)``); ``batched`` None = CUDA only."""
     if len(train) == 0:
         raise ConfigError("s_test needs at least one training example to draw curvature batches from")
     device = resolve_device(objective, device)
@@ -390,7 +390,7 @@ def solve_direct_(objective: Objective, v: Tensor, train: Examples, cfg: STestCo
 def finish_many(
     partials: Sequence[STestPartial], cfg: STestConfig, seconds: float | None = None
 ) -> ManySTest:
-    """Average each vector's (combined) partial (:func:`fastif_core.solvers.finish`) into ``S (M, P)``;
+    """Average each vector's (combined) partial (:func:`fastif_core.engine.solvers.finish`) into ``S (M, P)``;
     each result's ``seconds`` is its share ``seconds / M`` of the batched solve."""
     if not partials:
         raise ConfigError("no test vectors: V must have at least one row")

@@ -234,9 +234,9 @@ class LoadedWorkspace:
     def load(cls, root: str | Path, device: str = "cpu", *, search: bool = True) -> LoadedWorkspace:
         """Everything the manifest names, checked against each other (a mismatch is a WorkspaceError);
         ``search=False`` (torchrun followers, which never search) loads neither the index nor the features."""
-        from fastif_core import model as M
-        from fastif_core.knn import KnnIndex
-        from fastif_core.objective import Objective, hf_forward
+        from fastif_core.engine.objective import Objective, hf_forward
+        from fastif_core.modeling import classifier as M
+        from fastif_core.modeling.knn import KnnIndex
         from fastif_core.store import Store
 
         root = Path(root)
@@ -266,8 +266,8 @@ class LoadedWorkspace:
         """A one-row batch for ``example``; a 2-way label on a 3-way model gets the merged-class index."""
         from dataclasses import replace
 
-        from fastif_core import model as M
         from fastif_core.data.records import to_two_way
+        from fastif_core.modeling import classifier as M
 
         known = example.label in self.label_names
         rec = example if known else replace(example, label=self.label_names[0])
@@ -306,7 +306,7 @@ def knn_config(manifest: dict[str, Any]) -> KnnConfig:
 
 def _checkpoint(directory: Path, device: str) -> tuple[Any, Any, Any]:
     """The served model, tokenizer and TrainConfig; a damaged checkpoint is a WorkspaceError."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     try:
         model, tokenizer, tcfg, _ = M.load_checkpoint(directory, device)

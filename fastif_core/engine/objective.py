@@ -9,7 +9,7 @@ are constants). "Decayed" excludes biases and LayerNorm weights, as the original
 (``no_decay = ["bias", "LayerNorm.weight"]``). AdamW's decay is decoupled, so the L2 term is not
 literally the training loss: it is the stated convention that keeps the Hessian well-conditioned. It
 always enters the curvature (the Hessian of the batch mean ``mean_i L_i``); whether it enters the test
-and candidate gradients is ``InfluenceConfig.gradient_l2`` (default: not, see :mod:`fastif_core.influence`).
+and candidate gradients is ``InfluenceConfig.gradient_l2`` (default: not, see :mod:`fastif_core.engine.influence`).
 
 API: :class:`Objective` (``params``, ``per_example_loss(params, batch) -> (B,)``,
 ``batch_loss(params, batch) -> ()``, ``flatten``, ``unflatten``, ``num_params``, ``grad``,
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fastif_core.batches import Batch, to_device
+from fastif_core.engine.examples import Batch, to_device
 from fastif_core.errors import ConfigError
 
 Params = dict[str, Tensor]

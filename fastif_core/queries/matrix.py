@@ -8,8 +8,8 @@ answer covers only its own k nearest training examples, exactly as its single in
 a full matrix has no NaN.
 
 Computation, per row block of ``row_block`` tests: their test gradients ``V``, ONE batched s_test run
-(:func:`fastif_core.batched.solve_many`: the same s_test each test gets alone with these settings and
-seeds), then :func:`fastif_core.scoring.score_many` over candidate chunks of ``col_block`` columns. Each
+(:func:`fastif_core.engine.iterations.solve_many`: the same s_test each test gets alone with these settings and
+seeds), then :func:`fastif_core.engine.scoring.score_many` over candidate chunks of ``col_block`` columns. Each
 ``(row block, column chunk)`` block is stored as soon as it is scored, so a restarted run (the same
 request, e.g. a requeued job) recomputes only the missing blocks; the values are deterministic, so a
 resumed matrix equals an uninterrupted one. No ``(N, P)`` tensor exists: s_test is ``(row_block, P)``,
@@ -41,13 +41,13 @@ import numpy as np
 import torch
 
 from fastif_core import jobs
-from fastif_core.batched import prepare_direct, solve_direct_, solve_many
 from fastif_core.config import InfluenceConfig, from_dict
+from fastif_core.engine.influence import test_gradients
+from fastif_core.engine.iterations import prepare_direct, solve_direct_, solve_many
+from fastif_core.engine.scoring import METHODS, score_many
+from fastif_core.engine.solvers import expected_cost
 from fastif_core.errors import ConfigError, JobError
-from fastif_core.influence_many import test_gradients
-from fastif_core.query import check_request, require_example, stored_config
-from fastif_core.scoring import METHODS, score_many
-from fastif_core.solvers import expected_cost
+from fastif_core.queries.influence import check_request, require_example, stored_config
 from fastif_core.store import matrices as sm
 
 Progress = Callable[[float, str], None]
@@ -146,13 +146,13 @@ def influence_matrix(
     from the store when complete there, else computed (continuing from any stored blocks) and stored.
 
     Args:
-        loaded: a :class:`~fastif_core.workspace.LoadedWorkspace` (model, training set, index).
+        loaded: a :class:`~fastif_core.workspace.layout.LoadedWorkspace` (model, training set, index).
         cfg: settings of each test's influence (``k`` = candidates per test; ignored with ``full``).
         progress: ``(fraction, message)`` after every stored block; it may raise to stop (blocks stored
             so far are kept: the next call continues from them).
         row_block, col_block: tests solved together, candidates per stored chunk (a new layout
             restarts an unfinished matrix; a complete one is returned as stored).
-        method: the scoring path of :func:`fastif_core.scoring.score_many`.
+        method: the scoring path of :func:`fastif_core.engine.scoring.score_many`.
         job_id, owner: mark the job done with the completion, in one transaction.
 
     Raises:
@@ -250,7 +250,7 @@ def _block_s_test(
 ) -> torch.Tensor:
     """``S (b, P)`` of one row block: test gradients ``SOLVE_BLOCK`` at a time, written into one ``(b, P)``
     buffer, then solved. ``solver=direct`` with one repetition solves the whole block in place in that
-    buffer (:func:`fastif_core.batched.solve_direct_`: two passes over the factor for all b tests); the
+    buffer (:func:`fastif_core.engine.iterations.solve_direct_`: two passes over the factor for all b tests); the
     other solvers run :func:`solve_many` on ``SOLVE_BLOCK`` tests at a time (each test's s_test does not
     depend on the others solved with it), so their working memory is that of ``SOLVE_BLOCK`` vectors."""
     obj, s_cfg = loaded.objective, cfg.s_test

@@ -1,6 +1,6 @@
 """The damped Gauss-Newton system on one batch, solved exactly by the Woodbury identity (tensors only).
 
-On a batch of B examples with C outputs the Gauss-Newton curvature of :mod:`fastif_core.hessian` is
+On a batch of B examples with C outputs the Gauss-Newton curvature of :mod:`fastif_core.engine.curvature` is
 
     G_b + μI = A + KᵀK,    A = μI + 2·wd·I_decayed (diagonal),    K = stack_i Q_i^{1/2} J_i / √B  (R, P)
 
@@ -10,7 +10,7 @@ them. K has at most B·C rows (R = 2B for softmax cross-entropy over 3 classes: 
     (A + KᵀK)⁻¹ v = A⁻¹v − A⁻¹Kᵀ (I + K A⁻¹ Kᵀ)⁻¹ K A⁻¹ v
 
 needs one R × R Cholesky factor. Building it costs R/B batched backward passes with per-example hooks
-(:func:`fastif_core.per_example.per_example_output_gradients`) and one ``R × R`` Gram product (column
+(:func:`fastif_core.engine.per_example.per_example_output_gradients`) and one ``R × R`` Gram product (column
 blocks summed in float64); every solve after that is two passes over K, column block by column block, for
 one vector or for M at once, in place (:meth:`GaussNewtonFactor.solve_`: no ``(M, P)`` temporary, and the
 residual comes out of the R-dimensional space at no extra pass). The answer is the fixed point that
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastif_core.batches import Batch
-from fastif_core.hessian import output_hessians
-from fastif_core.objective import Objective
-from fastif_core.per_example import per_example_output_gradients
+from fastif_core.engine.curvature import output_hessians
+from fastif_core.engine.examples import Batch
+from fastif_core.engine.objective import Objective
+from fastif_core.engine.per_example import per_example_output_gradients
 
 # Parameters per block of the Gram products, each block's float32 product summed in float64. On the 8K
 # MNLI workspace's factor (B=64, R=128, P=10.8M, 2 cores) float32 blocks of 2^16 gave the same solve

@@ -26,12 +26,12 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 from transformers.optimization import get_linear_schedule_with_warmup
 
-from fastif_core.batches import EncodedExamples, Examples, length_sorted_chunks, to_device
 from fastif_core.config import TrainConfig, from_dict, to_dict
 from fastif_core.data.records import NLIExample, label_index, labels_for
 from fastif_core.device import DeviceLike, resolve_device
+from fastif_core.engine.examples import EncodedExamples, Examples, length_sorted_chunks, to_device
+from fastif_core.engine.objective import default_decay
 from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
-from fastif_core.objective import default_decay
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def training_batches(
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on the parameters the influence objective's L2 term covers
-    (:func:`~fastif_core.objective.default_decay`: no biases, no LayerNorm weights): one rule for both."""
+    (:func:`~fastif_core.engine.objective.default_decay`: no biases, no LayerNorm weights): one rule for both."""
     owners = {f"{m}.{n}" if m else n: mod for m, mod in model.named_modules()
               for n, _ in mod.named_parameters(recurse=False)}  # fmt: skip
     decay, no_decay = [], []

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastif_core.batches import Batch, to_device
+from fastif_core.engine.examples import Batch, to_device
+from fastif_core.engine.objective import Objective
 from fastif_core.errors import ConfigError
-from fastif_core.objective import Objective
 
 _BLOCK = 1 << 26  # elements (256 MiB of float32) of per-example weight gradients held at once per layer
 # (a batch of 64 of MiniLM's 384 × 1536 layers fits in one block: one contraction with S per layer)

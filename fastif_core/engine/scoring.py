@@ -1,13 +1,13 @@
 """Shared scoring: the influence of one candidate set on M s_test vectors at once.
 
-``I[m, i] = -(∇ℓ(z_i) · s_m)`` (the sign convention of :mod:`fastif_core.influence`), plus the L2 term's
+``I[m, i] = -(∇ℓ(z_i) · s_m)`` (the sign convention of :mod:`fastif_core.engine.influence`), plus the L2 term's
 dot ``∇(wd·Σθ²) · s_m`` -- the same for every candidate -- when ``include_l2``. Two exact paths, equal
-to M calls of :func:`fastif_core.influence.score_candidates`:
+to M calls of :func:`fastif_core.engine.influence.score_candidates`:
 
 - ``"jvp"``: forward-mode ``torch.func.jvp`` of the per-example loss vector, one pass per s_test
   (M passes per candidate batch); memory O(parameters + one batch of activations).
 - ``"per_example"``: one hooked forward and backward per candidate batch
-  (:func:`fastif_core.per_example.per_example_dots`), the per-example gradients contracted with all M
+  (:func:`fastif_core.engine.per_example.per_example_dots`), the per-example gradients contracted with all M
   rows of ``S`` layer by layer; no ``(N, P)`` or ``(B, P)`` tensor exists.
 
 ``"auto"`` picks the cheaper one by the cost model of :func:`scoring_costs`.
@@ -22,12 +22,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fastif_core.batches import Batch, Examples, length_sorted_chunks, to_device
+from fastif_core.engine.curvature import Progress
+from fastif_core.engine.examples import Batch, Examples, length_sorted_chunks, to_device
+from fastif_core.engine.objective import Objective, resolve_device
+from fastif_core.engine.per_example import per_example_dots, trainable_layers
 from fastif_core.errors import ConfigError
-from fastif_core.hessian import Progress
-from fastif_core.influence import _jvp_loss_dots, _regularizer_dot
-from fastif_core.objective import Objective, resolve_device
-from fastif_core.per_example import per_example_dots, trainable_layers
 
 METHODS = ("auto", "jvp", "per_example")
 
@@ -47,6 +46,79 @@ METHODS = ("auto", "jvp", "per_example")
 JVP_COST = 1.5  # the tangent part of a JVP pass, per multiply-add of the trainable Linear layers
 BACKWARD_COST = 2.4  # hooked backward + per-example ∇W_i, per multiply-add of the trainable Linear layers
 DOT_COST = 0.8  # contracting one per-example gradient element with one s_test
+
+
+def _regularizer_dot(objective: Objective, s: dict[str, Tensor]) -> Tensor:
+    """``∇(wd·Σθ²) · s = 2·wd·Σ_decayed θ·s``: the same for every candidate, added analytically."""
+    if objective.weight_decay == 0.0 or not objective.decayed:
+        return torch.zeros((), dtype=objective.dtype, device=objective.device)
+    params = objective.params
+    return 2.0 * objective.weight_decay * sum((params[n] * s[n]).sum() for n in objective.decayed)
+
+
+def _jvp_loss_dots(objective: Objective, batch: Batch, s: dict[str, Tensor]) -> Tensor:
+    """``∇ℓ(z_i) · s`` ``(B,)`` for every row by one forward-mode pass (data term only)."""
+
+    def losses(params: dict[str, Tensor]) -> Tensor:
+        return objective.data_loss(params, batch)
+
+    _, tangent = torch.func.jvp(losses, (objective.params,), (s,))
+    return tangent
+
+
+def score_candidates(
+    objective: Objective,
+    s_test: Tensor,
+    train: Examples,
+    indices: Sequence[int],
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    *,
+    include_l2: bool = False,
+) -> Tensor:
+    """Influence ``-(∇ℓ(z_i)·s_test)`` ``(k,)`` of ``train[indices[i]]``, in the order of ``indices``
+    (``include_l2``: ``∇(ℓ + wd·Σθ²)``, the same L2 dot added to every candidate).
+
+    Candidates are batched by similar length (longest first) to minimise padding; results are
+    scattered back to the input order. Memory is O(parameters + one batch of activations).
+    """
+    device = resolve_device(objective, device)
+    s = objective.unflatten(s_test.to(device, objective.dtype))
+    idx = torch.as_tensor([int(i) for i in indices], dtype=torch.long)
+    out = torch.empty(len(idx), dtype=objective.dtype, device=device)
+    lengths = train.lengths()[idx] if len(idx) else torch.zeros(0, dtype=torch.long)
+    with objective.evaluating(), torch.no_grad():
+        reg = (
+            _regularizer_dot(objective, s) if include_l2 else torch.zeros((), dtype=out.dtype, device=device)
+        )
+        done = 0
+        for positions in length_sorted_chunks(range(len(idx)), lengths, batch_size):
+            batch = to_device(train.collate(idx[positions].tolist()), device)
+            out[torch.as_tensor(positions, device=device)] = -(_jvp_loss_dots(objective, batch, s) + reg)
+            done += len(positions)
+            if progress is not None:
+                progress(done / len(idx), f"scored {done}/{len(idx)} candidates")
+    return out
+
+
+def score_candidates_reference(
+    objective: Objective,
+    s_test: Tensor,
+    train: Examples,
+    indices: Sequence[int],
+    device: torch.device | str | None = None,
+    *,
+    include_l2: bool = False,
+) -> Tensor:
+    """The slow reference: one full backward per candidate, ``-(∇ℓ(z_i)·s_test)`` ``(k,)``."""
+    device = resolve_device(objective, device)
+    s = s_test.to(device, objective.dtype)
+    values = []
+    with objective.evaluating():
+        for i in indices:
+            values.append(-(objective.grad(train.collate([int(i)]), include_l2=include_l2) @ s))
+    return torch.stack(values) if values else torch.empty(0, dtype=objective.dtype, device=device)
 
 
 def model_sizes(objective: Objective) -> dict[str, int]:

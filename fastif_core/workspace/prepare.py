@@ -31,8 +31,8 @@ from fastif_core.data.sampling import content_hash, stratified_sample
 from fastif_core.errors import DataFormatError, WorkspaceError
 from fastif_core.store import Store
 from fastif_core.store.records import PredictionIn
-from fastif_core.worker_process import pid_running
-from fastif_core.workspace import (
+from fastif_core.worker.process import pid_running
+from fastif_core.workspace.layout import (
     LAYOUT,
     WorkspacePaths,
     prepare_hash,
@@ -204,7 +204,7 @@ def prepare(
     show_progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Build (or reuse) the workspace at ``root`` for ``cfg``; returns the manifest (also in workspace.json)."""
-    from fastif_core.knn import check_factory
+    from fastif_core.modeling.knn import check_factory
 
     cfg.validate()
     check_factory(cfg.knn.index)
@@ -333,7 +333,7 @@ def fit_model(
 ) -> tuple[Any, Any, Any, float]:  # fmt: skip
     """Fine-tune the classifier on the training set into ``models/<id>``, or reuse the checkpoint of the
     model trained with the same key (base model, settings, training data)."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     key, tc = model_key(cfg, data.train), cfg.train_config
     known = store.find_model(config_hash=key)
@@ -378,8 +378,8 @@ def index_and_predict(
 ) -> Build:  # fmt: skip
     """Predictions and pooled features for every example, the FAISS index (files in ``out``), neighbours,
     accuracy; nothing is stored yet."""
-    from fastif_core import model as M
-    from fastif_core.knn import KnnIndex
+    from fastif_core.modeling import classifier as M
+    from fastif_core.modeling.knn import KnnIndex
 
     examples, labels = data.all_examples(), tuple(info.label_names)
     two_way = two_way_datasets(examples)

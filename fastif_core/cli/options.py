@@ -32,7 +32,7 @@ positive_float = _number(float, "a number > 0")
 
 def add_workspace_argument(p: argparse.ArgumentParser) -> None:
     """``--workspace/-w`` with the default every command shares."""
-    from fastif_core.workspace import default_workspace
+    from fastif_core.workspace.layout import default_workspace
 
     p.add_argument(
         "--workspace",

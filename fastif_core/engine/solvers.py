@@ -1,6 +1,6 @@
 """s_test solvers: ``s_test ≈ (C + μI)⁻¹ v`` for the test gradient v (tensors in, tensors out).
 
-C is the curvature of the batch-mean training loss (:mod:`fastif_core.hessian`: the Hessian or its
+C is the curvature of the batch-mean training loss (:mod:`fastif_core.engine.curvature`: the Hessian or its
 Gauss-Newton part), μ the effective damping (``STestConfig.effective_damping``). Two solvers:
 
 **LiSSA** (Agarwal et al. 2017, as used by Koh & Liang and FastIF). Repetition t draws J batches of B
@@ -23,7 +23,7 @@ Hessian of a trained transformer is indefinite and CG then stops with
 :class:`~fastif_core.errors.CurvatureBreakdownError` (it never returns the garbage CG produces there).
 
 **Direct** (``solver=direct``, Gauss-Newton only): the same fixed batch as CG, but ``(G_b + μI)⁻¹ v`` by
-the Woodbury identity on the batch's low-rank factor (:mod:`fastif_core.direct`): exact, no iterations.
+the Woodbury identity on the batch's low-rank factor (:mod:`fastif_core.engine.woodbury`): exact, no iterations.
 The factor costs a few batched backward passes and is kept on the objective (one at a time, dropped when
 the parameters change), so the next query on the same model and batch pays two products with it.
 
@@ -47,12 +47,12 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from fastif_core import direct
-from fastif_core.batches import Examples, sample_indices, to_device
 from fastif_core.config import STestConfig
+from fastif_core.engine import woodbury as direct
+from fastif_core.engine.curvature import DEFAULT_HVP_METHOD, Progress, curvature_vp, estimate_scale
+from fastif_core.engine.examples import Examples, sample_indices, to_device
+from fastif_core.engine.objective import Objective, resolve_device
 from fastif_core.errors import ConfigError, CurvatureBreakdownError, LissaDivergenceError
-from fastif_core.hessian import DEFAULT_HVP_METHOD, Progress, curvature_vp, estimate_scale
-from fastif_core.objective import Objective, resolve_device
 
 SCALE_BATCHES, SCALE_ITERATIONS = 4, 10  # power iteration for scale = 0: 40 curvature products
 

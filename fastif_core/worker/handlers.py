@@ -2,7 +2,7 @@
 every handler that asks the engine shares: :func:`group_state` (the workspace loaded once on every rank of
 the device group, checked against the job's model) and :func:`influence_runner` (one query on the group,
 with the precise reason when it is stopped). The worker imports this module at start
-(:data:`fastif_core.worker.HANDLER_MODULES`), as it imports each application's ``job`` module."""
+(:data:`fastif_core.worker.loop.HANDLER_MODULES`), as it imports each application's ``job`` module."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastif_core import matrix, query_many  # noqa: F401 - register the influence_many and matrix kinds
 from fastif_core.errors import JobError
-from fastif_core.parallel import QueryCancelled, RankState
-from fastif_core.worker import JobContext, register_handler
+from fastif_core.parallel.group import QueryCancelled, RankState
+from fastif_core.queries import matrix  # noqa: F401 - register the influence_many and matrix kinds
+from fastif_core.worker.loop import JobContext, register_handler
 
 
 def load_workspace_state(device: str, rank: int, root: str) -> RankState:
     """Rank loader (imported by module path on every rank): the workspace's model, objective, train set;
     the kNN index and features only on rank 0, the only rank that searches."""
-    from fastif_core.workspace import LoadedWorkspace
+    from fastif_core.workspace.layout import LoadedWorkspace
 
     loaded = LoadedWorkspace.load(root, device, search=rank == 0)
     return RankState(loaded.objective, loaded.train, {"loaded": loaded})
@@ -28,7 +28,7 @@ def load_workspace_state(device: str, rank: int, root: str) -> RankState:
 def group_state(ctx: JobContext) -> tuple[str, RankState]:
     """The workspace loaded on every rank (once per model build), checked against the job's model id
     (``params.model_id`` where the job's parameters name one): the state key and rank 0's state."""
-    from fastif_core.workspace import require_prepared
+    from fastif_core.workspace.layout import require_prepared
 
     manifest = require_prepared(ctx.root)
     model_id = getattr(ctx.params, "model_id", None)
@@ -40,7 +40,7 @@ def group_state(ctx: JobContext) -> tuple[str, RankState]:
 
 
 def influence_runner(ctx: JobContext, key: str) -> Callable[..., Any]:
-    """The ``runner`` of :func:`fastif_core.query.influence_query` for a job: one query's repetitions and
+    """The ``runner`` of :func:`fastif_core.queries.influence.influence_query` for a job: one query's repetitions and
     candidate shards on the job's device group; a stop request ends it with the precise reason."""
 
     def runner(loaded: Any, batch: dict, candidates: list[int] | None, cfg: Any, progress: Any) -> Any:
@@ -55,7 +55,7 @@ def influence_runner(ctx: JobContext, key: str) -> Callable[..., Any]:
 
 def run_influence(ctx: JobContext) -> dict[str, Any]:
     """``influence`` jobs: the workspace pipeline with s_test and scoring spread over the device group."""
-    from fastif_core.query import influence_query
+    from fastif_core.queries.influence import influence_query
 
     key, state = group_state(ctx)
     out = influence_query(ctx.root, ctx.params.example_id, ctx.params.config, device=ctx.group.device,
@@ -66,9 +66,9 @@ def run_influence(ctx: JobContext) -> dict[str, Any]:
 
 def run_influence_many(ctx: JobContext) -> dict[str, Any]:
     """``influence_many`` jobs: one batched run for many examples, repetitions and candidate shards spread
-    over the device group with one all-reduce for all s_test vectors (:mod:`fastif_core.parallel_many`)."""
-    from fastif_core.parallel_many import MANY, many_payload
-    from fastif_core.query_many import influence_query_many
+    over the device group with one all-reduce for all s_test vectors (:mod:`fastif_core.parallel.spmd`)."""
+    from fastif_core.parallel.spmd import MANY, many_payload
+    from fastif_core.queries.influence import influence_query_many
 
     params = ctx.params
     key, state = group_state(ctx)
@@ -93,7 +93,7 @@ def run_influence_many(ctx: JobContext) -> dict[str, Any]:
 def run_matrix(ctx: JobContext) -> dict[str, Any]:
     """``matrix`` jobs: an influence matrix on rank 0's device, stored block by block (a requeued job
     continues from the blocks already stored)."""
-    from fastif_core.matrix import influence_matrix
+    from fastif_core.queries.matrix import influence_matrix
 
     params = ctx.params
     _, state = group_state(ctx)
@@ -105,7 +105,7 @@ def run_matrix(ctx: JobContext) -> dict[str, Any]:
 
 def run_prepare(ctx: JobContext) -> dict[str, Any]:
     """``prepare`` jobs on rank 0's device; the manifest's model id is the job's result."""
-    from fastif_core.prepare import prepare
+    from fastif_core.workspace.prepare import prepare
 
     manifest = prepare(
         ctx.root, ctx.params, device=ctx.group.device, progress=ctx.progress, show_progress=False

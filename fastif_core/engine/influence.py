@@ -6,8 +6,8 @@ Sign convention (the one used everywhere in fastif, as in Koh & Liang 2017 and F
 
 Positive influence = **harmful** (up-weighting z raises the test loss); negative = **helpful**.
 "Most helpful" are the most negative values, "most harmful" the most positive. Here H⁻¹ is the damped
-inverse ``(C + μI)⁻¹`` a solver of :mod:`fastif_core.solvers` applies, C the curvature of the
-training objective *with* its L2 term (:mod:`fastif_core.objective`).
+inverse ``(C + μI)⁻¹`` a solver of :mod:`fastif_core.engine.solvers` applies, C the curvature of the
+training objective *with* its L2 term (:mod:`fastif_core.engine.objective`).
 
 The gradients (``InfluenceConfig.gradient_l2``): by default (``none``) the test gradient is that of the
 test loss ℓ alone (as Koh & Liang and torch-influence) and so are the candidate gradients; the L2 term
@@ -36,11 +36,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastif_core.batches import Batch, Examples, length_sorted_chunks, to_device
 from fastif_core.config import InfluenceConfig
-from fastif_core.hessian import DEFAULT_HVP_METHOD, Progress
-from fastif_core.objective import Objective, resolve_device
-from fastif_core.solvers import expected_cost, solve
+from fastif_core.engine.curvature import DEFAULT_HVP_METHOD, Progress
+from fastif_core.engine.examples import Batch, Examples, to_device
+from fastif_core.engine.iterations import solve_many
+from fastif_core.engine.objective import Objective, resolve_device
+from fastif_core.engine.scoring import score_candidates, score_many
+from fastif_core.engine.solvers import expected_cost, solve
+from fastif_core.errors import ConfigError
 
 
 def test_gradient(
@@ -58,79 +61,6 @@ def test_gradient(
 
 
 test_gradient.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into one
-
-
-def _regularizer_dot(objective: Objective, s: dict[str, Tensor]) -> Tensor:
-    """``∇(wd·Σθ²) · s = 2·wd·Σ_decayed θ·s``: the same for every candidate, added analytically."""
-    if objective.weight_decay == 0.0 or not objective.decayed:
-        return torch.zeros((), dtype=objective.dtype, device=objective.device)
-    params = objective.params
-    return 2.0 * objective.weight_decay * sum((params[n] * s[n]).sum() for n in objective.decayed)
-
-
-def _jvp_loss_dots(objective: Objective, batch: Batch, s: dict[str, Tensor]) -> Tensor:
-    """``∇ℓ(z_i) · s`` ``(B,)`` for every row by one forward-mode pass (data term only)."""
-
-    def losses(params: dict[str, Tensor]) -> Tensor:
-        return objective.data_loss(params, batch)
-
-    _, tangent = torch.func.jvp(losses, (objective.params,), (s,))
-    return tangent
-
-
-def score_candidates(
-    objective: Objective,
-    s_test: Tensor,
-    train: Examples,
-    indices: Sequence[int],
-    batch_size: int = 64,
-    device: torch.device | str | None = None,
-    progress: Progress | None = None,
-    *,
-    include_l2: bool = False,
-) -> Tensor:
-    """Influence ``-(∇ℓ(z_i)·s_test)`` ``(k,)`` of ``train[indices[i]]``, in the order of ``indices``
-    (``include_l2``: ``∇(ℓ + wd·Σθ²)``, the same L2 dot added to every candidate).
-
-    Candidates are batched by similar length (longest first) to minimise padding; results are
-    scattered back to the input order. Memory is O(parameters + one batch of activations).
-    """
-    device = resolve_device(objective, device)
-    s = objective.unflatten(s_test.to(device, objective.dtype))
-    idx = torch.as_tensor([int(i) for i in indices], dtype=torch.long)
-    out = torch.empty(len(idx), dtype=objective.dtype, device=device)
-    lengths = train.lengths()[idx] if len(idx) else torch.zeros(0, dtype=torch.long)
-    with objective.evaluating(), torch.no_grad():
-        reg = (
-            _regularizer_dot(objective, s) if include_l2 else torch.zeros((), dtype=out.dtype, device=device)
-        )
-        done = 0
-        for positions in length_sorted_chunks(range(len(idx)), lengths, batch_size):
-            batch = to_device(train.collate(idx[positions].tolist()), device)
-            out[torch.as_tensor(positions, device=device)] = -(_jvp_loss_dots(objective, batch, s) + reg)
-            done += len(positions)
-            if progress is not None:
-                progress(done / len(idx), f"scored {done}/{len(idx)} candidates")
-    return out
-
-
-def score_candidates_reference(
-    objective: Objective,
-    s_test: Tensor,
-    train: Examples,
-    indices: Sequence[int],
-    device: torch.device | str | None = None,
-    *,
-    include_l2: bool = False,
-) -> Tensor:
-    """The slow reference: one full backward per candidate, ``-(∇ℓ(z_i)·s_test)`` ``(k,)``."""
-    device = resolve_device(objective, device)
-    s = s_test.to(device, objective.dtype)
-    values = []
-    with objective.evaluating():
-        for i in indices:
-            values.append(-(objective.grad(train.collate([int(i)]), include_l2=include_l2) @ s))
-    return torch.stack(values) if values else torch.empty(0, dtype=objective.dtype, device=device)
 
 
 def rank(indices: Tensor, values: Tensor, top: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -208,3 +138,84 @@ def compute_influence(
     t3 = time.perf_counter()
     seconds = {"test_gradient": t1 - t0, "s_test": t2 - t1, "scoring": t3 - t2, "total": t3 - t0}
     return InfluenceResult(torch.as_tensor(rows, dtype=torch.long), values, est.s_test, est.stats(), seconds)
+
+
+@dataclass
+class ManyInfluence:
+    """Influence of the union of M candidate sets on M test examples, and how it was obtained."""
+
+    columns: Tensor  # (U,) long: training rows scored (the union, ascending)
+    values: Tensor  # (M, U) influence; positive = harmful, negative = helpful
+    candidates: list[Tensor]  # per test, its candidate rows in the given order (k,) long
+    picks: list[Tensor]  # per test, the columns of its candidates: values[m, picks[m]]
+    s_test: Tensor  # (M, P)
+    s_test_stats: list[dict]  # STestResult.stats() per test
+    seconds: dict[str, float]  # test_gradient, s_test, scoring, total (the whole batch)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def result(self, m: int) -> InfluenceResult:
+        """Test m's answer as a single query's :class:`InfluenceResult` (seconds: its share ``/ M``)."""
+        share = {k: v / len(self) for k, v in self.seconds.items()}
+        return InfluenceResult(self.candidates[m], self.values[m, self.picks[m]], self.s_test[m],
+                               self.s_test_stats[m], share)  # fmt: skip
+
+
+def test_gradients(
+    objective: Objective, test_batches: Sequence[Batch], device: torch.device | str | None = None,
+    *, include_l2: bool = False,
+) -> Tensor:  # fmt: skip
+    """``V (M, P)``: row m is :func:`fastif_core.engine.influence.test_gradient` of ``test_batches[m]``."""
+    device = resolve_device(objective, device)
+    if not test_batches:
+        raise ConfigError("no test examples: give at least one")
+    rows = [
+        test_gradient(objective, to_device(b, device), device, include_l2=include_l2) for b in test_batches
+    ]
+    return torch.stack(rows)
+
+
+test_gradients.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into one
+
+
+def union_columns(
+    candidates: Sequence[Sequence[int]] | None, m: int, n: int
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """``(union (U,), per-test candidates, per-test picks into the union)``; None = every row of n for all m."""
+    if candidates is None:
+        every = torch.arange(n, dtype=torch.long)
+        return every, [every] * m, [every] * m
+    if len(candidates) != m:
+        raise ConfigError(f"{len(candidates)} candidate lists for {m} test examples: give one per test")
+    lists = [torch.as_tensor([int(i) for i in c], dtype=torch.long) for c in candidates]
+    union = torch.unique(torch.cat(lists)) if lists else torch.zeros(0, dtype=torch.long)  # sorted
+    return union, lists, [torch.searchsorted(union, c) for c in lists]
+
+
+def compute_many(
+    objective: Objective, test_batches: Sequence[Batch], train: Examples,
+    candidates: Sequence[Sequence[int]] | None, cfg: InfluenceConfig, device: torch.device | str | None = None,
+    progress: Progress | None = None, method: str = DEFAULT_HVP_METHOD, scoring: str = "auto",
+) -> ManyInfluence:  # fmt: skip
+    """Influence of each test's ``candidates[m]`` (None = every training row, "full") on ``test_batches[m]``.
+
+    ``scoring``: the :func:`fastif_core.engine.scoring.score_many` path (``auto`` = its cost model).
+    """
+    cfg.validate()
+    device = resolve_device(objective, device)
+    union, lists, picks = union_columns(candidates, len(test_batches), len(train))
+    split = progress_split(cfg, len(union)) if len(union) else 1.0
+    t0 = time.perf_counter()
+    v = test_gradients(objective, test_batches, device, include_l2=cfg.test_l2)
+    t1 = time.perf_counter()
+    est = solve_many(objective, v, train, cfg.s_test, device, _sub_progress(progress, 0.0, split), method)
+    t2 = time.perf_counter()
+    values = score_many(objective, est.s_test, train, union.tolist(), cfg.score_batch_size, device,
+                        _sub_progress(progress, split, 1.0), include_l2=cfg.train_l2, method=scoring)  # fmt: skip
+    t3 = time.perf_counter()
+    seconds = {"test_gradient": t1 - t0, "s_test": t2 - t1, "scoring": t3 - t2, "total": t3 - t0}
+    stats = [r.stats() for r in est.results]
+    return ManyInfluence(
+        union, values, lists, [p.to(values.device) for p in picks], est.s_test, stats, seconds
+    )

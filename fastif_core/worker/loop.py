@@ -1,10 +1,10 @@
 """``fastif worker``: the background process that runs queued jobs on every device of one machine
 (or of a ``torchrun`` launch) and writes every result to the store.
 
-One worker = one :class:`~fastif_core.parallel.ParallelContext`, started once. Rank 0 claims jobs
+One worker = one :class:`~fastif_core.parallel.group.ParallelContext`, started once. Rank 0 claims jobs
 (atomically, with a lease), dispatches them by kind through :func:`register_handler`'s registry, and
 keeps a heartbeat thread that renews the lease, publishes progress and refreshes the ``workers`` row
-(so the dashboard can tell whether a worker is alive: see :mod:`fastif_core.worker_process`).
+(so the dashboard can tell whether a worker is alive: see :mod:`fastif_core.worker.process`).
 
 Outcomes of a job:
 - done: the handler's results and ``done`` land in one transaction (``Store.save_influence_run(...,
@@ -17,7 +17,7 @@ Outcomes of a job:
 
 A worker killed outright (``kill -9``) stops renewing its lease; another worker claims the job again
 when the lease has expired (``--lease-seconds``). A rank of the device group that dies or hangs is
-noticed within the same ``--lease-seconds`` (:mod:`fastif_core.peers`): rank 0 requeues the job and
+noticed within the same ``--lease-seconds`` (:mod:`fastif_core.parallel.peers`): rank 0 requeues the job and
 exits, so that a fresh worker starts a fresh group.
 """
 
@@ -39,15 +39,15 @@ from typing import Any
 
 from fastif_core import jobs
 from fastif_core.errors import ConfigError, FastifError, JobError, LeaseLostError
-from fastif_core.parallel import ParallelContext, QueryCancelled
-from fastif_core.peers import GroupLost
+from fastif_core.parallel.group import ParallelContext, QueryCancelled
+from fastif_core.parallel.peers import GroupLost
 
 log = logging.getLogger("fastif.worker")
 
 Handler = Callable[["JobContext"], Any]  # returns None (job already done) or a result dict
 _HANDLERS: dict[str, Handler] = {}
 HANDLER_MODULES = (  # each registers its job kinds' handlers on import
-    "fastif_core.engine_jobs",
+    "fastif_core.worker.handlers",
     "fastif_core.apps.graph.job",
     "fastif_core.apps.correct.job",
     "fastif_core.apps.simulate.job",

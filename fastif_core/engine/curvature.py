@@ -1,6 +1,6 @@
 """Curvature-vector products and exact references: the matrices the s_test solvers invert.
 
-The curvature C is that of the batch-mean objective (see :mod:`fastif_core.objective`) over the
+The curvature C is that of the batch-mean objective (see :mod:`fastif_core.engine.objective`) over the
 trainable parameters, L2 term included:
 
 - ``hessian``: the true Hessian ``H_b``. :func:`hvp` computes ``H_b v`` exactly on a batch, by
@@ -14,7 +14,7 @@ trainable parameters, L2 term included:
 
 :func:`exact_hessian`, :func:`exact_gauss_newton` and :func:`exact_damped_solve` are dense references for
 tiny models (tests). :func:`estimate_scale` bounds ``λ_max`` by power iteration (LiSSA's scale). The
-solvers (LiSSA, conjugate gradient) live in :mod:`fastif_core.solvers`.
+solvers (LiSSA, conjugate gradient) live in :mod:`fastif_core.engine.solvers`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fastif_core.batches import Batch, Examples, sample_indices, to_device
 from fastif_core.config import CURVATURES
+from fastif_core.engine.examples import Batch, Examples, sample_indices, to_device
+from fastif_core.engine.objective import Objective, resolve_device
 from fastif_core.errors import ConfigError
-from fastif_core.objective import Objective, resolve_device
 
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
 

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from fastif_core.cli_types import add_workspace_argument, positive_float
+from fastif_core.cli.options import add_workspace_argument, positive_float
 from fastif_core.errors import JobError
 
 
@@ -33,8 +33,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
     import logging
 
     from fastif_core.store import Store
-    from fastif_core.worker import run_worker
-    from fastif_core.workspace import require_workspace
+    from fastif_core.worker.loop import run_worker
+    from fastif_core.workspace.layout import require_workspace
 
     Store.open(require_workspace(a.workspace)).close()  # a typo or a bad database: one line, before any log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -59,7 +59,7 @@ def add_jobs(sub: argparse._SubParsersAction) -> None:
 
 def cmd_jobs(a: argparse.Namespace) -> int:
     from fastif_core.store import Store
-    from fastif_core.workspace import require_workspace
+    from fastif_core.workspace.layout import require_workspace
 
     store = Store.open(require_workspace(a.workspace))
     try:

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from fastif_core.batches import Examples, length_sorted_chunks, sample_indices, to_device
-from fastif_core.hessian import HVP_METHODS, hvp
-from fastif_core.influence import score_candidates, score_candidates_reference
-from fastif_core.objective import Objective
+from fastif_core.engine.curvature import HVP_METHODS, hvp
+from fastif_core.engine.examples import Examples, length_sorted_chunks, sample_indices, to_device
+from fastif_core.engine.objective import Objective
+from fastif_core.engine.scoring import score_candidates, score_candidates_reference
 
 
 def _sync(device: torch.device) -> None:

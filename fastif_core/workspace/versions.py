@@ -30,7 +30,7 @@ from fastif_core.errors import WorkspaceError
 from fastif_core.store import Store
 from fastif_core.store import examples as ex
 from fastif_core.store import results as res
-from fastif_core.workspace import WorkspacePaths, require_prepared, write_manifest
+from fastif_core.workspace.layout import WorkspacePaths, require_prepared, write_manifest
 
 Progress = Callable[[float, str], None]
 COMPARE_COLUMNS = ("dataset", "split", "label", "heuristic", "genre")
@@ -70,7 +70,7 @@ def list_versions(root: str | Path) -> list[dict[str, Any]]:
 def workspace_data(store: Store, model_id: int) -> Any:
     """The workspace's examples as prepare had them: the model's training set in position order, the other
     members grouped into evaluation sets ``<dataset>/<split>``."""
-    from fastif_core.prepare import PreparedData
+    from fastif_core.workspace.prepare import PreparedData
 
     train_ids = store.train_ids(model_id)
     if not train_ids:
@@ -86,7 +86,7 @@ def _build(store: Store, paths: WorkspacePaths, manifest: dict[str, Any], model:
            info: Any, train_from: int, device: str, report: Progress) -> tuple[str, Any]:  # fmt: skip
     """Predictions, features, index and neighbours of ``model`` over the workspace (as prepare builds them),
     moved to ``builds/model-<id>-<hex>``; predictions, neighbours and the training order stored."""
-    from fastif_core.prepare import index_and_predict
+    from fastif_core.workspace.prepare import index_and_predict
 
     cfg = PrepareConfig.from_json_dict(manifest.get("prepare_config") or {})
     data = workspace_data(store, train_from)
@@ -111,7 +111,7 @@ def save_version(
 ) -> Any:  # fmt: skip
     """Store ``model`` (changed from ``parent_id``) as a new version under the unique ``key``; the same key
     again returns the stored version. Returns its ModelInfo (not active: see :func:`activate`)."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     report = progress or (lambda f, m: None)
     paths, manifest = _paths(root)
@@ -144,7 +144,7 @@ def save_version(
 def _write_checkpoint(paths: WorkspacePaths, target: Path, model: Any, tokenizer: Any, train_config: Any,
                       lineage: dict[str, Any]) -> None:  # fmt: skip
     """Checkpoint + ``lineage.json`` into staging, then one rename into ``models/<id>`` (refused if full)."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     staging = paths.staging / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -191,7 +191,7 @@ def activate(
 def _rebuild(store: Store, paths: WorkspacePaths, manifest: dict[str, Any], info: Any, current: int, device: str,
              progress: Progress | None) -> dict[str, Any]:  # fmt: skip
     """Features and index of a version whose build is gone (pruned by a later prepare), from its checkpoint."""
-    from fastif_core import model as M
+    from fastif_core.modeling import classifier as M
 
     model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(info.id), device)
     name, build = _build(store, paths, manifest, model, tokenizer, info, current, device,

@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastif_core import cli_jobs, cli_many
 from fastif_core.apps.correct.cli import add_parser as add_correct_parser
 from fastif_core.apps.graph.cli import add_parser as add_graph_parser
 from fastif_core.apps.simulate import cli as simulate_cli
-from fastif_core.cli_types import add_workspace_argument, positive_int
+from fastif_core.cli import jobs as cli_jobs
+from fastif_core.cli import many as cli_many
+from fastif_core.cli.options import add_workspace_argument, positive_int
 from fastif_core.config import (
     GRADIENT_L2,
     PRESETS,
@@ -132,7 +133,7 @@ def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
 
 def cmd_prepare(a: argparse.Namespace) -> int:
     from fastif_core.device import resolve_device
-    from fastif_core.prepare import prepare
+    from fastif_core.workspace.prepare import prepare
 
     manifest = prepare(a.workspace, prepare_config_from_args(a), device=str(resolve_device(a.device)))
     if a.json:
@@ -170,7 +171,7 @@ def _add_examples(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_examples(a: argparse.Namespace) -> int:
-    from fastif_core.query import list_examples
+    from fastif_core.queries.influence import list_examples
 
     rows = list_examples(a.workspace, dataset=a.dataset, split=a.split, incorrect=a.incorrect, limit=a.limit)
     if a.json:
@@ -241,7 +242,7 @@ def influence_config_from_args(a: argparse.Namespace) -> InfluenceConfig:
 
 def cmd_influence(a: argparse.Namespace) -> int:
     from fastif_core.device import resolve_device
-    from fastif_core.query import influence_query
+    from fastif_core.queries.influence import influence_query
 
     cfg = influence_config_from_args(a)
     if cli_many.is_many(a):
@@ -306,9 +307,9 @@ def cmd_submit(a: argparse.Namespace) -> int:
     """Queue a job; an influence job is checked (prepared workspace, known example, k) and keyed by the
     workspace's model, so after a re-prepare the same request is a new job."""
     from fastif_core import jobs
-    from fastif_core.query import check_request, require_example
+    from fastif_core.queries.influence import check_request, require_example
     from fastif_core.store import Store
-    from fastif_core.workspace import require_prepared
+    from fastif_core.workspace.layout import require_prepared
 
     kind, params = a.kind, None
     if a.kind == "influence":

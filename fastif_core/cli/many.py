@@ -2,7 +2,7 @@
 ``--examples-from FILE`` and the browse filters ``--dataset/--split/--incorrect/--limit``), the same for
 ``fastif submit influence`` (an ``influence_many`` job), and ``fastif matrix``.
 
-:mod:`fastif_core.cli` owns the parser and passes its shared option helpers in, so this module never
+:mod:`fastif_core.cli.main` owns the parser and passes its shared option helpers in, so this module never
 imports the CLI (no import cycle).
 """
 
@@ -51,7 +51,7 @@ def is_many(a: argparse.Namespace) -> bool:
 
 def selected_ids(a: argparse.Namespace) -> list[str]:
     """The example ids the arguments name, in order."""
-    from fastif_core.query_many import select_examples
+    from fastif_core.queries.influence import select_examples
 
     if a.limit is not None and a.limit < 1:
         raise ConfigError(f"limit={a.limit} is invalid: allowed an integer >= 1")
@@ -63,7 +63,7 @@ def selected_ids(a: argparse.Namespace) -> list[str]:
 
 def cmd_influence_many(a: argparse.Namespace, cfg: Any, device: str, fmt: Callable[[dict], str]) -> int:
     """``fastif influence`` for several examples: one batched run, a JSON list (or one block per example)."""
-    from fastif_core.query_many import influence_query_many
+    from fastif_core.queries.influence import influence_query_many
 
     answers = influence_query_many(a.workspace, selected_ids(a), cfg, device=device, show_progress=True)
     print(json.dumps(answers, indent=2) if a.json else "\n\n".join(fmt(r) for r in answers))
@@ -72,14 +72,14 @@ def cmd_influence_many(a: argparse.Namespace, cfg: Any, device: str, fmt: Callab
 
 def many_params(a: argparse.Namespace, cfg: Any, model_id: int) -> Any:
     """The ``influence_many`` job of ``fastif submit influence --examples ...`` (ids checked first)."""
-    from fastif_core.query_many import ManyInfluenceParams
+    from fastif_core.queries.influence import ManyInfluenceParams
 
     return ManyInfluenceParams(example_ids=tuple(checked_ids(a, model_id)), config=cfg, model_id=model_id)
 
 
 def checked_ids(a: argparse.Namespace, model_id: int) -> list[str]:
     """:func:`selected_ids`, each checked to be an example of the workspace (before any work)."""
-    from fastif_core.query import require_example
+    from fastif_core.queries.influence import require_example
     from fastif_core.store import Store
 
     ids = selected_ids(a)
@@ -122,9 +122,9 @@ def add_matrix_parser(
 
 def cmd_matrix(a: argparse.Namespace, cfg: Any) -> int:
     from fastif_core.device import resolve_device
-    from fastif_core.matrix import influence_matrix
-    from fastif_core.query import check_request
-    from fastif_core.workspace import LoadedWorkspace, require_prepared
+    from fastif_core.queries.influence import check_request
+    from fastif_core.queries.matrix import influence_matrix
+    from fastif_core.workspace.layout import LoadedWorkspace, require_prepared
 
     manifest = require_prepared(a.workspace)
     is_many(a)

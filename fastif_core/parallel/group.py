@@ -6,7 +6,7 @@ and objective once (:meth:`ParallelContext.load`) and serve any number of influe
 
 Rank 0 is the coordinator (the process that talks to the store); every other rank runs
 :meth:`ParallelContext.serve`, a loop that executes the small command dicts rank 0 broadcasts
-(``load``, ``call``, ``ping``, ``shutdown``). One influence query (:mod:`fastif_core.parallel_query`):
+(``load``, ``call``, ``ping``, ``shutdown``). One influence query (:mod:`fastif_core.parallel.spmd`):
 
 1. every rank computes the test gradient v and the LiSSA repetitions ``t ≡ rank (mod world)`` with the
    seeds a serial run uses (``solvers.solve_repetitions``; a deterministic CG repetition is solved once);
@@ -21,8 +21,8 @@ Rank 0 runs in the calling process; ranks 1..N-1 are spawned and rendezvous once
 127.0.0.1. :attr:`ParallelContext.devices` lists every rank's real device (gathered under torchrun).
 
 A dead or hung rank costs at most ``timeout_s`` (the worker passes its job lease): ranks meet at a store
-barrier before each collective and watch each other's heartbeats there (:mod:`fastif_core.peers`); a
-rank silent for ``timeout_s`` raises :class:`~fastif_core.peers.GroupLost` on the others, and the group
+barrier before each collective and watch each other's heartbeats there (:mod:`fastif_core.parallel.peers`); a
+rank silent for ``timeout_s`` raises :class:`~fastif_core.parallel.peers.GroupLost` on the others, and the group
 is unusable from then on (:meth:`ParallelContext.alive` is False; the worker requeues the job and exits).
 
 Across machines, launch every rank with ``torchrun``; ``ParallelContext.start`` then reads ``RANK``,
@@ -54,18 +54,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastif_core.batches import Batch, Examples
 from fastif_core.config import InfluenceConfig, to_dict
 from fastif_core.device import cuda_count
+from fastif_core.engine.examples import Batch, Examples
+from fastif_core.engine.influence import InfluenceResult
+from fastif_core.engine.objective import Objective
 from fastif_core.errors import ConfigError, FastifError, JobError
-from fastif_core.influence import InfluenceResult
-from fastif_core.objective import Objective
-from fastif_core.peers import GroupLost, Peers, collective_timeout
+from fastif_core.parallel.peers import GroupLost, Peers, collective_timeout
 
 Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
 ShouldStop = Callable[[], bool]  # polled on rank 0 between steps
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-QUERY = "fastif_core.parallel_query:run_influence"  # the SPMD body of one influence query
+QUERY = "fastif_core.parallel.spmd:run_influence"  # the SPMD body of one influence query
 DEFAULT_TIMEOUT_S = 300.0  # a rank silent this long is lost (the worker passes its lease instead)
 
 
@@ -328,7 +328,7 @@ class ParallelContext:
     ) -> Any:  # fmt: skip
         """Run ``fn`` (``'package.module:function'``, called as ``fn(ctx, cmd, progress, should_stop)``) on
         every rank with the loaded state ``key`` and the picklable ``payload``; returns rank 0's result.
-        Other engine modules add SPMD commands this way (e.g. :mod:`fastif_core.parallel_many`)."""
+        Other engine modules add SPMD commands this way (e.g. :mod:`fastif_core.parallel.spmd`)."""
         if key not in self._states:
             raise JobError(f"state {key!r} is not loaded on the group: call load() first")
         cmd = {**payload, "op": "call", "fn": fn, "key": key}
