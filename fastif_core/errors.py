@@ -35,3 +35,21 @@ class JobError(FastifError):
 
 class LeaseLostError(JobError):
     """A worker tried to heartbeat or finish a job it no longer owns (its lease expired and was taken)."""
+
+
+class QueryCancelled(JobError):
+    """An influence query was cancelled between steps; nothing was returned (raised on rank 0)."""
+
+
+def describe_error(error: BaseException | None) -> tuple[str, str] | None:
+    """``(class name, message)`` of an error, picklable, for sending it to another rank (None: no error)."""
+    return None if error is None else (type(error).__name__, str(error))
+
+
+def rebuild_error(rank: int, described: tuple[str, str]) -> FastifError:
+    """An error :func:`describe_error` described on ``rank``, as the same FastifError class (others as JobError)."""
+    name, message = described
+    cls = globals().get(name)
+    if isinstance(cls, type) and issubclass(cls, FastifError):
+        return cls(message)
+    return JobError(f"rank {rank} failed: {name}: {message}")

@@ -25,32 +25,32 @@ Rules:
   ``max_attempts``. :func:`is_retryable` names the caught exceptions worth a retry (out of memory,
   a locked database).
 
-Kinds registered here: ``influence`` (:class:`InfluenceParams`) and ``prepare``
-(:class:`~fastif_core.config.PrepareConfig`). The application modules register theirs with
-:func:`register_kind` (names reserved: ``graph``, ``correction``, ``augmentation``,
-``simulatability``, ``benchmark``).
+Kinds: :data:`KINDS`, one explicit table of every kind and its parameter dataclass (the engine's
+``influence``, ``influence_many``, ``matrix``, ``prepare``, and the applications' ``graph``, ``correct``,
+``activate_model``, ``simulate``); their handlers are :data:`fastif_core.worker.registry.HANDLERS`.
+:data:`RESERVED_KINDS` names a kind that does not exist yet (a clear error instead of "unknown").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
+from fastif_core.apps.graph.config import GraphConfig
+from fastif_core.apps.simulate.config import JOB_KIND as SIMULATE_KIND
+from fastif_core.apps.simulate.config import SimulateParams
 from fastif_core.config import InfluenceConfig, PrepareConfig, config_hash, from_dict, to_dict
 from fastif_core.data.loaders import source_fingerprint
-from fastif_core.errors import FastifError, JobError
+from fastif_core.errors import ConfigError, FastifError, JobError
 
 if TYPE_CHECKING:
     from fastif_core.store import JobInfo, Store
 
-RESERVED_KINDS = {  # kinds whose module registers them on import: a clear error until it is imported
-    "graph": "influence graph (fastif_core.apps.graph.config)",
-    "correct": "error correction and augmentation (fastif_core.apps.correct.config)",
-    "activate_model": "switch the active model version (fastif_core.apps.correct.config)",
-    "simulate": "simulatability study (fastif_core.apps.simulate.config)",
+RESERVED_KINDS = {  # kinds that may come one day: a clear error instead of "unknown"
     "benchmark": "fastif bench as a job (not implemented: run fastif bench)",
 }
 
@@ -61,7 +61,7 @@ class JobCancelled(JobError):
 
 @dataclass(frozen=True)
 class JobKind:
-    """A registered job kind: its parameter dataclass, a one-line description, retry budget."""
+    """A job kind: its parameter dataclass, a one-line description, retry budget."""
 
     name: str
     params_cls: type
@@ -70,38 +70,18 @@ class JobKind:
     inputs: Callable[[Any], Any] | None = None  # what the params name but do not contain (file contents)
 
 
-_KINDS: dict[str, JobKind] = {}
-
-
-def register_kind(
-    name: str, params_cls: type, description: str, *, max_attempts: int = 3,
-    inputs: Callable[[Any], Any] | None = None,
-) -> JobKind:  # fmt: skip
-    """Register (or re-register) a kind. ``params_cls`` is a dataclass, optionally with ``validate()``
-    and a ``from_json_dict`` classmethod for nested configs. ``inputs(params)`` (JSON-able) fingerprints
-    what the parameters only name, e.g. the contents of the files a prepare reads: it is part of the key
-    under which an equal job is found, so the same request over changed files is a new job."""
-    if not dataclasses.is_dataclass(params_cls):
-        raise TypeError(f"job kind {name!r}: params_cls must be a dataclass, got {params_cls!r}")
-    kind = JobKind(name, params_cls, description, max_attempts, inputs)
-    _KINDS[name] = kind
-    return kind
-
-
 def get_kind(name: str) -> JobKind:
     """The registered kind ``name``; JobError listing the known kinds otherwise."""
-    if name in _KINDS:
-        return _KINDS[name]
+    if name in KINDS:
+        return KINDS[name]
     if name in RESERVED_KINDS:
-        raise JobError(
-            f"job kind {name!r} ({RESERVED_KINDS[name]}) is not available: its module is not loaded"
-        )
-    raise JobError(f"unknown job kind {name!r}: allowed {sorted(_KINDS)}")
+        raise JobError(f"job kind {name!r} ({RESERVED_KINDS[name]}) is not available")
+    raise JobError(f"unknown job kind {name!r}: allowed {sorted(KINDS)}")
 
 
 def kinds() -> list[JobKind]:
     """All registered kinds, by name."""
-    return [_KINDS[k] for k in sorted(_KINDS)]
+    return [KINDS[k] for k in sorted(KINDS)]
 
 
 def parse_params(kind: str, data: Mapping[str, Any]) -> Any:
@@ -197,7 +177,93 @@ class InfluenceParams:
         return from_dict(cls, {**data, "config": config})
 
 
-register_kind("influence", InfluenceParams, "influential training examples of one test example")
+def unique_ids(ids: Sequence[str]) -> list[str]:
+    """The ids, stripped, in order; an empty list or an id given twice is a ConfigError."""
+    out = [str(i).strip() for i in ids if str(i).strip()]
+    if not out:
+        raise ConfigError("examples: no example ids given (list ids with `fastif examples`)")
+    twice = next((i for n, i in enumerate(out) if i in out[:n]), None)
+    if twice is not None:
+        raise ConfigError(f"examples: {twice!r} is listed twice; give each example once")
+    return out
+
+
+@dataclass(frozen=True)
+class ManyInfluenceParams:
+    """Influence of the training examples on many test examples, in one batched run."""
+
+    example_ids: tuple[str, ...] = field(metadata={"help": "ids of the test examples"})
+    config: InfluenceConfig = field(
+        default_factory=InfluenceConfig, metadata={"help": "candidates and s_test"}
+    )
+    model_id: int | None = field(
+        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
+    )
+
+    def validate(self) -> ManyInfluenceParams:
+        if isinstance(self.example_ids, str) or not all(isinstance(i, str) for i in self.example_ids):
+            raise JobError(f"example_ids={self.example_ids!r} is invalid: allowed a list of example ids")
+        try:
+            unique_ids(self.example_ids)
+        except ConfigError as exc:
+            raise JobError(str(exc)) from None
+        self.config.validate()
+        return self
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> ManyInfluenceParams:
+        data = dict(data)
+        config = InfluenceConfig.from_json_dict(data.pop("config", {}))
+        ids = data.pop("example_ids", ())
+        ids = tuple(ids) if isinstance(ids, list | tuple) else ids
+        return from_dict(cls, {**data, "example_ids": ids, "config": config})
+
+
+ROW_BLOCK, COL_BLOCK = (
+    32,
+    1024,
+)  # an influence matrix's default layout: tests solved together, columns per block
+
+
+@dataclass(frozen=True)
+class MatrixParams:
+    """An influence matrix job: test examples (rows), settings, kNN union or every training example."""
+
+    test_ids: tuple[str, ...] = field(metadata={"help": "ids of the test examples (the rows, in order)"})
+    config: InfluenceConfig = field(
+        default_factory=InfluenceConfig, metadata={"help": "candidates and s_test"}
+    )
+    full: bool = field(
+        default=False, metadata={"help": "every training example as a column (else the kNN union)"}
+    )
+    row_block: int = field(default=ROW_BLOCK, metadata={"help": "tests whose s_test are solved together"})
+    col_block: int = field(default=COL_BLOCK, metadata={"help": "candidate columns per stored block"})
+    model_id: int | None = field(
+        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
+    )
+
+    def validate(self) -> MatrixParams:
+        if (
+            isinstance(self.test_ids, str)
+            or not self.test_ids
+            or not all(isinstance(i, str) for i in self.test_ids)
+        ):
+            raise JobError(f"test_ids={self.test_ids!r} is invalid: allowed a non-empty list of example ids")
+        if len(set(self.test_ids)) != len(self.test_ids):
+            raise JobError("test_ids lists an example twice: each test example once")
+        for name in ("row_block", "col_block"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise JobError(f"{name}={getattr(self, name)!r} is invalid: allowed an integer >= 1")
+        self.config.validate()
+        return self
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> MatrixParams:
+        data = dict(data)
+        config = InfluenceConfig.from_json_dict(data.pop("config", {}))
+        ids = data.pop("test_ids", ())
+        return from_dict(cls, {**data, "test_ids": tuple(ids) if isinstance(ids, list | tuple) else ids,
+                               "config": config})  # fmt: skip
 
 
 def prepare_inputs(cfg: PrepareConfig) -> dict[str, str | list[str]]:
@@ -206,10 +272,24 @@ def prepare_inputs(cfg: PrepareConfig) -> dict[str, str | list[str]]:
             "model": source_fingerprint(cfg.model)}  # fmt: skip
 
 
-register_kind(
-    "prepare",
-    PrepareConfig,
-    "import data, fine-tune, predict, build the kNN index",
-    max_attempts=2,
-    inputs=prepare_inputs,
-)
+KINDS: dict[str, JobKind] = {
+    kind.name: kind
+    for kind in (
+        JobKind("influence", InfluenceParams, "influential training examples of one test example"),
+        JobKind("influence_many", ManyInfluenceParams, "influential training examples of many test examples"),
+        JobKind("matrix", MatrixParams, "influence matrix of many test examples (stored block by block)"),
+        JobKind(
+            "prepare",
+            PrepareConfig,
+            "import data, fine-tune, predict, build the kNN index",
+            2,
+            prepare_inputs,
+        ),
+        JobKind("graph", GraphConfig, "influence graph of test slices and their training examples"),
+        JobKind("correct", CorrectConfig, "error correction / data augmentation by influence (Sec. 6.3)", 2),
+        JobKind("activate_model", ActivateParams, "switch the workspace's active model version"),
+        JobKind(
+            SIMULATE_KIND, SimulateParams, "simulatability of influence explanations (paper Sec. 6.1)", 2
+        ),
+    )
+}

@@ -10,10 +10,8 @@ from factories import make_tiny_bert, make_tiny_examples
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.engine import influence, scoring, solvers
 from fastif_core.engine.objective import classifier_objective
-from fastif_core.errors import ConfigError, JobError, LissaDivergenceError
-from fastif_core.parallel.group import ParallelContext, QueryCancelled, RankState, parse_devices
-
-LOADER = f"{__name__}:load_tiny"  # imported by module path in the spawned rank
+from fastif_core.errors import ConfigError, JobError, LissaDivergenceError, QueryCancelled
+from fastif_core.parallel.group import ParallelContext, RankState, parse_devices
 
 
 def load_tiny(device: str, rank: int = 0, seed: int = 0, n_train: int = 12) -> RankState:
@@ -43,7 +41,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def group():
     ctx = ParallelContext.start("cpu:2", timeout_s=120)
-    ctx.load("tiny", LOADER, seed=0)
+    ctx.load("tiny", load_tiny, seed=0)
     yield ctx
     ctx.close()
 
@@ -115,13 +113,13 @@ def load_follower_diverges(device: str, rank: int) -> RankState:
 
 def test_follower_only_failures_reach_rank0(group):
     with pytest.raises(JobError, match=r"rank 1 failed: FileNotFoundError: rank 1: no model at /nonexistent"):
-        group.load("flaky", f"{__name__}:load_follower_fails")
+        group.load("flaky", load_follower_fails)
     cfg = InfluenceConfig(s_test=STestConfig(depth=20, batch_size=1, repeats=2, scale=50.0), k=None)
     assert group.influence("tiny", query_batch(), [0, 1], cfg).values.shape == (2,)  # no rank changed state
     with pytest.raises(JobError, match="'flaky' is not loaded"):
         group.influence("flaky", query_batch(), [0], cfg)
 
-    group.load("diverging", f"{__name__}:load_follower_diverges")
+    group.load("diverging", load_follower_diverges)
     # rank 0 runs repetition 0 of the same query without error (as here, serially); rank 1 runs repetition 1
     state = load_tiny("cpu")
     v = state.objective.grad(query_batch())
@@ -129,20 +127,22 @@ def test_follower_only_failures_reach_rank0(group):
     with pytest.raises(LissaDivergenceError, match="repetition 1"):
         group.influence("diverging", query_batch(), [0, 1], cfg)
     assert group.alive()
-    group.load("tiny", LOADER, seed=0)  # the module's other tests use it
+    group.load("tiny", load_tiny, seed=0)  # the module's other tests use it
     assert group.influence("tiny", query_batch(), [0, 1], cfg).values.shape == (2,)
 
 
 def test_load_error_names_loader(group):
-    with pytest.raises(ConfigError, match="cannot be imported"):
-        group.load("other", "fastif_core.no_such_module:load")
+    with pytest.raises(
+        ConfigError, match="loader='fastif_core.no_such_module:load' is invalid: give a module-level"
+    ):
+        group.load("other", "fastif_core.no_such_module:load")  # a name is not a loader: no import by string
     assert group.influence("tiny", query_batch(), [0], InfluenceConfig(s_test=STestConfig(depth=2), k=None))
 
 
 def test_single_rank_runs_without_torch_distributed():
     with ParallelContext.start("cpu:1") as ctx:
         assert not ctx.distributed
-        ctx.load("tiny", LOADER, seed=0)
+        ctx.load("tiny", load_tiny, seed=0)
         cfg = InfluenceConfig(s_test=STestConfig(depth=8, batch_size=2, repeats=2, scale=50.0), k=None)
         result = ctx.influence("tiny", query_batch(), [1, 4], cfg)
     s_test, values = serial(cfg, [1, 4])

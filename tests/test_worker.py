@@ -302,7 +302,7 @@ def test_followers_load_neither_index_nor_features(prepared):
 
     example = eval_ids(prepared, 1)[0]
     with ParallelContext.start("cpu:2", timeout_s=120) as group:
-        loaded = group.load("ws", f"{__name__}:checked_workspace_state", root=str(prepared)).info["loaded"]
+        loaded = group.load("ws", checked_workspace_state, root=str(prepared)).info["loaded"]
         candidates, _ = loaded.nearest(example, K)  # rank 0 searches; the follower only scores its shard
         result = group.influence("ws", loaded.encode_test(_record(prepared, example)), candidates, config())
     assert result.indices.tolist() == candidates and result.s_test_stats["ranks"] == 2

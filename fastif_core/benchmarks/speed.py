@@ -200,7 +200,7 @@ def multi_device(
         return None
     rows: dict[str, list[float]] = {r: [] for r in row_names(ks)}
     with ParallelContext.start(cfg.devices) as ctx:
-        ctx.load("bench", "fastif_core.benchmarks.speed:rank_state", root=str(loaded.root))
+        ctx.load("bench", rank_state, root=str(loaded.root))
         for i, ex in enumerate(examples):
             progress(i / len(examples), f"{spec}: test example {i + 1}/{len(examples)}")
             for row in rows:

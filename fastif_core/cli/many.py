@@ -72,7 +72,7 @@ def cmd_influence_many(a: argparse.Namespace, cfg: Any, device: str, fmt: Callab
 
 def many_params(a: argparse.Namespace, cfg: Any, model_id: int) -> Any:
     """The ``influence_many`` job of ``fastif submit influence --examples ...`` (ids checked first)."""
-    from fastif_core.queries.influence import ManyInfluenceParams
+    from fastif_core.jobs import ManyInfluenceParams
 
     return ManyInfluenceParams(example_ids=tuple(checked_ids(a, model_id)), config=cfg, model_id=model_id)
 

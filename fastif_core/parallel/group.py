@@ -41,7 +41,6 @@ one (``LOCAL_WORLD_SIZE`` <= visible GPUs), else gloo on the CPU for all ranks.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 import threading
@@ -53,24 +52,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import Tensor
 
-from fastif_core.config import InfluenceConfig, to_dict
+from fastif_core.config import InfluenceConfig
 from fastif_core.device import cuda_count
 from fastif_core.engine.examples import Batch, Examples
-from fastif_core.engine.influence import InfluenceResult
+from fastif_core.engine.influence import InfluenceResult, ManyInfluence
 from fastif_core.engine.objective import Objective
-from fastif_core.errors import ConfigError, FastifError, JobError
+from fastif_core.errors import ConfigError, FastifError, JobError, describe_error, rebuild_error
+from fastif_core.parallel import spmd
 from fastif_core.parallel.peers import GroupLost, Peers, collective_timeout
+from fastif_core.progress import Progress, ShouldStop
 
-Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
-ShouldStop = Callable[[], bool]  # polled on rank 0 between steps
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-QUERY = "fastif_core.parallel.spmd:run_influence"  # the SPMD body of one influence query
 DEFAULT_TIMEOUT_S = 300.0  # a rank silent this long is lost (the worker passes its lease instead)
-
-
-class QueryCancelled(JobError):
-    """The query was cancelled between steps; nothing was returned (raised on rank 0)."""
 
 
 @dataclass(frozen=True)
@@ -139,17 +134,6 @@ class RankState:
     objective: Objective
     train: Examples
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def import_ref(ref: str) -> Callable[..., Any]:
-    """``'package.module:function'`` → the function (so spawned ranks can rebuild the same state)."""
-    module, _, name = ref.partition(":")
-    if not module or not name:
-        raise ConfigError(f"loader={ref!r} is invalid: use 'package.module:function'")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"loader={ref!r} cannot be imported: {exc}") from exc
 
 
 class ParallelContext:
@@ -292,15 +276,19 @@ class ParallelContext:
 
     # ---- commands (rank 0) -----------------------------------------------------------------------
 
-    def load(self, key: str, loader: str, **kwargs: Any) -> RankState:
+    def load(self, key: str, loader: Callable[..., Any], **kwargs: Any) -> RankState:
         """Build (once per key) each rank's state with ``loader(device=..., rank=..., **kwargs)`` on every
         rank (rank 0 alone may load what only it uses, such as the kNN index).
 
-        ``loader`` is ``'package.module:function'`` returning a :class:`RankState` or ``(objective,
-        train)``; ``kwargs`` must be picklable. A key already loaded is reused without any work.
+        ``loader`` is a module-level function (pickled by reference to the other ranks) returning a
+        :class:`RankState` or ``(objective, train)``; ``kwargs`` must be picklable. A key already loaded is reused without any work.
         """
         if key in self._states:
             return self._states[key]
+        if not callable(loader):
+            raise ConfigError(
+                f"loader={loader!r} is invalid: give a module-level function (device, rank, **kwargs)"
+            )
         self._command({"op": "load", "key": key, "loader": loader, "kwargs": kwargs})
         return self._states[key]
 
@@ -308,31 +296,72 @@ class ParallelContext:
         self, key: str, test_batch: Batch, candidates: Sequence[int] | None, cfg: InfluenceConfig,
         progress: Progress | None = None, should_stop: ShouldStop | None = None,
     ) -> InfluenceResult:  # fmt: skip
-        """Influence of ``candidates`` (training rows; None = all) on one test example, on all ranks.
+        """Influence of ``candidates`` (training rows; None = all) on one test example, on all ranks:
+        :meth:`influence_many` with M = 1.
 
         Raises:
             QueryCancelled: ``should_stop()`` returned True between steps.
             FastifError: a rank failed (e.g. LissaDivergenceError), re-raised here with its message.
         """
+        rows = None if candidates is None else [list(candidates)]
+        return self.influence_many(key, [test_batch], rows, cfg, progress, should_stop).result(0)
+
+    def influence_many(
+        self, key: str, test_batches: Sequence[Batch], candidates: Sequence[Sequence[int]] | None,
+        cfg: InfluenceConfig, progress: Progress | None = None, should_stop: ShouldStop | None = None,
+    ) -> ManyInfluence:  # fmt: skip
+        """Influence of each test's ``candidates[m]`` (None = every training row) on ``test_batches[m]``,
+        on all ranks (:func:`fastif_core.parallel.spmd.run_influence`); raises as :meth:`influence`."""
         if key not in self._states:
             raise JobError(f"state {key!r} is not loaded on the group: call load() first")
-        cfg.validate()
-        rows = None if candidates is None else [int(i) for i in candidates]
-        batch = {k: v.cpu() for k, v in test_batch.items()}
-        payload = {"batch": batch, "candidates": rows, "cfg": to_dict(cfg)}
-        return self.call(QUERY, key, payload, progress=progress, should_stop=should_stop)
+        command = spmd.payload(
+            list(test_batches), None if candidates is None else [list(c) for c in candidates], cfg
+        )
+        return self.call(spmd.run_influence, key, command, progress=progress, should_stop=should_stop)
 
     def call(
-        self, fn: str, key: str, payload: dict[str, Any], progress: Progress | None = None,
+        self, fn: Callable[..., Any], key: str, payload: dict[str, Any], progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
     ) -> Any:  # fmt: skip
-        """Run ``fn`` (``'package.module:function'``, called as ``fn(ctx, cmd, progress, should_stop)``) on
+        """Run ``fn`` (a module-level function, called as ``fn(ctx, cmd, progress, should_stop)``) on
         every rank with the loaded state ``key`` and the picklable ``payload``; returns rank 0's result.
         Other engine modules add SPMD commands this way (e.g. :mod:`fastif_core.parallel.spmd`)."""
         if key not in self._states:
             raise JobError(f"state {key!r} is not loaded on the group: call load() first")
         cmd = {**payload, "op": "call", "fn": fn, "key": key}
         return self._command(cmd, progress=progress, should_stop=should_stop)
+
+    # ---- the API of an SPMD body (all ranks) ---------------------------------------------------------
+
+    def state(self, key: str) -> RankState:
+        """This rank's loaded state ``key`` (what :meth:`load` built)."""
+        if key not in self._states:
+            raise JobError(f"state {key!r} is not loaded on rank {self.rank}: call load() first")
+        return self._states[key]
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over every rank, in place (bounded wait); the tensor itself on one rank."""
+        if self.distributed:
+            self._collective(lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM))
+        return tensor
+
+    def all_gather(self, payload: Any) -> list[Any]:
+        """Every rank's picklable ``payload``, in rank order (bounded wait)."""
+        if not self.distributed:
+            return [payload]
+        out: list[Any] = [None] * self.world_size
+        self._collective(lambda: dist.all_gather_object(out, payload))
+        return out
+
+    def raise_any(self, error: BaseException | None) -> None:
+        """Collective: every rank learns whether any failed; rank 0 raises the first error, the others
+        a JobError (so that every rank leaves the body at the same point)."""
+        errors = self.all_gather(describe_error(error))
+        first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+        if first is not None and self.is_coordinator:
+            raise error if error is not None else rebuild_error(*first)
+        if first is not None:
+            raise JobError("a rank failed")
 
     # ---- execution (all ranks) -------------------------------------------------------------------
 
@@ -384,45 +413,18 @@ class ParallelContext:
         if cmd["op"] == "load":
             return self._run_load(cmd)
         if cmd["op"] == "call":
-            return import_ref(cmd["fn"])(self, cmd, progress, should_stop)
+            return cmd["fn"](self, cmd, progress, should_stop)
         raise JobError(f"unknown group command {cmd['op']!r}")
 
     def _run_load(self, cmd: dict[str, Any]) -> None:
         error, state = None, None
         try:
-            built = import_ref(cmd["loader"])(device=self.device, rank=self.rank, **cmd["kwargs"])
+            built = cmd["loader"](device=self.device, rank=self.rank, **cmd["kwargs"])
             state = built if isinstance(built, RankState) else RankState(*built)
         except Exception as exc:  # noqa: BLE001 - collected and re-raised on rank 0
             error = exc
-        self._raise_any(error)  # a rank failed: no rank changes its states, so all keep the same keys
+        self.raise_any(error)  # a rank failed: no rank changes its states, so all keep the same keys
         self._states = {cmd["key"]: state}  # one state at a time: models are large
-
-    def _raise_any(self, error: BaseException | None) -> None:
-        """Collective: every rank learns whether any failed; rank 0 raises the first error."""
-        errors = [describe_error(error)]
-        if self.distributed:
-            errors = [None] * self.world_size
-            self._collective(lambda: dist.all_gather_object(errors, describe_error(error)))
-        first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
-        if first is not None and self.is_coordinator:
-            raise error if error is not None else _rebuild(*first)
-        if first is not None:
-            raise JobError("a rank failed")
-
-
-def describe_error(error: BaseException | None) -> tuple[str, str] | None:
-    return None if error is None else (type(error).__name__, str(error))
-
-
-def _rebuild(rank: int, described: tuple[str, str]) -> FastifError:
-    """A follower's error as the same FastifError class on rank 0 (others as JobError)."""
-    from fastif_core import errors
-
-    name, message = described
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, FastifError):
-        return cls(message)
-    return JobError(f"rank {rank} failed: {name}: {message}")
 
 
 def _share_cpu(spec: DeviceSpec) -> int | None:

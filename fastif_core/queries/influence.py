@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastif_core import jobs
-from fastif_core.config import InfluenceConfig, config_hash, from_dict, to_dict
-from fastif_core.errors import ConfigError, DataFormatError, JobError, WorkspaceError
+from fastif_core.config import InfluenceConfig, config_hash, to_dict
+from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
+from fastif_core.jobs import unique_ids
 from fastif_core.workspace.layout import LoadedWorkspace, require_prepared
 
 Progress = Callable[[float, str], None]
@@ -195,17 +194,6 @@ def serial_many_runner(
     return compute_many(loaded.objective, batches, loaded.train, candidates, cfg, loaded.device, progress)
 
 
-def unique_ids(ids: Sequence[str]) -> list[str]:
-    """The ids, stripped, in order; an empty list or an id given twice is a ConfigError."""
-    out = [str(i).strip() for i in ids if str(i).strip()]
-    if not out:
-        raise ConfigError("examples: no example ids given (list ids with `fastif examples`)")
-    twice = next((i for n, i in enumerate(out) if i in out[:n]), None)
-    if twice is not None:
-        raise ConfigError(f"examples: {twice!r} is listed twice; give each example once")
-    return out
-
-
 def select_examples(
     root: str | Path, *, ids: str | None = None, ids_file: str | Path | None = None, dataset: str | None = None,
     split: str | None = None, incorrect: bool = False, limit: int = 20,
@@ -287,39 +275,3 @@ def _compute(
         runs.append({"model_id": loaded.model_id, "example_id": i, "config": stored_config(cfg), "scores": scores,
                      "num_candidates": len(scores), "timings": seconds, "s_test_stats": one.s_test_stats})  # fmt: skip
     return runs, notes
-
-
-@dataclass(frozen=True)
-class ManyInfluenceParams:
-    """Influence of the training examples on many test examples, in one batched run."""
-
-    example_ids: tuple[str, ...] = field(metadata={"help": "ids of the test examples"})
-    config: InfluenceConfig = field(
-        default_factory=InfluenceConfig, metadata={"help": "candidates and s_test"}
-    )
-    model_id: int | None = field(
-        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
-    )
-
-    def validate(self) -> ManyInfluenceParams:
-        if isinstance(self.example_ids, str) or not all(isinstance(i, str) for i in self.example_ids):
-            raise JobError(f"example_ids={self.example_ids!r} is invalid: allowed a list of example ids")
-        try:
-            unique_ids(self.example_ids)
-        except ConfigError as exc:
-            raise JobError(str(exc)) from None
-        self.config.validate()
-        return self
-
-    @classmethod
-    def from_json_dict(cls, data: dict[str, Any]) -> ManyInfluenceParams:
-        data = dict(data)
-        config = InfluenceConfig.from_json_dict(data.pop("config", {}))
-        ids = data.pop("example_ids", ())
-        ids = tuple(ids) if isinstance(ids, list | tuple) else ids
-        return from_dict(cls, {**data, "example_ids": ids, "config": config})
-
-
-jobs.register_kind(
-    "influence_many", ManyInfluenceParams, "influential training examples of many test examples"
-)

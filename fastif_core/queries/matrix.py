@@ -40,18 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastif_core import jobs
-from fastif_core.config import InfluenceConfig, from_dict
+from fastif_core.config import InfluenceConfig
 from fastif_core.engine.influence import test_gradients
 from fastif_core.engine.iterations import prepare_direct, solve_direct_, solve_many
 from fastif_core.engine.scoring import METHODS, score_many
 from fastif_core.engine.solvers import expected_cost
-from fastif_core.errors import ConfigError, JobError
+from fastif_core.errors import ConfigError
+from fastif_core.jobs import COL_BLOCK, ROW_BLOCK
 from fastif_core.queries.influence import check_request, require_example, stored_config
 from fastif_core.store import matrices as sm
 
 Progress = Callable[[float, str], None]
-ROW_BLOCK, COL_BLOCK = 32, 1024
 SOLVE_BLOCK = 16  # tests solved at once inside a row block (the solver's working memory)
 
 
@@ -320,47 +319,3 @@ def load_matrix(root: Any, matrix_id: int) -> tuple[sm.MatrixInfo, np.ndarray]:
         return info, sm.read_values(store, matrix_id)
     finally:
         store.close()
-
-
-@dataclass(frozen=True)
-class MatrixParams:
-    """An influence matrix job: test examples (rows), settings, kNN union or every training example."""
-
-    test_ids: tuple[str, ...] = field(metadata={"help": "ids of the test examples (the rows, in order)"})
-    config: InfluenceConfig = field(
-        default_factory=InfluenceConfig, metadata={"help": "candidates and s_test"}
-    )
-    full: bool = field(
-        default=False, metadata={"help": "every training example as a column (else the kNN union)"}
-    )
-    row_block: int = field(default=ROW_BLOCK, metadata={"help": "tests whose s_test are solved together"})
-    col_block: int = field(default=COL_BLOCK, metadata={"help": "candidate columns per stored block"})
-    model_id: int | None = field(
-        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
-    )
-
-    def validate(self) -> MatrixParams:
-        if (
-            isinstance(self.test_ids, str)
-            or not self.test_ids
-            or not all(isinstance(i, str) for i in self.test_ids)
-        ):
-            raise JobError(f"test_ids={self.test_ids!r} is invalid: allowed a non-empty list of example ids")
-        if len(set(self.test_ids)) != len(self.test_ids):
-            raise JobError("test_ids lists an example twice: each test example once")
-        for name in ("row_block", "col_block"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise JobError(f"{name}={getattr(self, name)!r} is invalid: allowed an integer >= 1")
-        self.config.validate()
-        return self
-
-    @classmethod
-    def from_json_dict(cls, data: dict[str, Any]) -> MatrixParams:
-        data = dict(data)
-        config = InfluenceConfig.from_json_dict(data.pop("config", {}))
-        ids = data.pop("test_ids", ())
-        return from_dict(cls, {**data, "test_ids": tuple(ids) if isinstance(ids, list | tuple) else ids,
-                               "config": config})  # fmt: skip
-
-
-jobs.register_kind("matrix", MatrixParams, "influence matrix of many test examples (stored block by block)")

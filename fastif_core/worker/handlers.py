@@ -1,8 +1,8 @@
 """The engine's job handlers (``influence``, ``influence_many``, ``matrix``, ``prepare``), and the two pieces
 every handler that asks the engine shares: :func:`group_state` (the workspace loaded once on every rank of
 the device group, checked against the job's model) and :func:`influence_runner` (one query on the group,
-with the precise reason when it is stopped). The worker imports this module at start
-(:data:`fastif_core.worker.loop.HANDLER_MODULES`), as it imports each application's ``job`` module."""
+with the precise reason when it is stopped). :data:`fastif_core.worker.registry.HANDLERS` pairs each kind
+with its handler here and in each application's ``job`` module."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastif_core.errors import JobError
-from fastif_core.parallel.group import QueryCancelled, RankState
-from fastif_core.queries import matrix  # noqa: F401 - register the influence_many and matrix kinds
-from fastif_core.worker.loop import JobContext, register_handler
+from fastif_core.errors import JobError, QueryCancelled
+from fastif_core.parallel.group import RankState
+from fastif_core.worker.context import JobContext
 
 
 def load_workspace_state(device: str, rank: int, root: str) -> RankState:
-    """Rank loader (imported by module path on every rank): the workspace's model, objective, train set;
+    """Rank loader (pickled by reference to every rank): the workspace's model, objective, train set;
     the kNN index and features only on rank 0, the only rank that searches."""
     from fastif_core.workspace.layout import LoadedWorkspace
 
@@ -36,7 +35,7 @@ def group_state(ctx: JobContext) -> tuple[str, RankState]:
         raise JobError(f"model_id={model_id} is not this workspace's model ({manifest['model_id']})")
     key = f"{Path(ctx.root).resolve()}#{manifest['model_id']}#{manifest.get('prepare_hash', '')}"
     ctx.progress(0.0, "loading the workspace on every rank")
-    return key, ctx.group.load(key, f"{__name__}:load_workspace_state", root=str(Path(ctx.root).resolve()))
+    return key, ctx.group.load(key, load_workspace_state, root=str(Path(ctx.root).resolve()))
 
 
 def influence_runner(ctx: JobContext, key: str) -> Callable[..., Any]:
@@ -67,7 +66,6 @@ def run_influence(ctx: JobContext) -> dict[str, Any]:
 def run_influence_many(ctx: JobContext) -> dict[str, Any]:
     """``influence_many`` jobs: one batched run for many examples, repetitions and candidate shards spread
     over the device group with one all-reduce for all s_test vectors (:mod:`fastif_core.parallel.spmd`)."""
-    from fastif_core.parallel.spmd import MANY, many_payload
     from fastif_core.queries.influence import influence_query_many
 
     params = ctx.params
@@ -77,9 +75,7 @@ def run_influence_many(ctx: JobContext) -> dict[str, Any]:
         loaded: Any, batches: list, candidates: list[list[int]] | None, cfg: Any, progress: Any
     ) -> Any:
         try:
-            return ctx.group.call(
-                MANY, key, many_payload(batches, candidates, cfg), progress, ctx.should_stop
-            )
+            return ctx.group.influence_many(key, batches, candidates, cfg, progress, ctx.should_stop)
         except QueryCancelled:
             ctx.check()  # the precise reason: cancelled, lease lost or worker stopping
             raise
@@ -111,9 +107,3 @@ def run_prepare(ctx: JobContext) -> dict[str, Any]:
         ctx.root, ctx.params, device=ctx.group.device, progress=ctx.progress, show_progress=False
     )
     return {"model_id": manifest.get("model_id"), "status": manifest.get("status")}
-
-
-register_handler("influence", run_influence)
-register_handler("influence_many", run_influence_many)
-register_handler("matrix", run_matrix)
-register_handler("prepare", run_prepare)

@@ -2,7 +2,7 @@
 (or of a ``torchrun`` launch) and writes every result to the store.
 
 One worker = one :class:`~fastif_core.parallel.group.ParallelContext`, started once. Rank 0 claims jobs
-(atomically, with a lease), dispatches them by kind through :func:`register_handler`'s registry, and
+(atomically, with a lease), dispatches them by kind through :data:`fastif_core.worker.registry.HANDLERS`, and
 keeps a heartbeat thread that renews the lease, publishes progress and refreshes the ``workers`` row
 (so the dashboard can tell whether a worker is alive: see :mod:`fastif_core.worker.process`).
 
@@ -23,8 +23,6 @@ exits, so that a fresh worker starts a fresh group.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -33,109 +31,18 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastif_core import jobs
-from fastif_core.errors import ConfigError, FastifError, JobError, LeaseLostError
-from fastif_core.parallel.group import ParallelContext, QueryCancelled
+from fastif_core.errors import FastifError, JobError, LeaseLostError, QueryCancelled
+from fastif_core.parallel.group import ParallelContext
 from fastif_core.parallel.peers import GroupLost
+from fastif_core.worker import registry
+from fastif_core.worker.context import JobContext, Signals, WorkerStopping
+from fastif_core.worker.registry import HANDLERS, handler_for
 
 log = logging.getLogger("fastif.worker")
-
-Handler = Callable[["JobContext"], Any]  # returns None (job already done) or a result dict
-_HANDLERS: dict[str, Handler] = {}
-HANDLER_MODULES = (  # each registers its job kinds' handlers on import
-    "fastif_core.worker.handlers",
-    "fastif_core.apps.graph.job",
-    "fastif_core.apps.correct.job",
-    "fastif_core.apps.simulate.job",
-)
-MODULES_ENV = "FASTIF_WORKER_MODULES"
-
-
-class WorkerStopping(JobError):
-    """The worker was asked to stop (SIGTERM/SIGINT): the current job goes back to the queue."""
-
-
-def load_handler_modules() -> None:
-    """Import the modules that register more kinds and handlers: :data:`HANDLER_MODULES` when installed,
-    plus ``$FASTIF_WORKER_MODULES`` (comma-separated module names, each must exist)."""
-    for name in HANDLER_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
-    for name in filter(None, os.environ.get(MODULES_ENV, "").split(",")):
-        try:
-            importlib.import_module(name.strip())
-        except ImportError as exc:
-            raise ConfigError(f"{MODULES_ENV}: cannot import {name.strip()!r}: {exc}") from exc
-
-
-def register_handler(kind: str, handler: Handler) -> Handler:
-    """Run jobs of ``kind`` (registered in :mod:`fastif_core.jobs`) with ``handler(ctx)``."""
-    jobs.get_kind(kind)
-    _HANDLERS[kind] = handler
-    return handler
-
-
-def handler_for(kind: str) -> Handler:
-    if kind not in _HANDLERS:
-        raise JobError(f"no worker handler for job kind {kind!r}: this worker runs {sorted(_HANDLERS)}")
-    return _HANDLERS[kind]
-
-
-@dataclass
-class _Signals:
-    """What the heartbeat thread and the signal handlers tell the job's thread."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: threading.Event = field(default_factory=threading.Event)
-    stop: threading.Event = field(default_factory=threading.Event)
-    progress: tuple[float, str] | None = None
-
-
-@dataclass
-class JobContext:
-    """Everything a handler needs: the claimed job, its validated parameters, the store, the devices."""
-
-    worker: Worker
-    job: Any  # JobInfo
-    params: Any
-    signals: _Signals
-
-    @property
-    def store(self) -> Any:
-        return self.worker.store
-
-    @property
-    def root(self) -> Path:
-        return self.worker.root
-
-    @property
-    def group(self) -> ParallelContext:
-        return self.worker.group
-
-    @property
-    def owner(self) -> str:
-        return self.worker.id
-
-    def progress(self, fraction: float, message: str) -> None:
-        """Record progress (published by the heartbeat) and stop here if the job must stop."""
-        self.signals.progress = (fraction, message)
-        self.check()
-
-    def should_stop(self) -> bool:
-        return any(e.is_set() for e in (self.signals.cancel, self.signals.lost, self.signals.stop))
-
-    def check(self) -> None:
-        """Raise between steps: JobCancelled, LeaseLostError or WorkerStopping."""
-        if self.signals.lost.is_set():
-            raise LeaseLostError(f"job {self.job.id}: lease lost by {self.owner}")
-        if self.signals.cancel.is_set():
-            raise jobs.JobCancelled(f"job {self.job.id} was cancelled")
-        if self.signals.stop.is_set():
-            raise WorkerStopping(f"worker {self.owner} is stopping")
 
 
 class _Heartbeat(threading.Thread):
@@ -218,12 +125,12 @@ class Worker:
 
     def run_next(self) -> bool:
         """Claim and run one job; False when nothing was claimable."""
-        job = self.store.claim_job(self.id, lease_seconds=self.lease_seconds, kinds=sorted(_HANDLERS),
+        job = self.store.claim_job(self.id, lease_seconds=self.lease_seconds, kinds=sorted(HANDLERS),
                                    device=self.group.spec)  # fmt: skip
         if job is None:
             return False
         log.info("job %s (%s) claimed, attempt %s/%s", job.id, job.kind, job.attempts, job.max_attempts)
-        signals = _Signals()
+        signals = Signals()
         if self.stop.is_set():
             signals.stop.set()
         self.current = JobContext(self, job, None, signals)
@@ -294,7 +201,7 @@ def run_worker(
 
     if lease_seconds <= 0 or poll <= 0:
         raise JobError(f"lease_seconds={lease_seconds} and poll={poll} must be > 0")
-    load_handler_modules()
+    registry.load_plugins()
     group = ParallelContext.start(devices, timeout_s=lease_seconds)  # a silent rank costs one lease
     if not group.is_coordinator:  # torchrun ranks > 0 only execute rank 0's commands
         try:

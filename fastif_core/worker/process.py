@@ -6,7 +6,6 @@ heartbeat to the store recently and, if it runs on this host, its process still 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -14,18 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fastif_core.processes import pid_running
+
 LOG_FILE = "worker.log"  # in the workspace directory
-
-
-def pid_running(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def running(workers: Iterable[Any]) -> list[Any]:

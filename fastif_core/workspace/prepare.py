@@ -29,9 +29,9 @@ from fastif_core.data.loaders import load_source
 from fastif_core.data.records import HANS_LABELS, NLIExample, labels_for, to_two_way
 from fastif_core.data.sampling import content_hash, stratified_sample
 from fastif_core.errors import DataFormatError, WorkspaceError
+from fastif_core.processes import pid_running
 from fastif_core.store import Store
 from fastif_core.store.records import PredictionIn
-from fastif_core.worker.process import pid_running
 from fastif_core.workspace.layout import (
     LAYOUT,
     WorkspacePaths,

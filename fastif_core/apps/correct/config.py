@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastif_core import jobs
 from fastif_core.config import GRADIENT_L2, STestConfig, config_hash, from_dict, to_dict
 from fastif_core.errors import ConfigError
 
@@ -163,8 +162,3 @@ class ActivateParams:
             self.model_id,
         )
         return self
-
-
-jobs.register_kind("correct", CorrectConfig, "error correction / data augmentation by influence (Sec. 6.3)",
-                   max_attempts=2)  # fmt: skip
-jobs.register_kind("activate_model", ActivateParams, "switch the workspace's active model version")

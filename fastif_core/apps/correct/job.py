@@ -263,13 +263,3 @@ def run_activate_job(ctx: Any) -> dict[str, Any]:
         ctx.root, ctx.params.model_id, device=ctx.group.device, progress=ctx.progress
     )
     return {"model_id": manifest["model_id"], "build": manifest.get("build")}
-
-
-def _register() -> None:
-    from fastif_core.worker import loop as worker
-
-    worker.register_handler("correct", run_correct_job)
-    worker.register_handler("activate_model", run_activate_job)
-
-
-_register()

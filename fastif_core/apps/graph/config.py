@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastif_core import jobs
 from fastif_core.config import InfluenceConfig, _f, _require, from_dict, to_dict
 
 # ExampleFilter fields a test set can be restricted by (the browse page's filters)
@@ -91,6 +90,3 @@ class GraphConfig:
 
     def with_model(self, model_id: int) -> GraphConfig:
         return replace(self, model_id=int(model_id))
-
-
-jobs.register_kind("graph", GraphConfig, "influence graph of test slices and their training examples")

@@ -54,7 +54,8 @@ def graph_influences(
     ``NaN`` elsewhere; ``counts`` = the stored matrix's id and its blocks ``computed`` now, found
     ``stored`` and ``derived`` from a stored full matrix.
     """
-    from fastif_core.queries.matrix import ROW_BLOCK, influence_matrix
+    from fastif_core.jobs import ROW_BLOCK
+    from fastif_core.queries.matrix import influence_matrix
 
     out = influence_matrix(loaded, list(test_ids), replace(cfg, k=None if full else k, top=1), full=full,
                            progress=with_eta(progress), row_block=row_block or ROW_BLOCK)  # fmt: skip

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastif_core.apps.graph import config  # noqa: F401 - registers the "graph" job kind
 from fastif_core.apps.graph.build import build_graph
+from fastif_core.worker.context import JobContext
 from fastif_core.worker.handlers import group_state
-from fastif_core.worker.loop import JobContext, register_handler
 
 
 def run_graph(ctx: JobContext) -> dict[str, Any]:
@@ -17,6 +16,3 @@ def run_graph(ctx: JobContext) -> dict[str, Any]:
     out = build_graph(ctx.root, ctx.params, device=ctx.group.device, loaded=state.info["loaded"],
                       progress=ctx.progress, job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
     return {"graph_id": out["graph_id"], "cached": out["cached"]}
-
-
-register_handler("graph", run_graph)

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from fastif_core import jobs
 from fastif_core.config import InfluenceConfig, STestConfig, _f, _require, config_hash, from_dict, to_dict
 
 KINDS = ("helpful", "harmful", "random")  # the explanation kinds of Fig. 5; random also per label
@@ -33,13 +32,6 @@ class TestFilter:
     heuristic: tuple[str, ...] = _f((), "HANS heuristics (any of)")
     subcase: tuple[str, ...] = _f((), "HANS subcases (any of)")
     search: str | None = _f(None, "text in the premise, hypothesis or id")
-
-    def example_filter(self, model_id: int) -> Any:
-        """The store's ``ExampleFilter`` for ``model_id``'s predictions, outside the training set."""
-        from fastif_core.store.records import ExampleFilter
-
-        given = {f.name: tuple(getattr(self, f.name)) or None for f in fields(self) if f.name != "search"}
-        return ExampleFilter(**given, search=self.search, model_id=model_id, in_training_set=False)
 
     @classmethod
     def from_example_filter(cls, f: Any) -> TestFilter:
@@ -140,7 +132,3 @@ class SimulateParams:
     def from_json_dict(cls, data: dict[str, Any]) -> SimulateParams:
         data = dict(data)
         return from_dict(cls, {**data, "config": SimulateConfig.from_json_dict(data.pop("config", {}) or {})})
-
-
-jobs.register_kind(JOB_KIND, SimulateParams, "simulatability of influence explanations (paper Sec. 6.1)",
-                   max_attempts=2)  # fmt: skip

@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
-from fastif_core.apps.simulate.config import SimulateConfig
+from fastif_core.apps.simulate.config import SimulateConfig, TestFilter
 from fastif_core.errors import ConfigError
 from fastif_core.store import ExampleRow, Store
+from fastif_core.store.records import ExampleFilter
+
+
+def example_filter(f: TestFilter, model_id: int) -> ExampleFilter:
+    """The store's ``ExampleFilter`` of a study's test filter: ``model_id``'s predictions, outside the
+    training set."""
+    given = {n.name: tuple(getattr(f, n.name)) or None for n in fields(f) if n.name != "search"}
+    return ExampleFilter(**given, search=f.search, model_id=model_id, in_training_set=False)
 
 
 def select_test_examples(store: Store, model_id: int, cfg: SimulateConfig) -> list[ExampleRow]:
     """``ceil(T/2)`` correctly and ``floor(T/2)`` incorrectly predicted examples outside the training set
     matching ``cfg.filter``, drawn with ``cfg.seed`` (ConfigError when the filter has too few)."""
-    base = cfg.filter.example_filter(model_id)
+    base = example_filter(cfg.filter, model_id)
     wanted = {True: (cfg.test_examples + 1) // 2, False: cfg.test_examples // 2}
     chosen: list[ExampleRow] = []
     for correct, n in wanted.items():

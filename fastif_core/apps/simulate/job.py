@@ -7,12 +7,12 @@ from typing import Any
 
 from fastif_core.apps.simulate.config import JOB_KIND, SimulateParams
 from fastif_core.worker import handlers as engine_jobs
-from fastif_core.worker import loop as worker
+from fastif_core.worker.context import JobContext
 
 __all__ = ["JOB_KIND", "SimulateParams", "run_simulate"]
 
 
-def run_simulate(ctx: worker.JobContext) -> dict[str, Any]:
+def run_simulate(ctx: JobContext) -> dict[str, Any]:
     """Run the study; the result and ``done`` are stored in one transaction (``simulation_id``)."""
     from fastif_core.apps.simulate.run import simulate
 
@@ -21,6 +21,3 @@ def run_simulate(ctx: worker.JobContext) -> dict[str, Any]:
                    runner=engine_jobs.influence_runner(ctx, key), progress=ctx.progress, job_id=ctx.job.id,
                    owner=ctx.owner)  # fmt: skip
     return {"simulation_id": out["simulation_id"], "cached": out["cached"]}
-
-
-worker.register_handler(JOB_KIND, run_simulate)
