@@ -8,17 +8,16 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples
 
 from fastif_core.config import STestConfig
-from fastif_core.engine.curvature import curvature_vp
-from fastif_core.engine.iterations import (
-    curvature_vps,
+from fastif_core.engine.curvature import curvature_vp, curvature_vps
+from fastif_core.engine.objective import classifier_objective
+from fastif_core.engine.solvers import (
     finish_many,
     many_from_flat,
     many_to_flat,
+    solve,
     solve_many,
     solve_many_repetitions,
 )
-from fastif_core.engine.objective import classifier_objective
-from fastif_core.engine.solvers import solve
 from fastif_core.errors import ConfigError, LissaDivergenceError
 
 

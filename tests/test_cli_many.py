@@ -15,7 +15,8 @@ from fastif_core import jobs
 from fastif_core.cli import main as cli
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.jobs import ManyInfluenceParams, MatrixParams
-from fastif_core.queries.influence import influence_query_many, list_examples
+from fastif_core.queries.examples import list_examples
+from fastif_core.queries.influence import influence_query_many
 from fastif_core.store import Store
 from fastif_core.store import matrices as sm
 from fastif_core.worker.loop import run_worker

@@ -14,9 +14,8 @@ from fastif_core.config import STestConfig
 from fastif_core.engine import woodbury as direct
 from fastif_core.engine.curvature import exact_damped_solve, gnvp
 from fastif_core.engine.examples import sample_indices
-from fastif_core.engine.iterations import solve_direct_, solve_many
 from fastif_core.engine.objective import Objective, binary_cross_entropy, classifier_objective, tensor_forward
-from fastif_core.engine.solvers import solve
+from fastif_core.engine.solvers import solve, solve_direct_, solve_many
 from fastif_core.errors import ConfigError, LissaDivergenceError
 from fastif_core.workspace.layout import two_way_aware_cross_entropy
 

@@ -9,10 +9,10 @@ from sqlalchemy import text
 
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.engine.influence import compute_influence, test_gradients
-from fastif_core.engine.iterations import solve_many
 from fastif_core.engine.scoring import score_many
+from fastif_core.engine.solvers import solve_many
 from fastif_core.errors import ConfigError, LeaseLostError, WorkspaceError
-from fastif_core.queries.influence import list_examples
+from fastif_core.queries.examples import list_examples
 from fastif_core.queries.matrix import influence_matrix
 from fastif_core.store import Store
 from fastif_core.store import engine as eng

@@ -171,7 +171,7 @@ def _add_examples(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_examples(a: argparse.Namespace) -> int:
-    from fastif_core.queries.influence import list_examples
+    from fastif_core.queries.examples import list_examples
 
     rows = list_examples(a.workspace, dataset=a.dataset, split=a.split, incorrect=a.incorrect, limit=a.limit)
     if a.json:
@@ -307,7 +307,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
     """Queue a job; an influence job is checked (prepared workspace, known example, k) and keyed by the
     workspace's model, so after a re-prepare the same request is a new job."""
     from fastif_core import jobs
-    from fastif_core.queries.influence import check_request, require_example
+    from fastif_core.queries.examples import require_example
+    from fastif_core.queries.influence import check_request
     from fastif_core.store import Store
     from fastif_core.workspace.layout import require_prepared
 

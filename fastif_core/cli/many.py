@@ -51,7 +51,7 @@ def is_many(a: argparse.Namespace) -> bool:
 
 def selected_ids(a: argparse.Namespace) -> list[str]:
     """The example ids the arguments name, in order."""
-    from fastif_core.queries.influence import select_examples
+    from fastif_core.queries.examples import select_examples
 
     if a.limit is not None and a.limit < 1:
         raise ConfigError(f"limit={a.limit} is invalid: allowed an integer >= 1")
@@ -79,7 +79,7 @@ def many_params(a: argparse.Namespace, cfg: Any, model_id: int) -> Any:
 
 def checked_ids(a: argparse.Namespace, model_id: int) -> list[str]:
     """:func:`selected_ids`, each checked to be an example of the workspace (before any work)."""
-    from fastif_core.queries.influence import require_example
+    from fastif_core.queries.examples import require_example
     from fastif_core.store import Store
 
     ids = selected_ids(a)

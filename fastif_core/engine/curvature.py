@@ -20,7 +20,7 @@ solvers (LiSSA, conjugate gradient) live in :mod:`fastif_core.engine.solvers`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -29,8 +29,6 @@ from fastif_core.config import CURVATURES
 from fastif_core.engine.examples import Batch, Examples, sample_indices, to_device
 from fastif_core.engine.objective import Objective, resolve_device
 from fastif_core.errors import ConfigError
-
-Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
 
 HVP_METHODS = ("forward_over_reverse", "double_backward")
 # bench.bench_hvp on the packaged MiniLM (eager attention, MNLI pairs, embeddings + 4 of 6 layers frozen,
@@ -233,3 +231,86 @@ def power_iteration(
             break
         u = w / norm
     return eig
+
+
+VECTORS_PER_CALL = 16  # curvature products per batched autograd call (bounds the extra activation memory)
+
+
+def _split(objective: Objective, vs: Tensor) -> dict[str, Tensor]:
+    """``(K, P)`` -> name -> ``(K, *shape)`` views, in the objective's parameter order."""
+    params = objective.params
+    sizes = [params[n].numel() for n in objective.names]
+    parts = torch.split(vs, sizes, dim=1)
+    return {n: c.reshape(vs.shape[0], *params[n].shape) for n, c in zip(objective.names, parts, strict=True)}
+
+
+def _join(objective: Objective, tensors: dict[str, Tensor], k: int) -> Tensor:
+    """name -> ``(K, *shape)`` -> ``(K, P)``."""
+    return torch.cat([tensors[n].reshape(k, -1) for n in objective.names], dim=1)
+
+
+def _leaves(objective: Objective) -> tuple[dict[str, Tensor], list[Tensor]]:
+    leaves = {n: p.detach().requires_grad_() for n, p in objective.params.items()}
+    return leaves, [leaves[n] for n in objective.names]
+
+
+def _hvp_batched(objective: Objective, batch: Batch, vs: dict[str, Tensor], method: str) -> dict[str, Tensor]:
+    """``H_b v_k`` for K stacked tangents (data term): batched double backward or vmapped forward mode."""
+    if method == "forward_over_reverse":
+
+        def gradient(params: dict[str, Tensor]) -> dict[str, Tensor]:
+            return torch.func.grad(lambda p: objective.data_loss(p, batch).mean())(params)
+
+        one = lambda t: torch.func.jvp(gradient, (objective.params,), (t,))[1]  # noqa: E731
+        return torch.func.vmap(one)(vs)
+    leaves, inputs = _leaves(objective)
+    grads = torch.autograd.grad(objective.data_loss(leaves, batch).mean(), inputs, create_graph=True)
+    hv = torch.autograd.grad(
+        grads, inputs, grad_outputs=[vs[n] for n in objective.names], is_grads_batched=True
+    )
+    return dict(zip(objective.names, hv, strict=True))
+
+
+def _gnvp_batched(objective: Objective, batch: Batch, vs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``G_b v_k`` for K stacked tangents: ``u_k = J v_k`` by vmapped forward mode, ``w_k = Q u_k`` with the
+    output Hessians Q computed once, ``Jᵀ w_k / B`` by one batched backward."""
+    with torch.no_grad():
+        outputs = objective.outputs(objective.params, batch)  # (B, C)
+        one = lambda t: torch.func.jvp(lambda p: objective.outputs(p, batch), (objective.params,), (t,))[1]  # noqa: E731
+        u = torch.func.vmap(one)(vs)  # (K, B, C)
+        q = output_hessians(objective, outputs, batch["labels"])  # (B, C, C)
+        w = torch.einsum("bcd,kbd->kbc", q, u) / outputs.shape[0]  # (K, B, C)
+    leaves, inputs = _leaves(objective)
+    primal = objective.outputs(leaves, batch)
+    jtw = torch.autograd.grad(primal, inputs, grad_outputs=w, is_grads_batched=True, allow_unused=True)
+    k = w.shape[0]
+    return {n: torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+            for n, g, p in zip(objective.names, jtw, inputs, strict=True)}  # fmt: skip
+
+
+def _products_batched(objective: Objective, batch: Batch, vs: Tensor, curvature: str, method: str) -> Tensor:
+    """``C_b v_k`` ``(K, P)`` in one autograd call (data term by autodiff, L2 term analytically)."""
+    split = _split(objective, vs)
+    data = _gnvp_batched(objective, batch, split) if curvature == "gauss_newton" else _hvp_batched(
+        objective, batch, split, method)  # fmt: skip
+    out = _join(objective, data, vs.shape[0])
+    if objective.weight_decay == 0.0:
+        return out
+    return out + _join(objective, objective.regularizer_hvp(split), vs.shape[0])
+
+
+def curvature_vps(
+    objective: Objective, batch: Batch, vectors: Sequence[Tensor], curvature: str = "hessian",
+    method: str = DEFAULT_HVP_METHOD, batched: bool = False,
+) -> list[Tensor]:  # fmt: skip
+    """``[C_b v for v in vectors]`` (each ``(P,)``) on one batch: a loop of :func:`curvature_vp`, or with
+    ``batched`` groups of ``VECTORS_PER_CALL`` products per autograd call. Callers run in eval mode."""
+    if not batched:
+        return [curvature_vp(objective, batch, v, curvature, method) for v in vectors]
+    out: list[Tensor] = []
+    for lo in range(0, len(vectors), VECTORS_PER_CALL):
+        group = torch.stack(
+            [v.to(objective.device, objective.dtype) for v in vectors[lo : lo + VECTORS_PER_CALL]]
+        )
+        out.extend(_products_batched(objective, batch, group, curvature, method).unbind(0))
+    return out

@@ -17,14 +17,21 @@ FastIF code's convention (``∇(ℓ + wd·Σθ²)`` for both), ``train`` adds th
 regulariser's gradient ``r = 2·wd·θ`` is the same for every example, so those conventions add a constant
 ``-rᵀAr`` and test-independent per-candidate terms (the convex leave-one-out benchmark compares them).
 
-"Full" (all training examples, the original estimator settings) and "fast" (the kNN candidates,
-FastIF's LiSSA settings) both go through :func:`compute_influence`; only ``candidates`` and the
-config differ.
+One path for one and many test examples: :func:`compute_many` takes M test batches and their
+candidate lists, computes the M test gradients, ONE s_test run for all M
+(:func:`fastif_core.engine.solvers.solve_many`) and ONE scoring pass over the union of the candidate
+sets (:func:`fastif_core.engine.scoring.score_many`, whose cost model picks JVP scoring for one test and
+per-example gradients from two on); :func:`compute_influence` is that path with M = 1. Each test's
+values equal what it gets alone with the same settings and seeds. "Full" (all training examples) and
+"fast" (the kNN candidates) differ only in ``candidates`` and the config.
 
-API: :func:`test_gradient`, :func:`score_candidates` (batched forward-mode ``torch.func.jvp`` of the
-per-example loss vector: ``∇L(z_i)·s_test`` for a whole batch in about one forward pass, memory
-O(parameters), no per-example gradients), :func:`score_candidates_reference` (per-example backward
-loop, for tests), :func:`compute_influence` -> :class:`InfluenceResult`, :func:`rank`.
+Why the union: scoring a column for all M tests costs little more than for one (one backward per
+candidate plus M dot products), and the kNN sets of M test examples overlap. A pair outside a test's
+candidate set is computed too but not reported for that test.
+
+API: :func:`test_gradient`, :func:`test_gradients`, :func:`union_columns`, :func:`compute_many` ->
+:class:`ManyInfluence`, :func:`compute_influence` -> :class:`InfluenceResult`, :func:`rank`,
+:func:`progress_split`.
 """
 
 from __future__ import annotations
@@ -37,13 +44,13 @@ import torch
 from torch import Tensor
 
 from fastif_core.config import InfluenceConfig
-from fastif_core.engine.curvature import DEFAULT_HVP_METHOD, Progress
+from fastif_core.engine.curvature import DEFAULT_HVP_METHOD
 from fastif_core.engine.examples import Batch, Examples, to_device
-from fastif_core.engine.iterations import solve_many
 from fastif_core.engine.objective import Objective, resolve_device
-from fastif_core.engine.scoring import score_candidates, score_many
-from fastif_core.engine.solvers import expected_cost, solve
+from fastif_core.engine.scoring import score_many
+from fastif_core.engine.solvers import expected_cost, solve_many
 from fastif_core.errors import ConfigError
+from fastif_core.progress import Progress, sub_range
 
 
 def test_gradient(
@@ -99,12 +106,6 @@ def progress_split(cfg: InfluenceConfig, candidates: int) -> float:
     return cost / (cost + 2 * candidates) if cost + candidates > 0 else 0.0
 
 
-def _sub_progress(progress: Progress | None, start: float, end: float) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (end - start) * fraction, message)
-
-
 def compute_influence(
     objective: Objective,
     test_batch: Batch,
@@ -115,36 +116,17 @@ def compute_influence(
     progress: Progress | None = None,
     method: str = DEFAULT_HVP_METHOD,
 ) -> InfluenceResult:
-    """Influence of ``candidates`` (None = every training example, "full") on ``test_batch``.
-
-    s_test comes from the solver of ``cfg.s_test`` over ``train``; candidates are scored with
-    :func:`score_candidates` in batches of ``cfg.score_batch_size``; ``cfg.gradient_l2`` says which
-    gradients carry the L2 term. ``progress`` gets ``(fraction, message)``, with the fraction split by
-    the estimated cost of the two stages.
-    """
-    cfg.validate()
-    device = resolve_device(objective, device)
-    rows = list(range(len(train))) if candidates is None else [int(i) for i in candidates]
-    split = progress_split(cfg, len(rows))
-    t0 = time.perf_counter()
-    v = test_gradient(objective, test_batch, device, include_l2=cfg.test_l2)
-    t1 = time.perf_counter()
-    est = solve(objective, v, train, cfg.s_test, device, _sub_progress(progress, 0.0, split), method)
-    t2 = time.perf_counter()
-    values = score_candidates(
-        objective, est.s_test, train, rows, cfg.score_batch_size, device, _sub_progress(progress, split, 1.0),
-        include_l2=cfg.train_l2,
-    )  # fmt: skip
-    t3 = time.perf_counter()
-    seconds = {"test_gradient": t1 - t0, "s_test": t2 - t1, "scoring": t3 - t2, "total": t3 - t0}
-    return InfluenceResult(torch.as_tensor(rows, dtype=torch.long), values, est.s_test, est.stats(), seconds)
+    """Influence of ``candidates`` (None = every training example, "full") on ``test_batch``:
+    :func:`compute_many` with M = 1 (whose cost model scores one test by JVP)."""
+    rows = None if candidates is None else [[int(i) for i in candidates]]
+    return compute_many(objective, [test_batch], train, rows, cfg, device, progress, method).result(0)
 
 
 @dataclass
 class ManyInfluence:
     """Influence of the union of M candidate sets on M test examples, and how it was obtained."""
 
-    columns: Tensor  # (U,) long: training rows scored (the union, ascending)
+    columns: Tensor  # (U,) long: training rows scored (the union: see union_columns)
     values: Tensor  # (M, U) influence; positive = harmful, negative = helpful
     candidates: list[Tensor]  # per test, its candidate rows in the given order (k,) long
     picks: list[Tensor]  # per test, the columns of its candidates: values[m, picks[m]]
@@ -182,13 +164,18 @@ test_gradients.__test__ = False  # type: ignore[attr-defined]  # not a pytest te
 def union_columns(
     candidates: Sequence[Sequence[int]] | None, m: int, n: int
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """``(union (U,), per-test candidates, per-test picks into the union)``; None = every row of n for all m."""
+    """``(union (U,), per-test candidates, per-test picks into the union)``; None = every row of n for all m.
+
+    The union is ascending, except for one test with distinct candidates: then it is that test's list in
+    its own order (so one test's candidates are batched for scoring in the order it gave them)."""
     if candidates is None:
         every = torch.arange(n, dtype=torch.long)
         return every, [every] * m, [every] * m
     if len(candidates) != m:
         raise ConfigError(f"{len(candidates)} candidate lists for {m} test examples: give one per test")
     lists = [torch.as_tensor([int(i) for i in c], dtype=torch.long) for c in candidates]
+    if m == 1 and len(torch.unique(lists[0])) == len(lists[0]):
+        return lists[0], lists, [torch.arange(len(lists[0]), dtype=torch.long)]
     union = torch.unique(torch.cat(lists)) if lists else torch.zeros(0, dtype=torch.long)  # sorted
     return union, lists, [torch.searchsorted(union, c) for c in lists]
 
@@ -209,10 +196,10 @@ def compute_many(
     t0 = time.perf_counter()
     v = test_gradients(objective, test_batches, device, include_l2=cfg.test_l2)
     t1 = time.perf_counter()
-    est = solve_many(objective, v, train, cfg.s_test, device, _sub_progress(progress, 0.0, split), method)
+    est = solve_many(objective, v, train, cfg.s_test, device, sub_range(progress, 0.0, split), method)
     t2 = time.perf_counter()
     values = score_many(objective, est.s_test, train, union.tolist(), cfg.score_batch_size, device,
-                        _sub_progress(progress, split, 1.0), include_l2=cfg.train_l2, method=scoring)  # fmt: skip
+                        sub_range(progress, split, 1.0), include_l2=cfg.train_l2, method=scoring)  # fmt: skip
     t3 = time.perf_counter()
     seconds = {"test_gradient": t1 - t0, "s_test": t2 - t1, "scoring": t3 - t2, "total": t3 - t0}
     stats = [r.stats() for r in est.results]

@@ -1,18 +1,20 @@
-"""Shared scoring: the influence of one candidate set on M s_test vectors at once.
+"""Every candidate-scoring kernel: the influence of one candidate set on M s_test vectors at once.
 
-``I[m, i] = -(∇ℓ(z_i) · s_m)`` (the sign convention of :mod:`fastif_core.engine.influence`), plus the L2 term's
-dot ``∇(wd·Σθ²) · s_m`` -- the same for every candidate -- when ``include_l2``. Two exact paths, equal
-to M calls of :func:`fastif_core.engine.influence.score_candidates`:
+``I[m, i] = -(∇ℓ(z_i) · s_m)`` (the sign convention of :mod:`fastif_core.engine.influence`), plus the L2
+term's dot ``∇(wd·Σθ²) · s_m`` -- the same for every candidate -- when ``include_l2``. Two exact paths:
 
 - ``"jvp"``: forward-mode ``torch.func.jvp`` of the per-example loss vector, one pass per s_test
   (M passes per candidate batch); memory O(parameters + one batch of activations).
 - ``"per_example"``: one hooked forward and backward per candidate batch
-  (:func:`fastif_core.engine.per_example.per_example_dots`), the per-example gradients contracted with all M
-  rows of ``S`` layer by layer; no ``(N, P)`` or ``(B, P)`` tensor exists.
+  (:func:`fastif_core.engine.per_example.per_example_dots`), the per-example gradients contracted with all
+  M rows of ``S`` layer by layer; no ``(N, P)`` or ``(B, P)`` tensor exists.
 
-``"auto"`` picks the cheaper one by the cost model of :func:`scoring_costs`.
+``"auto"`` picks the cheaper one by the cost model of :func:`scoring_costs` (JVP for one test).
+:func:`score_candidates` is :func:`score_many` of one s_test by JVP; :func:`score_candidates_reference`
+is the deliberately slow reference (one full backward per candidate), for tests.
 
-API: :func:`score_many`, :func:`scoring_costs`, :func:`choose_method`, ``METHODS``.
+API: :func:`score_many`, :func:`score_candidates`, :func:`score_candidates_reference`,
+:func:`scoring_costs`, :func:`choose_method`, ``METHODS``.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fastif_core.engine.curvature import Progress
 from fastif_core.engine.examples import Batch, Examples, length_sorted_chunks, to_device
 from fastif_core.engine.objective import Objective, resolve_device
 from fastif_core.engine.per_example import per_example_dots, trainable_layers
 from fastif_core.errors import ConfigError
+from fastif_core.progress import Progress
 
 METHODS = ("auto", "jvp", "per_example")
 
@@ -78,28 +80,9 @@ def score_candidates(
     include_l2: bool = False,
 ) -> Tensor:
     """Influence ``-(∇ℓ(z_i)·s_test)`` ``(k,)`` of ``train[indices[i]]``, in the order of ``indices``
-    (``include_l2``: ``∇(ℓ + wd·Σθ²)``, the same L2 dot added to every candidate).
-
-    Candidates are batched by similar length (longest first) to minimise padding; results are
-    scattered back to the input order. Memory is O(parameters + one batch of activations).
-    """
-    device = resolve_device(objective, device)
-    s = objective.unflatten(s_test.to(device, objective.dtype))
-    idx = torch.as_tensor([int(i) for i in indices], dtype=torch.long)
-    out = torch.empty(len(idx), dtype=objective.dtype, device=device)
-    lengths = train.lengths()[idx] if len(idx) else torch.zeros(0, dtype=torch.long)
-    with objective.evaluating(), torch.no_grad():
-        reg = (
-            _regularizer_dot(objective, s) if include_l2 else torch.zeros((), dtype=out.dtype, device=device)
-        )
-        done = 0
-        for positions in length_sorted_chunks(range(len(idx)), lengths, batch_size):
-            batch = to_device(train.collate(idx[positions].tolist()), device)
-            out[torch.as_tensor(positions, device=device)] = -(_jvp_loss_dots(objective, batch, s) + reg)
-            done += len(positions)
-            if progress is not None:
-                progress(done / len(idx), f"scored {done}/{len(idx)} candidates")
-    return out
+    (``include_l2``: ``∇(ℓ + wd·Σθ²)``): :func:`score_many` of the one row ``s_test`` by JVP."""
+    s = s_test.reshape(1, -1)
+    return score_many(objective, s, train, indices, batch_size, device, progress, include_l2, method="jvp")[0]
 
 
 def score_candidates_reference(

@@ -31,40 +31,35 @@ All average T repetitions; ``rel_std`` is their spread ``sqrt(mean_t ‖e_t - s_
 Every solver checks each step for non-finite values and exploding norms and reports its curvature-product
 count (``hvps``) and its final convergence measure (CG: relative residual; LiSSA: relative change).
 
-Parallel use (``parallel.py``): :func:`resolve` once (deterministic), each rank calls
-:func:`solve_repetitions` on its repetition indices ``t ≡ rank (mod world)``, all-reduces
-``partial.to_flat()`` (sum), rebuilds with :meth:`STestPartial.from_flat` and calls :func:`finish`; the
-result equals the serial :func:`solve` up to float summation order.
+One API for 1 or M right-hand sides: :func:`solve_many` takes ``V (M, P)`` and runs the M vectors in
+lockstep (:mod:`fastif_core.engine.iterations`: shared batch draws, one curvature-product call per batch);
+:func:`solve` is :func:`solve_many` with M = 1. Each row gets exactly the s_test it gets alone.
+
+Parallel use (:mod:`fastif_core.parallel.spmd`): :func:`resolve` once (deterministic), each rank calls
+:func:`solve_many_repetitions` on its repetition indices ``t ≡ rank (mod world)``, all-reduces
+:func:`many_to_flat` (one sum for all M), rebuilds with :func:`many_from_flat` and calls :func:`finish_many`;
+the result equals the serial :func:`solve_many` up to float summation order.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from fastif_core.config import STestConfig
-from fastif_core.engine import woodbury as direct
-from fastif_core.engine.curvature import DEFAULT_HVP_METHOD, Progress, curvature_vp, estimate_scale
-from fastif_core.engine.examples import Examples, sample_indices, to_device
+from fastif_core.engine.curvature import DEFAULT_HVP_METHOD, estimate_scale
+from fastif_core.engine.examples import Examples
+from fastif_core.engine.iterations import STEPS, RepStats, direct_factor, direct_in_place, effective_damping
 from fastif_core.engine.objective import Objective, resolve_device
-from fastif_core.errors import ConfigError, CurvatureBreakdownError, LissaDivergenceError
+from fastif_core.errors import ConfigError
+from fastif_core.progress import Progress
 
 SCALE_BATCHES, SCALE_ITERATIONS = 4, 10  # power iteration for scale = 0: 40 curvature products
-
-
-@dataclass
-class RepStats:
-    """One repetition: depth used, curvature products, final convergence measure, converged or not."""
-
-    depth: int
-    hvps: int
-    measure: float  # CG: ‖r‖/‖v‖; LiSSA: relative change of h (or of the window mean)
-    converged: bool | None  # None when no tolerance was set
 
 
 @dataclass
@@ -153,15 +148,17 @@ class STestResult:
         }  # fmt: skip
 
 
+@dataclass
+class ManySTest:
+    """s_test of M test gradients from one solver run."""
+
+    s_test: Tensor  # (M, P); row m ≈ (C + μI)⁻¹ V[m]
+    results: list[STestResult]  # results[m].s_test is the view s_test[m]; stats per vector
+    seconds: float  # wall time of the whole batched solve
+
+
 def _all_or_none(flags: list[bool | None]) -> bool | None:
     return None if not flags or any(f is None for f in flags) else all(flags)
-
-
-def effective_damping(cfg: STestConfig) -> float:
-    """μ of a resolved config: ``mu`` for CG and direct, ``damping × scale`` for LiSSA."""
-    if cfg.solver in ("cg", "direct"):
-        return cfg.mu if cfg.mu > 0 else cfg.damping * cfg.scale
-    return cfg.damping * cfg.scale
 
 
 def resolve(
@@ -195,6 +192,57 @@ def resolve(
     return cfg, spent
 
 
+def _vectors(objective: Objective, v: Tensor, device: torch.device) -> Tensor:
+    if v.dim() != 2 or v.shape[1] != objective.num_params:
+        raise ConfigError(f"V has shape {tuple(v.shape)}; expected (M, {objective.num_params})")
+    return v.to(device, objective.dtype)
+
+
+@dataclass
+class _Sums:
+    """Per-vector running sums over repetitions."""
+
+    total: Tensor  # (M, P)
+    sq: list[float]
+    reps: list[dict[int, RepStats]] = field(default_factory=list)
+
+
+def solve_many_repetitions(
+    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig, repetitions: Sequence[int],
+    device: torch.device | str | None = None, progress: Progress | None = None,
+    method: str = DEFAULT_HVP_METHOD, batched: bool | None = None,
+) -> list[STestPartial]:  # fmt: skip
+    """Per test vector, the sum of the estimates of the given repetitions (as
+    :func:`solve_repetitions` of each row of ``v (M, P)``); ``batched`` None = CUDA only."""
+    if len(train) == 0:
+        raise ConfigError("s_test needs at least one training example to draw curvature batches from")
+    device = resolve_device(objective, device)
+    vs = _vectors(objective, v, device)
+    cfg, spent = resolve(objective, train, cfg, device)
+    batched = device.type == "cuda" if batched is None else batched
+    one = STEPS[cfg.solver]
+    start, reps = time.perf_counter(), list(repetitions)
+    sums = _Sums(torch.zeros_like(vs), [0.0] * len(vs), [{} for _ in vs])
+    with objective.evaluating():
+        for i, t in enumerate(reps):
+
+            def tick(fraction: float, message: str, i: int = i, t: int = t) -> None:
+                if progress is not None:
+                    progress((i + fraction) / len(reps), f"s_test ({cfg.solver}) repetition {t}: {message}")
+
+            for m, (estimate, stats) in enumerate(
+                one(objective, vs, train, cfg, int(t), method, batched, tick)
+            ):
+                sums.total[m] += estimate
+                sums.sq[m] += float(estimate.double().pow(2).sum())
+                sums.reps[m][int(t)] = stats
+            steps = max(r[int(t)].depth for r in sums.reps)
+            tick(1.0, f"done after {steps} steps")  # a run that converged early still reaches the end
+    seconds = time.perf_counter() - start
+    return [STestPartial(sums.total[m], sums.sq[m], len(reps), cfg.scale, sums.reps[m], seconds, spent)
+            for m in range(len(vs))]  # fmt: skip
+
+
 def solve_repetitions(
     objective: Objective,
     v: Tensor,
@@ -205,178 +253,15 @@ def solve_repetitions(
     progress: Progress | None = None,
     method: str = DEFAULT_HVP_METHOD,
 ) -> STestPartial:
-    """Sum of the estimates ``(P,)`` for the given repetition indices (repetition t: seed + t).
-
-    Args:
-        v: the test gradient ``(P,)``; moved to the objective's device.
-        train: training examples the curvature batches are drawn from.
-        cfg: solver settings; resolved with :func:`resolve` first (a resolved config passes through).
-        repetitions: repetition indices t (e.g. ``range(cfg.repeats)``, or a rank's share).
-        progress: optional ``(fraction, message)`` callback.
+    """Sum of the estimates ``(P,)`` of one test gradient ``v (P,)`` for the given repetition indices
+    (repetition t: seed + t): :func:`solve_many_repetitions` with M = 1.
 
     Raises:
         SolverError: non-finite values, an exploding norm, or (CG) non-positive curvature.
     """
-    if len(train) == 0:
-        raise ConfigError("s_test needs at least one training example to draw curvature batches from")
-    device = resolve_device(objective, device)
-    cfg, spent = resolve(objective, train, cfg, device)
-    v = v.to(device, objective.dtype)
-    one = {"cg": _cg_one, "direct": _direct_one, "lissa": _lissa_one}[cfg.solver]
-    start = time.perf_counter()
-    total, sq, reps = torch.zeros_like(v), 0.0, {}
-    with objective.evaluating():
-        for i, t in enumerate(repetitions):
-            tick = _ticker(progress, i, len(repetitions), cfg.depth, int(t), cfg.solver)
-            estimate, reps[int(t)] = one(objective, v, train, cfg, int(t), method, tick)
-            total += estimate
-            sq += float(estimate.double().pow(2).sum())
-            if progress is not None:
-                done = f"done after {reps[int(t)].depth} steps"
-                progress((i + 1) / len(repetitions), f"s_test ({cfg.solver}) repetition {t}: {done}")
-    return STestPartial(total, sq, len(reps), cfg.scale, reps, time.perf_counter() - start, spent)
-
-
-def _ticker(
-    progress: Progress | None, rep: int, reps: int, depth: int, t: int, solver: str
-) -> Callable[[int], None]:
-    every = max(1, depth // 100)
-
-    def tick(step: int) -> None:
-        if progress is not None and step % every == 0 and step < depth:
-            progress((rep + step / depth) / reps, f"s_test ({solver}) repetition {t}: step {step}/{depth}")
-
-    return tick
-
-
-def _draw(train: Examples, cfg: STestConfig, gen: torch.Generator, device: torch.device) -> dict:
-    return to_device(train.collate(sample_indices(len(train), cfg.batch_size, gen)), device)
-
-
-def _lissa_one(
-    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig, t: int, method: str,
-    tick: Callable[[int], None],
-) -> tuple[Tensor, RepStats]:  # fmt: skip
-    """One LiSSA repetition: ``(estimate / scale (P,), stats)`` (see the module docstring)."""
-    gen = torch.Generator().manual_seed(cfg.seed + t)
-    bound = float(v.norm())
-    h, step, change, converged = v.clone(), 0, float("nan"), False
-    block, filled, mean = torch.zeros_like(v), 0, None
-    for step in range(1, cfg.depth + 1):
-        batch = _draw(train, cfg, gen, objective.device)
-        new = (
-            v + (1.0 - cfg.damping) * h - curvature_vp(objective, batch, h, cfg.curvature, method) / cfg.scale
-        )
-        norm = _check_finite(new, step, t, cfg, bound)
-        if cfg.window == 0:
-            change = float((new - h).norm()) / max(norm, 1e-30)
-            converged = cfg.tolerance > 0 and change <= cfg.tolerance
-        else:
-            block, filled = block + new, filled + 1
-            if filled == cfg.window:
-                prev, mean, block, filled = mean, block / cfg.window, torch.zeros_like(v), 0
-                if prev is not None:
-                    change = float((mean - prev).norm()) / max(float(mean.norm()), 1e-30)
-                    converged = cfg.tolerance > 0 and change <= cfg.tolerance
-        h = new
-        tick(step)
-        if converged:
-            break
-    estimate = mean if cfg.window > 0 and mean is not None else h
-    return estimate / cfg.scale, RepStats(step, step, change, converged if cfg.tolerance > 0 else None)
-
-
-def _check_finite(h: Tensor, step: int, t: int, cfg: STestConfig, v_norm: float) -> float:
-    """``‖h‖``, or a LissaDivergenceError when it is not finite or above ``cfg.max_norm``."""
-    norm = float(h.norm())
-    if math.isfinite(norm) and norm <= cfg.max_norm:
-        return norm
-    raise LissaDivergenceError(
-        f"LiSSA diverged at step {step}/{cfg.depth} of repetition {t}: ‖h‖ = {norm:.4g} "
-        f"(max_norm {cfg.max_norm:.3g}; a stable recursion keeps ‖h_j‖ <= (j+1)·‖v‖ = {(step + 1) * v_norm:.4g}). "
-        f"scale={cfg.scale:g} is probably below the largest curvature eigenvalue: use a larger scale "
-        f"(e.g. scale={cfg.scale * 10:g}) or scale=0 to estimate it"
-    )
-
-
-def _cg_one(
-    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig, t: int, method: str,
-    tick: Callable[[int], None],
-) -> tuple[Tensor, RepStats]:  # fmt: skip
-    """Conjugate gradient on ``(C_b + μI) x = v`` for one fixed batch b drawn with seed + t."""
-    batch = _draw(train, cfg, torch.Generator().manual_seed(cfg.seed + t), objective.device)
-    mu = effective_damping(cfg)
-    v_norm = float(v.double().norm())
-    if not math.isfinite(v_norm):
-        raise LissaDivergenceError(f"CG: the test gradient is not finite (‖v‖ = {v_norm}): nothing to solve")
-    x, r = torch.zeros_like(v), v.clone()
-    p, rs = r.clone(), float(r.double().pow(2).sum())
-    residual, step = 1.0 if v_norm > 0 else 0.0, 0
-    for step in range(1, cfg.depth + 1):
-        if residual == 0.0 or (cfg.tolerance > 0 and residual <= cfg.tolerance):
-            step -= 1
-            break
-        ap = curvature_vp(objective, batch, p, cfg.curvature, method) + mu * p
-        x, r, p, rs, residual = _cg_step(x, r, p, ap, rs, v_norm, step, t, cfg, mu)
-        tick(step)
-    converged = residual <= cfg.tolerance if cfg.tolerance > 0 else None
-    return x, RepStats(step, step, residual, converged)
-
-
-def direct_factor(
-    objective: Objective, train: Examples, cfg: STestConfig, t: int
-) -> tuple[direct.GaussNewtonFactor, bool]:
-    """The factor of ``G_b + μI`` on repetition t's batch and whether it was built now. One factor is kept
-    on the objective, keyed by the batch, μ and the parameters' version counters (an in-place update of
-    the weights, as a correction step makes, invalidates it)."""
-    params = list(objective.params.values())
-    key = (id(train), len(train), cfg.batch_size, cfg.seed + t, effective_damping(cfg),
-           tuple(p._version for p in params), tuple(p.data_ptr() for p in params))  # fmt: skip
-    cached = objective.__dict__.get("_direct_factor")
-    if cached is not None and cached[0] == key:
-        return cached[1], False
-    objective.__dict__.pop("_direct_factor", None)  # free the old factor before building the new one
-    batch = _draw(train, cfg, torch.Generator().manual_seed(cfg.seed + t), objective.device)
-    built = direct.factor(objective, batch, effective_damping(cfg))
-    objective.__dict__["_direct_factor"] = (key, built)
-    return built, True
-
-
-def _direct_one(
-    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig, t: int, method: str,
-    tick: Callable[[int], None],
-) -> tuple[Tensor, RepStats]:  # fmt: skip
-    """``(G_b + μI)⁻¹ v`` on the batch drawn with seed + t, exactly; the measure is the relative residual."""
-    if not math.isfinite(float(v.double().norm())):
-        raise LissaDivergenceError("direct: the test gradient is not finite: nothing to solve")
-    fac, _ = direct_factor(objective, train, cfg, t)
-    x = v.reshape(1, -1).to(fac.rows.dtype, copy=True)
-    residual = float(fac.solve_(x)[0]) if float(v.norm()) > 0 else 0.0
-    x = x.reshape(v.shape)
-    return x, RepStats(1, fac.passes, residual, residual <= max(cfg.tolerance, 1e-4))
-
-
-def _cg_step(
-    x: Tensor, r: Tensor, p: Tensor, ap: Tensor, rs: float, v_norm: float, step: int, t: int,
-    cfg: STestConfig, mu: float,
-) -> tuple[Tensor, Tensor, Tensor, float, float]:  # fmt: skip
-    """One CG update ``(x, r, p, ‖r‖², ‖r‖/‖v‖)``; refuses non-positive curvature and non-finite values."""
-    pap = float(p.double() @ ap.double())
-    if not math.isfinite(pap):
-        raise LissaDivergenceError(f"CG: non-finite curvature product at iteration {step} of repetition {t}")
-    if pap <= 0.0:
-        raise CurvatureBreakdownError(
-            f"CG met non-positive curvature pᵀ(C + μI)p = {pap:.4g} at iteration {step} of repetition {t}: "
-            f"curvature={cfg.curvature} + μ={mu:g} is indefinite on this batch of {cfg.batch_size}. "
-            "Use curvature=gauss_newton (positive semi-definite), a larger mu, or solver=lissa"
-        )
-    alpha = rs / pap
-    x = x + alpha * p
-    r = r - alpha * ap
-    rs_new = float(r.double().pow(2).sum())
-    if float(x.norm()) > cfg.max_norm:
-        raise LissaDivergenceError(f"CG: ‖x‖ exceeded max_norm {cfg.max_norm:.3g} at iteration {step}")
-    return x, r, r + (rs_new / rs) * p, rs_new, math.sqrt(rs_new) / v_norm
+    return solve_many_repetitions(
+        objective, v.reshape(1, -1), train, cfg, repetitions, device, progress, method
+    )[0]
 
 
 def finish(partial: STestPartial, cfg: STestConfig) -> STestResult:
@@ -395,6 +280,43 @@ def finish(partial: STestPartial, cfg: STestConfig) -> STestResult:
     return STestResult(s_test, resolved, partial.reps, rel_std, norm, partial.seconds, partial.scale_hvps)
 
 
+def finish_many(
+    partials: Sequence[STestPartial], cfg: STestConfig, seconds: float | None = None
+) -> ManySTest:
+    """Average each vector's (combined) partial (:func:`finish`) into ``S (M, P)``;
+    each result's ``seconds`` is its share ``seconds / M`` of the batched solve."""
+    if not partials:
+        raise ConfigError("no test vectors: V must have at least one row")
+    total = max(p.seconds for p in partials) if seconds is None else seconds
+    first = partials[0].total
+    s = torch.empty(len(partials), first.numel(), dtype=first.dtype, device=first.device)  # (M, P)
+    results = []
+    for m, partial in enumerate(partials):
+        res = finish(partial, cfg)
+        s[m] = res.s_test
+        results.append(replace(res, s_test=s[m], seconds=total / len(partials)))
+    return ManySTest(s, results, total)
+
+
+def solve_many(
+    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig,
+    device: torch.device | str | None = None, progress: Progress | None = None,
+    method: str = DEFAULT_HVP_METHOD, batched: bool | None = None,
+) -> ManySTest:  # fmt: skip
+    """s_test of every row of ``v (M, P)`` in one solver run over ``cfg.repeats`` repetitions; row m equals
+    what ``v[m]`` alone gets (same batches, same seeds). See the module docstring.
+
+    Raises:
+        ConfigError: ``v`` is not ``(M, P)`` or has no rows.
+        SolverError: a vector diverged or met non-positive curvature (the message names the vector).
+    """
+    if v.dim() == 2 and v.shape[0] == 0:
+        raise ConfigError("no test vectors: V must have at least one row")
+    partials = solve_many_repetitions(objective, v, train, cfg, range(cfg.repeats), device, progress, method,
+                                      batched)  # fmt: skip
+    return finish_many(partials, cfg)
+
+
 def solve(
     objective: Objective,
     v: Tensor,
@@ -404,9 +326,47 @@ def solve(
     progress: Progress | None = None,
     method: str = DEFAULT_HVP_METHOD,
 ) -> STestResult:
-    """s_test ``≈ (C + μI)⁻¹ v`` averaged over ``cfg.repeats`` repetitions (see the module docstring)."""
-    partial = solve_repetitions(objective, v, train, cfg, range(cfg.repeats), device, progress, method)
-    return finish(partial, cfg)
+    """s_test ``≈ (C + μI)⁻¹ v`` of one test gradient ``v (P,)``, averaged over ``cfg.repeats`` repetitions:
+    :func:`solve_many` with M = 1 (see the module docstring)."""
+    return solve_many(objective, v.reshape(1, -1), train, cfg, device, progress, method).results[0]
+
+
+def prepare_direct(objective: Objective, train: Examples, cfg: STestConfig) -> None:
+    """Build (or find) the kept factor that :func:`solve_direct_` will use, so that a caller can build it
+    before allocating its right-hand sides (the factor's build memory and theirs never coexist)."""
+    cfg, _ = resolve(objective, train, cfg)
+    with objective.evaluating():
+        direct_factor(objective, train, cfg, 0)
+
+
+def solve_direct_(objective: Objective, v: Tensor, train: Examples, cfg: STestConfig) -> list[RepStats]:
+    """s_test of every row of ``v (M, P)`` written over ``v``, for ``solver=direct`` with one repetition:
+    row m equals ``solve_many(objective, v, train, cfg).s_test[m]`` (the same kept factor), without its
+    ``(M, P)`` copies, so an influence matrix's whole row block is solved at once in its own buffer."""
+    cfg, _ = resolve(objective, train, cfg, v.device)
+    if cfg.solver != "direct" or cfg.repeats != 1:
+        raise ConfigError(
+            f"solve_direct_ needs solver=direct with repeats=1, not {cfg.solver} x{cfg.repeats}"
+        )
+    if len(train) == 0:
+        raise ConfigError("s_test needs at least one training example to draw curvature batches from")
+    with objective.evaluating():
+        return direct_in_place(objective, v, train, cfg, 0)
+
+
+def many_to_flat(partials: Sequence[STestPartial]) -> Tensor:
+    """``(M·(P + 2),)``: every partial's ``to_flat()``; summing these across ranks sums the partials."""
+    return torch.cat([p.to_flat() for p in partials])
+
+
+def many_from_flat(
+    flat: Tensor, like: Sequence[STestPartial], reps: Sequence[dict[int, RepStats]]
+) -> list[STestPartial]:
+    """The M partials of an (all-reduced) :func:`many_to_flat` vector, with the given per-vector stats."""
+    rows = flat.reshape(len(like), -1)
+    return [
+        STestPartial.from_flat(rows[m], p.scale, reps[m], p.seconds, p.scale_hvps) for m, p in enumerate(like)
+    ]
 
 
 def expected_cost(cfg: STestConfig) -> float:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from fastif_core.config import InfluenceConfig, to_dict
-from fastif_core.engine import iterations, solvers
+from fastif_core.engine import solvers
 from fastif_core.engine.examples import Examples
 from fastif_core.engine.influence import ManyInfluence, progress_split, test_gradients, union_columns
 from fastif_core.engine.objective import Objective
@@ -52,12 +52,12 @@ def run_influence(ctx: Any, cmd: dict[str, Any], progress: Progress | None, shou
     partials, error = _local_s_test(ctx, obj, train, cmd["batches"], cfg, sub_range(progress, 0.0, split))
     stop = ctx.is_coordinator and should_stop is not None and should_stop()
     flags = torch.tensor([float(error is not None), float(stop)], dtype=obj.dtype, device=obj.device)
-    flat = ctx.all_reduce_sum(torch.cat([iterations.many_to_flat(partials), flags]))  # the ONE all-reduce
+    flat = ctx.all_reduce_sum(torch.cat([solvers.many_to_flat(partials), flags]))  # the ONE all-reduce
     if flat[-2] > 0:
         ctx.raise_any(error)
     if flat[-1] > 0:
         raise QueryCancelled("cancelled after s_test, before scoring: nothing was stored")
-    sums = iterations.many_from_flat(flat[:-2], partials, [p.reps for p in partials])
+    sums = solvers.many_from_flat(flat[:-2], partials, [p.reps for p in partials])
     s = torch.stack([p.total / p.count for p in sums])  # (M, P), identical on every rank
     t1 = time.perf_counter()
     rows = union.tolist()
@@ -92,7 +92,7 @@ def _local_s_test(
         reps = range(ctx.rank, s_cfg.repeats, ctx.world_size)
         if not reps:
             return [_empty_partial(obj, s_cfg.scale) for _ in batches], None
-        partials = iterations.solve_many_repetitions(obj, v, train, s_cfg, reps, ctx.device, progress)
+        partials = solvers.solve_many_repetitions(obj, v, train, s_cfg, reps, ctx.device, progress)
         return [replace(p, scale_hvps=spent) for p in partials], None
     except Exception as exc:  # noqa: BLE001 - reported collectively after the all-reduce
         return [_empty_partial(obj, 0.0) for _ in batches], exc
@@ -138,7 +138,7 @@ def _assemble(
     for rank, g in enumerate(gathered):
         values[:, torch.as_tensor(order[rank :: ctx.world_size], dtype=torch.long)] = g["values"]
     reps = [{t: r for g in gathered for t, r in g["reps"][m].items()} for m in range(len(sums))]
-    est = iterations.finish_many(
+    est = solvers.finish_many(
         [replace(p, reps=reps[m]) for m, p in enumerate(sums)], cfg.s_test, seconds["s_test"]
     )
     stats = [{**r.stats(), "ranks": ctx.world_size, "devices": ctx.spec} for r in est.results]

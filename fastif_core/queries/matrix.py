@@ -8,7 +8,7 @@ answer covers only its own k nearest training examples, exactly as its single in
 a full matrix has no NaN.
 
 Computation, per row block of ``row_block`` tests: their test gradients ``V``, ONE batched s_test run
-(:func:`fastif_core.engine.iterations.solve_many`: the same s_test each test gets alone with these settings and
+(:func:`fastif_core.engine.solvers.solve_many`: the same s_test each test gets alone with these settings and
 seeds), then :func:`fastif_core.engine.scoring.score_many` over candidate chunks of ``col_block`` columns. Each
 ``(row block, column chunk)`` block is stored as soon as it is scored, so a restarted run (the same
 request, e.g. a requeued job) recomputes only the missing blocks; the values are deterministic, so a
@@ -42,12 +42,12 @@ import torch
 
 from fastif_core.config import InfluenceConfig
 from fastif_core.engine.influence import test_gradients
-from fastif_core.engine.iterations import prepare_direct, solve_direct_, solve_many
 from fastif_core.engine.scoring import METHODS, score_many
-from fastif_core.engine.solvers import expected_cost
+from fastif_core.engine.solvers import expected_cost, prepare_direct, solve_direct_, solve_many
 from fastif_core.errors import ConfigError
 from fastif_core.jobs import COL_BLOCK, ROW_BLOCK
-from fastif_core.queries.influence import check_request, require_example, stored_config
+from fastif_core.queries.examples import require_example
+from fastif_core.queries.influence import check_request, stored_config
 from fastif_core.store import matrices as sm
 
 Progress = Callable[[float, str], None]
@@ -249,7 +249,7 @@ def _block_s_test(
 ) -> torch.Tensor:
     """``S (b, P)`` of one row block: test gradients ``SOLVE_BLOCK`` at a time, written into one ``(b, P)``
     buffer, then solved. ``solver=direct`` with one repetition solves the whole block in place in that
-    buffer (:func:`fastif_core.engine.iterations.solve_direct_`: two passes over the factor for all b tests); the
+    buffer (:func:`fastif_core.engine.solvers.solve_direct_`: two passes over the factor for all b tests); the
     other solvers run :func:`solve_many` on ``SOLVE_BLOCK`` tests at a time (each test's s_test does not
     depend on the others solved with it), so their working memory is that of ``SOLVE_BLOCK`` vectors."""
     obj, s_cfg = loaded.objective, cfg.s_test

@@ -39,12 +39,15 @@ def group_state(ctx: JobContext) -> tuple[str, RankState]:
 
 
 def influence_runner(ctx: JobContext, key: str) -> Callable[..., Any]:
-    """The ``runner`` of :func:`fastif_core.queries.influence.influence_query` for a job: one query's repetitions and
-    candidate shards on the job's device group; a stop request ends it with the precise reason."""
+    """The ``runner`` of :func:`fastif_core.queries.influence.influence_query` (and ``..._many``) for a job:
+    the query's repetitions and candidate shards on the job's device group; a stop request ends it with the
+    precise reason."""
 
-    def runner(loaded: Any, batch: dict, candidates: list[int] | None, cfg: Any, progress: Any) -> Any:
+    def runner(
+        loaded: Any, batches: list, candidates: list[list[int]] | None, cfg: Any, progress: Any
+    ) -> Any:
         try:
-            return ctx.group.influence(key, batch, candidates, cfg, progress, ctx.should_stop)
+            return ctx.group.influence_many(key, batches, candidates, cfg, progress, ctx.should_stop)
         except QueryCancelled:
             ctx.check()  # the precise reason: cancelled, lease lost or worker stopping
             raise
@@ -70,18 +73,9 @@ def run_influence_many(ctx: JobContext) -> dict[str, Any]:
 
     params = ctx.params
     key, state = group_state(ctx)
-
-    def runner(
-        loaded: Any, batches: list, candidates: list[list[int]] | None, cfg: Any, progress: Any
-    ) -> Any:
-        try:
-            return ctx.group.influence_many(key, batches, candidates, cfg, progress, ctx.should_stop)
-        except QueryCancelled:
-            ctx.check()  # the precise reason: cancelled, lease lost or worker stopping
-            raise
-
     out = influence_query_many(ctx.root, params.example_ids, params.config, device=ctx.group.device,
-                               loaded=state.info["loaded"], runner=runner, progress=ctx.progress,
+                               loaded=state.info["loaded"], runner=influence_runner(ctx, key),
+                               progress=ctx.progress,
                                job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
     return {"influence_run_ids": [o["run_id"] for o in out], "cached": [o["cached"] for o in out]}
 
