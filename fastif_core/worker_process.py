@@ -1,4 +1,5 @@
-"""The worker as an operating-system process: is one alive for a workspace, and start one detached.
+"""The worker as an operating-system process: is one alive for a workspace, start one detached, and
+the owner process whose exit ends a worker (``--exit-with-pid``, passed by the dashboard).
 
 Torch-free on purpose, so the dashboard can call it on every rerun. A worker is alive when it sent a
 heartbeat to the store recently and, if it runs on this host, its process still exists.
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,42 @@ LOG_FILE = "worker.log"  # in the workspace directory
 
 
 def pid_running(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
+    """Whether a process with this id exists on this host and has not exited (a zombie, exited but not
+    yet reaped by its parent, is not running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Linux: the process has exited and waits for its parent to reap it (state ``Z`` in /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (macOS) or the process just went away: kill(pid, 0) decides
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
+@dataclass(frozen=True)
+class OwnerProcess:
+    """The process a worker lives for (``fastif worker --exit-with-pid PID``): when it has exited, the
+    worker stops. Create it first thing in the worker process: when the owner is the worker's parent
+    (the dashboard spawned it), "alive" means "still our parent", which neither a reused pid nor an
+    unreaped zombie owner can fake; any other owner is checked by pid."""
+
+    pid: int
+    is_parent: bool
+
+    @classmethod
+    def of(cls, pid: int) -> OwnerProcess:
+        return cls(pid=pid, is_parent=os.getppid() == pid)
+
+    def alive(self) -> bool:
+        return os.getppid() == self.pid if self.is_parent else pid_running(self.pid)
 
 
 def running(workers: Iterable[Any]) -> list[Any]:
@@ -50,17 +80,20 @@ def worker_alive(workspace: str | Path, within_s: float = 30.0) -> bool:
 
 def worker_command(
     workspace: str | Path, devices: str = "auto", *, poll: float = 1.0, lease_seconds: float = 60.0,
-    once: bool = False,
+    once: bool = False, exit_with_pid: int | None = None,
 ) -> list[str]:  # fmt: skip
     """The command line of a worker process (``python -m fastif_core worker ...``)."""
     cmd = [sys.executable, "-m", "fastif_core", "worker", "--workspace", str(workspace), "--devices", devices,
            "--poll", str(poll), "--lease-seconds", str(lease_seconds)]  # fmt: skip
+    if exit_with_pid is not None:
+        cmd += ["--exit-with-pid", str(exit_with_pid)]
     return cmd + (["--once"] if once else [])
 
 
 def spawn_worker(workspace: str | Path, devices: str = "auto", **options: Any) -> subprocess.Popen:
-    """Start a detached worker (own session, survives its parent) logging to ``<workspace>/worker.log``.
-    ``options``: ``poll``, ``lease_seconds``, ``once``."""
+    """Start a detached worker (own session: a Ctrl-C in the parent's terminal does not reach it) logging
+    to ``<workspace>/worker.log``. ``options``: ``poll``, ``lease_seconds``, ``once``, ``exit_with_pid``
+    (the worker stops once that process has exited; without it the worker outlives its parent)."""
     root = Path(workspace)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOG_FILE, "ab") as out:
