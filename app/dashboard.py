@@ -33,7 +33,8 @@ PAGES = {
 page = st.navigation(list(PAGES.values()))
 root = da.workspace_root()
 state = da.workspace_state(root)
-shell.sidebar(state, da.ensure_worker(root))
+worker = da.ensure_worker(root)
+shell.sidebar(state, worker, da.worker_lifetime(root, worker))
 if page is PAGES["browse"] and "example" in st.query_params:  # deep link /?example=<id>
     st.switch_page(PAGES["example"], query_params={"example": st.query_params["example"]})
 if state.ready or page is PAGES["jobs"]:

@@ -35,6 +35,7 @@ from fastif_core.worker.process import running, spawn_worker
 from fastif_core.workspace.layout import default_workspace, read_manifest
 
 AUTOSTART_ENV = "FASTIF_AUTOSTART_WORKER"  # "0" = never start a worker from the app (tests, shared hosts)
+KEEP_WORKER_ENV = "FASTIF_KEEP_WORKER"  # "1" = a worker the app starts keeps running after the app exits
 WORKER_DEVICES_ENV = "FASTIF_WORKER_DEVICES"  # devices of an auto-started worker (default "auto")
 TABLE_LIMIT = 2000
 
@@ -220,10 +221,32 @@ def workers(root: str, alive_within_s: float | None = None) -> list[WorkerInfo]:
     return store(root).list_workers(alive_within_s=alive_within_s)
 
 
+@dataclass(frozen=True)
+class StartedWorker:
+    """A worker process this app process started; ``kept``: it outlives the app ($FASTIF_KEEP_WORKER)."""
+
+    proc: subprocess.Popen
+    kept: bool
+
+
 @st.cache_resource(show_spinner=False)
-def _started() -> dict[str, subprocess.Popen]:
+def _started() -> dict[str, StartedWorker]:
     """Worker processes this app process started, by workspace."""
     return {}
+
+
+def keep_worker() -> bool:
+    """Whether a worker the app starts keeps running after the app exits (``$FASTIF_KEEP_WORKER=1``)."""
+    return os.environ.get(KEEP_WORKER_ENV, "0").strip().lower() not in ("", "0", "false", "no")
+
+
+def start_worker(root: str) -> StartedWorker:
+    """Start a background worker for the workspace: it stops once this process has exited (it is passed
+    our pid), unless $FASTIF_KEEP_WORKER is set."""
+    kept = keep_worker()
+    devices = os.environ.get(WORKER_DEVICES_ENV, "auto")
+    proc = spawn_worker(root, devices, exit_with_pid=None if kept else os.getpid())
+    return StartedWorker(proc=proc, kept=kept)
 
 
 def worker_on_gpu(root: str, within_s: float = 30.0) -> bool:
@@ -249,10 +272,20 @@ def ensure_worker(root: str) -> str:
     store(root)  # the database exists before the worker polls it
     if worker_alive(root):
         return "alive"
-    proc = _started().get(root)
-    if proc is not None and proc.poll() is None:
+    started = _started().get(root)
+    if started is not None and started.proc.poll() is None:
         return "starting"
     if os.environ.get(AUTOSTART_ENV, "1") == "0":
         return "off"
-    _started()[root] = spawn_worker(root, os.environ.get(WORKER_DEVICES_ENV, "auto"))
+    _started()[root] = start_worker(root)
     return "started"
+
+
+def worker_lifetime(root: str, worker: str) -> str | None:
+    """How the workspace's worker ends, given :func:`ensure_worker`'s answer ``worker``: "with_app" (this
+    app started it; it stops when the app exits), "kept" (this app started it with $FASTIF_KEEP_WORKER),
+    "other" (started elsewhere, e.g. ``fastif worker``: runs until stopped) or None (no worker)."""
+    started = _started().get(root)
+    if started is not None and started.proc.poll() is None:
+        return "kept" if started.kept else "with_app"
+    return "other" if worker == "alive" else None

@@ -17,10 +17,16 @@ WORKER_NOTES = {
     "starting": ":blue-badge[worker starting]",
     "off": ":red-badge[no worker]",
 }
+LIFETIME_NOTES = {  # data_access.worker_lifetime
+    "with_app": "Started by this app; stops with it (set `FASTIF_KEEP_WORKER=1` to keep it running).",
+    "kept": "Started by this app; kept running after the app exits (`FASTIF_KEEP_WORKER=1`).",
+    "other": "Not started by this app; keeps running after the app exits.",
+}
 
 
-def sidebar(state: WorkspaceState, worker: str) -> None:
-    """Workspace summary and worker state; tells the user when the app started a worker."""
+def sidebar(state: WorkspaceState, worker: str, lifetime: str | None = None) -> None:
+    """Workspace summary and worker state (``lifetime``: whether it stops with the app); tells the user
+    when the app started a worker."""
     with st.sidebar:
         st.markdown("### fastif")
         st.caption("Fast influence functions: which training examples made this prediction?")
@@ -33,6 +39,8 @@ def sidebar(state: WorkspaceState, worker: str) -> None:
         else:
             st.caption("not prepared yet")
         st.markdown(f"**Background worker** {WORKER_NOTES[worker]}")
+        if lifetime is not None:
+            st.caption(LIFETIME_NOTES[lifetime])
         if worker == "off":
             st.caption(
                 f"Jobs wait in the queue until a worker runs: `fastif worker --workspace {state.root}`"

@@ -26,6 +26,9 @@ def add_worker(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lease-seconds", type=positive_float, default=60.0,
                    help="a job whose worker stops heartbeating for this long is claimed again (default 60)")  # fmt: skip
+    p.add_argument("--exit-with-pid", type=int, metavar="PID",
+                   help="stop once process PID has exited, handing the current job back to the queue (the "
+                   "dashboard passes its own pid); default: run until stopped")  # fmt: skip
     p.set_defaults(func=cmd_worker)
 
 
@@ -38,7 +41,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
     Store.open(require_workspace(a.workspace)).close()  # a typo or a bad database: one line, before any log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds)
+    n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds,
+                   exit_with_pid=a.exit_with_pid)  # fmt: skip
     print(f"worker stopped after {n} job(s)", file=sys.stderr)
     return 0
 

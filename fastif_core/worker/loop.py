@@ -15,6 +15,13 @@ Outcomes of a job:
   callback) and nothing is stored;
 - released: on SIGTERM / SIGINT the current job stops at its next step and goes back to the queue.
 
+A worker started with an owner (``--exit-with-pid PID``, as the dashboard starts it) checks every
+second that the owner still runs. Once it has exited the worker stops as on SIGTERM: the current job is
+handed back at its next step (requeued, the attempt not counted; another worker claims it at once). A
+job that reaches no step within :data:`OWNER_GRACE_S` is handed back by the watcher itself and the
+process exits at once, as a crash would; the handler can no longer store anything, since every result
+is written only while its worker holds the lease.
+
 A worker killed outright (``kill -9``) stops renewing its lease; another worker claims the job again
 when the lease has expired (``--lease-seconds``). A rank of the device group that dies or hangs is
 noticed within the same ``--lease-seconds`` (:mod:`fastif_core.parallel.peers`): rank 0 requeues the job and
@@ -23,6 +30,7 @@ exits, so that a fresh worker starts a fresh group.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -38,11 +46,14 @@ from fastif_core import jobs
 from fastif_core.errors import FastifError, JobError, LeaseLostError, QueryCancelled
 from fastif_core.parallel.group import ParallelContext
 from fastif_core.parallel.peers import GroupLost
+from fastif_core.processes import OwnerProcess
 from fastif_core.worker import registry
 from fastif_core.worker.context import JobContext, Signals, WorkerStopping
 from fastif_core.worker.registry import HANDLERS, handler_for
 
 log = logging.getLogger("fastif.worker")
+OWNER_CHECK_S = 1.0  # how often a worker with an owner checks that the owner still runs
+OWNER_GRACE_S = 15.0  # owner gone: seconds the current job has to reach its next step before the exit
 
 
 class _Heartbeat(threading.Thread):
@@ -75,14 +86,33 @@ class _Heartbeat(threading.Thread):
             log.warning("heartbeat failed: %s", exc)
 
 
+class _OwnerWatch(threading.Thread):
+    """Stop the worker once its owner process has exited; exit outright if the job does not let go."""
+
+    def __init__(self, worker: Worker, owner: OwnerProcess, grace_s: float) -> None:
+        super().__init__(daemon=True, name="fastif-owner-watch")
+        self.worker, self.owner, self.grace_s = worker, owner, grace_s
+        self.halt = threading.Event()  # set when the worker stops by itself
+
+    def run(self) -> None:
+        while self.owner.alive():
+            if self.halt.wait(OWNER_CHECK_S):
+                return
+        log.info("owner process %s exited: stopping, the current job goes back to the queue", self.owner.pid)
+        self.worker.request_stop()
+        if not self.halt.wait(self.grace_s):
+            self.worker.abandon(f"owner process {self.owner.pid} exited")
+
+
 class Worker:
     """Rank 0 of a worker: claims and runs jobs until stopped (see :func:`run_worker`)."""
 
     def __init__(
-        self, root: Path, group: ParallelContext, store: Any, *, poll: float, lease_seconds: float
-    ) -> None:
+        self, root: Path, group: ParallelContext, store: Any, *, poll: float, lease_seconds: float,
+        owner: OwnerProcess | None = None,
+    ) -> None:  # fmt: skip
         self.root, self.group, self.store = root, group, store
-        self.poll, self.lease_seconds = poll, lease_seconds
+        self.poll, self.lease_seconds, self.owner = poll, lease_seconds, owner
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop = threading.Event()
         self.current: JobContext | None = None
@@ -94,7 +124,11 @@ class Worker:
         self.store.worker_heartbeat(self.id, host=socket.gethostname(), pid=os.getpid(), devices=devices)
         beat = _Heartbeat(self, interval=min(max(self.lease_seconds / 4, 0.2), 10.0))
         beat.start()
-        log.info("worker %s serving %s on %s", self.id, self.root, self.group.spec)
+        watch = _OwnerWatch(self, self.owner, OWNER_GRACE_S) if self.owner is not None else None
+        if watch is not None:
+            watch.start()
+        log.info("worker %s serving %s on %s%s", self.id, self.root, self.group.spec,
+                 f", until process {self.owner.pid} exits" if self.owner else "")  # fmt: skip
         try:
             while not self._stopping(stop_event):
                 if self.run_next():
@@ -105,10 +139,35 @@ class Worker:
                 self._require_group()
                 (stop_event or self.stop).wait(self.poll)
         finally:
+            if watch is not None:
+                watch.halt.set()
             beat.halt.set()
             beat.join()
             self.store.worker_heartbeat(self.id, current_job_id=None, status="stopped")
         return self.processed
+
+    def request_stop(self) -> None:
+        """Stop claiming; the current job stops at its next step and goes back to the queue."""
+        self.stop.set()
+        if self.current is not None:
+            self.current.signals.stop.set()
+
+    def abandon(self, reason: str) -> None:
+        """Hand the current job back now and end the process (its handler did not reach a step in time).
+
+        The job is requeued first, so the handler, still running, no longer owns it and cannot store a
+        result; the device group's other ranks exit with this process (they watch their parent)."""
+        ctx = self.current
+        try:
+            if ctx is not None:
+                with contextlib.suppress(LeaseLostError):  # it completed or was lost meanwhile
+                    self.store.release_job(ctx.job.id, self.id)
+                    log.warning("job %s handed back: %s and it reached no step", ctx.job.id, reason)
+            self.store.worker_heartbeat(self.id, current_job_id=None, status="stopped")
+        finally:
+            log.warning("worker %s exits: %s", self.id, reason)
+            logging.shutdown()
+            os._exit(0)
 
     def _require_group(self) -> None:
         """A rank died (its job was requeued): exit, so that a fresh worker starts a fresh group."""
@@ -131,9 +190,9 @@ class Worker:
             return False
         log.info("job %s (%s) claimed, attempt %s/%s", job.id, job.kind, job.attempts, job.max_attempts)
         signals = Signals()
-        if self.stop.is_set():
-            signals.stop.set()
         self.current = JobContext(self, job, None, signals)
+        if self.stop.is_set():  # after publishing ``current``: a stop request from now on reaches the job
+            signals.stop.set()
         try:
             self.current.params = jobs.job_params(job)
             result = handler_for(job.kind)(self.current)
@@ -186,6 +245,7 @@ def run_worker(
     poll: float = 1.0,
     lease_seconds: float = 60.0,
     stop_event: threading.Event | None = None,
+    exit_with_pid: int | None = None,
 ) -> int:
     """Start the device group once and serve jobs until stopped; returns the number of jobs processed.
 
@@ -196,9 +256,12 @@ def run_worker(
         poll: seconds between claims while idle.
         lease_seconds: a job whose heartbeat stops for this long is claimed again by another worker.
         stop_event: set it to stop the worker (as SIGTERM does) when running in a thread.
+        exit_with_pid: stop (handing back the current job) once this process has exited; None = run until
+            stopped. The dashboard passes its own pid.
     """
     from fastif_core.store import Store
 
+    owner = OwnerProcess.of(exit_with_pid) if exit_with_pid is not None else None  # before the slow start
     if lease_seconds <= 0 or poll <= 0:
         raise JobError(f"lease_seconds={lease_seconds} and poll={poll} must be > 0")
     registry.load_plugins()
@@ -210,7 +273,7 @@ def run_worker(
             group.close()
         return 0
     store = Store.open(workspace)
-    worker = Worker(Path(workspace), group, store, poll=poll, lease_seconds=lease_seconds)
+    worker = Worker(Path(workspace), group, store, poll=poll, lease_seconds=lease_seconds, owner=owner)
     restore = _install_signals(worker)
     try:
         return worker.run(once=once, stop_event=stop_event)
@@ -227,9 +290,7 @@ def _install_signals(worker: Worker) -> Callable[[], None]:
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping after releasing the current job", signum)
-        worker.stop.set()
-        if worker.current is not None:
-            worker.current.signals.stop.set()
+        worker.request_stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 

@@ -1,4 +1,5 @@
-"""The worker as an operating-system process: is one alive for a workspace, and start one detached.
+"""The worker as an operating-system process: is one alive for a workspace, and start one detached (with
+``--exit-with-pid``, the owner process whose exit ends it: :class:`fastif_core.processes.OwnerProcess`).
 
 Torch-free on purpose, so the dashboard can call it on every rerun. A worker is alive when it sent a
 heartbeat to the store recently and, if it runs on this host, its process still exists.
@@ -40,17 +41,20 @@ def worker_alive(workspace: str | Path, within_s: float = 30.0) -> bool:
 
 def worker_command(
     workspace: str | Path, devices: str = "auto", *, poll: float = 1.0, lease_seconds: float = 60.0,
-    once: bool = False,
+    once: bool = False, exit_with_pid: int | None = None,
 ) -> list[str]:  # fmt: skip
     """The command line of a worker process (``python -m fastif_core worker ...``)."""
     cmd = [sys.executable, "-m", "fastif_core", "worker", "--workspace", str(workspace), "--devices", devices,
            "--poll", str(poll), "--lease-seconds", str(lease_seconds)]  # fmt: skip
+    if exit_with_pid is not None:
+        cmd += ["--exit-with-pid", str(exit_with_pid)]
     return cmd + (["--once"] if once else [])
 
 
 def spawn_worker(workspace: str | Path, devices: str = "auto", **options: Any) -> subprocess.Popen:
-    """Start a detached worker (own session, survives its parent) logging to ``<workspace>/worker.log``.
-    ``options``: ``poll``, ``lease_seconds``, ``once``."""
+    """Start a detached worker (own session: a Ctrl-C in the parent's terminal does not reach it) logging
+    to ``<workspace>/worker.log``. ``options``: ``poll``, ``lease_seconds``, ``once``, ``exit_with_pid``
+    (the worker stops once that process has exited; without it the worker outlives its parent)."""
     root = Path(workspace)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOG_FILE, "ab") as out:
