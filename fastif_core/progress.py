@@ -12,8 +12,13 @@ Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
 ShouldStop = Callable[[], bool]  # polled between steps: True = stop
 
 
+def ignore(fraction: float, message: str) -> None:
+    """The progress callback that drops every report (for code that always reports)."""
+
+
 def sub_range(progress: Progress | None, lo: float, hi: float) -> Progress | None:
-    """``progress`` with a stage's ``[0, 1]`` mapped onto ``[lo, hi]`` of the whole (None stays None)."""
+    """``progress`` with a stage's ``[0, 1]`` (clamped) mapped onto ``[lo, hi]`` of the whole; None stays
+    None."""
     if progress is None:
         return None
-    return lambda fraction, message: progress(lo + (hi - lo) * fraction, message)
+    return lambda fraction, message: progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)

@@ -13,8 +13,6 @@ from typing import Any
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.errors import ConfigError, WorkspaceError
 
-Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
-
 PAPER = {"original": {"depth": 1000, "batch_size": 128, "repeats": 1}, "fast": {"depth": 1000, "batch_size": 1,
          "repeats": 1}, "ks": [100, 1000]}  # fmt: skip
 
@@ -165,10 +163,3 @@ def groups(examples: Sequence[TestExample]) -> dict[str, list[int]]:
 def clip(values: Sequence[int], n: int) -> list[int]:
     """Sorted distinct values, each clipped to ``n`` (kNN sizes and m larger than the training set)."""
     return sorted({min(int(v), n) for v in values})
-
-
-def sub_progress(progress: Progress | None, lo: float, hi: float) -> Progress:
-    """Map a stage's ``[0, 1]`` onto ``[lo, hi]`` of the whole bench (no-op without a callback)."""
-    if progress is None:
-        return lambda fraction, message: None
-    return lambda fraction, message: progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, timed
+from fastif_core.benchmarks.common import BenchConfig, TestExample, timed
 from fastif_core.benchmarks.quality import correlations
 from fastif_core.config import STestConfig
 from fastif_core.engine.influence import test_gradient
 from fastif_core.engine.scoring import score_candidates
 from fastif_core.engine.solvers import solve
+from fastif_core.progress import Progress
 
 
 def grid_points(

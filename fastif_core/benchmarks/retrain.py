@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, clip, mean_std
+from fastif_core.benchmarks.common import BenchConfig, TestExample, clip, mean_std
 from fastif_core.benchmarks.quality import correlations
 from fastif_core.config import to_dict
 from fastif_core.engine.curvature import exact_hessian
@@ -34,6 +34,7 @@ from fastif_core.engine.examples import TensorExamples
 from fastif_core.engine.influence import test_gradient
 from fastif_core.engine.objective import Objective, tensor_forward
 from fastif_core.engine.scoring import score_candidates
+from fastif_core.progress import Progress
 from fastif_core.workspace.layout import two_way_aware_cross_entropy
 
 CONVEX_WEIGHT_DECAY = 1e-3

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fastif_core.benchmarks.common import Progress, TestExample, mean_std, timed
+from fastif_core.benchmarks.common import TestExample, mean_std, timed
 from fastif_core.benchmarks.quality import correlations, top_sets
 from fastif_core.benchmarks.speed import latency
 from fastif_core.config import InfluenceConfig, STestConfig, config_hash, to_dict
@@ -37,6 +37,7 @@ from fastif_core.engine.influence import test_gradient
 from fastif_core.engine.scoring import score_candidates, score_many
 from fastif_core.engine.solvers import solve
 from fastif_core.errors import SolverError
+from fastif_core.progress import Progress, ignore
 from fastif_core.workspace.layout import WorkspacePaths
 
 REF_SEED = 1000  # reference repetitions use seeds REF_SEED + t, disjoint from the solvers' seeds
@@ -80,7 +81,7 @@ def reference(
 
 def reference_repetition(
     loaded: Any, ex: TestExample, v: Tensor, t: int, cache_dir: Path, ref_cfg: STestConfig,
-    progress: Progress = lambda f, m: None,
+    progress: Progress = ignore,
 ) -> Path:  # fmt: skip
     """The cached file of repetition ``t`` (seed ``REF_SEED + t``) of ``ref_cfg`` for ``ex``, computed and
     written first when missing. Keyed by the checkpoint's content (a re-trained model under the same id
@@ -101,7 +102,7 @@ def reference_repetition(
 
 def fill_references(
     loaded: Any, examples: Sequence[TestExample], repeats: int, cache_dir: Path,
-    progress: Progress = lambda f, m: None, ref_cfg: STestConfig | None = None,
+    progress: Progress = ignore, ref_cfg: STestConfig | None = None,
 ) -> None:  # fmt: skip
     """Every example's reference repetitions, repetition-major (all examples' repetition 0, then 1, …), so
     that a stopped run leaves the same number of cached repetitions for every example."""
@@ -253,7 +254,7 @@ PARTS = ("reference", "compare", "l2", "click")
 def run_solver_section(
     loaded: Any, examples: Sequence[TestExample], out_dir: Path, *, ref_repeats: int = 8, k: int = 1000,
     l2_examples: Sequence[TestExample] = (), solvers: dict[str, STestConfig] | None = None,
-    click: bool = True, progress: Progress = lambda f, m: None, ref_cfg: STestConfig | None = None,
+    click: bool = True, progress: Progress = ignore, ref_cfg: STestConfig | None = None,
     parts: Sequence[str] = PARTS, ref_shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:  # fmt: skip
     """The section's ``parts`` (default all: fill the references, compare the solvers, the L2 convention,

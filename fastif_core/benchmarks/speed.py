@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastif_core.benchmarks.common import BenchConfig, Progress, TestExample, mean_std, spread, timed
+from fastif_core.benchmarks.common import BenchConfig, TestExample, mean_std, spread, timed
 from fastif_core.config import InfluenceConfig, to_dict
 from fastif_core.engine.influence import compute_influence, test_gradient
 from fastif_core.engine.scoring import score_candidates
 from fastif_core.engine.solvers import solve
+from fastif_core.progress import Progress
 from fastif_core.queries.influence import cache_key, stored_config
 
 PRESETS = ("original", "fast")

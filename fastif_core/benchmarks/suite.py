@@ -18,14 +18,13 @@ from fastif_core.benchmarks import lissa_grid, quality, retrain, speed
 from fastif_core.benchmarks.common import (
     PAPER,
     BenchConfig,
-    Progress,
     choose_test_examples,
     clip,
-    sub_progress,
 )
 from fastif_core.benchmarks.engine import engine_benchmark
 from fastif_core.benchmarks.plots import write_plots
 from fastif_core.config import InfluenceConfig, STestConfig, to_dict
+from fastif_core.progress import Progress, ignore, sub_range
 
 # share of the progress bar per stage: engine, examples, multi-device, latency, grid, convex, transformer
 STAGES = {"engine": 0.05, "examples": 0.45, "multi": 0.1, "latency": 0.08, "grid": 0.12, "convex": 0.1,
@@ -57,7 +56,7 @@ def run_bench(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started, ranges = time.perf_counter(), _stage_ranges()
-    stage = lambda name: sub_progress(progress, *ranges[name])  # noqa: E731
+    stage = lambda name: sub_range(progress, *ranges[name]) or ignore  # noqa: E731
     loaded = LoadedWorkspace.load(workspace, device)
     store = Store.open(workspace)
     stage("engine")(0.0, "workspace loaded")

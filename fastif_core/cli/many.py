@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from fastif_core.errors import ConfigError
+from fastif_core.progress import Progress
 
 SELECTORS = ("example", "examples", "examples_from")
 FILTERS = ("dataset", "split", "incorrect")
@@ -141,7 +142,7 @@ def cmd_matrix(a: argparse.Namespace, cfg: Any) -> int:
     return 0
 
 
-def _bar() -> Callable[[float, str], None]:
+def _bar() -> Progress:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=1000, desc="matrix", unit="‰", leave=False)

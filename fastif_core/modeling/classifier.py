@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from fastif_core.device import DeviceLike, resolve_device
 from fastif_core.engine.examples import EncodedExamples, Examples, length_sorted_chunks, to_device
 from fastif_core.engine.objective import default_decay
 from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
+from fastif_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ TRAIN_META = "fastif_train.json"
 BUCKET_BATCHES = 50  # length bucketing sorts windows of this many batches, then shuffles the batches
 WARMUP_FRACTION = 0.1
 MAX_GRAD_NORM = 1.0
-ProgressFn = Callable[[float, str], None]
+
 
 
 def default_model_path() -> str:
@@ -257,7 +258,7 @@ def train_classifier(
     cfg: TrainConfig,
     device: DeviceLike = "cpu",
     progress: bool = True,
-    on_progress: ProgressFn | None = None,
+    on_progress: Progress | None = None,
     *,
     bucketed: bool = True,
     amp: bool = False,
@@ -312,7 +313,7 @@ def train_classifier(
     }
 
 
-def _report(bar: Any, on_progress: ProgressFn | None, done: int, steps: int, recent: Tensor) -> None:
+def _report(bar: Any, on_progress: Progress | None, done: int, steps: int, recent: Tensor) -> None:
     loss = float(recent.mean())
     bar.update(done - bar.n)
     bar.set_postfix(loss=f"{loss:.4f}")

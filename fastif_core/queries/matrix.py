@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,11 +46,11 @@ from fastif_core.engine.scoring import METHODS, score_many
 from fastif_core.engine.solvers import expected_cost, prepare_direct, solve_direct_, solve_many
 from fastif_core.errors import ConfigError
 from fastif_core.jobs import COL_BLOCK, ROW_BLOCK
+from fastif_core.progress import Progress
 from fastif_core.queries.examples import require_example
 from fastif_core.queries.influence import check_request, stored_config
 from fastif_core.store import matrices as sm
 
-Progress = Callable[[float, str], None]
 SOLVE_BLOCK = 16  # tests solved at once inside a row block (the solver's working memory)
 
 

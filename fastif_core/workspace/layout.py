@@ -25,15 +25,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastif_core.config import KnnConfig, PrepareConfig, config_hash, from_dict, to_dict
 from fastif_core.errors import FastifError, WorkspaceError
-
-Progress = Callable[[float, str], None]
 
 MANIFEST = "workspace.json"
 LAYOUT = 2  # manifests without "layout" describe the first layout (W/model, W/index.faiss at the root)

@@ -19,7 +19,7 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from fastif_core.data.records import HANS_LABELS, NLIExample, labels_for, to_two
 from fastif_core.data.sampling import content_hash, stratified_sample
 from fastif_core.errors import DataFormatError, WorkspaceError
 from fastif_core.processes import pid_running
+from fastif_core.progress import Progress, ignore
 from fastif_core.store import Store
 from fastif_core.store.records import PredictionIn
 from fastif_core.workspace.layout import (
@@ -40,8 +41,6 @@ from fastif_core.workspace.layout import (
     save_features,
     write_manifest,
 )
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -209,7 +208,7 @@ def prepare(
     cfg.validate()
     check_factory(cfg.knn.index)
     paths = WorkspacePaths(Path(root))
-    report = progress or (lambda f, m: None)
+    report = progress or ignore
     report(0.0, "loading data")
     data = collect_data(cfg)  # before anything is written: a bad file changes nothing
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -21,18 +21,17 @@ import os
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastif_core.config import PrepareConfig
 from fastif_core.errors import WorkspaceError
+from fastif_core.progress import Progress, ignore
 from fastif_core.store import Store
 from fastif_core.store import examples as ex
 from fastif_core.store import results as res
 from fastif_core.workspace.layout import WorkspacePaths, require_prepared, write_manifest
 
-Progress = Callable[[float, str], None]
 COMPARE_COLUMNS = ("dataset", "split", "label", "heuristic", "genre")
 
 
@@ -113,7 +112,7 @@ def save_version(
     again returns the stored version. Returns its ModelInfo (not active: see :func:`activate`)."""
     from fastif_core.modeling import classifier as M
 
-    report = progress or (lambda f, m: None)
+    report = progress or ignore
     paths, manifest = _paths(root)
     with Store.open(root) as store:
         parent = store.get_model(parent_id)
@@ -195,7 +194,7 @@ def _rebuild(store: Store, paths: WorkspacePaths, manifest: dict[str, Any], info
 
     model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(info.id), device)
     name, build = _build(store, paths, manifest, model, tokenizer, info, current, device,
-                         progress or (lambda f, m: None))  # fmt: skip
+                         progress or ignore)  # fmt: skip
     store.update_model(
         info.id, metrics={**info.metrics, "build": name, "accuracy": build.manifest["accuracy"]}
     )

@@ -30,6 +30,7 @@ from fastif_core.apps.correct.summary import summarize
 from fastif_core.config import config_hash, to_dict
 from fastif_core.engine.objective import Objective, hf_forward
 from fastif_core.errors import ConfigError
+from fastif_core.progress import Progress, ignore
 from fastif_core.store import Store
 from fastif_core.store import results as res
 from fastif_core.workspace import versions
@@ -39,7 +40,6 @@ from fastif_core.workspace.layout import (
     two_way_aware_cross_entropy,
 )
 
-Progress = Callable[[float, str], None]
 REPRODUCE_TOL = 1e-6  # a re-run loop (to save its model) must give the stored curve to this precision
 
 
@@ -93,7 +93,7 @@ def run_loops(loaded: LoadedWorkspace, inputs: LoopInputs, cfg: CorrectConfig, *
               progress: Progress | None = None) -> tuple[dict[str, list[dict]], Any]:  # fmt: skip
     """Every (method, seed) loop from a fresh copy of the served model; returns the runs by method and the
     final model of (``cfg.save`` or ``only``, first seed)."""
-    report = progress or (lambda f, m: None)
+    report = progress or ignore
     todo, keep_method = _loops(cfg, only), only or cfg.save
     runs: dict[str, list[dict]] = {}
     kept, factory = None, make_objective(loaded.objective.weight_decay)
@@ -135,7 +135,7 @@ def run_correction(
         model_hash = store.get_model(model_id).config_hash
     if found is not None and cfg.save is None:
         return _finish(root, found, cfg, None, job_id, owner, cached=True)
-    report = progress or (lambda f, m: None)
+    report = progress or ignore
     report(0.0, "loading the workspace")
     t0 = time.perf_counter()
     loaded = loaded or LoadedWorkspace.load(root, device)

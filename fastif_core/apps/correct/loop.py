@@ -35,8 +35,8 @@ from fastif_core.engine.objective import Objective
 from fastif_core.engine.scoring import score_many
 from fastif_core.engine.solvers import solve
 from fastif_core.modeling import classifier as M
+from fastif_core.progress import Progress
 
-Progress = Callable[[float, str], None]
 ObjectiveFactory = Callable[[Any], Objective]  # model -> its influence objective
 
 

@@ -9,7 +9,6 @@ the same transaction when a worker runs it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ from fastif_core.apps.graph.influences import graph_influences
 from fastif_core.apps.graph.selection import Selection, select_test_set
 from fastif_core.config import config_hash
 from fastif_core.errors import ConfigError, JobError
+from fastif_core.progress import Progress
 from fastif_core.store.graph_files import GraphArrays, save_graph_arrays
 
-Progress = Callable[[float, str], None]
 INFLUENCE_SHARE = 0.97  # of the progress bar: the influence rows; the layout and tables are the rest
 
 

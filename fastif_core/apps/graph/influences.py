@@ -10,15 +10,14 @@ the same tests and settings reuses it, and a full matrix stored for these tests 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from fastif_core.config import InfluenceConfig
-
-Progress = Callable[[float, str], None]
+from fastif_core.progress import Progress
 
 
 def format_eta(seconds: float) -> str:

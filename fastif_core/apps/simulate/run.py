@@ -6,7 +6,6 @@ model's influence (stored influence runs reused) → the loss-change curves → 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,13 @@ from fastif_core.apps.simulate.simulator import Simulator, ensure_simulator
 from fastif_core.apps.simulate.steps import losses_after_step, test_loss
 from fastif_core.apps.simulate.summary import example_curves, summarize
 from fastif_core.config import to_dict
+from fastif_core.progress import Progress, ignore
 from fastif_core.queries.influence import Runner, influence_query, serial_runner
 from fastif_core.store import ExampleRow, Store
 from fastif_core.workspace.layout import LoadedWorkspace, require_prepared
 
 APP, KIND = "simulation", "simulate"
 SIMULATOR_SHARE = 0.2  # of the progress bar, while the simulator is trained (or loaded)
-Progress = Callable[[float, str], None]
-
-
-def _noop(fraction: float, message: str) -> None:
-    return None
 
 
 def simulate(
@@ -49,7 +44,7 @@ def simulate(
         else:
             tests = select_test_examples(store, model_id, cfg)  # a bad filter fails before any work
             result = _compute(
-                root, cfg, tests, store, device, loaded, runner, progress or _noop, show_progress
+                root, cfg, tests, store, device, loaded, runner, progress or ignore, show_progress
             )
         info = store.save_app_result(APP, cfg, result, model_id=model_id, kind=KIND, job_id=job_id, owner=owner,
                                      config_hash=key)  # fmt: skip

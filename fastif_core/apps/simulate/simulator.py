@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,11 @@ from fastif_core.config import TrainConfig, config_hash, from_dict, to_dict
 from fastif_core.engine.examples import EncodedExamples
 from fastif_core.engine.objective import Objective, hf_forward
 from fastif_core.errors import WorkspaceError
+from fastif_core.progress import Progress
 from fastif_core.store import ModelInfo, Store
 from fastif_core.workspace.layout import LoadedWorkspace, WorkspacePaths, two_way_aware_cross_entropy
 
 KIND = "simulator"
-Progress = Callable[[float, str], None]
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch import Tensor
 from fastif_core.engine.examples import Batch, Examples, to_device
 from fastif_core.engine.objective import Objective
 
-Progress = Callable[[int, int], None]  # (explanation examples done, total)
+StepCount = Callable[[int, int], None]  # (explanation examples done, total)
 
 
 def test_loss(objective: Objective, test_batch: Batch) -> Tensor:
@@ -62,7 +62,7 @@ def losses_for_gradient(
 
 def losses_after_step(
     objective: Objective, train: Examples, positions: Sequence[int], lrs: Tensor, test_batch: Batch,
-    chunk: int = 10, progress: Progress | None = None,
+    chunk: int = 10, progress: StepCount | None = None,
 ) -> Tensor:  # fmt: skip
     """Test losses ``(E, L)`` after one SGD step on ``train[positions[e]]`` with learning rate ``lrs[l]``:
     one gradient per explanation example, every learning rate from it."""
