@@ -65,10 +65,16 @@ def browse_filters_controls(options: FilterOptions) -> ExampleFilter:
     )
     correct = {"Correct": True, "Incorrect": False}.get(correctness or "All")
     return ExampleFilter(
-        dataset=dataset, split=split, label=label, predicted=predicted, correct=correct,
-        genre=chosen.get("genre"), heuristic=chosen.get("heuristic"), subcase=chosen.get("subcase"),
+        dataset=dataset,
+        split=split,
+        label=label,
+        predicted=predicted,
+        correct=correct,
+        genre=chosen.get("genre"),
+        heuristic=chosen.get("heuristic"),
+        subcase=chosen.get("subcase"),
         search=search.strip() or None,
-    )  # fmt: skip
+    )
 
 
 PRESET_LABELS = {
@@ -88,10 +94,13 @@ def influence_controls(
     ``fastif influence``) whose fields pre-fill the form; the config when submitted."""
     base = InfluenceConfig()
     name = st.selectbox(
-        "s_test solver", list(PRESET_LABELS), format_func=PRESET_LABELS.__getitem__, key=f"{key}_preset",
+        "s_test solver",
+        list(PRESET_LABELS),
+        format_func=PRESET_LABELS.__getitem__,
+        key=f"{key}_preset",
         help="The default solves the same damped system as the paper's LiSSA in a few conjugate-gradient "
         "steps on a positive semi-definite curvature; 'Paper' is FastIF's recursion (minutes per click on CPU).",
-    )  # fmt: skip
+    )
     pre = STestConfig.preset(name)
     with st.form(f"{key}_{name}", border=True):
         c1, c2, c3, c4 = st.columns(4)
@@ -126,9 +135,15 @@ def influence_controls(
     if not submitted:
         return None
     s_test = STestConfig.preset(
-        name, depth=int(depth), batch_size=int(batch), repeats=int(repeats), damping=float(damping),
-        scale=float(scale), mu=float(mu), tolerance=float(tolerance),
-    )  # fmt: skip
+        name,
+        depth=int(depth),
+        batch_size=int(batch),
+        repeats=int(repeats),
+        damping=float(damping),
+        scale=float(scale),
+        mu=float(mu),
+        tolerance=float(tolerance),
+    )
     return InfluenceConfig(s_test=s_test, k=None if full else int(k), top=int(top))
 
 

@@ -82,8 +82,17 @@ def curves_frame(result: dict[str, Any], metric: str) -> pd.DataFrame:
         for part, series in m["summary"].items():
             if metric in series:
                 s = series[metric]
-                rows += [{"part": part, "method": method, "iteration": i, "mean": s["mean"][i], "min": s["min"][i],
-                          "max": s["max"][i]} for i in range(len(s["mean"]))]  # fmt: skip
+                rows += [
+                    {
+                        "part": part,
+                        "method": method,
+                        "iteration": i,
+                        "mean": s["mean"][i],
+                        "min": s["min"][i],
+                        "max": s["max"][i],
+                    }
+                    for i in range(len(s["mean"]))
+                ]
     return pd.DataFrame(rows, columns=["part", "method", "iteration", "mean", "min", "max"])
 
 
@@ -94,7 +103,16 @@ def before_after_frame(result: dict[str, Any]) -> pd.DataFrame:
         for method, m in result["methods"].items():
             acc = m["summary"].get(part, {}).get("accuracy")
             if acc:
-                rows.append({"part": part, "n": before["n"], "method": method, "before": before["accuracy"],
-                             "after": acc["mean"][-1], "min": acc["min"][-1], "max": acc["max"][-1],
-                             "change": acc["mean"][-1] - before["accuracy"]})  # fmt: skip
+                rows.append(
+                    {
+                        "part": part,
+                        "n": before["n"],
+                        "method": method,
+                        "before": before["accuracy"],
+                        "after": acc["mean"][-1],
+                        "min": acc["min"][-1],
+                        "max": acc["max"][-1],
+                        "change": acc["mean"][-1] - before["accuracy"],
+                    }
+                )
     return pd.DataFrame(rows)

@@ -93,9 +93,14 @@ def filter_options(root: str) -> FilterOptions:
     }
     datasets = [str(d) for d in s.distinct_values("dataset")]  # of the current sources only
     return FilterOptions(
-        datasets=datasets, splits=values["split"], labels=values["label"], predicted=values["predicted"],
-        genres=values["genre"], heuristics=values["heuristic"], subcases=values["subcase"],
-    )  # fmt: skip
+        datasets=datasets,
+        splits=values["split"],
+        labels=values["label"],
+        predicted=values["predicted"],
+        genres=values["genre"],
+        heuristics=values["heuristic"],
+        subcases=values["subcase"],
+    )
 
 
 @st.cache_data(ttl=10, show_spinner=False)

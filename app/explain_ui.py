@@ -42,8 +42,13 @@ def simulate_controls(options: FilterOptions, num_train: int) -> SimulateConfig 
             a1, a2, a3, a4 = st.columns(4)
             lr_min = a1.number_input("Smallest lr", 1e-9, 1.0, d.lr_min, format="%.2e")
             lr_max = a2.number_input("Largest lr", 1e-9, 10.0, d.lr_max, format="%.2e")
-            k = a3.number_input("k candidates", 1, max(1, num_train), min(DEFAULT_K, max(1, num_train)),
-                                help=help_of(SimulateConfig, "k"))  # fmt: skip
+            k = a3.number_input(
+                "k candidates",
+                1,
+                max(1, num_train),
+                min(DEFAULT_K, max(1, num_train)),
+                help=help_of(SimulateConfig, "k"),
+            )
             full = a4.toggle("Full (all training examples)", False)
         submitted = st.form_submit_button("Run the study", type="primary", icon=":material/science:")
     if not submitted:
@@ -51,14 +56,26 @@ def simulate_controls(options: FilterOptions, num_train: int) -> SimulateConfig 
     flt = TestFilter(
         dataset=tuple(dataset), split=tuple(split), genre=tuple(genre), heuristic=tuple(heuristic)
     )
-    return SimulateConfig(test_examples=int(t), learning_rates=int(n), lr_min=float(lr_min), lr_max=float(lr_max),
-                          per_kind=int(per), seed=int(seed), k=None if full else int(k), filter=flt)  # fmt: skip
+    return SimulateConfig(
+        test_examples=int(t),
+        learning_rates=int(n),
+        lr_min=float(lr_min),
+        lr_max=float(lr_max),
+        per_kind=int(per),
+        seed=int(seed),
+        k=None if full else int(k),
+        filter=flt,
+    )
 
 
 def curves_frame(curves: dict[str, Any], lrs: list[float], kinds: tuple[str, ...] = KINDS) -> pd.DataFrame:
     """One row per (kind, learning rate): mean, min and max loss change (kinds without a curve left out)."""
-    rows = [{"kind": kind, "lr": lr, "mean": c["mean"][i], "min": c["min"][i], "max": c["max"][i]}
-            for kind in kinds if (c := curves.get(kind)) for i, lr in enumerate(lrs)]  # fmt: skip
+    rows = [
+        {"kind": kind, "lr": lr, "mean": c["mean"][i], "min": c["min"][i], "max": c["max"][i]}
+        for kind in kinds
+        if (c := curves.get(kind))
+        for i, lr in enumerate(lrs)
+    ]
     return pd.DataFrame(rows, columns=["kind", "lr", "mean", "min", "max"])
 
 
@@ -71,9 +88,15 @@ def curves_chart(frame: pd.DataFrame, title: str) -> None:
     )
     band = base.mark_area(opacity=0.15).encode(y=alt.Y("min:Q", title="simulator loss change"), y2="max:Q")
     line = base.mark_line(point=True).encode(
-        y="mean:Q", tooltip=["kind", alt.Tooltip("lr:Q", format=".2e"), alt.Tooltip("mean:Q", format="+.4f"),
-                             alt.Tooltip("min:Q", format="+.4f"), alt.Tooltip("max:Q", format="+.4f")],
-    )  # fmt: skip
+        y="mean:Q",
+        tooltip=[
+            "kind",
+            alt.Tooltip("lr:Q", format=".2e"),
+            alt.Tooltip("mean:Q", format="+.4f"),
+            alt.Tooltip("min:Q", format="+.4f"),
+            alt.Tooltip("max:Q", format="+.4f"),
+        ],
+    )
     st.altair_chart(band + line, width="stretch")
 
 
@@ -83,20 +106,31 @@ def summary_frame(summary: dict[str, Any]) -> pd.DataFrame:
     for group in GROUP_TITLES:
         for kind, k in summary[group]["kinds"].items():
             if k is not None:
-                rows.append({"predictions": group, "kind": kind, "test examples": summary[group]["n"],
-                             "best lr": f"{k['best_lr']:.2e}", "Δ loss at best lr": k["best_change"],
-                             "mean Δ loss over the grid": k["grid_mean_change"]})  # fmt: skip
+                rows.append(
+                    {
+                        "predictions": group,
+                        "kind": kind,
+                        "test examples": summary[group]["n"],
+                        "best lr": f"{k['best_lr']:.2e}",
+                        "Δ loss at best lr": k["best_change"],
+                        "mean Δ loss over the grid": k["grid_mean_change"],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def finding_lines(finding: dict[str, Any]) -> list[str]:
     """The paper's claim on this run, one line per group."""
     words = {True: ":green[yes]", False: ":red[no]", None: "—"}
-    say = {"correct_helpful_beats_random": "Correct predictions: helpful explanations lower the loss more than random",
-           "incorrect_harmful_beats_random": "Incorrect predictions: harmful explanations lower the loss more than "
-           "random"}  # fmt: skip
-    return [f"{say.get(k, k)}: at the best lr {words[v['best_lr']]}, over the grid {words[v['grid']]}"
-            for k, v in finding.items()]  # fmt: skip
+    say = {
+        "correct_helpful_beats_random": "Correct predictions: helpful explanations lower the loss more than random",
+        "incorrect_harmful_beats_random": "Incorrect predictions: harmful explanations lower the loss more than "
+        "random",
+    }
+    return [
+        f"{say.get(k, k)}: at the best lr {words[v['best_lr']]}, over the grid {words[v['grid']]}"
+        for k, v in finding.items()
+    ]
 
 
 def aggregate(result: dict[str, Any]) -> None:

@@ -17,7 +17,20 @@ import pandas as pd
 from fastif_core.store.records import ExampleRow, InfluenceRunInfo, JobInfo, NeighborInfo, ScoreInfo
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|$~:])")
-EXAMPLE_COLUMNS = ["id", "label", "predicted", "correct", "confidence", "premise", "hypothesis", "dataset", "split", "genre", "heuristic", "subcase"]  # fmt: skip
+EXAMPLE_COLUMNS = [
+    "id",
+    "label",
+    "predicted",
+    "correct",
+    "confidence",
+    "premise",
+    "hypothesis",
+    "dataset",
+    "split",
+    "genre",
+    "heuristic",
+    "subcase",
+]
 
 
 def md_escape(text: str) -> str:
@@ -74,7 +87,7 @@ def examples_frame(rows: list[ExampleRow]) -> pd.DataFrame:
             "genre": r.genre,
             "heuristic": pretty(r.heuristic) if r.heuristic else None,
             "subcase": pretty(r.subcase) if r.subcase else None,
-        }  # fmt: skip
+        }
         for r in rows
     ]
     frame = pd.DataFrame.from_records(records, columns=EXAMPLE_COLUMNS)
@@ -91,7 +104,7 @@ def neighbors_frame(neighbors: list[NeighborInfo]) -> pd.DataFrame:
             "premise": n.premise,
             "hypothesis": n.hypothesis,
             "id": n.train_id,
-        }  # fmt: skip
+        }
         for n in neighbors
     ]
     return pd.DataFrame.from_records(
@@ -114,7 +127,7 @@ def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:
             "attempts": f"{j.attempts}/{j.max_attempts}",
             "created": when(j.created_at),
             "error": j.error or "",
-        }  # fmt: skip
+        }
         for j in jobs
     ]
     cols = [
@@ -170,10 +183,15 @@ def influence_rows(
 
 def _score_row(kind: str, position: int, s: ScoreInfo, neighbor_ids: set[str]) -> dict[str, Any]:
     return {
-        "direction": kind, "position": position, "train_id": s.train_id, "influence": s.value,
-        "label": s.label, "nearest_neighbor": s.train_id in neighbor_ids, "premise": s.premise,
+        "direction": kind,
+        "position": position,
+        "train_id": s.train_id,
+        "influence": s.value,
+        "label": s.label,
+        "nearest_neighbor": s.train_id in neighbor_ids,
+        "premise": s.premise,
         "hypothesis": s.hypothesis,
-    }  # fmt: skip
+    }
 
 
 def export_csv(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None = None) -> str:
@@ -192,10 +210,16 @@ def export_json(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None =
     """The shown influence results as JSON, with the config, its hash, timings and candidate count."""
     rows = influence_rows(run, neighbor_ids, top)
     payload = {
-        "example_id": run.example_id, "model_id": run.model_id, "run_id": run.id, "config": run.config, "top": top,
-        "config_hash": run.config_hash, "num_candidates": run.num_candidates, "seconds": run.timings,
+        "example_id": run.example_id,
+        "model_id": run.model_id,
+        "run_id": run.id,
+        "config": run.config,
+        "top": top,
+        "config_hash": run.config_hash,
+        "num_candidates": run.num_candidates,
+        "seconds": run.timings,
         "created_at": when(run.created_at),
         "helpful": [r for r in rows if r["direction"] == "helpful"],
         "harmful": [r for r in rows if r["direction"] == "harmful"],
-    }  # fmt: skip
+    }
     return json.dumps(payload, indent=2, sort_keys=False)

@@ -30,8 +30,13 @@ def new_graph_controls(options: FilterOptions, num_train: int) -> GraphConfig | 
             "Test examples per slice", 1, 10_000, d.per_slice, help=help_of(GraphConfig, "per_slice")
         )
         slice_by = c2.selectbox("Slices", SLICE_BY, help=help_of(GraphConfig, "slice_by"))
-        k = c3.number_input("k neighbours", 1, max(1, num_train), min(InfluenceConfig().k or 1, max(1, num_train)),
-                            help=help_of(InfluenceConfig, "k"))  # fmt: skip
+        k = c3.number_input(
+            "k neighbours",
+            1,
+            max(1, num_train),
+            min(InfluenceConfig().k or 1, max(1, num_train)),
+            help=help_of(InfluenceConfig, "k"),
+        )
         preset = c4.selectbox("s_test solver", list(PRESET_LABELS), format_func=PRESET_LABELS.__getitem__)
         f1, f2, f3 = st.columns(3)
         dataset = f1.multiselect("Dataset", options.datasets, placeholder="All", key="g_dataset")
@@ -46,8 +51,15 @@ def new_graph_controls(options: FilterOptions, num_train: int) -> GraphConfig | 
     if not submitted:
         return None
     influence = InfluenceConfig(s_test=STestConfig.preset(preset), k=None if full else int(k), top=1)
-    return GraphConfig(per_slice=int(per_slice), incorrect_only=bool(incorrect), slice_by=slice_by, dataset=tuple(dataset),
-                       heuristic=tuple(heuristic), label=tuple(label), influence=influence)  # fmt: skip
+    return GraphConfig(
+        per_slice=int(per_slice),
+        incorrect_only=bool(incorrect),
+        slice_by=slice_by,
+        dataset=tuple(dataset),
+        heuristic=tuple(heuristic),
+        label=tuple(label),
+        influence=influence,
+    )
 
 
 def view_controls(slices: list[str], max_abs: float, key: str, start: float = 0.0) -> ViewSettings:

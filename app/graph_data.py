@@ -48,22 +48,41 @@ def enqueue_graph(root: str, cfg: GraphConfig) -> JobInfo:
 
 def statistics_frame(result: dict[str, Any]) -> pd.DataFrame:
     """Table 4: one row per slice."""
-    return pd.DataFrame(result["statistics"]).rename(columns={
-        "test_examples": "test examples", "train_nodes": "training nodes", "helpful_edges": "helpful edges",
-        "harmful_edges": "harmful edges", "helpful_mean_abs": "mean |I| helpful", "harmful_mean_abs": "mean |I| harmful",
-        "mean": "mean I"})  # fmt: skip
+    return pd.DataFrame(result["statistics"]).rename(
+        columns={
+            "test_examples": "test examples",
+            "train_nodes": "training nodes",
+            "helpful_edges": "helpful edges",
+            "harmful_edges": "harmful edges",
+            "helpful_mean_abs": "mean |I| helpful",
+            "harmful_mean_abs": "mean |I| harmful",
+            "mean": "mean I",
+        }
+    )
 
 
 def correlation_frame(result: dict[str, Any]) -> pd.DataFrame:
     """Table 5 long form: one row per pair of slices, the correlation and its count."""
     t = result["correlation"]
-    return pd.DataFrame([{"slice 1": a, "slice 2": b, "pearson": t["pearson"][i][j], "shared training examples": t["count"][i][j]}
-                         for i, a in enumerate(t["slices"]) for j, b in enumerate(t["slices"])])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "slice 1": a,
+                "slice 2": b,
+                "pearson": t["pearson"][i][j],
+                "shared training examples": t["count"][i][j],
+            }
+            for i, a in enumerate(t["slices"])
+            for j, b in enumerate(t["slices"])
+        ]
+    )
 
 
 def describe(info: AppResultInfo) -> str:
     r, c = info.result, info.config
     influence = c.get("influence") or {}
     k = "full" if "k" in influence and influence["k"] is None else f"k={influence.get('k', '—')}"
-    return (f"#{info.id} · {r['num_test_nodes']} test / {r['num_train_nodes']} training nodes · {r['num_edges']:,} edges · "
-            f"{k} · {', '.join(r['slices'])}")  # fmt: skip
+    return (
+        f"#{info.id} · {r['num_test_nodes']} test / {r['num_train_nodes']} training nodes · {r['num_edges']:,} edges · "
+        f"{k} · {', '.join(r['slices'])}"
+    )

@@ -43,9 +43,18 @@ class GraphView:
     @classmethod
     def of(cls, arrays: Any, slices: list[str], examples: dict[str, Any]) -> GraphView:
         a = arrays.arrays
-        return cls(slices, arrays.test_ids, arrays.train_ids, a["test_slice"], a["test_xy"],
-                   {"helpful": a["helpful_xy"], "harmful": a["harmful_xy"]}, a["edge_test"], a["edge_train"],
-                   a["edge_value"], examples)  # fmt: skip
+        return cls(
+            slices,
+            arrays.test_ids,
+            arrays.train_ids,
+            a["test_slice"],
+            a["test_xy"],
+            {"helpful": a["helpful_xy"], "harmful": a["harmful_xy"]},
+            a["edge_test"],
+            a["edge_train"],
+            a["edge_value"],
+            examples,
+        )
 
     def max_abs(self) -> float:
         return float(np.abs(self.edge_value).max()) if self.edge_value.size else 0.0
@@ -105,8 +114,17 @@ def edge_traces(view: GraphView, side: str, edges: np.ndarray) -> list[go.Scatte
         x, y = _segments(view.node_xy[side][view.edge_train[sel]], view.test_xy[view.edge_test[sel]])
         lo, hi = float(np.abs(view.edge_value[sel]).min()), float(np.abs(view.edge_value[sel]).max())
         faint = opacity * min(1.0, (CROWD / sel.size) ** 0.5)  # thousands of overlapping lines stay readable
-        traces.append(go.Scattergl(x=x, y=y, mode="lines", line={"width": width, "color": color}, opacity=max(faint, 0.03),
-                                   hoverinfo="skip", name=f"{side} |I| {lo:.2g}–{hi:.2g} ({sel.size:,})"))  # fmt: skip
+        traces.append(
+            go.Scattergl(
+                x=x,
+                y=y,
+                mode="lines",
+                line={"width": width, "color": color},
+                opacity=max(faint, 0.03),
+                hoverinfo="skip",
+                name=f"{side} |I| {lo:.2g}–{hi:.2g} ({sel.size:,})",
+            )
+        )
     return traces
 
 
@@ -118,8 +136,10 @@ def _hover(example_id: str, row: Any, extra: str) -> str:
     if row is None:
         return f"<b>{example_id}</b><br>{extra}"
     pred = f" · predicted {row.predicted}" if row.predicted else ""
-    return (f"<b>{example_id}</b> ({row.dataset}/{row.split})<br>gold {row.label}{pred}<br>{extra}<br>"
-            f"P: {_short(row.premise)}<br>H: {_short(row.hypothesis)}")  # fmt: skip
+    return (
+        f"<b>{example_id}</b> ({row.dataset}/{row.split})<br>gold {row.label}{pred}<br>{extra}<br>"
+        f"P: {_short(row.premise)}<br>H: {_short(row.hypothesis)}"
+    )
 
 
 def _influence_by(index: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,11 +155,26 @@ def node_traces(view: GraphView, side: str, edges: np.ndarray, slices: list[str]
     for name in slices:
         s = view.slices.index(name)
         rows = np.flatnonzero(view.test_slice == s)
-        text = [_hover(view.test_ids[j], view.examples.get(view.test_ids[j]),
-                       f"slice {name} · Σ I = {t_sum[j]:+.3g} over {t_n[j]} edges") for j in rows]  # fmt: skip
-        traces.append(go.Scattergl(x=view.test_xy[rows, 0], y=view.test_xy[rows, 1], mode="markers", name=f"test: {name}",
-                                   marker={"size": 9, "color": slice_color(s), "line": {"width": 1, "color": "white"}},
-                                   customdata=[[view.test_ids[j]] for j in rows], hovertext=text, hoverinfo="text"))  # fmt: skip
+        text = [
+            _hover(
+                view.test_ids[j],
+                view.examples.get(view.test_ids[j]),
+                f"slice {name} · Σ I = {t_sum[j]:+.3g} over {t_n[j]} edges",
+            )
+            for j in rows
+        ]
+        traces.append(
+            go.Scattergl(
+                x=view.test_xy[rows, 0],
+                y=view.test_xy[rows, 1],
+                mode="markers",
+                name=f"test: {name}",
+                marker={"size": 9, "color": slice_color(s), "line": {"width": 1, "color": "white"}},
+                customdata=[[view.test_ids[j]] for j in rows],
+                hovertext=text,
+                hoverinfo="text",
+            )
+        )
     n_sum, n_n = _influence_by(view.edge_train[edges], v, len(view.train_ids))
     nodes = np.flatnonzero(n_n > 0)
     labels = [
@@ -148,12 +183,27 @@ def node_traces(view: GraphView, side: str, edges: np.ndarray, slices: list[str]
     ]
     for label in sorted(set(labels)):
         sel = nodes[np.asarray(labels) == label]
-        text = [_hover(view.train_ids[t], view.examples.get(view.train_ids[t]),
-                       f"Σ I = {n_sum[t]:+.3g} over {n_n[t]} {side} edges") for t in sel]  # fmt: skip
+        text = [
+            _hover(
+                view.train_ids[t],
+                view.examples.get(view.train_ids[t]),
+                f"Σ I = {n_sum[t]:+.3g} over {n_n[t]} {side} edges",
+            )
+            for t in sel
+        ]
         xy = view.node_xy[side][sel]
-        traces.append(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"train: {label or '—'}",
-                                   marker={"size": 5, "color": palette.label_color(label), "opacity": 0.85},
-                                   customdata=[[view.train_ids[t]] for t in sel], hovertext=text, hoverinfo="text"))  # fmt: skip
+        traces.append(
+            go.Scattergl(
+                x=xy[:, 0],
+                y=xy[:, 1],
+                mode="markers",
+                name=f"train: {label or '—'}",
+                marker={"size": 5, "color": palette.label_color(label), "opacity": 0.85},
+                customdata=[[view.train_ids[t]] for t in sel],
+                hovertext=text,
+                hoverinfo="text",
+            )
+        )
     return traces
 
 
@@ -165,11 +215,17 @@ def graph_figure(
     fig = go.Figure([*edge_traces(view, side, edges), *node_traces(view, side, edges, slices)])
     axis = {"visible": False, "range": [-1.12, 1.12], "fixedrange": False}
     fig.update_layout(
-        title=f"{side.capitalize()} edges: {edges.size:,} with |I| ≥ {threshold:.3g}", height=height,
-        xaxis=axis, yaxis={**axis, "scaleanchor": "x"}, margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        legend={"orientation": "h", "y": -0.02}, clickmode="event+select", dragmode="pan", uirevision=side,
+        title=f"{side.capitalize()} edges: {edges.size:,} with |I| ≥ {threshold:.3g}",
+        height=height,
+        xaxis=axis,
+        yaxis={**axis, "scaleanchor": "x"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend={"orientation": "h", "y": -0.02},
+        clickmode="event+select",
+        dragmode="pan",
+        uirevision=side,
         plot_bgcolor="white",
-    )  # fmt: skip
+    )
     return fig
 
 
@@ -177,11 +233,29 @@ def correlation_figure(table: dict[str, Any]) -> go.Figure:
     """Table 5 as a heatmap: each cell the Pearson correlation and its count of shared training examples."""
     names, corr, count = table["slices"], table["pearson"], table["count"]
     z = [[np.nan if c is None else c for c in row] for row in corr]
-    text = [[("—" if c is None else f"{c:+.2f}") + f"<br>n={n}" for c, n in zip(row, nrow, strict=True)]
-            for row, nrow in zip(corr, count, strict=True)]  # fmt: skip
-    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, text=text, texttemplate="%{text}", zmin=-1, zmax=1,
-                               colorscale="RdBu", reversescale=True, hoverongaps=False,
-                               hovertemplate="%{y} × %{x}: %{text}<extra></extra>"))  # fmt: skip
-    fig.update_layout(height=120 + 60 * len(names), margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      yaxis={"autorange": "reversed"}, title="Slice correlations (n = shared training examples)")  # fmt: skip
+    text = [
+        [("—" if c is None else f"{c:+.2f}") + f"<br>n={n}" for c, n in zip(row, nrow, strict=True)]
+        for row, nrow in zip(corr, count, strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=names,
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=True,
+            hoverongaps=False,
+            hovertemplate="%{y} × %{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=120 + 60 * len(names),
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        yaxis={"autorange": "reversed"},
+        title="Slice correlations (n = shared training examples)",
+    )
     return fig

@@ -42,8 +42,13 @@ def summary_metrics(summary: ExampleSummary, shown: int) -> None:
 def examples_table(frame: pd.DataFrame, key: str = "examples_table") -> list[int]:
     """The sortable examples table; returns the selected row positions (a click selects a row)."""
     event = st.dataframe(
-        _label_styler(frame), key=key, on_select="rerun", selection_mode="single-row", hide_index=True,
-        width="stretch", height=420,
+        _label_styler(frame),
+        key=key,
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        height=420,
         column_config={
             "id": st.column_config.TextColumn("ID", width="medium"),
             "premise": st.column_config.TextColumn("Premise", width="large"),
@@ -51,10 +56,15 @@ def examples_table(frame: pd.DataFrame, key: str = "examples_table") -> list[int
             "label": st.column_config.TextColumn("Gold"),
             "predicted": st.column_config.TextColumn("Predicted"),
             "correct": st.column_config.CheckboxColumn("Correct", width="small"),
-            "confidence": st.column_config.ProgressColumn("Confidence", format="percent", min_value=0.0, max_value=1.0, width="small"),
-            **{c: st.column_config.TextColumn(c.capitalize()) for c in ("dataset", "split", "genre", "heuristic", "subcase")},
+            "confidence": st.column_config.ProgressColumn(
+                "Confidence", format="percent", min_value=0.0, max_value=1.0, width="small"
+            ),
+            **{
+                c: st.column_config.TextColumn(c.capitalize())
+                for c in ("dataset", "split", "genre", "heuristic", "subcase")
+            },
         },
-    )  # fmt: skip
+    )
     return list(event.selection.rows)
 
 
@@ -121,7 +131,9 @@ def neighbors_table(neighbors: list[NeighborInfo]) -> None:
         st.info("No nearest neighbours are stored for this example yet; computing influence stores them.")
         return
     st.dataframe(
-        _label_styler(fmt.neighbors_frame(neighbors), ("label",)), hide_index=True, width="stretch",
+        _label_styler(fmt.neighbors_frame(neighbors), ("label",)),
+        hide_index=True,
+        width="stretch",
         column_config={
             "rank": st.column_config.NumberColumn("Rank", width="small"),
             "distance": st.column_config.NumberColumn("Distance", format="%.3f"),
@@ -130,7 +142,7 @@ def neighbors_table(neighbors: list[NeighborInfo]) -> None:
             "premise": st.column_config.TextColumn("Premise", width="large"),
             "hypothesis": st.column_config.TextColumn("Hypothesis", width="large"),
         },
-    )  # fmt: skip
+    )
 
 
 def influence_lists(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None) -> None:
@@ -190,15 +202,22 @@ def job_error(job: JobInfo) -> None:
 def jobs_table(frame: pd.DataFrame) -> None:
     """Queue and history of jobs."""
     st.dataframe(
-        frame.style.map(palette.status_cell_style, subset=["status"]), hide_index=True, width="stretch",
+        frame.style.map(palette.status_cell_style, subset=["status"]),
+        hide_index=True,
+        width="stretch",
         column_config={
-            **{c: st.column_config.TextColumn(c.capitalize()) for c in ("kind", "subject", "status", "device", "duration", "attempts", "created")},
+            **{
+                c: st.column_config.TextColumn(c.capitalize())
+                for c in ("kind", "subject", "status", "device", "duration", "attempts", "created")
+            },
             "id": st.column_config.NumberColumn("Job", format="#%d", width="small"),
-            "progress": st.column_config.ProgressColumn("Progress", format="percent", min_value=0.0, max_value=1.0),
+            "progress": st.column_config.ProgressColumn(
+                "Progress", format="percent", min_value=0.0, max_value=1.0
+            ),
             "message": st.column_config.TextColumn("Message", width="medium"),
             "error": st.column_config.TextColumn("Error", width="large"),
         },
-    )  # fmt: skip
+    )
 
 
 def export_buttons(run: InfluenceRunInfo, neighbor_ids: set[str], top: int | None) -> None:

@@ -113,12 +113,16 @@ class STestConfig:
         _require(self.max_norm > 0.0, "max_norm", "a number > 0", self.max_norm)
         _require(
             self.solver == "lissa" or self.mu > 0 or self.scale > 0,
-            "scale", f"a number > 0 for solver={self.solver} (or set mu)", self.scale,
-        )  # fmt: skip
+            "scale",
+            f"a number > 0 for solver={self.solver} (or set mu)",
+            self.scale,
+        )
         _require(
             self.solver != "direct" or self.curvature == "gauss_newton",
-            "curvature", "gauss_newton for solver=direct (the true Hessian has no low-rank factor)", self.curvature,
-        )  # fmt: skip
+            "curvature",
+            "gauss_newton for solver=direct (the true Hessian has no low-rank factor)",
+            self.curvature,
+        )
         return self
 
     @property
@@ -171,10 +175,14 @@ class STestConfig:
         """A named preset: ``default``, ``paper`` (= ``fast``), ``original``, ``lissa_batched``, ``gauss_newton_cg``,
         ``gauss_newton_direct``."""
         makers = {
-            "default": cls.default, "paper": cls.fast, "fast": cls.fast, "original": cls.original,
-            "lissa_batched": cls.lissa_batched, "gauss_newton_cg": cls.gauss_newton_cg,
+            "default": cls.default,
+            "paper": cls.fast,
+            "fast": cls.fast,
+            "original": cls.original,
+            "lissa_batched": cls.lissa_batched,
+            "gauss_newton_cg": cls.gauss_newton_cg,
             "gauss_newton_direct": cls.gauss_newton_direct,
-        }  # fmt: skip
+        }
         _require(name in makers, "preset", " | ".join(makers), name)
         return makers[name](**overrides)
 

@@ -129,8 +129,13 @@ def enqueue(
         params = parse_params(kind, params)
     data = params_dict(params)
     key = data if spec.inputs is None else {"params": data, "inputs": spec.inputs(params)}
-    return store.enqueue_job(kind, data, params_hash=config_hash(key), priority=priority,
-                             max_attempts=max_attempts or spec.max_attempts)  # fmt: skip
+    return store.enqueue_job(
+        kind,
+        data,
+        params_hash=config_hash(key),
+        priority=priority,
+        max_attempts=max_attempts or spec.max_attempts,
+    )
 
 
 def job_params(job: JobInfo) -> Any:
@@ -262,14 +267,18 @@ class MatrixParams:
         data = dict(data)
         config = InfluenceConfig.from_json_dict(data.pop("config", {}))
         ids = data.pop("test_ids", ())
-        return from_dict(cls, {**data, "test_ids": tuple(ids) if isinstance(ids, list | tuple) else ids,
-                               "config": config})  # fmt: skip
+        return from_dict(
+            cls, {**data, "test_ids": tuple(ids) if isinstance(ids, list | tuple) else ids, "config": config}
+        )
 
 
 def prepare_inputs(cfg: PrepareConfig) -> dict[str, str | list[str]]:
     """The contents behind a prepare's sources and base model (see :func:`source_fingerprint`)."""
-    return {"train": source_fingerprint(cfg.train), "evals": [source_fingerprint(e) for e in cfg.evals],
-            "model": source_fingerprint(cfg.model)}  # fmt: skip
+    return {
+        "train": source_fingerprint(cfg.train),
+        "evals": [source_fingerprint(e) for e in cfg.evals],
+        "model": source_fingerprint(cfg.model),
+    }
 
 
 KINDS: dict[str, JobKind] = {

@@ -23,8 +23,17 @@ from fastif_core.errors import FastifError
 TINY = ["--demo-size", "60", "--holdout", "0", "--epochs", "1", "--max-length", "48", "--device", "cpu"]
 EXAMPLE = "demo-hans:challenge:ex0"
 FAST = ["--k", "5", "--depth", "2", "--device", "cpu"]
-TABLES = ("datasets", "examples", "models", "training_examples", "predictions", "neighbors", "jobs",
-          "influence_runs", "influence_scores")  # fmt: skip
+TABLES = (
+    "datasets",
+    "examples",
+    "models",
+    "training_examples",
+    "predictions",
+    "neighbors",
+    "jobs",
+    "influence_runs",
+    "influence_scores",
+)
 
 
 def workspace_digest(ws: Path) -> str:
@@ -84,6 +93,7 @@ H = "sentence1\tsentence2\tgold_label\n"
 ROW = "A man plays.\tA person plays.\tentailment\n"
 JL = '{"gold_label": "neutral", "sentence1": "A dog.", "sentence2": "An animal.", "pairID": "p1"}\n'
 HANS_HEADER = "gold_label\tsentence1\tsentence2\tpairID\theuristic\tsubcase\n"
+# fmt: off
 FILES: dict[str, tuple[str, bytes, tuple[str, ...]]] = {
     # case: (file name, content, needles every message must contain besides the file name)
     "empty": ("empty.tsv", b"", (":1:", "empty file")),
@@ -114,9 +124,13 @@ FILES: dict[str, tuple[str, bytes, tuple[str, ...]]] = {
     "hans-3-way-label": ("heuristics_y_set.txt", (HANS_HEADER.replace("subcase", "subcase\ttemplate")
                                                    + "neutral\tA\tB\tex0\tlexical\tln\tt1\n").encode(),
                          (":2:", "'neutral'", "allowed entailment, non-entailment")),
-}  # fmt: skip
-NO_CONSENSUS = ("dash.jsonl", (JL.replace('"neutral"', '"-"') * 1).encode() + JL.replace('"neutral"', '"-"')
-                .replace("p1", "p2").encode())  # fmt: skip
+}
+# fmt: on
+NO_CONSENSUS = (
+    "dash.jsonl",
+    (JL.replace('"neutral"', '"-"') * 1).encode()
+    + JL.replace('"neutral"', '"-"').replace("p1", "p2").encode(),
+)
 
 
 def write_case(tmp_path: Path, case: str) -> Path:
@@ -140,12 +154,14 @@ def test_loader_names_file_and_line(tmp_path: Path, case: str):
 
 @pytest.mark.parametrize("role", ["train", "eval"])
 @pytest.mark.parametrize("case", sorted(FILES))
-def test_prepare_with_a_bad_file_changes_nothing(tiny_workspace: Path, tmp_path: Path, capsys, case: str,
-                                                 role: str):  # fmt: skip
+def test_prepare_with_a_bad_file_changes_nothing(
+    tiny_workspace: Path, tmp_path: Path, capsys, case: str, role: str
+):
     path = write_case(tmp_path, case)
     source = ["--train", path] if role == "train" else ["--train", "demo", "--eval", path]
-    check_unchanged(capsys, tiny_workspace, ["prepare", "-w", tiny_workspace, *source, *TINY], str(path),
-                    *FILES[case][2])  # fmt: skip
+    check_unchanged(
+        capsys, tiny_workspace, ["prepare", "-w", tiny_workspace, *source, *TINY], str(path), *FILES[case][2]
+    )
 
 
 @pytest.mark.parametrize(
@@ -157,8 +173,15 @@ def test_a_source_whose_rows_all_lack_a_gold_label(
     path = tmp_path / NO_CONSENSUS[0]
     path.write_bytes(NO_CONSENSUS[1])
     source = ["--train", path] if role == "train" else ["--train", "demo", "--eval", path]
-    check_unchanged(capsys, tiny_workspace, ["prepare", "-w", tiny_workspace, *source, *TINY], str(path), needle,
-                    "gold label '-'", "2 row(s)")  # fmt: skip
+    check_unchanged(
+        capsys,
+        tiny_workspace,
+        ["prepare", "-w", tiny_workspace, *source, *TINY],
+        str(path),
+        needle,
+        "gold label '-'",
+        "2 row(s)",
+    )
 
 
 @pytest.mark.parametrize("source", ["missing", "directory", "same-file-twice"])
@@ -175,7 +198,10 @@ def test_prepare_with_a_bad_source(tiny_workspace: Path, tmp_path: Path, capsys,
 
 # ---- bad option values ----------------------------------------------------------------------------
 OPTIONS = {
-    "prepare-holdout": (["prepare", "--train", "demo", "--holdout", "1.5"], ("holdout=1.5", "0 <= holdout < 1")),
+    "prepare-holdout": (
+        ["prepare", "--train", "demo", "--holdout", "1.5"],
+        ("holdout=1.5", "0 <= holdout < 1"),
+    ),
     "prepare-neighbors": (["prepare", "--train", "demo", "--neighbors", "0"], ("neighbors=0", ">= 1")),
     "prepare-max-eval-zero": (["prepare", "--max-eval", "0"], ("--max-eval", "integer >= 1")),
     "prepare-max-eval-text": (["prepare", "--max-eval", "many"], ("--max-eval", "'many'")),
@@ -189,15 +215,23 @@ OPTIONS = {
     "prepare-lr": (["prepare", "--lr", "-1"], ("lr=-1", "> 0")),
     "examples-limit-zero": (["examples", "--limit", "0"], ("--limit", ">= 1")),
     "examples-limit-text": (["examples", "--limit", "ten"], ("--limit", "'ten'")),
-    "influence-unknown-id": (["influence", "--example", "no-such-id", *FAST], ("'no-such-id'", "fastif examples")),
+    "influence-unknown-id": (
+        ["influence", "--example", "no-such-id", *FAST],
+        ("'no-such-id'", "fastif examples"),
+    ),
     "influence-k-too-large": (["influence", "--example", EXAMPLE, "--k", "100000"], ("k=100000", "60")),
     "influence-depth": (["influence", "--example", EXAMPLE, "--depth", "0"], ("depth=0", ">= 1")),
     "influence-damping": (["influence", "--example", EXAMPLE, "--damping", "2"], ("damping=2", "< 1")),
     "influence-k-text": (["influence", "--example", EXAMPLE, "--k", "all"], ("--k", "'all'")),
-    "influence-full-and-k": (["influence", "--example", EXAMPLE, "--full", "--k", "5"], ("not allowed with",)),
+    "influence-full-and-k": (
+        ["influence", "--example", EXAMPLE, "--full", "--k", "5"],
+        ("not allowed with",),
+    ),
     "influence-no-example": (["influence"], ("required", "--example")),
-    "submit-unknown-id": (["submit", "influence", "--example", "no-such-id", "--k", "5"],
-                          ("'no-such-id'", "fastif examples")),
+    "submit-unknown-id": (
+        ["submit", "influence", "--example", "no-such-id", "--k", "5"],
+        ("'no-such-id'", "fastif examples"),
+    ),
     "submit-k-too-large": (["submit", "influence", "--example", EXAMPLE, "--k", "999"], ("k=999", "60")),
     "submit-prepare-holdout": (["submit", "prepare", "--holdout", "2"], ("holdout=2",)),
     "submit-no-kind": (["submit"], ("required", "KIND")),
@@ -208,11 +242,17 @@ OPTIONS = {
     "bench-ks": (["bench", "--out", "OUT", "--ks", "a,b"], ("--ks", "comma-separated")),
     "bench-test-examples": (["bench", "--out", "OUT", "--test-examples", "0"], ("test_examples=0", ">= 1")),
     "bench-no-out": (["bench"], ("--out", "required")),
-    "bench-ref-shard": (["bench", "--out", "OUT", "--section", "solvers", "--ref-shard", "2/2"], ("--ref-shard", "0 <= I < N")),
-    "bench-solver-parts": (["bench", "--out", "OUT", "--section", "solvers", "--solver-parts", "refs"], ("--solver-parts", "reference, compare, l2, click")),
+    "bench-ref-shard": (
+        ["bench", "--out", "OUT", "--section", "solvers", "--ref-shard", "2/2"],
+        ("--ref-shard", "0 <= I < N"),
+    ),
+    "bench-solver-parts": (
+        ["bench", "--out", "OUT", "--section", "solvers", "--solver-parts", "refs"],
+        ("--solver-parts", "reference, compare, l2, click"),
+    ),
     "corpus-no-out": (["corpus"], ("--out", "required")),
     "unknown-command": (["frobnicate"], ("invalid choice", "prepare")),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(OPTIONS))
@@ -254,8 +294,13 @@ def test_an_unprepared_workspace_is_refused(tmp_path: Path, capsys, command: str
 
     ws = tmp_path / "fresh"
     Store.open(ws).close()  # a database, no manifest (e.g. the dashboard opened it)
-    check_unchanged(capsys, ws, _with_workspace(COMMANDS[command], ws, tmp_path / "out"), "is not prepared",
-                    "fastif prepare --workspace")  # fmt: skip
+    check_unchanged(
+        capsys,
+        ws,
+        _with_workspace(COMMANDS[command], ws, tmp_path / "out"),
+        "is not prepared",
+        "fastif prepare --workspace",
+    )
 
 
 def _build(ws: Path) -> Path:
@@ -269,29 +314,52 @@ def _model(ws: Path) -> Path:
 
 
 DAMAGE = {
-    "manifest-truncated": (lambda ws: (ws / "workspace.json").write_bytes((ws / "workspace.json").read_bytes()[:50]),
-                           ("workspace.json", "corrupt manifest", "line")),
+    "manifest-truncated": (
+        lambda ws: (ws / "workspace.json").write_bytes((ws / "workspace.json").read_bytes()[:50]),
+        ("workspace.json", "corrupt manifest", "line"),
+    ),
     "manifest-not-object": (lambda ws: (ws / "workspace.json").write_text("[1, 2]"), ("corrupt manifest",)),
-    "manifest-binary": (lambda ws: (ws / "workspace.json").write_bytes(b"\xff\xfe\x00garbage"),
-                        ("workspace.json", "corrupt manifest")),
-    "manifest-bad-model-id": (lambda ws: (ws / "workspace.json").write_text(
-        json.dumps({**json.loads((ws / "workspace.json").read_text()), "model_id": "seven"})),
-        ("corrupt manifest", "'model_id'", "'seven'")),
-    "database-garbage": (lambda ws: [p.unlink() for p in ws.glob("fastif.db-*")] and None
-                         or (ws / "fastif.db").write_bytes(b"this is not a database" * 100),
-                         ("fastif.db", "not a database")),
-}  # fmt: skip
+    "manifest-binary": (
+        lambda ws: (ws / "workspace.json").write_bytes(b"\xff\xfe\x00garbage"),
+        ("workspace.json", "corrupt manifest"),
+    ),
+    "manifest-bad-model-id": (
+        lambda ws: (ws / "workspace.json").write_text(
+            json.dumps({**json.loads((ws / "workspace.json").read_text()), "model_id": "seven"})
+        ),
+        ("corrupt manifest", "'model_id'", "'seven'"),
+    ),
+    "database-garbage": (
+        lambda ws: (
+            [p.unlink() for p in ws.glob("fastif.db-*")]
+            and None
+            or (ws / "fastif.db").write_bytes(b"this is not a database" * 100)
+        ),
+        ("fastif.db", "not a database"),
+    ),
+}
 LOAD_DAMAGE = {
-    "index-truncated": (lambda ws: (_build(ws) / "index.faiss").write_bytes(b"IxF2" + b"\x00" * 10),
-                        ("index.faiss", "not a readable FAISS index")),
-    "index-missing": (lambda ws: (_build(ws) / "index.faiss").unlink(), ("index.faiss", "does not exist", "prepare")),
-    "features-garbage": (lambda ws: (_build(ws) / "features.safetensors").write_bytes(b"\x08\x00\x00\x00garbage"),
-                         ("features.safetensors", "not a readable features file", "re-run")),
-    "checkpoint-missing": (lambda ws: [p.unlink() for p in _model(ws).iterdir()], ("fastif_train.json",
-                                                                                  "missing", "run prepare")),
-    "checkpoint-garbage": (lambda ws: (_model(ws) / "model.safetensors").write_bytes(b"\x10\x00garbage"),
-                           ("models/", "cannot be loaded", "re-run")),
-}  # fmt: skip
+    "index-truncated": (
+        lambda ws: (_build(ws) / "index.faiss").write_bytes(b"IxF2" + b"\x00" * 10),
+        ("index.faiss", "not a readable FAISS index"),
+    ),
+    "index-missing": (
+        lambda ws: (_build(ws) / "index.faiss").unlink(),
+        ("index.faiss", "does not exist", "prepare"),
+    ),
+    "features-garbage": (
+        lambda ws: (_build(ws) / "features.safetensors").write_bytes(b"\x08\x00\x00\x00garbage"),
+        ("features.safetensors", "not a readable features file", "re-run"),
+    ),
+    "checkpoint-missing": (
+        lambda ws: [p.unlink() for p in _model(ws).iterdir()],
+        ("fastif_train.json", "missing", "run prepare"),
+    ),
+    "checkpoint-garbage": (
+        lambda ws: (_model(ws) / "model.safetensors").write_bytes(b"\x10\x00garbage"),
+        ("models/", "cannot be loaded", "re-run"),
+    ),
+}
 
 
 @pytest.mark.parametrize("command", ["examples", "influence", "submit", "bench"])
@@ -301,16 +369,18 @@ def test_a_damaged_workspace_is_one_line(
 ):
     mutate, needles = DAMAGE[damage]
     mutate(tiny_workspace)
-    check_unchanged(capsys, tiny_workspace, _with_workspace(COMMANDS[command], tiny_workspace, tmp_path / "o"),
-                    *needles)  # fmt: skip
+    check_unchanged(
+        capsys, tiny_workspace, _with_workspace(COMMANDS[command], tiny_workspace, tmp_path / "o"), *needles
+    )
 
 
 @pytest.mark.parametrize("damage", sorted(LOAD_DAMAGE))
 def test_damaged_artefacts_are_one_line(tiny_workspace: Path, tmp_path: Path, capsys, damage: str):
     mutate, needles = LOAD_DAMAGE[damage]
     mutate(tiny_workspace)
-    check_unchanged(capsys, tiny_workspace, _with_workspace(COMMANDS["influence"], tiny_workspace, tmp_path),
-                    *needles)  # fmt: skip
+    check_unchanged(
+        capsys, tiny_workspace, _with_workspace(COMMANDS["influence"], tiny_workspace, tmp_path), *needles
+    )
 
 
 # ---- the database ---------------------------------------------------------------------------------
@@ -350,8 +420,13 @@ def test_a_locked_database(tiny_workspace: Path, tmp_path: Path, capsys, monkeyp
 # ---- real subprocesses ----------------------------------------------------------------------------
 def fastif(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "fastif_core", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "fastif_core", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("case", ["binary-garbage", "manifest-truncated", "bad-url", "submit-unknown-id"])

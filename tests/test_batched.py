@@ -50,12 +50,12 @@ CASES = {  # small enough for a test (each case: 2 × 3 solves of a few steps); 
         damping=0.02,
         window=2,
         tolerance=0.05,
-    ),  # fmt: skip
+    ),
     "lissa/estimated_scale": STestConfig(depth=6, batch_size=3, repeats=2, scale=0.0, mu=0.5, tolerance=1e-3),
     "cg/hessian": STestConfig(solver="cg", depth=30, batch_size=4, repeats=2, mu=5.0, tolerance=1e-8),
     "cg/gauss_newton": STestConfig(
         solver="cg", curvature="gauss_newton", depth=30, batch_size=3, repeats=2, mu=0.2, tolerance=1e-6
-    ),  # fmt: skip
+    ),
     "direct/gauss_newton": STestConfig(
         solver="direct", curvature="gauss_newton", batch_size=3, repeats=2, mu=0.2
     ),
@@ -96,8 +96,14 @@ def test_vectors_converge_at_their_own_step(bert):
     assert [r.hvps for r in many.results] == [sum(d.values()) for d in depths]
 
 
-@pytest.mark.parametrize("curvature,method", [("hessian", "double_backward"), ("hessian", "forward_over_reverse"),
-                                              ("gauss_newton", "double_backward")])  # fmt: skip
+@pytest.mark.parametrize(
+    "curvature,method",
+    [
+        ("hessian", "double_backward"),
+        ("hessian", "forward_over_reverse"),
+        ("gauss_newton", "double_backward"),
+    ],
+)
 def test_batched_products_equal_the_loop(bert, curvature, method):
     """The CUDA path (one autograd call for K tangents) computes the same products as K single calls."""
     obj, train, v = bert

@@ -122,8 +122,11 @@ def test_quality_rows_equal_scipy_on_the_stored_runs(bench):
         for k in ks:
             nn = loaded.nearest(ex["id"], k)[0]
             x, y = [fast[p] for p in nn], [full[p] for p in nn]
-            expected = {"pearson": stats.pearsonr(x, y).statistic, "spearman": stats.spearmanr(x, y).statistic,
-                        "kendall": stats.kendalltau(x, y).statistic}  # fmt: skip
+            expected = {
+                "pearson": stats.pearsonr(x, y).statistic,
+                "spearman": stats.spearmanr(x, y).statistic,
+                "kendall": stats.kendalltau(x, y).statistic,
+            }
             got = rows[f"knn{k}/fast"]["per_example"][i]
             if k == max(ks):  # the stored fast run holds exactly the values the bench correlated
                 assert got == pytest.approx(expected, abs=1e-9), (ex["id"], k)
@@ -149,8 +152,11 @@ def test_recall_equals_a_brute_force_count_on_the_stored_full_runs(bench):
     for ex in result["test_examples"]:
         full = stored_values(root, loaded, ex["id"], "original", None)
         order = sorted(full, key=lambda p: full[p])  # most helpful (most negative) first
-        tops = {"helpful": order, "harmful": sorted(full, key=lambda p: -full[p]),
-                "unsigned": sorted(full, key=lambda p: -abs(full[p]))}  # fmt: skip
+        tops = {
+            "helpful": order,
+            "harmful": sorted(full, key=lambda p: -full[p]),
+            "unsigned": sorted(full, key=lambda p: -abs(full[p])),
+        }
         group = "correct" if ex["correct"] else "incorrect"
         for m in rec["ms"]:
             for kind, ranked in tops.items():
@@ -204,8 +210,11 @@ def test_recall_curves_and_correlations_on_known_values():
     ex = TestExample("t", None, {}, True)
     data = [ExampleData(ex, values, {}, {})]
     rec = recall_curves(data, [[0, 1, 2, 3, 4, 5]], [1, 2, 6], [2])
-    assert rec["by_group"]["correct"]["2"] == {"helpful": [0.5, 0.5, 1.0], "harmful": [0.0, 0.5, 1.0],
-                                               "unsigned": [0.5, 1.0, 1.0]}  # fmt: skip
+    assert rec["by_group"]["correct"]["2"] == {
+        "helpful": [0.5, 0.5, 1.0],
+        "harmful": [0.0, 0.5, 1.0],
+        "unsigned": [0.5, 1.0, 1.0],
+    }
     assert rec["by_group"]["incorrect"]["2"]["helpful"] == []
     r = correlations(values, 2 * values + 1)
     assert r == pytest.approx({"pearson": 1.0, "spearman": 1.0, "kendall": 1.0})
@@ -218,8 +227,21 @@ def test_cli_arguments_build_the_config(tmp_path):
     p = argparse.ArgumentParser()
     add_workspace_argument(p)  # as `fastif bench` builds it
     add_arguments(p)
-    a = p.parse_args(["--workspace", str(tmp_path), "--out", str(tmp_path / "o"), "--quick", "--ks", "5,50",
-                      "--depth", "7", "--click-preset", "scaled"])  # fmt: skip
+    a = p.parse_args(
+        [
+            "--workspace",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--quick",
+            "--ks",
+            "5,50",
+            "--depth",
+            "7",
+            "--click-preset",
+            "scaled",
+        ]
+    )
     cfg = config_from_args(a)
     assert cfg.quick and cfg.ks == (5, 50) and cfg.depth == 7 and cfg.latency_default_preset is False
     assert cfg.resolved(on_gpu=False).depth == 7 and cfg.resolved(on_gpu=False).original_batch == 4
@@ -310,8 +332,10 @@ def test_non_finite_values_are_written_as_null_and_listed(tmp_path: Path):
     and ``non_finite`` names where it was."""
     from fastif_core.benchmarks.suite import write_bench_json
 
-    result = {"lissa_tradeoff": {"points": [{"rel_std": math.inf, "seconds": 1.5}, {"rel_std": math.nan}]},
-              "speed": (1.0, -math.inf)}  # fmt: skip
+    result = {
+        "lissa_tradeoff": {"points": [{"rel_std": math.inf, "seconds": 1.5}, {"rel_std": math.nan}]},
+        "speed": (1.0, -math.inf),
+    }
     written = write_bench_json(tmp_path, result, complete=True)
     on_disk = json.loads((tmp_path / "bench.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert on_disk == written and on_disk["complete"] is True

@@ -45,8 +45,17 @@ def _examples(ws: Path):
 def test_solver_section_numbers_and_resume(tiny_workspace: Path, tmp_path: Path):
     loaded, examples = _examples(tiny_workspace)
     out = tmp_path / "solvers"
-    result = run_solver_section(loaded, examples, out, ref_repeats=2, k=12, solvers=SOLVERS, click=False,
-                                l2_examples=examples[:1], ref_cfg=REF)  # fmt: skip
+    result = run_solver_section(
+        loaded,
+        examples,
+        out,
+        ref_repeats=2,
+        k=12,
+        solvers=SOLVERS,
+        click=False,
+        l2_examples=examples[:1],
+        ref_cfg=REF,
+    )
     assert json.loads((out / "solvers.json").read_text())["summary"] == json.loads(
         json.dumps(result["summary"])
     )
@@ -87,13 +96,31 @@ def test_solver_section_numbers_and_resume(tiny_workspace: Path, tmp_path: Path)
     files = sorted((out / "reference").rglob("rep*.safetensors"))
     assert len(files) == 2 * len(examples)
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = run_solver_section(loaded, examples[:1], out, ref_repeats=2, k=12, solvers={"gn_cg": SOLVERS["gn_cg"]},
-                               click=False, ref_cfg=REF)  # fmt: skip
+    again = run_solver_section(
+        loaded,
+        examples[:1],
+        out,
+        ref_repeats=2,
+        k=12,
+        solvers={"gn_cg": SOLVERS["gn_cg"]},
+        click=False,
+        ref_cfg=REF,
+    )
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert again["examples"][0]["solvers"]["gn_cg"]["pearson"] == pytest.approx(row["pearson"], abs=1e-6)
     # one part alone (the L2 check) keeps the comparison stored by the run before it
-    l2_only = run_solver_section(loaded, examples[:1], out, ref_repeats=2, k=12, solvers={"gn_cg": SOLVERS["gn_cg"]},
-                                 click=False, ref_cfg=REF, parts=("l2",), l2_examples=examples[1:])  # fmt: skip
+    l2_only = run_solver_section(
+        loaded,
+        examples[:1],
+        out,
+        ref_repeats=2,
+        k=12,
+        solvers={"gn_cg": SOLVERS["gn_cg"]},
+        click=False,
+        ref_cfg=REF,
+        parts=("l2",),
+        l2_examples=examples[1:],
+    )
     assert l2_only["examples"] == json.loads(json.dumps(again["examples"]))
     assert [r["id"] for r in l2_only["l2_convention"]] == [examples[1].id]
     assert json.loads((out / "solvers.json").read_text())["l2_convention"][0]["id"] == examples[1].id
@@ -112,8 +139,17 @@ def test_references_fill_repetition_major_and_are_keyed_by_checkpoint(tiny_works
     assert len(list(cache.rglob("rep1.safetensors"))) == len(examples)
     # a shard fills every N-th example's reference only (N processes share the work, one cache)
     sharded = tmp_path / "sharded"
-    run_solver_section(loaded, examples, sharded, ref_repeats=1, k=12, parts=("reference",), ref_cfg=REF,
-                       ref_shard=(1, 2), click=False)  # fmt: skip
+    run_solver_section(
+        loaded,
+        examples,
+        sharded,
+        ref_repeats=1,
+        k=12,
+        parts=("reference",),
+        ref_cfg=REF,
+        ref_shard=(1, 2),
+        click=False,
+    )
     assert [f.parent.name for f in sharded.rglob("rep*.safetensors")] == [
         re.sub(r"[^A-Za-z0-9_.-]+", "_", examples[1].id)
     ]
@@ -131,12 +167,24 @@ def test_references_fill_repetition_major_and_are_keyed_by_checkpoint(tiny_works
 
 def test_choice_is_the_fastest_solver_above_both_floors():
     def example(p, help_, harm, sec):
-        return {"pearson": p, "rel_error": 0.1, "overlap": {"helpful": help_, "harmful": harm}, "seconds": sec,
-                "stats": {"hvps": 10}}  # fmt: skip
+        return {
+            "pearson": p,
+            "rel_error": 0.1,
+            "overlap": {"helpful": help_, "harmful": harm},
+            "seconds": sec,
+            "stats": {"hvps": 10},
+        }
 
-    per_example = [{"solvers": {"slow_good": example(0.999, 0.9, 0.9, 100.0), "fast_good": example(0.995, 0.8, 0.9, 5.0),
-                                "fastest_bad": example(0.98, 1.0, 1.0, 1.0),
-                                "overlap_bad": example(0.999, 0.7, 1.0, 2.0)}}]  # fmt: skip
+    per_example = [
+        {
+            "solvers": {
+                "slow_good": example(0.999, 0.9, 0.9, 100.0),
+                "fast_good": example(0.995, 0.8, 0.9, 5.0),
+                "fastest_bad": example(0.98, 1.0, 1.0, 1.0),
+                "overlap_bad": example(0.999, 0.7, 1.0, 2.0),
+            }
+        }
+    ]
     summary = summarize(per_example, ["slow_good", "fast_good", "fastest_bad", "overlap_bad"])
     assert summary["choice"] == "fast_good"
     assert [n for n, r in summary["table"].items() if r["meets"]] == ["slow_good", "fast_good"]

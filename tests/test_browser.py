@@ -32,9 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RESULT_TIMEOUT_S = 300
 ROW_PX = 35  # st.dataframe's header and row height
 DEPTH = 100  # LiSSA depth J typed into the form (the CPU pre-fill; the journey, not the math, is tested)
@@ -172,7 +178,13 @@ def test_compute_influence_journey(dashboard: tuple[str, Path], tmp_path: Path) 
         runs = store.list_influence_runs(example_id=example.id)
     assert len(runs) == 1 and runs[0].num_candidates > 0 and runs[0].config["s_test"]["depth"] == DEPTH
     ARTIFACTS.mkdir(exist_ok=True)
-    record = {"example_id": example.id, "config": runs[0].config, "click_to_ranked_list_s": round(seconds, 2), "screenshot": str(shot),
-              "run_timings_s": runs[0].timings, "num_candidates": runs[0].num_candidates}  # fmt: skip
+    record = {
+        "example_id": example.id,
+        "config": runs[0].config,
+        "click_to_ranked_list_s": round(seconds, 2),
+        "screenshot": str(shot),
+        "run_timings_s": runs[0].timings,
+        "num_candidates": runs[0].num_candidates,
+    }
     (ARTIFACTS / "browser_journey.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))

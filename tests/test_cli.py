@@ -72,8 +72,17 @@ def test_help_of_every_command():
 
 def test_prepare_twice_reuses(cli_workspace: Path):
     model = cli_workspace.parent / "base"
-    proc = fastif("prepare", "--workspace", str(cli_workspace), "--train", "demo", "--model", str(model),
-                  *TINY_PREPARE, "--json")  # fmt: skip
+    proc = fastif(
+        "prepare",
+        "--workspace",
+        str(cli_workspace),
+        "--train",
+        "demo",
+        "--model",
+        str(model),
+        *TINY_PREPARE,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     assert manifest["reused"] is True and manifest["status"] == "ready"
@@ -98,8 +107,9 @@ def test_examples_json_lists_labels_and_predictions(cli_workspace: Path):
 
 
 def test_influence_end_to_end_then_cached(cli_workspace: Path):
-    ex = json.loads(fastif("examples", "-w", str(cli_workspace), "--split", "challenge", "--limit", "1",
-                           "--json").stdout)["examples"][0]["id"]  # fmt: skip
+    ex = json.loads(
+        fastif("examples", "-w", str(cli_workspace), "--split", "challenge", "--limit", "1", "--json").stdout
+    )["examples"][0]["id"]
     first = fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST, "--json")
     assert first.returncode == 0, first.stderr
     a = json.loads(first.stdout)
@@ -114,8 +124,11 @@ def test_influence_end_to_end_then_cached(cli_workspace: Path):
     )
     assert second["cached"] is True
     assert second["helpful"] == a["helpful"] and second["harmful"] == a["harmful"]
-    every = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, *FAST[:-4], "--top", "0",
-                              "--json").stdout)  # fmt: skip
+    every = json.loads(
+        fastif(
+            "influence", "-w", str(cli_workspace), "--example", ex, *FAST[:-4], "--top", "0", "--json"
+        ).stdout
+    )
     assert every["cached"] is True  # top only selects what is shown
     assert len(every["helpful"]) + len(every["harmful"]) == 15
 
@@ -151,8 +164,24 @@ def test_real_mnli_end_to_end(mnli_dev_path: Path, tmp_path: Path):
     """A subset of the real MNLI dev file: prepare (tiny model), then one influence query on held-out data."""
     model = save_tiny_checkpoint(tmp_path / "base")
     ws = tmp_path / "mnli"
-    proc = fastif("prepare", "-w", str(ws), "--train", str(mnli_dev_path), "--max-train", "80", "--holdout", "0.005",
-                  "--model", str(model), "--epochs", "1", "--max-length", "64", "--json")  # fmt: skip
+    proc = fastif(
+        "prepare",
+        "-w",
+        str(ws),
+        "--train",
+        str(mnli_dev_path),
+        "--max-train",
+        "80",
+        "--holdout",
+        "0.005",
+        "--model",
+        str(model),
+        "--epochs",
+        "1",
+        "--max-length",
+        "64",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     assert manifest["num_train"] == 80
@@ -182,15 +211,29 @@ def test_presets_and_solver_flags_reach_the_engine(cli_workspace: Path):
     assert s["solver"] == "cg" and s["curvature"] == "gauss_newton" and s["effective_damping"] == 50.0
     assert 1 <= s["hvps"] <= 15 and s["residual"] is not None and s["converged"] in (True, False)
     assert default["config"]["gradient_l2"] == "none"
-    paper = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, "--preset", "paper",
-                              *FAST, "--json").stdout)  # fmt: skip
+    paper = json.loads(
+        fastif(
+            "influence", "-w", str(cli_workspace), "--example", ex, "--preset", "paper", *FAST, "--json"
+        ).stdout
+    )
     p = paper["s_test"]
     assert p["solver"] == "lissa" and p["batch_size"] == 1 and p["hvps"] == 15 and p["scale"] == 1e4
     assert (
         paper["config"]["s_test"]["depth"] == 15 and paper["cached"] is False
     )  # another setting, another run
-    fastif_l2 = json.loads(fastif("influence", "-w", str(cli_workspace), "--example", ex, "--gradient-l2",
-                                  "test_and_train", *FAST, "--json").stdout)  # fmt: skip
+    fastif_l2 = json.loads(
+        fastif(
+            "influence",
+            "-w",
+            str(cli_workspace),
+            "--example",
+            ex,
+            "--gradient-l2",
+            "test_and_train",
+            *FAST,
+            "--json",
+        ).stdout
+    )
     assert fastif_l2["cached"] is False and fastif_l2["config"]["gradient_l2"] == "test_and_train"
     bad = fastif("influence", "-w", str(cli_workspace), "--example", ex, "--solver", "newton", *FAST)
     assert_one_line_error(bad, "solver='newton'", "lissa | cg")
@@ -209,8 +252,19 @@ def test_submit_is_keyed_by_the_served_model(tiny_workspace: Path, capsys):
     from fastif_core.workspace.layout import read_manifest
     from fastif_core.workspace.prepare import prepare
 
-    args = ["submit", "influence", "-w", str(tiny_workspace), "--example", "demo-hans:challenge:ex1", "--k", "5",
-            "--depth", "2", "--json"]  # fmt: skip
+    args = [
+        "submit",
+        "influence",
+        "-w",
+        str(tiny_workspace),
+        "--example",
+        "demo-hans:challenge:ex1",
+        "--k",
+        "5",
+        "--depth",
+        "2",
+        "--json",
+    ]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     old_model = read_manifest(tiny_workspace)["model_id"]

@@ -85,9 +85,12 @@ def test_other_ways_to_name_examples_and_bad_input(tiny_workspace, tmp_path, cap
     assert cli.main(["influence", *w, "--split", "challenge", "--limit", "3", *SETTINGS, "--json"]) == 0
     assert [a["example_id"] for a in json.loads(capsys.readouterr().out)] == ids
     before = len(_runs(tiny_workspace))
-    bad = [(["--examples", f"{ids[0]},no-such-id"], "no-such-id"), (["--examples", f"{ids[0]},{ids[0]}"], "twice"),
-           (["--example", ids[0], "--examples", ids[1]], "--example and --examples"),
-           (["--examples-from", str(tmp_path / "missing.txt")], "missing.txt")]  # fmt: skip
+    bad = [
+        (["--examples", f"{ids[0]},no-such-id"], "no-such-id"),
+        (["--examples", f"{ids[0]},{ids[0]}"], "twice"),
+        (["--example", ids[0], "--examples", ids[1]], "--example and --examples"),
+        (["--examples-from", str(tmp_path / "missing.txt")], "missing.txt"),
+    ]
     for args, needle in bad:
         assert cli.main(["influence", *w, *args, *SETTINGS]) == 2
         err = capsys.readouterr().err.strip().splitlines()

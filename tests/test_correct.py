@@ -127,12 +127,27 @@ def test_summary_is_mean_min_max_over_seeds_with_before_first():
 
 def _run(seed, seeds, split_seed=None, accuracy=0.5, model_id=1):
     """A stored result's shape: every seed's one-iteration curve has accuracy 0.1 * (seed + 1)."""
-    runs = [{"seed": s, "curve": [{"a": {"n": 4, "accuracy": 0.1 * (s + 1), "loss": 1.0}}]}
-            for s in range(seed, seed + seeds)]  # fmt: skip
-    return {"settings": {"slice": "heuristic=x", "seed": seed, "seeds": seeds, "split_seed": split_seed, "save": None,
-                         "model_id": None, "lr": 1e-4}, "model_id": model_id, "kind": "correct",
-            "before": {"a": {"n": 4, "accuracy": accuracy, "loss": 1.0}}, "seconds": {"total": 10.0},
-            "device": "cpu", "methods": {"helpful": {"seeds": runs}}}  # fmt: skip
+    runs = [
+        {"seed": s, "curve": [{"a": {"n": 4, "accuracy": 0.1 * (s + 1), "loss": 1.0}}]}
+        for s in range(seed, seed + seeds)
+    ]
+    return {
+        "settings": {
+            "slice": "heuristic=x",
+            "seed": seed,
+            "seeds": seeds,
+            "split_seed": split_seed,
+            "save": None,
+            "model_id": None,
+            "lr": 1e-4,
+        },
+        "model_id": model_id,
+        "kind": "correct",
+        "before": {"a": {"n": 4, "accuracy": accuracy, "loss": 1.0}},
+        "seconds": {"total": 10.0},
+        "device": "cpu",
+        "methods": {"helpful": {"seeds": runs}},
+    }
 
 
 def test_runs_merge_only_within_one_split_model_and_before():
@@ -141,8 +156,12 @@ def test_runs_merge_only_within_one_split_model_and_before():
     assert one["settings"]["split_seed"] == 0 and one["seconds"]["total"] == 20.0
     acc = one["methods"]["helpful"]["summary"]["a"]["accuracy"]  # seed 1 (held twice) counted once
     assert acc["mean"] == pytest.approx([0.5, 0.15]) and acc["min"] == [0.5, 0.1] and acc["max"] == [0.5, 0.2]
-    apart = [_run(0, 1), _run(1, 1, split_seed=1), _run(1, 1, split_seed=0, model_id=2),
-             _run(1, 1, split_seed=0, accuracy=0.25)]  # fmt: skip
+    apart = [
+        _run(0, 1),
+        _run(1, 1, split_seed=1),
+        _run(1, 1, split_seed=0, model_id=2),
+        _run(1, 1, split_seed=0, accuracy=0.25),
+    ]
     assert [m["seed_list"] for m in merge_runs(list(enumerate(apart)))] == [[0], [1], [1], [1]]
 
 
@@ -164,7 +183,9 @@ def test_anchor_schedule_is_seeded_and_every_draw_has_distinct_anchors():
 
 def test_slice_text_is_parsed_with_a_clear_error():
     assert parse_slice("heuristic=lexical_overlap,label=non-entailment") == {
-        "heuristic": "lexical_overlap", "label": "non-entailment"}  # fmt: skip
+        "heuristic": "lexical_overlap",
+        "label": "non-entailment",
+    }
     for bad in ("", "heuristic", "colour=red", "heuristic=a,heuristic=b", "label="):
         with pytest.raises(ConfigError, match="slice=.*allowed key=value"):
             parse_slice(bad)
@@ -182,8 +203,9 @@ def test_split_is_seeded_disjoint_and_covers_the_slice(tiny_workspace_template):
     assert pool and own and not pool & own and pool | own == {r.id for r in target}
     assert [e.id for e in again.anchor_pool] == [e.id for e in data.anchor_pool]
     assert {e.id for e in other.anchor_pool} != pool
-    assert set(data.evals) == {f"heuristic={h},label=non-entailment" for h in
-                               ("constituent", "lexical_overlap", "subsequence")}  # fmt: skip
+    assert set(data.evals) == {
+        f"heuristic={h},label=non-entailment" for h in ("constituent", "lexical_overlap", "subsequence")
+    }
     assert data.heldout and all(e.split == "dev" for e in data.heldout)
     assert not {e.id for e in data.heldout} & pool
 

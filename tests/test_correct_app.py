@@ -17,8 +17,16 @@ from fastif_core.config import STestConfig
 from fastif_core.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "dashboard.py")
-RUN = CorrectConfig(anchors=2, iterations=2, seeds=2, top=3, lr=0.05, methods=("random", "anchors"), max_eval=6,
-                    s_test=STestConfig.default(depth=2, batch_size=8))  # fmt: skip
+RUN = CorrectConfig(
+    anchors=2,
+    iterations=2,
+    seeds=2,
+    top=3,
+    lr=0.05,
+    methods=("random", "anchors"),
+    max_eval=6,
+    s_test=STestConfig.default(depth=2, batch_size=8),
+)
 
 
 @pytest.fixture

@@ -23,8 +23,16 @@ from fastif_core.worker.loop import run_worker
 from fastif_core.workspace import versions
 from fastif_core.workspace.layout import LoadedWorkspace, read_manifest
 
-FAST = dict(anchors=2, iterations=2, seeds=1, k=12, top=3, lr=0.05, max_eval=6,
-            s_test=STestConfig.default(depth=2, batch_size=8))  # fmt: skip
+FAST = dict(
+    anchors=2,
+    iterations=2,
+    seeds=1,
+    k=12,
+    top=3,
+    lr=0.05,
+    max_eval=6,
+    s_test=STestConfig.default(depth=2, batch_size=8),
+)
 
 
 def _job(ws, job_id):
@@ -99,14 +107,19 @@ def test_augmentation_pool_gets_its_own_features_and_index_once(tiny_workspace):
 
 def test_cancelled_run_stores_nothing(tiny_workspace):
     ws = tiny_workspace
-    cfg = CorrectConfig(**{**FAST, "iterations": 8, "s_test": STestConfig.default(depth=30, batch_size=16,
-                                                                                  tolerance=0.0)},
-                        methods=("helpful",))  # fmt: skip
+    cfg = CorrectConfig(
+        **{**FAST, "iterations": 8, "s_test": STestConfig.default(depth=30, batch_size=16, tolerance=0.0)},
+        methods=("helpful",),
+    )
     with Store.open(ws) as store:
         queued = jobs.enqueue(store, "correct", cfg)
     stop = threading.Event()
-    thread = threading.Thread(target=run_worker, args=(ws, "cpu:1"), daemon=True,
-                              kwargs={"poll": 0.1, "lease_seconds": 2.0, "stop_event": stop})  # fmt: skip
+    thread = threading.Thread(
+        target=run_worker,
+        args=(ws, "cpu:1"),
+        daemon=True,
+        kwargs={"poll": 0.1, "lease_seconds": 2.0, "stop_event": stop},
+    )
     thread.start()
     try:
         end = time.monotonic() + 300
@@ -178,9 +191,33 @@ def test_a_seed_run_in_another_workspace_imports_by_model_hash_and_merges(
     import shutil
 
     other = shutil.copytree(tiny_workspace_template, tmp_path / "other")
-    common = ["--anchors", "2", "--iterations", "1", "--k", "12", "--top", "3", "--lr", "0.05", "--max-eval",
-              "6", "--depth", "2", "--batch-size", "8", "--methods", "helpful,random", "--seeds", "1",
-              "--split-seed", "0", "--device", "cpu", "--json"]  # fmt: skip
+    common = [
+        "--anchors",
+        "2",
+        "--iterations",
+        "1",
+        "--k",
+        "12",
+        "--top",
+        "3",
+        "--lr",
+        "0.05",
+        "--max-eval",
+        "6",
+        "--depth",
+        "2",
+        "--batch-size",
+        "8",
+        "--methods",
+        "helpful,random",
+        "--seeds",
+        "1",
+        "--split-seed",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     runs = {}
     for ws, seed in ((other, 1), (tiny_workspace, 0)):
         code, out, err = run_cli(capsys, ["correct", "-w", str(ws), "--seed", str(seed), *common])
@@ -199,8 +236,9 @@ def test_a_seed_run_in_another_workspace_imports_by_model_hash_and_merges(
     no_before.write_text(json.dumps({k: v for k, v in runs[1].items() if k != "before"}))
     before = workspace_digest(tiny_workspace)
     for bad, needle in ((bad_json, "not JSON"), (foreign, "field 'model_hash'"), (no_before, "'before'")):
-        code, out, err = run_cli(capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported),
-                                          str(bad)])  # fmt: skip
+        code, out, err = run_cli(
+            capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported), str(bad)]
+        )
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert str(bad) in err and needle in err, err
     assert workspace_digest(tiny_workspace) == before  # the good file before the bad one is not stored either
@@ -218,8 +256,9 @@ def test_a_seed_run_in_another_workspace_imports_by_model_hash_and_merges(
             mine[1] == runs[1]["methods"][method]["seeds"][0]
             and mine[0] == runs[0]["methods"][method]["seeds"][0]
         )
-    code, out, err = run_cli(capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported),
-                                      "--markdown"])  # fmt: skip
+    code, out, err = run_cli(
+        capsys, ["corrections", "-w", str(tiny_workspace), "--import", str(exported), "--markdown"]
+    )
     assert code == 0 and "already stored as run" in out, err
     assert markdown_table(merged) in out and "| helpful | " in out
 

@@ -45,11 +45,21 @@ def glue_row(i: int, s1: str, s2: str, label: str, genre: str = "fiction") -> st
 
 
 def jsonl_row(pair: str, s1: str, s2: str, label: str, genre: str = "slate") -> str:
-    return json.dumps({
-        "annotator_labels": [label, label], "genre": genre, "gold_label": label, "pairID": pair, "promptID": "7",
-        "sentence1": s1, "sentence1_binary_parse": "( a )", "sentence1_parse": "(ROOT a)",
-        "sentence2": s2, "sentence2_binary_parse": "( b )", "sentence2_parse": "(ROOT b)",
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "annotator_labels": [label, label],
+            "genre": genre,
+            "gold_label": label,
+            "pairID": pair,
+            "promptID": "7",
+            "sentence1": s1,
+            "sentence1_binary_parse": "( a )",
+            "sentence1_parse": "(ROOT a)",
+            "sentence2": s2,
+            "sentence2_binary_parse": "( b )",
+            "sentence2_parse": "(ROOT b)",
+        }
+    )
 
 
 # ---- label schemes -------------------------------------------------------------------------------
@@ -59,7 +69,11 @@ def test_label_schemes():
     with pytest.raises(ConfigError, match="num_labels=4 .*allowed 2 .* or 3"):
         labels_for(4)
     assert [to_two_way(x) for x in (*MNLI_LABELS, "non-entailment")] == [
-        "entailment", "non-entailment", "non-entailment", "non-entailment"]  # fmt: skip
+        "entailment",
+        "non-entailment",
+        "non-entailment",
+        "non-entailment",
+    ]
     with pytest.raises(DataFormatError, match="unknown label 'maybe'.*allowed entailment, neutral"):
         to_two_way("maybe")
     assert label_index("contradiction", MNLI_LABELS) == 2
@@ -122,7 +136,8 @@ def test_glue_tsv_with_label_column_and_crlf_bom(tmp_path):
     res = load_source(str(path))
     assert res.format == "glue_tsv"
     assert [(e.id, e.premise, e.hypothesis, e.label) for e in res.examples] == [
-        ("mnli:train:0", "A b.", "C d.", "contradiction")]  # fmt: skip
+        ("mnli:train:0", "A b.", "C d.", "contradiction")
+    ]
 
 
 def test_dev_format_small(tmp_path):
@@ -206,38 +221,90 @@ def test_demo_and_limits():
 
 # ---- malformed input: every message names the file, the line and the problem ----------------------
 MALFORMED = {
-    "missing_column": ("train.tsv", "sentence1\tgold_label\nA.\tneutral\n", 1,
-                       ["missing column 'sentence2'", "found columns: sentence1, gold_label"]),
-    "missing_label_column": ("dev.tsv", "index\tpremise\thypothesis\n0\tA.\tB.\n", 1,
-                             ["missing column 'gold_label' (or 'label')", "found columns: index, premise"]),
-    "missing_hans_column": ("heuristics_train_set.txt", "gold_label\tsentence1\tsentence2\theuristic\n"
-                            "entailment\tA.\tB.\tconstituent\n", 1, ["missing column 'subcase'"]),
-    "missing_json_key": ("x.jsonl", '{"gold_label": "neutral", "sentence1": "A.", "sentence2": "B."}\n'
-                         '{"gold_label": "neutral", "sentence1": "A."}\n', 2,
-                         ["missing column 'sentence2'", "found columns: gold_label, sentence1"]),
-    "unknown_label": ("dev.tsv", "index\tpremise\thypothesis\tgold_label\n0\tA.\tB.\tneutral\n1\tA.\tB.\tmaybe\n",
-                      3, ["unknown label 'maybe'", "allowed entailment, neutral, contradiction"]),
-    "three_way_in_hans": ("heuristics_evaluation_set.txt", HANS_HEADER + "\n" + "\t".join(
-        ["neutral", "(a)", "(b)", "(a)", "(b)", "A.", "B.", "ex0", "lexical_overlap", "ln_passive", "t1"]) + "\n",
-        2, ["unknown label 'neutral'", "allowed entailment, non-entailment"]),
-    "unknown_label_triples": ("c.tsv", "A.\tB.\tneutral\nC.\tD.\tNEUTRAL\nE.\tF.\tsure\n", 3,
-                              ["unknown label 'sure'"]),
+    "missing_column": (
+        "train.tsv",
+        "sentence1\tgold_label\nA.\tneutral\n",
+        1,
+        ["missing column 'sentence2'", "found columns: sentence1, gold_label"],
+    ),
+    "missing_label_column": (
+        "dev.tsv",
+        "index\tpremise\thypothesis\n0\tA.\tB.\n",
+        1,
+        ["missing column 'gold_label' (or 'label')", "found columns: index, premise"],
+    ),
+    "missing_hans_column": (
+        "heuristics_train_set.txt",
+        "gold_label\tsentence1\tsentence2\theuristic\nentailment\tA.\tB.\tconstituent\n",
+        1,
+        ["missing column 'subcase'"],
+    ),
+    "missing_json_key": (
+        "x.jsonl",
+        '{"gold_label": "neutral", "sentence1": "A.", "sentence2": "B."}\n'
+        '{"gold_label": "neutral", "sentence1": "A."}\n',
+        2,
+        ["missing column 'sentence2'", "found columns: gold_label, sentence1"],
+    ),
+    "unknown_label": (
+        "dev.tsv",
+        "index\tpremise\thypothesis\tgold_label\n0\tA.\tB.\tneutral\n1\tA.\tB.\tmaybe\n",
+        3,
+        ["unknown label 'maybe'", "allowed entailment, neutral, contradiction"],
+    ),
+    "three_way_in_hans": (
+        "heuristics_evaluation_set.txt",
+        HANS_HEADER
+        + "\n"
+        + "\t".join(
+            ["neutral", "(a)", "(b)", "(a)", "(b)", "A.", "B.", "ex0", "lexical_overlap", "ln_passive", "t1"]
+        )
+        + "\n",
+        2,
+        ["unknown label 'neutral'", "allowed entailment, non-entailment"],
+    ),
+    "unknown_label_triples": (
+        "c.tsv",
+        "A.\tB.\tneutral\nC.\tD.\tNEUTRAL\nE.\tF.\tsure\n",
+        3,
+        ["unknown label 'sure'"],
+    ),
     "empty": ("empty.tsv", "", 1, ["empty file"]),
     "blank_lines_only": ("blank.jsonl", "\n  \n\n", 1, ["empty file"]),
-    "latin1": ("dev.tsv", "index\tpremise\thypothesis\tgold_label\n0\tA.\tB.\tneutral\n1\tcaf\xe9\tB.\tneutral\n",
-               3, ["not UTF-8", "byte 0xe9 at byte offset 57", "re-save the file as UTF-8"]),
-    "too_few_fields": ("dev.tsv", DEV_HEADER + "\n0\tA.\tB.\tneutral\t100\n1\tA.\tB.\n", 3,
-                       ["row has 3 tab-separated field(s), expected 5", "index, premise, hypothesis"]),
-    "too_many_fields": ("c.tsv", "A.\tB.\tneutral\nA\tB.\tC.\tneutral\n", 2,
-                        ["row has 4 tab-separated field(s), expected 3", "tab inside a text"]),
-    "invalid_json": ("x.jsonl", '{"gold_label": "neutral", "sentence1": "A.", "sentence2": "B."}\n{"gold_label": \n',
-                     2, ["invalid JSON"]),
+    "latin1": (
+        "dev.tsv",
+        "index\tpremise\thypothesis\tgold_label\n0\tA.\tB.\tneutral\n1\tcaf\xe9\tB.\tneutral\n",
+        3,
+        ["not UTF-8", "byte 0xe9 at byte offset 57", "re-save the file as UTF-8"],
+    ),
+    "too_few_fields": (
+        "dev.tsv",
+        DEV_HEADER + "\n0\tA.\tB.\tneutral\t100\n1\tA.\tB.\n",
+        3,
+        ["row has 3 tab-separated field(s), expected 5", "index, premise, hypothesis"],
+    ),
+    "too_many_fields": (
+        "c.tsv",
+        "A.\tB.\tneutral\nA\tB.\tC.\tneutral\n",
+        2,
+        ["row has 4 tab-separated field(s), expected 3", "tab inside a text"],
+    ),
+    "invalid_json": (
+        "x.jsonl",
+        '{"gold_label": "neutral", "sentence1": "A.", "sentence2": "B."}\n{"gold_label": \n',
+        2,
+        ["invalid JSON"],
+    ),
     "json_not_object": ("x.jsonl", "[1, 2]\n", 1, ["expected a JSON object, found list"]),
     "header_only": ("dev.tsv", DEV_HEADER + "\n", 2, ["no data rows after the header"]),
     "unrecognised": ("notes.txt", "hello world\nmore\n", 1, ["unrecognised format", "'hello world'"]),
-    "duplicate_id": ("dev.tsv", DEV_HEADER + "\n7\tA.\tB.\tneutral\t1\n7\tC.\tD.\tneutral\t1\n", 3,
-                     ["duplicate id '7' in column 'index'", "dev.tsv:2)"]),
-}  # fmt: skip
+    "duplicate_id": (
+        "dev.tsv",
+        DEV_HEADER + "\n7\tA.\tB.\tneutral\t1\n7\tC.\tD.\tneutral\t1\n",
+        3,
+        ["duplicate id '7' in column 'index'", "dev.tsv:2)"],
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
@@ -269,10 +336,14 @@ def test_missing_path_and_directory(tmp_path):
 
 # ---- hf: datasets saved to disk (no hub here) --------------------------------------------------------
 def _glue_like(datasets):
-    features = datasets.Features({
-        "premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
-        "label": datasets.ClassLabel(names=list(MNLI_LABELS)), "idx": datasets.Value("int32"),
-    })  # fmt: skip
+    features = datasets.Features(
+        {
+            "premise": datasets.Value("string"),
+            "hypothesis": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=list(MNLI_LABELS)),
+            "idx": datasets.Value("int32"),
+        }
+    )
     val = {
         "premise": ["A.", "B.", "C."],
         "hypothesis": ["a.", "b.", "c."],
@@ -280,10 +351,12 @@ def _glue_like(datasets):
         "idx": [5, 6, 7],
     }
     train = {"premise": ["T."], "hypothesis": ["t."], "label": [1], "idx": [0]}
-    return datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict(train, features=features),
-        "validation_matched": datasets.Dataset.from_dict(val, features=features),
-    })  # fmt: skip
+    return datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(train, features=features),
+            "validation_matched": datasets.Dataset.from_dict(val, features=features),
+        }
+    )
 
 
 def test_hf_load_from_disk_glue_style(tmp_path):
@@ -305,16 +378,34 @@ def test_hf_load_from_disk_glue_style(tmp_path):
 def test_hf_multi_nli_and_hans_columns(tmp_path):
     datasets = pytest.importorskip("datasets")
     mnli = datasets.Dataset.from_dict(
-        {"promptID": [1], "pairID": ["1e"], "premise": ["P."], "premise_parse": ["(ROOT P)"], "hypothesis": ["H."],
-         "genre": ["travel"], "label": [0]},
-        features=datasets.Features({**{k: datasets.Value("string") for k in ("pairID", "premise", "premise_parse",
-                                    "hypothesis", "genre")}, "promptID": datasets.Value("int32"),
-                                    "label": datasets.ClassLabel(names=list(MNLI_LABELS))}),
-    )  # fmt: skip
+        {
+            "promptID": [1],
+            "pairID": ["1e"],
+            "premise": ["P."],
+            "premise_parse": ["(ROOT P)"],
+            "hypothesis": ["H."],
+            "genre": ["travel"],
+            "label": [0],
+        },
+        features=datasets.Features(
+            {
+                **{
+                    k: datasets.Value("string")
+                    for k in ("pairID", "premise", "premise_parse", "hypothesis", "genre")
+                },
+                "promptID": datasets.Value("int32"),
+                "label": datasets.ClassLabel(names=list(MNLI_LABELS)),
+            }
+        ),
+    )
     mnli.save_to_disk(str(tmp_path / "multi_nli"))
     (ex,) = load_source(f"hf:{tmp_path / 'multi_nli'}", dataset="mnli", split="validation").examples
-    assert (ex.id, ex.label, ex.slices, ex.extra) == ("mnli:validation:1e", "entailment", {"genre": "travel"},
-                                                      {"promptID": "1"})  # fmt: skip
+    assert (ex.id, ex.label, ex.slices, ex.extra) == (
+        "mnli:validation:1e",
+        "entailment",
+        {"genre": "travel"},
+        {"promptID": "1"},
+    )
     hans = datasets.Dataset.from_dict(
         {
             "premise": ["The doctor saw the lawyer."],

@@ -51,8 +51,11 @@ def test_sizes_labels_and_datasets(corpus):
     assert Counter(e.label for e in corpus["challenge"]) == {"entailment": 300, "non-entailment": 300}
     assert {e.label for e in corpus["augment"]} <= {"neutral", "contradiction"}
     assert {(e.dataset, e.split) for exs in corpus.values() for e in exs} == {
-        ("demo", "train"), ("demo", "dev"), ("demo-hans", "challenge"), ("demo", "augment"),
-    }  # fmt: skip
+        ("demo", "train"),
+        ("demo", "dev"),
+        ("demo-hans", "challenge"),
+        ("demo", "augment"),
+    }
 
 
 def test_ids_unique_and_splits_disjoint(corpus):

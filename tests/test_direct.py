@@ -61,8 +61,9 @@ def test_direct_equals_the_dense_damped_gauss_newton_solve(loss):
     cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=6, mu=0.2, seed=3)
     v = obj.grad(train.collate([7]), include_l2=False)
     result = solve(obj, v, train, cfg)
-    exact = exact_damped_solve(obj, train.collate(_batch_rows(len(train), 6, 3)), v, damping=0.2,
-                               curvature="gauss_newton")  # fmt: skip
+    exact = exact_damped_solve(
+        obj, train.collate(_batch_rows(len(train), 6, 3)), v, damping=0.2, curvature="gauss_newton"
+    )
     assert _rel(result.s_test, exact) < 1e-9
     stats = result.stats()
     assert stats["solver"] == "direct" and stats["converged"] is True and stats["residual"] < 1e-10
@@ -167,8 +168,9 @@ def test_an_in_place_weight_update_rebuilds_the_factor():
     with torch.no_grad():
         next(p for n, p in obj.model.named_parameters() if n.startswith("classifier")).mul_(1.5)
     after = solve(obj, v, train, cfg).s_test
-    exact = exact_damped_solve(obj, train.collate(_batch_rows(len(train), 5, 0)), v, damping=0.4,
-                               curvature="gauss_newton")  # fmt: skip
+    exact = exact_damped_solve(
+        obj, train.collate(_batch_rows(len(train), 5, 0)), v, damping=0.4, curvature="gauss_newton"
+    )
     assert _rel(after, exact) < 1e-9
 
 

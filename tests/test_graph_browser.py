@@ -44,8 +44,11 @@ def store_render_load(root: Path, tests: int = 400, nodes: int = 2000, per_test:
     values = np.full((tests, nodes), np.nan, dtype=np.float32)
     for j in range(tests):
         values[j, rng.choice(nodes, per_test, replace=False)] = rng.standard_t(3, per_test) * 1e-3
-    test = Selection([f"render-load:test{j}" for j in range(tests)], [j * 4 // tests for j in range(tests)],
-                   ["slice 1", "slice 2", "slice 3", "slice 4"])  # fmt: skip
+    test = Selection(
+        [f"render-load:test{j}" for j in range(tests)],
+        [j * 4 // tests for j in range(tests)],
+        ["slice 1", "slice 2", "slice 3", "slice 4"],
+    )
     cfg = GraphConfig(seed=0)
     arrays, _ = graph_arrays(values, test, cfg)
     ids = [f"render-load:train{i}" for i in arrays["train_pos"]]
@@ -62,11 +65,16 @@ def store_render_load(root: Path, tests: int = 400, nodes: int = 2000, per_test:
 
 def plot_point(page, xy: tuple[float, float]) -> tuple[float, float]:
     """Page pixel of data point ``xy`` in the first plotly chart (from plotly's own axis mapping)."""
-    return tuple(page.evaluate("""([x, y]) => {
+    return tuple(
+        page.evaluate(
+            """([x, y]) => {
         const gd = document.querySelector('.js-plotly-plot'), r = gd.getBoundingClientRect();
         const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
         return [r.left + xa._offset + xa.l2p(x), r.top + ya._offset + ya.l2p(y)];
-    }""", list(xy)))  # fmt: skip
+    }""",
+            list(xy),
+        )
+    )
 
 
 def open_graph(page, url: str, graph_id: int) -> float:
@@ -88,8 +96,17 @@ def dashboard_page(root: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
 
     env = {**os.environ, "FASTIF_WORKSPACE": str(root), "FASTIF_AUTOSTART_WORKER": "0"}
     port = _free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/dashboard.py", "--server.port", str(port),
-           "--server.headless", "true"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app/dashboard.py",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+    ]
     with _process(cmd, tmp_path / "streamlit.log", env) as app, sync_playwright() as pw:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, app, tmp_path / "streamlit.log")
@@ -141,8 +158,14 @@ def _drive(tiny_workspace: Path, tmp_path: Path, *, render_load: bool) -> None:
     with Store.open(tiny_workspace) as store:
         edges = store.get_app_result("graph", big).result["num_edges"]
     assert edges >= 100_000
-    record = {"small_graph_s": round(small_s, 2), "render_load_graph_s": round(big_s, 2), "render_load_edges": edges,
-              "render_load_test_nodes": 400, "clicked": target, "screenshot": str(shot)}  # fmt: skip
+    record = {
+        "small_graph_s": round(small_s, 2),
+        "render_load_graph_s": round(big_s, 2),
+        "render_load_edges": edges,
+        "render_load_test_nodes": 400,
+        "clicked": target,
+        "screenshot": str(shot),
+    }
     (ARTIFACTS / "graph_browser.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))
 
@@ -169,8 +192,14 @@ def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / f"graph_{root_path.name}_{info.id}.png"
         page.screenshot(path=str(shot), full_page=True)
-    record = {"workspace": str(root_path), "graph_id": info.id, "render_s": round(seconds, 2),
-              "num_edges": info.result["num_edges"], "num_test_nodes": info.result["num_test_nodes"],
-              "num_train_nodes": info.result["num_train_nodes"], "screenshot": str(shot)}  # fmt: skip
+    record = {
+        "workspace": str(root_path),
+        "graph_id": info.id,
+        "render_s": round(seconds, 2),
+        "num_edges": info.result["num_edges"],
+        "num_test_nodes": info.result["num_test_nodes"],
+        "num_train_nodes": info.result["num_train_nodes"],
+        "screenshot": str(shot),
+    }
     shot.with_suffix(".json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))

@@ -22,10 +22,18 @@ def view(seed: int = 0, tests: int = 30, nodes: int = 200, edges: int = 3000) ->
     test_slice = np.sort(rng.integers(0, 3, tests))
     ang = rng.uniform(0, 2 * np.pi, tests)
     xy = rng.uniform(-0.5, 0.5, (nodes, 2))
-    return GraphView(slices=["a", "b", "c"], test_ids=[f"t{j}" for j in range(tests)], train_ids=[f"n{i}" for i in range(nodes)],
-                     test_slice=test_slice, test_xy=np.c_[np.cos(ang), np.sin(ang)], node_xy={"helpful": xy, "harmful": -xy},
-                     edge_test=rng.integers(0, tests, edges), edge_train=rng.integers(0, nodes, edges),
-                     edge_value=rng.normal(size=edges), examples={})  # fmt: skip
+    return GraphView(
+        slices=["a", "b", "c"],
+        test_ids=[f"t{j}" for j in range(tests)],
+        train_ids=[f"n{i}" for i in range(nodes)],
+        test_slice=test_slice,
+        test_xy=np.c_[np.cos(ang), np.sin(ang)],
+        node_xy={"helpful": xy, "harmful": -xy},
+        edge_test=rng.integers(0, tests, edges),
+        edge_train=rng.integers(0, nodes, edges),
+        edge_value=rng.normal(size=edges),
+        examples={},
+    )
 
 
 def line_traces(fig: go.Figure) -> list:
@@ -85,8 +93,16 @@ def test_correlation_heatmap_shows_each_count_and_blanks_undefined_cells():
 
 
 def row(i: int, dataset: str, heuristic: str | None) -> ExampleRow:
-    return ExampleRow(id=f"{dataset}:{i}", dataset=dataset, split="dev", premise="p", hypothesis="h", label="entailment",
-                      slices={"heuristic": heuristic} if heuristic else {}, extra={})  # fmt: skip
+    return ExampleRow(
+        id=f"{dataset}:{i}",
+        dataset=dataset,
+        split="dev",
+        premise="p",
+        hypothesis="h",
+        label="entailment",
+        slices={"heuristic": heuristic} if heuristic else {},
+        extra={},
+    )
 
 
 def test_auto_slices_split_hans_by_heuristic_and_keep_other_datasets_whole():

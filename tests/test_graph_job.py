@@ -127,14 +127,20 @@ def test_cli_prints_the_stored_graph_and_exports_it(graph_ws, tmp_path, capsys):
     assert len(json.loads(dest.read_text())["links"]) == out["num_edges"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--per-slice", "0"], "--per-slice: invalid value '0'"),
-    (["--heuristic", "no_such_heuristic", "--k", "5", "--in-process"], "no evaluation example predicted incorrectly matches"),
-    (["--k", "100000", "--in-process"], "k=100000 is larger than the training set"),
-    (["--export", "999", "--out", "x.graphml"], "graph 999 does not exist"),
-    (["--export", "1"], "--export needs --out FILE"),
-    (["--format", "xml"], "invalid choice: 'xml'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--per-slice", "0"], "--per-slice: invalid value '0'"),
+        (
+            ["--heuristic", "no_such_heuristic", "--k", "5", "--in-process"],
+            "no evaluation example predicted incorrectly matches",
+        ),
+        (["--k", "100000", "--in-process"], "k=100000 is larger than the training set"),
+        (["--export", "999", "--out", "x.graphml"], "graph 999 does not exist"),
+        (["--export", "1"], "--export needs --out FILE"),
+        (["--format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2_with_nothing_stored(graph_ws, capsys, args, message):
     ws, _ = graph_ws
     with Store.open(ws) as store:
@@ -177,8 +183,10 @@ def test_graphs_page_renders_the_stored_graph(graph_ws, monkeypatch):
         and f"{r['num_edges']:,} edges" in captions
     )
     assert len(at.get("plotly_chart")) == 2  # the graph and the correlation heatmap
-    assert [b.label for b in at.get("download_button")] == ["Download slice statistics (CSV)",
-                                                            "Download slice correlations (CSV)"]  # fmt: skip
+    assert [b.label for b in at.get("download_button")] == [
+        "Download slice statistics (CSV)",
+        "Download slice correlations (CSV)",
+    ]
     table = at.dataframe[0].value
     assert (
         table["slice"].tolist() == r["slices"]

@@ -12,20 +12,31 @@ from fastif_core.apps.graph.stats import correlation_table, slice_correlations, 
 
 NAN = np.nan
 # 4 test examples (slices 0, 0, 1, 2) x 5 training examples; NaN = not a candidate
-VALUES = np.array([
-    [-2.0, 1.0, NAN, NAN, NAN],
-    [-4.0, NAN, 3.0, NAN, NAN],
-    [NAN, -1.0, 2.0, 5.0, NAN],
-    [NAN, NAN, NAN, 4.0, -6.0],
-])  # fmt: skip
+VALUES = np.array(
+    [
+        [-2.0, 1.0, NAN, NAN, NAN],
+        [-4.0, NAN, 3.0, NAN, NAN],
+        [NAN, -1.0, 2.0, 5.0, NAN],
+        [NAN, NAN, NAN, 4.0, -6.0],
+    ]
+)
 SLICE = np.array([0, 0, 1, 2])
 NAMES = ["a", "b", "c"]
 
 
 def test_slice_statistics_by_hand():
     a, b, c = slice_statistics(VALUES, SLICE, NAMES)
-    assert a == {"slice": "a", "test_examples": 2, "train_nodes": 3, "edges": 4, "helpful_edges": 2,
-                 "harmful_edges": 2, "helpful_mean_abs": 3.0, "harmful_mean_abs": 2.0, "mean": -0.5}  # fmt: skip
+    assert a == {
+        "slice": "a",
+        "test_examples": 2,
+        "train_nodes": 3,
+        "edges": 4,
+        "helpful_edges": 2,
+        "harmful_edges": 2,
+        "helpful_mean_abs": 3.0,
+        "harmful_mean_abs": 2.0,
+        "mean": -0.5,
+    }
     assert (b["helpful_edges"], b["harmful_edges"], b["helpful_mean_abs"], b["harmful_mean_abs"]) == (
         1,
         2,

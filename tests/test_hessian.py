@@ -94,8 +94,12 @@ def test_two_way_output_hessian_is_projected_to_psd():
     obj.loss = two_way_aware_cross_entropy
     logits = torch.tensor([[0.0, 3.0, -3.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     labels = torch.tensor([3, 3])  # the merged "non-entailment" index
-    raw = torch.stack([torch.func.hessian(lambda z: two_way_aware_cross_entropy(z[None], labels[:1]).sum())(row)
-                       for row in logits])  # fmt: skip
+    raw = torch.stack(
+        [
+            torch.func.hessian(lambda z: two_way_aware_cross_entropy(z[None], labels[:1]).sum())(row)
+            for row in logits
+        ]
+    )
     assert float(torch.linalg.eigvalsh(raw).min()) < -1e-3
     q = output_hessians(obj, logits, labels)
     evals_raw, evecs = torch.linalg.eigh(raw)

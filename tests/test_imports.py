@@ -18,8 +18,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fastif_core"
 APP = PACKAGE.parent / "app"
 # bottom up; a module may import its own layer and the layers below it (see docs/ARCHITECTURE.md)
-LAYERS = ("vocabulary", "data", "engine", "modeling", "store", "workspace", "jobs", "queries", "parallel", "apps",
-          "worker", "benchmarks", "cli", "front door")  # fmt: skip
+LAYERS = (
+    "vocabulary",
+    "data",
+    "engine",
+    "modeling",
+    "store",
+    "workspace",
+    "jobs",
+    "queries",
+    "parallel",
+    "apps",
+    "worker",
+    "benchmarks",
+    "cli",
+    "front door",
+)
 VOCABULARY = {"config", "errors", "device", "progress", "processes"}
 
 
@@ -95,11 +109,22 @@ def top_level_imports(path: Path) -> set[str]:
 def module_name_strings(path: Path) -> list[str]:
     """String constants (docstrings aside) that name a fastif_core module, ``'pkg.mod'`` or ``'pkg.mod:fn'``."""
     tree = ast.parse(path.read_text(), str(path))
-    docs = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef
-            | ast.AsyncFunctionDef) and n.body and isinstance(n.body[0], ast.Expr)}  # fmt: skip
+    docs = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+    }
     pattern = re.compile(r"fastif_core(\.\w+)+(:\w+)?")
-    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docs and pattern.fullmatch(n.value)]  # fmt: skip
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and id(n) not in docs
+        and pattern.fullmatch(n.value)
+    ]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -232,12 +257,23 @@ def test_the_dashboard_never_imports_torch():
 
 @pytest.mark.parametrize(
     "module",
-    ["fastif_core.cli.main", "fastif_core.worker.loop", "fastif_core.benchmarks", "fastif_core.workspace.prepare",
-     "fastif_core.workspace.layout", "fastif_core.data.hub", "fastif_core.data.loaders", "fastif_core.apps",
-     "fastif_core.apps.graph.job", "fastif_core.apps.correct.job", "fastif_core.apps.simulate.job"],
-)  # fmt: skip
+    [
+        "fastif_core.cli.main",
+        "fastif_core.worker.loop",
+        "fastif_core.benchmarks",
+        "fastif_core.workspace.prepare",
+        "fastif_core.workspace.layout",
+        "fastif_core.data.hub",
+        "fastif_core.data.loaders",
+        "fastif_core.apps",
+        "fastif_core.apps.graph.job",
+        "fastif_core.apps.correct.job",
+        "fastif_core.apps.simulate.job",
+    ],
+)
 def test_module_imports_alone_in_a_fresh_interpreter(module):
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
-    out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, env=env,
-                         timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]

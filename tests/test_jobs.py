@@ -138,8 +138,15 @@ def test_two_processes_racing_claim_each_job_exactly_once(tmp_path, db_url):
     with Store.open(url=url) as st:
         ids = [st.enqueue_job("influence", {"example_id": f"e{i}"}).id for i in range(20)]
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, f"worker{i}", str(go)], stdout=subprocess.PIPE,
-                              text=True, cwd=ROOT) for i in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, url, f"worker{i}", str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
     time.sleep(1.0)  # both interpreters up and waiting (a late one only makes the race one-sided)
     go.touch()
     claimed = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
@@ -182,9 +189,11 @@ def test_after_max_attempts_an_abandoned_job_fails_with_the_last_error(store):
 
 def test_a_killed_process_loses_its_job_to_another(db_url):
     url = db_url
-    script = ("import sys, time\nfrom fastif_core.store import Store\n"
-              "job = Store.open(url=sys.argv[1]).claim_job('doomed', lease_seconds=0.5)\n"
-              "print(job.id, flush=True)\ntime.sleep(600)\n")  # fmt: skip
+    script = (
+        "import sys, time\nfrom fastif_core.store import Store\n"
+        "job = Store.open(url=sys.argv[1]).claim_job('doomed', lease_seconds=0.5)\n"
+        "print(job.id, flush=True)\ntime.sleep(600)\n"
+    )
     with Store.open(url=url) as st:
         job = st.enqueue_job("influence", {"example_id": "x"})
         proc = subprocess.Popen(

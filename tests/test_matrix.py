@@ -46,11 +46,16 @@ def test_knn_matrix_rows_equal_single_queries_and_are_stored_once(loaded):
     )
     for m, test_id in enumerate(ids):
         positions = loaded.nearest(test_id, CFG.k)[0]
-        single = compute_influence(loaded.objective, loaded.encode_test(_record(loaded, test_id)), loaded.train,
-                                   positions, CFG)  # fmt: skip
+        single = compute_influence(
+            loaded.objective, loaded.encode_test(_record(loaded, test_id)), loaded.train, positions, CFG
+        )
         cols = [out.train_positions.index(p) for p in positions]
-        np.testing.assert_allclose(out.values[m, cols], single.values.numpy(), rtol=1e-4,
-                                   atol=1e-4 * float(single.values.abs().max()))  # fmt: skip
+        np.testing.assert_allclose(
+            out.values[m, cols],
+            single.values.numpy(),
+            rtol=1e-4,
+            atol=1e-4 * float(single.values.abs().max()),
+        )
         others = np.setdiff1d(np.arange(out.shape[1]), cols)
         assert np.isnan(out.values[m, others]).all()  # not a candidate of this test: NaN
     again = influence_matrix(loaded, ids, CFG, row_block=2, col_block=7)
@@ -80,8 +85,9 @@ def test_interrupted_full_matrix_resumes_from_its_stored_blocks(loaded):
         (info,) = sm.list_matrices(store)
         assert info.status == "running" and len(sm.stored_chunks(store, info.id)) == 3
     seen: list[float] = []
-    out = influence_matrix(loaded, ids, CFG, full=True, row_block=1, col_block=16,
-                           progress=lambda f, _msg: seen.append(f))  # fmt: skip
+    out = influence_matrix(
+        loaded, ids, CFG, full=True, row_block=1, col_block=16, progress=lambda f, _msg: seen.append(f)
+    )
     assert out.chunks == {"total": 8, "computed": 5, "found_stored": 3, "derived_from_full": 0}
     assert not out.cached
     assert out.shape == (2, len(loaded.train_ids)) and out.full and not np.isnan(out.values).any()
@@ -93,8 +99,9 @@ def test_interrupted_full_matrix_resumes_from_its_stored_blocks(loaded):
         out.values, reference.numpy(), rtol=1e-4, atol=1e-4 * float(reference.abs().max())
     )
     # the stored full matrix answers a kNN matrix of the same tests and settings: no model work
-    knn = influence_matrix(loaded, ids, CFG, row_block=1, col_block=16,
-                           progress=lambda f, msg: pytest.fail(f"computed: {msg}"))  # fmt: skip
+    knn = influence_matrix(
+        loaded, ids, CFG, row_block=1, col_block=16, progress=lambda f, msg: pytest.fail(f"computed: {msg}")
+    )
     assert knn.chunks["computed"] == 0 and knn.chunks["derived_from_full"] == knn.chunks["total"] > 0
     for m, test_id in enumerate(ids):
         positions = loaded.nearest(test_id, CFG.k)[0]
@@ -145,8 +152,15 @@ def _model(store: Store) -> int:
 
 def test_block_layout_round_trip_and_job_completion(store):
     model_id = _model(store)
-    args = {"model_id": model_id, "test_ids": ["t1", "t2", "t3"], "train_positions": [4, 0, 9, 2, 7],
-            "config": {"k": 3, "full": False}, "full": False, "row_block": 2, "col_block": 3}  # fmt: skip
+    args = {
+        "model_id": model_id,
+        "test_ids": ["t1", "t2", "t3"],
+        "train_positions": [4, 0, 9, 2, 7],
+        "config": {"k": 3, "full": False},
+        "full": False,
+        "row_block": 2,
+        "col_block": 3,
+    }
     info = sm.start_matrix(store, **args)
     assert (
         info.shape == (3, 5)
@@ -183,13 +197,26 @@ def test_revision_0004_upgrades_a_database_at_0003(db_url):
     old = eng.make_engine(db_url)
     eng.upgrade(old, "0003")
     with old.begin() as conn:
-        conn.execute(text("INSERT INTO models (id, name, checkpoint_path, train_config, config_hash, metrics, "
-                          "label_names, created_at, lineage, active) VALUES (1, 'm', 'ckpt', '{}', 'c1', '{}', "
-                          "'[]', :t, '{}', TRUE)"), {"t": "2026-12-01 00:00:00"})  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO models (id, name, checkpoint_path, train_config, config_hash, metrics, "
+                "label_names, created_at, lineage, active) VALUES (1, 'm', 'ckpt', '{}', 'c1', '{}', "
+                "'[]', :t, '{}', TRUE)"
+            ),
+            {"t": "2026-12-01 00:00:00"},
+        )
     old.dispose()
     with Store.open(url=db_url) as st:
         assert st.revision() == eng.head_revision() and st.get_model(1).name == "m"
-        info = sm.start_matrix(st, model_id=1, test_ids=["a"], train_positions=[0, 1], config={}, full=True,
-                               row_block=1, col_block=2)  # fmt: skip
+        info = sm.start_matrix(
+            st,
+            model_id=1,
+            test_ids=["a"],
+            train_positions=[0, 1],
+            config={},
+            full=True,
+            row_block=1,
+            col_block=2,
+        )
         sm.save_chunk(st, info.id, 0, 0, np.array([[1.5, -2.0]]))
         np.testing.assert_array_equal(sm.read_values(st, info.id), [[1.5, -2.0]])

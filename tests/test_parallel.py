@@ -51,7 +51,7 @@ S_TEST_CASES = {
     "lissa_estimated_scale": STestConfig(depth=25, batch_size=2, repeats=3, scale=0.0),  # same on every rank
     "gn_cg": STestConfig(
         solver="cg", curvature="gauss_newton", depth=30, batch_size=4, repeats=3, mu=0.5, tolerance=1e-6
-    ),  # fmt: skip
+    ),
 }
 
 

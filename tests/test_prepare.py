@@ -235,8 +235,12 @@ def test_prepare_killed_mid_training_leaves_the_old_consistent_state(tmp_path: P
     old = prepare(ws, tiny_prepare_config(model, demo_size=40), show_progress=False)
     before = LoadedWorkspace.load(ws)
     script = KILLED_PREPARE.format(tests=str(Path(__file__).parent), model=str(model), ws=str(ws))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     try:
         assert proc.stdout.readline().strip() == "TRAINING"
     finally:
@@ -250,8 +254,9 @@ def test_prepare_killed_mid_training_leaves_the_old_consistent_state(tmp_path: P
         assert torch.equal(after.features[row], before.features[before.feature_rows[ex_id]])
         positions, distances = after.nearest(ex_id, 1)
         assert distances[0] == pytest.approx(0.0, abs=1e-4)
-        assert positions[0] == pos or torch.allclose(after.features[after.feature_rows[after.train_ids[positions[0]]]],
-                                                     after.features[row])  # fmt: skip
+        assert positions[0] == pos or torch.allclose(
+            after.features[after.feature_rows[after.train_ids[positions[0]]]], after.features[row]
+        )
     with Store.open(ws) as store:
         assert store.train_ids() == before.train_ids  # the browse order too
     new_cfg = tiny_prepare_config(model, demo_size=40)
@@ -294,8 +299,16 @@ def test_concurrent_prepares_of_one_workspace_wait_for_each_other(tmp_path: Path
     model = save_tiny_checkpoint(tmp_path / "base")
     ws = tmp_path / "ws"
     script = CONCURRENT_PREPARE.format(tests=str(Path(__file__).parent), model=str(model), ws=str(ws))
-    run = lambda: subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: E731
-                                   text=True, env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+
+    def run() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
+
     first = run()
     try:
         assert first.stdout.readline().strip() == "TRAINING"  # the first one holds the lock, mid-training

@@ -93,8 +93,16 @@ def test_logistic_model_and_progress():
     obj = Objective(model, forward=tensor_forward, loss=binary_cross_entropy, weight_decay=0.1)
     s, rows = _s(obj, 4, seed=3), [29, 0, 7, 7, 12]
     seen: list[float] = []
-    got = score_many(obj, s, train, rows, batch_size=2, include_l2=True, method="per_example",
-                     progress=lambda f, msg: seen.append(f))  # fmt: skip
+    got = score_many(
+        obj,
+        s,
+        train,
+        rows,
+        batch_size=2,
+        include_l2=True,
+        method="per_example",
+        progress=lambda f, msg: seen.append(f),
+    )
     torch.testing.assert_close(got, _reference(obj, s, train, rows), rtol=1e-10, atol=1e-13)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) == 3
 

@@ -31,8 +31,26 @@ from fastif_core.store import Store
 from fastif_core.worker.loop import run_worker
 from fastif_core.workspace.layout import LoadedWorkspace
 
-STUDY = ["--test-examples", "2", "--learning-rates", "3", "--lr-min", "1e-3", "--lr-max", "1e-1", "--per-kind", "2",
-         "--k", "12", "--depth", "3", "--seed", "1", "--device", "cpu"]  # fmt: skip
+STUDY = [
+    "--test-examples",
+    "2",
+    "--learning-rates",
+    "3",
+    "--lr-min",
+    "1e-3",
+    "--lr-max",
+    "1e-1",
+    "--per-kind",
+    "2",
+    "--k",
+    "12",
+    "--depth",
+    "3",
+    "--seed",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -99,8 +117,9 @@ def test_shortcut_step_is_the_gradient_step_of_an_independent_model_copy():
     with torch.no_grad():
         for p, g in zip(trainable, grads, strict=True):
             p -= 0.05 * g
-        expected = torch.nn.functional.cross_entropy(twin(**{k: v for k, v in test.items() if k != "labels"}).logits,
-                                                     test["labels"])  # fmt: skip
+        expected = torch.nn.functional.cross_entropy(
+            twin(**{k: v for k, v in test.items() if k != "labels"}).logits, test["labels"]
+        )
     got = steps.losses_after_step(objective, train, [5], torch.tensor([0.05], dtype=torch.float64), test)
     torch.testing.assert_close(got[0, 0], expected, rtol=1e-10, atol=1e-12)
 
@@ -159,14 +178,16 @@ def test_study_through_the_worker_stores_curves_that_the_naive_loop_reproduces(s
             run = store.get_influence_run(ex["influence_run_id"])  # the explanations are the stored ranking
             assert ex["explanations"]["helpful"] == [s.train_id for s in run.helpful(2)]
             assert ex["explanations"]["harmful"] == [s.train_id for s in run.harmful(2)]
-            assert len(ex["explanations"]["random"]) == sum(len(ex["explanations"][f"random:{n}"])
-                                                            for n in loaded.label_names)  # fmt: skip
+            assert len(ex["explanations"]["random"]) == sum(
+                len(ex["explanations"][f"random:{n}"]) for n in loaded.label_names
+            )
             row = store.get_example(ex["example_id"], loaded.model_id)
             batch = loaded.encode_test(row.to_record())
             batch["labels"] = torch.tensor([max(range(len(row.probs)), key=row.probs.__getitem__)])
             helpful = [pos[t] for t in ex["explanations"]["helpful"]]
-            naive = steps.losses_after_step_reference(simulator.objective, loaded.train, helpful,
-                                                      torch.tensor(lrs), batch)  # fmt: skip
+            naive = steps.losses_after_step_reference(
+                simulator.objective, loaded.train, helpful, torch.tensor(lrs), batch
+            )
             change = naive.double() - ex["loss_before"]
             assert ex["curves"]["helpful"]["mean"] == pytest.approx(change.mean(0).tolist(), abs=1e-5)
             assert ex["curves"]["helpful"]["min"] == pytest.approx(change.min(0).values.tolist(), abs=1e-5)
@@ -219,9 +240,13 @@ def test_migration_from_revision_0003_adds_the_simulations_table(tmp_path):
     old = eng.make_engine(url)
     eng.upgrade(old, "0003")
     with old.begin() as conn:
-        conn.execute(text("INSERT INTO models (id, name, checkpoint_path, train_config, config_hash, metrics, "
-                          "label_names, created_at, lineage, active) VALUES (1, 'm', '', '{}', 'c1', '{}', '[]', "
-                          "'2026-12-01 00:00:00', '{}', 1)"))  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO models (id, name, checkpoint_path, train_config, config_hash, metrics, "
+                "label_names, created_at, lineage, active) VALUES (1, 'm', '', '{}', 'c1', '{}', '[]', "
+                "'2026-12-01 00:00:00', '{}', 1)"
+            )
+        )
     old.dispose()
     with Store.open(url=url) as st:
         assert st.revision() == "0006" and st.get_model(1).active
@@ -243,7 +268,7 @@ def test_migration_from_revision_0003_adds_the_simulations_table(tmp_path):
         (["--k", "0"], ["k=0 is invalid"]),
         (["--learning-rates", "many"], ["--learning-rates", "invalid int value"]),
     ],
-)  # fmt: skip
+)
 def test_invalid_settings_are_one_line_and_change_nothing(tiny_workspace_template, capsys, args, needles):
     before = workspace_digest(tiny_workspace_template)
     for extra in ([], ["--queue"]):

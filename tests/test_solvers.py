@@ -208,9 +208,14 @@ def test_cg_repetitions_average_their_batches():
 def test_bad_settings_raise_config_errors():
     obj, train = _logistic()
     v = obj.grad(train.collate([0]))
-    for bad, field in [({"depth": 0}, "depth"), ({"damping": 1.5}, "damping"), ({"solver": "newton"}, "solver"),
-                       ({"curvature": "fisher"}, "curvature"), ({"window": -1}, "window"),
-                       ({"solver": "cg", "scale": 0.0}, "scale")]:  # fmt: skip
+    for bad, field in [
+        ({"depth": 0}, "depth"),
+        ({"damping": 1.5}, "damping"),
+        ({"solver": "newton"}, "solver"),
+        ({"curvature": "fisher"}, "curvature"),
+        ({"window": -1}, "window"),
+        ({"solver": "cg", "scale": 0.0}, "scale"),
+    ]:
         with pytest.raises(ConfigError, match=field):
             solve(obj, v, train, STestConfig(**bad))
     with pytest.raises(ConfigError, match="mu=.*below the LiSSA scale"):
@@ -221,8 +226,10 @@ def test_bad_settings_raise_config_errors():
 
 def test_progress_reports_increasing_fractions_up_to_one():
     obj, train = _logistic()
-    for cfg in (STestConfig(depth=50, batch_size=4, repeats=3, scale=10.0),
-                STestConfig(solver="cg", depth=50, batch_size=8, repeats=2, mu=0.1, tolerance=1e-8)):  # fmt: skip
+    for cfg in (
+        STestConfig(depth=50, batch_size=4, repeats=3, scale=10.0),
+        STestConfig(solver="cg", depth=50, batch_size=8, repeats=2, mu=0.1, tolerance=1e-8),
+    ):
         seen: list[float] = []
         solve(
             obj, obj.grad(train.collate([0])), train, cfg, progress=lambda f, msg, seen=seen: seen.append(f)

@@ -26,17 +26,30 @@ def make_examples(seed: int = 0) -> list[NLIExample]:
     """30 MNLI-like and 24 HANS-like examples with slices, deterministic for a seed."""
     rng = random.Random(seed)
     mnli = [
-        NLIExample(f"mnli:dev:{i}", f"A premise {i} about {GENRES[i % 3]}.", f"Hypothesis {i}.",
-                   MNLI[rng.randrange(3)], "mnli", "dev", {"genre": GENRES[i % 3]})
+        NLIExample(
+            f"mnli:dev:{i}",
+            f"A premise {i} about {GENRES[i % 3]}.",
+            f"Hypothesis {i}.",
+            MNLI[rng.randrange(3)],
+            "mnli",
+            "dev",
+            {"genre": GENRES[i % 3]},
+        )
         for i in range(30)
-    ]  # fmt: skip
+    ]
     hans = [
-        NLIExample(f"hans:eval:{i}", f"The doctor {i} saw the lawyer.", f"The lawyer saw the doctor {i}.",
-                   ("entailment", "non-entailment")[i % 2], "hans", "eval",
-                   {"heuristic": HEURISTICS[i % 3], "subcase": f"sub_{i % 4}", "template": f"t{i % 5}"},
-                   {"note": "x"})
+        NLIExample(
+            f"hans:eval:{i}",
+            f"The doctor {i} saw the lawyer.",
+            f"The lawyer saw the doctor {i}.",
+            ("entailment", "non-entailment")[i % 2],
+            "hans",
+            "eval",
+            {"heuristic": HEURISTICS[i % 3], "subcase": f"sub_{i % 4}", "template": f"t{i % 5}"},
+            {"note": "x"},
+        )
         for i in range(24)
-    ]  # fmt: skip
+    ]
     return mnli + hans
 
 
@@ -101,11 +114,20 @@ def test_database_of_first_migration_opens_and_upgrades(db_url):
         conn.execute(
             text("INSERT INTO datasets VALUES (1, 'mnli', 'mnli3', '[]', 'demo', '{}', 1, :t)"), {"t": now}
         )
-        conn.execute(text("INSERT INTO examples (id, dataset_id, split, premise, hypothesis, label, slices, extra) "
-                          "VALUES ('e1', 1, 'dev', 'p', 'h', 'neutral', '{}', '{}')"))  # fmt: skip
-        conn.execute(text("INSERT INTO jobs (kind, params, params_hash, dedup_key, status, priority, attempts, "
-                          "max_attempts, progress, message, cancel_requested, created_at) VALUES ('influence', "
-                          "'{}', 'h1', 'h1', 'queued', 0, 0, 3, 0, '', FALSE, :t)"), {"t": now})  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO examples (id, dataset_id, split, premise, hypothesis, label, slices, extra) "
+                "VALUES ('e1', 1, 'dev', 'p', 'h', 'neutral', '{}', '{}')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, params, params_hash, dedup_key, status, priority, attempts, "
+                "max_attempts, progress, message, cancel_requested, created_at) VALUES ('influence', "
+                "'{}', 'h1', 'h1', 'queued', 0, 0, 3, 0, '', FALSE, :t)"
+            ),
+            {"t": now},
+        )
         conn.execute(
             text(
                 "INSERT INTO models (id, name, checkpoint_path, train_config, config_hash, metrics, "
@@ -113,8 +135,12 @@ def test_database_of_first_migration_opens_and_upgrades(db_url):
             ),
             {"t": now},
         )
-        conn.execute(text("INSERT INTO predictions (model_id, example_id, probs, predicted, confidence, correct) "
-                          "VALUES (1, 'e1', '[1.0]', 'neutral', 1.0, TRUE)"))  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO predictions (model_id, example_id, probs, predicted, confidence, correct) "
+                "VALUES (1, 'e1', '[1.0]', 'neutral', 1.0, TRUE)"
+            )
+        )
     old.dispose()
     with Store.open(url=url) as st:
         assert st.revision() == "0006"
@@ -181,11 +207,17 @@ def _expected(exs, preds, **f):
 @pytest.mark.parametrize(
     "f",
     [
-        {}, {"dataset": "mnli"}, {"dataset": "hans", "correct": False}, {"genre": "slate", "correct": True},
-        {"heuristic": "subsequence"}, {"label": ("neutral", "contradiction")}, {"predicted": "non-entailment"},
-        {"search": "DOCTOR 1"}, {"dataset": "mnli", "search": "fiction", "correct": False},
+        {},
+        {"dataset": "mnli"},
+        {"dataset": "hans", "correct": False},
+        {"genre": "slate", "correct": True},
+        {"heuristic": "subsequence"},
+        {"label": ("neutral", "contradiction")},
+        {"predicted": "non-entailment"},
+        {"search": "DOCTOR 1"},
+        {"dataset": "mnli", "search": "fiction", "correct": False},
     ],
-)  # fmt: skip
+)
 def test_filters_and_summary_match_ground_truth(filled, f):
     store, exs, model, preds = filled
     want = _expected(exs, preds, **f)
@@ -194,10 +226,14 @@ def test_filters_and_summary_match_ground_truth(filled, f):
     summary = store.summarize_examples(**f)
     with_pred = [i for i in want if i in preds]
     assert (summary.count, summary.predicted, summary.correct) == (
-        len(want), len(with_pred), sum(preds[i].correct for i in with_pred))  # fmt: skip
+        len(want),
+        len(with_pred),
+        sum(preds[i].correct for i in with_pred),
+    )
     for r in got:
-        assert (r.predicted, r.correct) == ((preds[r.id].predicted, preds[r.id].correct) if r.id in preds
-                                            else (None, None))  # fmt: skip
+        assert (r.predicted, r.correct) == (
+            (preds[r.id].predicted, preds[r.id].correct) if r.id in preds else (None, None)
+        )
 
 
 def test_summary_by_group_and_distinct_values(filled):
@@ -221,8 +257,9 @@ def test_summary_by_group_and_distinct_values(filled):
 def test_order_paging_and_search_escaping(filled):
     store, exs, _, preds = filled
     by_conf = store.query_examples(dataset="mnli", order_by="confidence", descending=True, limit=None)
-    assert [r.confidence for r in by_conf] == sorted((preds[e.id].probs and max(preds[e.id].probs)
-                                                      for e in exs[:30]), reverse=True)  # fmt: skip
+    assert [r.confidence for r in by_conf] == sorted(
+        (preds[e.id].probs and max(preds[e.id].probs) for e in exs[:30]), reverse=True
+    )
     pages = [store.query_examples(order_by="id", limit=10, offset=o) for o in range(0, 60, 10)]
     in_order = [r.id for r in store.query_examples(order_by="id", limit=None)]
     assert [r.id for p in pages for r in p] == in_order and sorted(in_order) == sorted(e.id for e in exs)
@@ -283,8 +320,9 @@ def test_influence_run_with_job_is_atomic_and_idempotent(filled):
         store.save_influence_run(model.id, exs[0].id, cfg, bad, job_id=job.id, owner="w1")
     assert store.find_influence_run(model.id, exs[0].id, config_hash(cfg)) is None
     assert store.get_job(job.id).status == "running"
-    run_id = store.save_influence_run(model.id, exs[0].id, cfg, scores, timings={"total": 1.5}, job_id=job.id,
-                                      owner="w1")  # fmt: skip
+    run_id = store.save_influence_run(
+        model.id, exs[0].id, cfg, scores, timings={"total": 1.5}, job_id=job.id, owner="w1"
+    )
     done = store.get_job(job.id)
     assert (done.status, done.result, done.progress) == ("done", {"influence_run_id": run_id}, 1.0)
     assert store.save_influence_run(model.id, exs[0].id, cfg, scores) == run_id
@@ -328,8 +366,9 @@ def test_claim_statement_uses_skip_locked_on_postgresql():
 def test_influence_run_under_a_caller_chosen_key(filled):
     store, exs, model, _ = filled
     cfg = InfluenceConfig(k=2, top=1)
-    run_id = store.save_influence_run(model.id, exs[0].id, cfg, [(exs[1].id, 0.2), (exs[2].id, -0.2)],
-                                      config_hash="without-top")  # fmt: skip
+    run_id = store.save_influence_run(
+        model.id, exs[0].id, cfg, [(exs[1].id, 0.2), (exs[2].id, -0.2)], config_hash="without-top"
+    )
     assert store.find_influence_run(model.id, exs[0].id, "without-top").id == run_id
     assert store.find_influence_run(model.id, exs[0].id, config_hash(cfg)) is None
     assert store.get_influence_run(run_id).config == {**to_dict(cfg)}

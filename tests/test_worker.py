@@ -36,9 +36,14 @@ def tiny_prepare_config(model_dir: Path) -> PrepareConfig:
     make_tiny_bert(0).save_pretrained(model_dir)
     make_tiny_tokenizer().save_pretrained(model_dir)
     return PrepareConfig(
-        train="demo", demo_size=40, max_train=30, model=str(model_dir), neighbors=3,
-        train_config=TrainConfig(epochs=0.5, batch_size=8, max_length=32), knn=KnnConfig(k=K, use_gpu=False),
-    )  # fmt: skip
+        train="demo",
+        demo_size=40,
+        max_train=30,
+        model=str(model_dir),
+        neighbors=3,
+        train_config=TrainConfig(epochs=0.5, batch_size=8, max_length=32),
+        knn=KnnConfig(k=K, use_gpu=False),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +222,12 @@ def test_cancelled_job_stops_and_stores_nothing(ws):
     first, second = eval_ids(ws, 2)
     long = enqueue(ws, first, config(depth=2000))
     stop_event = threading.Event()
-    thread = threading.Thread(target=run_worker, args=(ws, "cpu:1"), daemon=True,
-                              kwargs={"poll": 0.1, "lease_seconds": 2.0, "stop_event": stop_event})  # fmt: skip
+    thread = threading.Thread(
+        target=run_worker,
+        args=(ws, "cpu:1"),
+        daemon=True,
+        kwargs={"poll": 0.1, "lease_seconds": 2.0, "stop_event": stop_event},
+    )
     thread.start()
     try:
         wait_for(lambda: job(ws, long.id).progress > 0.0, 120, "the long job to make progress")
@@ -269,8 +278,22 @@ def test_worker_under_torchrun_uses_every_rank(ws):
     import sys
 
     queued = enqueue(ws, eval_ids(ws, 1)[0], config(depth=10, repeats=2))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "fastif_core", "worker", "--workspace", str(ws), "--once", "--poll", "0.2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "fastif_core",
+        "worker",
+        "--workspace",
+        str(ws),
+        "--once",
+        "--poll",
+        "0.2",
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -53,9 +53,14 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, root: Path | N
 def owner_env(root: Path, *, keep: bool, modules: str = "") -> dict[str, str]:
     """The dashboard's environment: auto-start on, one CPU process, one thread (a shared CI machine)."""
     env = {k: v for k, v in os.environ.items() if k != "FASTIF_KEEP_WORKER"}
-    env.update(FASTIF_WORKSPACE=str(root), FASTIF_AUTOSTART_WORKER="1", FASTIF_WORKER_DEVICES="cpu:1",
-               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")]),
-               FASTIF_WORKER_MODULES=modules)  # fmt: skip
+    env.update(
+        FASTIF_WORKSPACE=str(root),
+        FASTIF_AUTOSTART_WORKER="1",
+        FASTIF_WORKER_DEVICES="cpu:1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")]),
+        FASTIF_WORKER_MODULES=modules,
+    )
     if keep:
         env["FASTIF_KEEP_WORKER"] = "1"
     return env
@@ -63,8 +68,9 @@ def owner_env(root: Path, *, keep: bool, modules: str = "") -> dict[str, str]:
 
 def start_owner(root: Path, **env: object) -> subprocess.Popen:
     """The stand-in dashboard; returns once it has started its worker."""
-    owner = subprocess.Popen([sys.executable, "-c", OWNER], env=owner_env(root, **env), cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], env=owner_env(root, **env), cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert owner.stdout.readline().strip() == "started"
     return owner
 

@@ -16,9 +16,19 @@ def speed_frame(result: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, r in result["speed"]["single"]["rows"].items():
         sec = r["seconds"]
-        rows.append({"row": name, "candidates": r["candidates"], "preset": r["preset"], "J": r["s_test"]["depth"],
-                     "B": r["s_test"]["batch_size"], "median s": sec["median"], "q1": sec["q1"], "q3": sec["q3"],
-                     "speed-up": r["speedup_vs_full"]})  # fmt: skip
+        rows.append(
+            {
+                "row": name,
+                "candidates": r["candidates"],
+                "preset": r["preset"],
+                "J": r["s_test"]["depth"],
+                "B": r["s_test"]["batch_size"],
+                "median s": sec["median"],
+                "q1": sec["q1"],
+                "q3": sec["q3"],
+                "speed-up": r["speedup_vs_full"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -41,8 +51,14 @@ def retrain_frame(section: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for kind, by_m in section["by_kind"].items():
         for m, v in by_m.items():
-            rows.append({"removed": kind, "m": int(m), "actual Δ loss": v["actual"]["mean"],
-                         "predicted Δ loss": v["predicted"]["mean"]})  # fmt: skip
+            rows.append(
+                {
+                    "removed": kind,
+                    "m": int(m),
+                    "actual Δ loss": v["actual"]["mean"],
+                    "predicted Δ loss": v["predicted"]["mean"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -98,8 +114,10 @@ root = da.workspace_root()
 st.title("Bench")
 latest = da.store(root).latest_bench()
 if latest is None:
-    st.info(f"No benchmark stored yet. Run `fastif bench --workspace {root} --out bench-out --quick` "
-            "(minutes) or without `--quick` for the full comparison.")  # fmt: skip
+    st.info(
+        f"No benchmark stored yet. Run `fastif bench --workspace {root} --out bench-out --quick` "
+        "(minutes) or without `--quick` for the full comparison."
+    )
     st.stop()
 header(latest)
 sections(latest.result)

@@ -29,7 +29,14 @@ with st.expander("Accuracy by slice"):
     )
     groups = da.accuracy_by(root, column or "split", filters)
     st.dataframe(
-        [{"value": fmt.pretty(g.value), "examples": g.count, "predicted": g.predicted,
-          "accuracy": "—" if g.accuracy is None else f"{g.accuracy:.1%}"} for g in groups],
+        [
+            {
+                "value": fmt.pretty(g.value),
+                "examples": g.count,
+                "predicted": g.predicted,
+                "accuracy": "—" if g.accuracy is None else f"{g.accuracy:.1%}",
+            }
+            for g in groups
+        ],
         hide_index=True,
-    )  # fmt: skip
+    )

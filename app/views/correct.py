@@ -21,9 +21,11 @@ from fastif_core.errors import FastifError
 root = da.workspace_root()
 state = da.workspace_state(root)
 st.title("Correct")
-st.caption("Pick a slice the model gets wrong; each method takes one SGD step per iteration on the examples it "
-           "chooses (helpful: most negative influence on the anchors' mean loss; harmful: most positive; random; "
-           "anchors: the anchors themselves). Accuracy is measured on parts of every slice the loop never saw.")  # fmt: skip
+st.caption(
+    "Pick a slice the model gets wrong; each method takes one SGD step per iteration on the examples it "
+    "chooses (helpful: most negative influence on the anchors' mean loss; harmful: most positive; random; "
+    "anchors: the anchors themselves). Accuracy is measured on parts of every slice the loop never saw."
+)
 
 
 def correct_controls(options: dict[str, list[str]]) -> CorrectConfig | None:
@@ -33,10 +35,18 @@ def correct_controls(options: dict[str, list[str]]) -> CorrectConfig | None:
         heuristics = options["heuristic"] or ["(none)"]
         heuristic = c1.selectbox("Target heuristic", heuristics, key="correct_heuristic")
         labels = ["(any)", *options["label"]]
-        label = c2.selectbox("Target label", labels, index=labels.index("non-entailment")
-                             if "non-entailment" in labels else 0, key="correct_label")  # fmt: skip
-        pool = c3.selectbox("Candidates", ["train", "demo:augment"], key="correct_pool",
-                            help="train: the training set; demo:augment: the built-in augmentation pool (new data)")  # fmt: skip
+        label = c2.selectbox(
+            "Target label",
+            labels,
+            index=labels.index("non-entailment") if "non-entailment" in labels else 0,
+            key="correct_label",
+        )
+        pool = c3.selectbox(
+            "Candidates",
+            ["train", "demo:augment"],
+            key="correct_pool",
+            help="train: the training set; demo:augment: the built-in augmentation pool (new data)",
+        )
         d = CorrectConfig()
         n1, n2, n3, n4, n5, n6 = st.columns(6)
         iterations = n1.number_input("Iterations I", 1, 100, d.iterations, key="correct_iterations")
@@ -53,9 +63,19 @@ def correct_controls(options: dict[str, list[str]]) -> CorrectConfig | None:
             return None
     spec = {"heuristic": heuristic} if heuristic != "(none)" else {}
     spec |= {"label": label} if label != "(any)" else {}
-    return CorrectConfig(slice=slice_text(spec), pool=pool, iterations=int(iterations), anchors=int(anchors),
-                         k=int(k), top=int(top), seeds=int(seeds), lr=float(lr), methods=tuple(methods),
-                         max_eval=int(max_eval) or None, s_test=STestConfig.default())  # fmt: skip
+    return CorrectConfig(
+        slice=slice_text(spec),
+        pool=pool,
+        iterations=int(iterations),
+        anchors=int(anchors),
+        k=int(k),
+        top=int(top),
+        seeds=int(seeds),
+        lr=float(lr),
+        methods=tuple(methods),
+        max_eval=int(max_eval) or None,
+        s_test=STestConfig.default(),
+    )
 
 
 def curve_chart(frame, part: str, metric: str) -> alt.LayerChart:
@@ -73,10 +93,15 @@ def show_run(run, result: dict | None = None) -> None:
     """A stored run, or (``result``) the comparison merged from several runs, the first of them ``run``."""
     merged = result is not None
     result = result if merged else run.result
-    title = (f"**Runs {', '.join(f'#{i}' for i in result['run_ids'])}** · seeds {result['seed_list']}" if merged
-             else f"**Run #{run.id}** · {result['settings']['seeds']} seed(s)")  # fmt: skip
-    st.markdown(f"{title} · target `{result['target']}` · pool `{result['pool']['source']}` "
-                f"({result['pool']['size']:,}) · {result['seconds']['total']:.0f} s on {result['device']}")  # fmt: skip
+    title = (
+        f"**Runs {', '.join(f'#{i}' for i in result['run_ids'])}** · seeds {result['seed_list']}"
+        if merged
+        else f"**Run #{run.id}** · {result['settings']['seeds']} seed(s)"
+    )
+    st.markdown(
+        f"{title} · target `{result['target']}` · pool `{result['pool']['source']}` "
+        f"({result['pool']['size']:,}) · {result['seconds']['total']:.0f} s on {result['device']}"
+    )
     st.caption("Evaluated examples: " + ", ".join(f"{k} n={v}" for k, v in result["sizes"].items()))
     metric = st.radio("Curves", ["accuracy", "loss"], horizontal=True, key="correct_metric")
     frame = ca.curves_frame(result, metric)
@@ -86,13 +111,22 @@ def show_run(run, result: dict | None = None) -> None:
         for col, part in zip(cols, parts[row : row + 2], strict=False):
             col.altair_chart(curve_chart(frame, part, metric), use_container_width=True)
     st.subheader("Before and after")
-    st.dataframe(ca.before_after_frame(result), hide_index=True, use_container_width=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ("before", "after", "min", "max", "change")})  # fmt: skip
+    st.dataframe(
+        ca.before_after_frame(result),
+        hide_index=True,
+        use_container_width=True,
+        column_config={
+            c: st.column_config.NumberColumn(format="%.3f")
+            for c in ("before", "after", "min", "max", "change")
+        },
+    )
     with st.form("save_form"):
-        method = st.selectbox(f"Save a method's final model (seed {run.result['settings']['seed']} of run "
-                              f"#{run.id}) as a new model version",
-                              list(result["methods"]), key="save_method")  # fmt: skip
+        method = st.selectbox(
+            f"Save a method's final model (seed {run.result['settings']['seed']} of run "
+            f"#{run.id}) as a new model version",
+            list(result["methods"]),
+            key="save_method",
+        )
         if st.form_submit_button("Save as new model version", icon=":material/save:"):
             from dataclasses import replace
 
@@ -104,12 +138,22 @@ def show_run(run, result: dict | None = None) -> None:
 def show_versions() -> None:
     st.subheader("Model versions")
     listed = ca.model_versions(root)
-    st.dataframe([{k: v[k] for k in ("id", "name", "active", "method", "parent_model_id", "created_at")}
-                  for v in listed], hide_index=True, use_container_width=True)  # fmt: skip
+    st.dataframe(
+        [
+            {k: v[k] for k in ("id", "name", "active", "method", "parent_model_id", "created_at")}
+            for v in listed
+        ],
+        hide_index=True,
+        use_container_width=True,
+    )
     ids = [v["id"] for v in listed]
     with st.form("activate_form"):
-        chosen = st.selectbox("Serve version", ids, index=ids.index(state.model_id) if state.model_id in ids else 0,
-                              key="activate_model")  # fmt: skip
+        chosen = st.selectbox(
+            "Serve version",
+            ids,
+            index=ids.index(state.model_id) if state.model_id in ids else 0,
+            key="activate_model",
+        )
         if (
             st.form_submit_button("Switch the active model", icon=":material/swap_horiz:")
             and chosen != state.model_id
@@ -138,33 +182,56 @@ if config is not None:
         st.error(str(exc))
 shell.follow_job(root, "correct", "correct_job")
 with st.expander("Import runs made in another workspace"):
-    paths = st.text_area("Run files, one path per line", key="correct_import_paths",
-                         help="the JSON `fastif correct --json` printed in a workspace prepared with the same model, "
-                              "settings and data (another machine or day); each run is matched to this workspace's "
-                              "model by its model_hash")  # fmt: skip
+    paths = st.text_area(
+        "Run files, one path per line",
+        key="correct_import_paths",
+        help="the JSON `fastif correct --json` printed in a workspace prepared with the same model, "
+        "settings and data (another machine or day); each run is matched to this workspace's "
+        "model by its model_hash",
+    )
     if st.button("Import", key="correct_import"):
         try:
             done = ca.import_runs(root, [p.strip() for p in paths.splitlines() if p.strip()])
-            st.success("; ".join(f"{d['file']}: {'imported as' if d['imported'] else 'already stored as'} run "
-                                 f"#{d['run_id']}" for d in done) or "no files given")  # fmt: skip
+            st.success(
+                "; ".join(
+                    f"{d['file']}: {'imported as' if d['imported'] else 'already stored as'} run "
+                    f"#{d['run_id']}"
+                    for d in done
+                )
+                or "no files given"
+            )
         except FastifError as exc:  # a bad file is one line and nothing is stored
             st.error(str(exc))
 stored = ca.runs(root)
 merge = bool(stored) and st.toggle(
-    "Merge the seeds of one comparison", key="correct_merge",
+    "Merge the seeds of one comparison",
+    key="correct_merge",
     help="runs that differ only in --seed/--seeds (same split, settings and model), e.g. one seed per machine",
-)  # fmt: skip
+)
 if merge:
     merged = ca.comparisons(root)
-    at = st.selectbox("Stored comparisons", range(len(merged)), key="correct_comparison",
-                      format_func=lambda i: f"runs {', '.join(f'#{r}' for r in merged[i]['run_ids'])} "
-                                            f"{merged[i]['target']} · {merged[i]['kind']} · seeds {merged[i]['seed_list']}")  # fmt: skip
+    at = st.selectbox(
+        "Stored comparisons",
+        range(len(merged)),
+        key="correct_comparison",
+        format_func=lambda i: (
+            f"runs {', '.join(f'#{r}' for r in merged[i]['run_ids'])} "
+            f"{merged[i]['target']} · {merged[i]['kind']} · seeds {merged[i]['seed_list']}"
+        ),
+    )
     first = merged[at]["run_ids"][0]
     show_run(next((r for r in stored if r.id == first), None) or ca.run(root, first), merged[at])
 elif stored:
-    chosen = st.selectbox("Stored runs", [r.id for r in stored], key="correct_run",
-                          format_func=lambda i: next(f"#{r.id} {r.result['target']} · {r.kind} · "
-                                                     f"{r.created_at:%Y-%m-%d %H:%M}" for r in stored if r.id == i))  # fmt: skip
+    chosen = st.selectbox(
+        "Stored runs",
+        [r.id for r in stored],
+        key="correct_run",
+        format_func=lambda i: next(
+            f"#{r.id} {r.result['target']} · {r.kind} · {r.created_at:%Y-%m-%d %H:%M}"
+            for r in stored
+            if r.id == i
+        ),
+    )
     show_run(next(r for r in stored if r.id == chosen))
 else:
     st.info(

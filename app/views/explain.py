@@ -30,9 +30,17 @@ stored = xd.simulations(root, state.model_id)
 if not stored:
     st.info("No study is stored for this model yet: run one above (or `fastif simulate --workspace W`).")
     st.stop()
-chosen = st.selectbox("Stored studies", [s.id for s in stored], key="simulation", format_func=lambda i: next(
-    f"#{s.id} · {len(s.result['examples'])} test examples · {len(s.result['learning_rates'])} learning rates · "
-    f"{fmt.when(s.created_at)}" for s in stored if s.id == i))  # fmt: skip
+chosen = st.selectbox(
+    "Stored studies",
+    [s.id for s in stored],
+    key="simulation",
+    format_func=lambda i: next(
+        f"#{s.id} · {len(s.result['examples'])} test examples · {len(s.result['learning_rates'])} learning rates · "
+        f"{fmt.when(s.created_at)}"
+        for s in stored
+        if s.id == i
+    ),
+)
 run = next(s for s in stored if s.id == chosen)
 result, secs = run.result, run.result["seconds"]
 sim = result["simulator"]
@@ -46,12 +54,20 @@ ui.aggregate(result)
 
 st.subheader("One test example")
 examples = result["examples"]
-pick = st.selectbox("Test example", range(len(examples)), key="sim_example",
-                    format_func=lambda i: ui.example_label(examples[i]))  # fmt: skip
+pick = st.selectbox(
+    "Test example",
+    range(len(examples)),
+    key="sim_example",
+    format_func=lambda i: ui.example_label(examples[i]),
+)
 ex = examples[pick]
 st.caption(f"Loss before any step {ex['loss_before']:.4f} (target: {ex['target']}).")
 ui.curves_chart(ui.curves_frame(ex["curves"], result["learning_rates"]), ui.example_label(ex))
-st.page_link(render.EXAMPLE_PAGE, label=f"Open {ex['example_id']}", query_params={"example": ex["example_id"]},
-             icon=":material/open_in_new:")  # fmt: skip
+st.page_link(
+    render.EXAMPLE_PAGE,
+    label=f"Open {ex['example_id']}",
+    query_params={"example": ex["example_id"]},
+    icon=":material/open_in_new:",
+)
 with st.expander("Explanation examples"):
     st.json(ex["explanations"], expanded=False)

@@ -19,8 +19,10 @@ from app.graph_figure import GraphView, correlation_figure, graph_figure
 root = da.workspace_root()
 state = da.workspace_state(root)
 st.title("Influence graphs")
-st.caption("Test examples on the outer circle (one arc per slice), training examples inside, placed at the weighted "
-           "geometric median of the test examples they influence. Negative influence = helpful, positive = harmful.")  # fmt: skip
+st.caption(
+    "Test examples on the outer circle (one arc per slice), training examples inside, placed at the weighted "
+    "geometric median of the test examples they influence. Negative influence = helpful, positive = harmful."
+)
 
 graphs = gd.list_graphs(root, state.model_id)
 with st.expander("Compute a new graph", expanded=not graphs):
@@ -34,8 +36,13 @@ if not graphs:
 
 ids = [g.id for g in graphs]
 wanted = st.query_params.get("graph", "")
-chosen = st.selectbox("Stored graph", ids, index=ids.index(int(wanted)) if wanted.isdigit() and int(wanted) in ids else 0,
-                      format_func=lambda i: gd.describe(next(g for g in graphs if g.id == i)), key="graph_id")  # fmt: skip
+chosen = st.selectbox(
+    "Stored graph",
+    ids,
+    index=ids.index(int(wanted)) if wanted.isdigit() and int(wanted) in ids else 0,
+    format_func=lambda i: gd.describe(next(g for g in graphs if g.id == i)),
+    key="graph_id",
+)
 st.query_params["graph"] = str(chosen)
 loaded = gd.load(root, int(chosen))
 if loaded is None:
@@ -44,9 +51,11 @@ if loaded is None:
 result = loaded.info.result
 view = GraphView.of(loaded.arrays, list(result["slices"]), loaded.examples)
 s = result["seconds"]
-st.caption(f"{result['num_nodes']:,} nodes ({result['num_test_nodes']} test, {result['num_train_nodes']:,} training) · "
-           f"{result['num_edges']:,} edges · computed in {s['total']:.0f} s (influence {s['influence']:.0f} s, layout "
-           f"{s['layout']:.2f} s) · test set {', '.join(f'{k} {v}' for k, v in result['test_set'].items())}")  # fmt: skip
+st.caption(
+    f"{result['num_nodes']:,} nodes ({result['num_test_nodes']} test, {result['num_train_nodes']:,} training) · "
+    f"{result['num_edges']:,} edges · computed in {s['total']:.0f} s (influence {s['influence']:.0f} s, layout "
+    f"{s['layout']:.2f} s) · test set {', '.join(f'{k} {v}' for k, v in result['test_set'].items())}"
+)
 
 settings = gc.view_controls(view.slices, view.max_abs(), key=f"g{chosen}", start=view.default_threshold())
 columns = st.columns(len(settings.sides))
@@ -55,8 +64,13 @@ for col, side in zip(columns, settings.sides, strict=True):
         fig = graph_figure(
             view, side, settings.threshold, settings.slices, height=720 if len(columns) == 1 else 560
         )
-        event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"plot_{chosen}_{side}",
-                                config={"displaylogo": False, "scrollZoom": True})  # fmt: skip
+        event = st.plotly_chart(
+            fig,
+            on_select="rerun",
+            selection_mode="points",
+            key=f"plot_{chosen}_{side}",
+            config={"displaylogo": False, "scrollZoom": True},
+        )
         points = [p for p in event.selection.points if p.get("customdata")]
         if points:
             st.switch_page(render.EXAMPLE_PAGE, query_params={"example": str(points[0]["customdata"][0])})
@@ -65,12 +79,22 @@ st.caption("Click a node to open its example. Scroll to zoom, drag to pan, doubl
 st.subheader("Slice statistics (Table 4)")
 stats = gd.statistics_frame(result)
 st.dataframe(stats, hide_index=True, width="stretch")
-st.download_button("Download slice statistics (CSV)", stats.to_csv(index=False), f"graph{chosen}_statistics.csv",
-                   "text/csv", icon=":material/download:")  # fmt: skip
+st.download_button(
+    "Download slice statistics (CSV)",
+    stats.to_csv(index=False),
+    f"graph{chosen}_statistics.csv",
+    "text/csv",
+    icon=":material/download:",
+)
 st.subheader("Slice correlations (Table 5)")
 st.plotly_chart(correlation_figure(result["correlation"]), width="stretch", key=f"corr_{chosen}")
 corr = gd.correlation_frame(result)
 with st.expander("Correlation table"):
     st.dataframe(corr, hide_index=True, width="stretch")
-st.download_button("Download slice correlations (CSV)", corr.to_csv(index=False), f"graph{chosen}_correlations.csv",
-                   "text/csv", icon=":material/download:")  # fmt: skip
+st.download_button(
+    "Download slice correlations (CSV)",
+    corr.to_csv(index=False),
+    f"graph{chosen}_correlations.csv",
+    "text/csv",
+    icon=":material/download:",
+)

@@ -37,9 +37,12 @@ cancellable = da.list_jobs(root, ["queued", "running"])
 if cancellable:
     with st.form("cancel_form"):
         chosen = st.selectbox(
-            "Cancel a queued or running job", [j.id for j in cancellable],
-            format_func=lambda i: next(f"#{j.id} {j.kind}: {fmt.job_subject(j)} ({j.status})" for j in cancellable if j.id == i),
-        )  # fmt: skip
+            "Cancel a queued or running job",
+            [j.id for j in cancellable],
+            format_func=lambda i: next(
+                f"#{j.id} {j.kind}: {fmt.job_subject(j)} ({j.status})" for j in cancellable if j.id == i
+            ),
+        )
         if st.form_submit_button("Cancel job", icon=":material/cancel:"):
             cancelled = da.cancel_job(root, int(chosen))
             render.job_status(cancelled)

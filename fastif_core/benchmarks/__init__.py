@@ -142,13 +142,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="latency of one click with the dashboard's default preset or the run's scaled one",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed (test examples, LiSSA, random removal)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed (test examples, LiSSA, random removal)")
     p.add_argument(
-        "--section", choices=["all", "solvers", "many"], default="all",
+        "--section",
+        choices=["all", "solvers", "many"],
+        default="all",
         help="all: every section (bench.json); solvers: only the s_test solver comparison (solvers.json, "
         "resumable: reference repetitions are kept under OUT/reference); many: many test examples at once "
         "(many.json: batched vs single queries, the full matrix, the scoring cross-over, matrix store I/O)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--many-tests",
         type=int,
@@ -156,14 +158,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="many: test examples of the batched-vs-single row (0: skip it, e.g. to measure the cross-over)",
     )
     p.add_argument(
-        "--matrix-tests", type=int, default=400,
+        "--matrix-tests",
+        type=int,
+        default=400,
         help="many: test examples of the full matrix (0: skip it, e.g. when `fastif matrix --full` measures it)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--many-preset", choices=PRESETS, default="default",
+        "--many-preset",
+        choices=PRESETS,
+        default="default",
         help="many: s_test preset of both sides (default: the engine's default; gauss_newton_direct makes "
         "s_test cheap, so the rows compare scoring)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--ref-repeats", type=int, default=8, help="solvers: repetitions T of the paper's LiSSA reference"
     )
@@ -172,19 +178,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--l2-examples", type=int, default=10, help="solvers: test examples of the L2 convention check"
     )
     p.add_argument(
-        "--solver-parts", type=_parts, default=None,
+        "--solver-parts",
+        type=_parts,
+        default=None,
         help="solvers: comma-separated subset of reference, compare, l2, click (default all); the results "
         "of the other parts are kept from OUT/solvers.json",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--ref-shard", type=_shard, default=(0, 1), metavar="I/N",
+        "--ref-shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="I/N",
         help="solvers: fill the reference of every N-th test example from the I-th (N processes, e.g. one "
         "thread each with OMP_NUM_THREADS=1, share the reference; the cache is the same)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--only-solvers", default=None,
+        "--only-solvers",
+        default=None,
         help="solvers: comma-separated subset of paper, lissa_batched, gn_cg_b16, gn_cg_b32, gn_cg_b64, hessian_cg_b16",
-    )  # fmt: skip
+    )
 
 
 def config_from_args(a: argparse.Namespace) -> Any:
@@ -192,12 +204,21 @@ def config_from_args(a: argparse.Namespace) -> Any:
     from fastif_core.benchmarks.common import BenchConfig
 
     return BenchConfig(
-        test_examples=a.test_examples, timed_examples=a.timed_examples, quick=a.quick, devices=a.devices,
-        retrain=a.retrain, seed=a.seed, ks=a.ks, depth=a.depth, original_batch=a.original_batch,
-        grid_depths=a.grid_depths, grid_batches=a.grid_batches, grid_repeats=a.grid_repeats,
+        test_examples=a.test_examples,
+        timed_examples=a.timed_examples,
+        quick=a.quick,
+        devices=a.devices,
+        retrain=a.retrain,
+        seed=a.seed,
+        ks=a.ks,
+        depth=a.depth,
+        original_batch=a.original_batch,
+        grid_depths=a.grid_depths,
+        grid_batches=a.grid_batches,
+        grid_repeats=a.grid_repeats,
         retrain_examples=a.retrain_examples,
         latency_default_preset=None if a.click_preset is None else a.click_preset == "default",
-    )  # fmt: skip
+    )
 
 
 def run_from_args(a: argparse.Namespace) -> int:
@@ -263,9 +284,18 @@ def run_solvers(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     finally:
         store.close()
     examples = _balanced_head(pool, a.test_examples)
-    return run_solver_section(loaded, examples, Path(a.out), ref_repeats=a.ref_repeats, k=a.solver_k,
-                              l2_examples=pool[: a.l2_examples], solvers=solvers, progress=progress,
-                              parts=a.solver_parts or PARTS, ref_shard=a.ref_shard)  # fmt: skip
+    return run_solver_section(
+        loaded,
+        examples,
+        Path(a.out),
+        ref_repeats=a.ref_repeats,
+        k=a.solver_k,
+        l2_examples=pool[: a.l2_examples],
+        solvers=solvers,
+        progress=progress,
+        parts=a.solver_parts or PARTS,
+        ref_shard=a.ref_shard,
+    )
 
 
 def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
@@ -283,8 +313,9 @@ def run_many(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
     with Store.open(a.workspace) as store:
         n = max(a.many_tests, a.matrix_tests)
         pool = choose_test_examples(store, loaded, n, a.seed) if n > 0 else []
-    cfg = InfluenceConfig(s_test=STestConfig.preset(a.many_preset, seed=a.seed),
-                          k=min(a.solver_k, len(loaded.train_ids)))  # fmt: skip
+    cfg = InfluenceConfig(
+        s_test=STestConfig.preset(a.many_preset, seed=a.seed), k=min(a.solver_k, len(loaded.train_ids))
+    )
     ids = [e.id for e in pool]
     return run_section(
         loaded, ids[: a.many_tests], ids[: a.matrix_tests], cfg, Path(a.out), progress=progress

@@ -13,8 +13,11 @@ from typing import Any
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.errors import ConfigError, WorkspaceError
 
-PAPER = {"original": {"depth": 1000, "batch_size": 128, "repeats": 1}, "fast": {"depth": 1000, "batch_size": 1,
-         "repeats": 1}, "ks": [100, 1000]}  # fmt: skip
+PAPER = {
+    "original": {"depth": 1000, "batch_size": 128, "repeats": 1},
+    "fast": {"depth": 1000, "batch_size": 1, "repeats": 1},
+    "ks": [100, 1000],
+}
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors config.py
@@ -101,12 +104,15 @@ def choose_test_examples(store: Any, loaded: Any, n: int, seed: int) -> list[Tes
     train_dataset = store.get_examples(loaded.train_ids[:1], model_id)[0].dataset
     pools = {}
     for correct in (True, False):
-        rows = store.query_examples(dataset=train_dataset, in_training_set=False, correct=correct,
-                                    model_id=model_id, limit=None)  # fmt: skip
+        rows = store.query_examples(
+            dataset=train_dataset, in_training_set=False, correct=correct, model_id=model_id, limit=None
+        )
         pools[correct] = rows
     if not pools[True] and not pools[False]:
-        pools = {c: store.query_examples(in_training_set=False, correct=c, model_id=model_id, limit=None)
-                 for c in (True, False)}  # fmt: skip
+        pools = {
+            c: store.query_examples(in_training_set=False, correct=c, model_id=model_id, limit=None)
+            for c in (True, False)
+        }
     rows = _balanced(pools, n, random.Random(seed))
     if not rows:
         raise WorkspaceError(
@@ -139,8 +145,15 @@ def spread(values: Sequence[float]) -> dict[str, float | int]:
     if not xs:
         return {"n": 0}
     q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-    return {"n": len(xs), "median": q[1], "q1": q[0], "q3": q[2], "min": xs[0], "max": xs[-1],
-            "mean": statistics.fmean(xs)}  # fmt: skip
+    return {
+        "n": len(xs),
+        "median": q[1],
+        "q1": q[0],
+        "q3": q[2],
+        "min": xs[0],
+        "max": xs[-1],
+        "mean": statistics.fmean(xs),
+    }
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float | int | None]:

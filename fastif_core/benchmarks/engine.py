@@ -121,7 +121,7 @@ def bench_scoring(
             "rows": [int(r) for r in ref_rows],
             "jvp": prefix.detach().double().cpu().tolist(),
             "reference": ref_values.detach().double().cpu().tolist(),
-        },  # fmt: skip
+        },
     }
 
 

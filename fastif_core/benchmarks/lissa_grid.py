@@ -43,8 +43,22 @@ def tradeoff(loaded: Any, ex: TestExample, cfg: BenchConfig, progress: Progress)
         if ref is None:
             ref, ref_scores = est.s_test, scores
         error = float((est.s_test - ref).double().norm() / ref.double().norm())
-        rows.append({"depth": j, "batch_size": b, "repeats": t, "hvp_examples": j * b * t, "seconds": seconds,
-                     "error_norm": error, "rel_std": est.rel_std, "norm": est.norm,
-                     "influence_pearson": correlations(scores, ref_scores)["pearson"]})  # fmt: skip
-    return {"example_id": ex.id, "reference": {"depth": points[0][0], "batch_size": points[0][1],
-            "repeats": points[0][2]}, "candidates": len(candidates), "points": rows}  # fmt: skip
+        rows.append(
+            {
+                "depth": j,
+                "batch_size": b,
+                "repeats": t,
+                "hvp_examples": j * b * t,
+                "seconds": seconds,
+                "error_norm": error,
+                "rel_std": est.rel_std,
+                "norm": est.norm,
+                "influence_pearson": correlations(scores, ref_scores)["pearson"],
+            }
+        )
+    return {
+        "example_id": ex.id,
+        "reference": {"depth": points[0][0], "batch_size": points[0][1], "repeats": points[0][2]},
+        "candidates": len(candidates),
+        "points": rows,
+    }

@@ -34,9 +34,13 @@ from fastif_core.config import InfluenceConfig, to_dict
 
 
 def store_benchmark(
-    rows: int = 400, cols: int = 8000, row_block: int = 32, col_block: int = 1024, url: str | None = None,
+    rows: int = 400,
+    cols: int = 8000,
+    row_block: int = 32,
+    col_block: int = 1024,
+    url: str | None = None,
     seed: int = 0,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Seconds to write (block by block, one transaction each, as a matrix job does) and read back a
     random ``rows × cols`` float32 matrix; the values read equal the values written."""
     from fastif_core.store import Store
@@ -47,9 +51,16 @@ def store_benchmark(
         store = Store.open(tmp, url=url)
         try:
             model = store.get_or_create_model("bench", "none", {"bench": time.time()}, ["a"])
-            info = sm.start_matrix(store, model_id=model.id, test_ids=[f"t{i}" for i in range(rows)],
-                                   train_positions=list(range(cols)), config={"bench": time.time()}, full=True,
-                                   row_block=row_block, col_block=col_block)  # fmt: skip
+            info = sm.start_matrix(
+                store,
+                model_id=model.id,
+                test_ids=[f"t{i}" for i in range(rows)],
+                train_positions=list(range(cols)),
+                config={"bench": time.time()},
+                full=True,
+                row_block=row_block,
+                col_block=col_block,
+            )
             t0 = time.perf_counter()
             for r, c in info.blocks():
                 sm.save_chunk(store, info.id, r, c, values[r : r + row_block, c : c + col_block])
@@ -58,10 +69,18 @@ def store_benchmark(
             t2 = time.perf_counter()
         finally:
             store.close()
-    return {"rows": rows, "cols": cols, "row_block": row_block, "col_block": col_block,
-            "blocks": len(info.blocks()), "megabytes": values.nbytes / 2**20, "write_seconds": t1 - t0,
-            "read_seconds": t2 - t1, "equal": bool(np.array_equal(back, values)),
-            "database": url or "sqlite (scratch file)"}  # fmt: skip
+    return {
+        "rows": rows,
+        "cols": cols,
+        "row_block": row_block,
+        "col_block": col_block,
+        "blocks": len(info.blocks()),
+        "megabytes": values.nbytes / 2**20,
+        "write_seconds": t1 - t0,
+        "read_seconds": t2 - t1,
+        "equal": bool(np.array_equal(back, values)),
+        "database": url or "sqlite (scratch file)",
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -83,16 +102,27 @@ def batched_vs_single(loaded: Any, example_ids: Sequence[str], cfg: InfluenceCon
     many = compute_many(obj, batches, loaded.train, cands, cfg)
     _sync(device)
     t1 = time.perf_counter()
-    singles = [compute_influence(obj, b, loaded.train, None if cands is None else cands[m], cfg)
-               for m, b in enumerate(batches)]  # fmt: skip
+    singles = [
+        compute_influence(obj, b, loaded.train, None if cands is None else cands[m], cfg)
+        for m, b in enumerate(batches)
+    ]
     _sync(device)
     t2 = time.perf_counter()
-    diffs = [float((many.result(m).values - s.values).abs().max() / s.values.abs().max().clamp_min(1e-30))
-             for m, s in enumerate(singles)]  # fmt: skip
-    return {"tests": len(example_ids), "k": cfg.k, "union_columns": len(many.columns),
-            "batched_seconds": t1 - t0, "batched_stages": many.seconds, "single_seconds": t2 - t1,
-            "single_stages": {k: sum(s.seconds[k] for s in singles) for k in singles[0].seconds},
-            "speedup": (t2 - t1) / (t1 - t0), "max_rel_diff": max(diffs)}  # fmt: skip
+    diffs = [
+        float((many.result(m).values - s.values).abs().max() / s.values.abs().max().clamp_min(1e-30))
+        for m, s in enumerate(singles)
+    ]
+    return {
+        "tests": len(example_ids),
+        "k": cfg.k,
+        "union_columns": len(many.columns),
+        "batched_seconds": t1 - t0,
+        "batched_stages": many.seconds,
+        "single_seconds": t2 - t1,
+        "single_stages": {k: sum(s.seconds[k] for s in singles) for k in singles[0].seconds},
+        "speedup": (t2 - t1) / (t1 - t0),
+        "max_rel_diff": max(diffs),
+    }
 
 
 def full_matrix(
@@ -111,29 +141,49 @@ def crossover(loaded: Any, ms: Sequence[int], candidates: int, jvp_max_m: int = 
     from fastif_core.benchmarks.scoring import scoring_benchmark
 
     result = scoring_benchmark(loaded.objective, loaded.train, candidates, ms, jvp_max_m=jvp_max_m)
-    per_pair = {m: {p: 1.0 / row[p]["pairs_per_s"] for p in ("jvp", "per_example")} | {"auto": row["auto_choice"]}
-                for m, row in result["rows"].items()}  # fmt: skip
+    per_pair = {
+        m: {p: 1.0 / row[p]["pairs_per_s"] for p in ("jvp", "per_example")} | {"auto": row["auto_choice"]}
+        for m, row in result["rows"].items()
+    }
     measured = next((int(m) for m, r in per_pair.items() if r["per_example"] < r["jvp"]), None)
     model = next((int(m) for m, r in per_pair.items() if r["auto"] == "per_example"), None)
-    return {"seconds_per_pair": per_pair, "measured_crossover_m": measured, "cost_model_crossover_m": model,
-            "raw": result}  # fmt: skip
+    return {
+        "seconds_per_pair": per_pair,
+        "measured_crossover_m": measured,
+        "cost_model_crossover_m": model,
+        "raw": result,
+    }
 
 
 def run_section(
-    loaded: Any, example_ids: Sequence[str], matrix_ids: Sequence[str], cfg: InfluenceConfig, out: Path,
-    *, row_block: int = 32, ms: Sequence[int] = (1, 2, 4, 16, 32), candidates: int = 64, progress: Any = None,
-) -> dict[str, Any]:  # fmt: skip
+    loaded: Any,
+    example_ids: Sequence[str],
+    matrix_ids: Sequence[str],
+    cfg: InfluenceConfig,
+    out: Path,
+    *,
+    row_block: int = 32,
+    ms: Sequence[int] = (1, 2, 4, 16, 32),
+    candidates: int = 64,
+    progress: Any = None,
+) -> dict[str, Any]:
     """All four figures side by side (the full matrix only with ``matrix_ids``, batched vs single only with
     ``example_ids``), written to
     ``out/many.json`` after each one (resumable by hand)."""
     out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"device": str(loaded.objective.device), "threads": torch.get_num_threads(),
-                              "config": to_dict(cfg),
-                              "num_train": len(loaded.train_ids), "trainable_params": loaded.objective.num_params}  # fmt: skip
-    steps = (("store", lambda: store_benchmark()),
-             ("crossover", lambda: crossover(loaded, ms, candidates)),
-             ("batched", lambda: batched_vs_single(loaded, example_ids, cfg)),
-             ("full", lambda: full_matrix(loaded, matrix_ids, cfg, row_block)))  # fmt: skip
+    result: dict[str, Any] = {
+        "device": str(loaded.objective.device),
+        "threads": torch.get_num_threads(),
+        "config": to_dict(cfg),
+        "num_train": len(loaded.train_ids),
+        "trainable_params": loaded.objective.num_params,
+    }
+    steps = (
+        ("store", lambda: store_benchmark()),
+        ("crossover", lambda: crossover(loaded, ms, candidates)),
+        ("batched", lambda: batched_vs_single(loaded, example_ids, cfg)),
+        ("full", lambda: full_matrix(loaded, matrix_ids, cfg, row_block)),
+    )
     # no matrix tests: the full matrix is measured elsewhere (`fastif matrix --full`); no many tests: no
     # batched-vs-single row (e.g. to measure the cross-over alone)
     steps = tuple(s for s in steps if (s[0] != "full" or matrix_ids) and (s[0] != "batched" or example_ids))

@@ -25,13 +25,24 @@ def speed_figure(result: dict[str, Any]) -> go.Figure:
         tables.append((result["speed"]["multi"]["devices"], result["speed"]["multi"]["rows"]))
     for name, rows in tables:
         med = [r["seconds"]["median"] for r in rows.values()]
-        fig.add_bar(name=name, x=list(rows), y=med,
-                    error_y={"type": "data", "symmetric": False,
-                             "array": [r["seconds"]["q3"] - m for r, m in zip(rows.values(), med, strict=True)],
-                             "arrayminus": [m - r["seconds"]["q1"] for r, m in zip(rows.values(), med, strict=True)]},
-                    text=[f"{r['speedup_vs_full']:.1f}×" for r in rows.values()], textposition="outside")  # fmt: skip
-    fig.update_layout(title="Time per test example (median; label = speed-up over full)", barmode="group",
-                      yaxis={"title": "seconds", "type": "log"})  # fmt: skip
+        fig.add_bar(
+            name=name,
+            x=list(rows),
+            y=med,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [r["seconds"]["q3"] - m for r, m in zip(rows.values(), med, strict=True)],
+                "arrayminus": [m - r["seconds"]["q1"] for r, m in zip(rows.values(), med, strict=True)],
+            },
+            text=[f"{r['speedup_vs_full']:.1f}×" for r in rows.values()],
+            textposition="outside",
+        )
+    fig.update_layout(
+        title="Time per test example (median; label = speed-up over full)",
+        barmode="group",
+        yaxis={"title": "seconds", "type": "log"},
+    )
     return fig
 
 
@@ -53,10 +64,17 @@ def quality_figure(result: dict[str, Any]) -> go.Figure:
     fig = go.Figure()
     for metric in ("pearson", "spearman", "kendall"):
         stats = [r["by_group"]["all"][metric] for r in rows.values()]
-        fig.add_bar(name=metric, x=list(rows), y=[s["mean"] for s in stats],
-                    error_y={"type": "data", "array": [s["std"] for s in stats]})  # fmt: skip
-    fig.update_layout(title="Fast vs full influence over the shared candidates", barmode="group",
-                      yaxis={"title": "correlation", "range": [-1, 1.05]})  # fmt: skip
+        fig.add_bar(
+            name=metric,
+            x=list(rows),
+            y=[s["mean"] for s in stats],
+            error_y={"type": "data", "array": [s["std"] for s in stats]},
+        )
+    fig.update_layout(
+        title="Fast vs full influence over the shared candidates",
+        barmode="group",
+        yaxis={"title": "correlation", "range": [-1, 1.05]},
+    )
     return fig
 
 
@@ -64,17 +82,38 @@ def recall_figure(result: dict[str, Any]) -> go.Figure:
     """R@m against k for each m (rows) and kind (columns), by correct/incorrect, with random selection."""
     rec = result["recall"]
     ms, kinds = [str(m) for m in rec["ms"]], ("helpful", "harmful", "unsigned")
-    fig = make_subplots(rows=len(ms), cols=3, shared_xaxes=True, shared_yaxes=True,
-                        subplot_titles=[f"R@{m} {k}" for m in ms for k in kinds])  # fmt: skip
+    fig = make_subplots(
+        rows=len(ms),
+        cols=3,
+        shared_xaxes=True,
+        shared_yaxes=True,
+        subplot_titles=[f"R@{m} {k}" for m in ms for k in kinds],
+    )
     for r, m in enumerate(ms, start=1):
         for c, kind in enumerate(kinds, start=1):
             for group, dash in GROUP_DASH.items():
                 curve = rec["by_group"][group][m][kind]
                 if curve:
-                    fig.add_scatter(x=rec["ks"], y=curve, name=group, legendgroup=group, row=r, col=c,
-                                    showlegend=r == c == 1, line={"dash": dash, "color": KIND_COLOURS[kind]})  # fmt: skip
-            fig.add_scatter(x=rec["ks"], y=rec["random"], name="random", legendgroup="random", row=r, col=c,
-                            showlegend=r == c == 1, line={"color": KIND_COLOURS["random"]})  # fmt: skip
+                    fig.add_scatter(
+                        x=rec["ks"],
+                        y=curve,
+                        name=group,
+                        legendgroup=group,
+                        row=r,
+                        col=c,
+                        showlegend=r == c == 1,
+                        line={"dash": dash, "color": KIND_COLOURS[kind]},
+                    )
+            fig.add_scatter(
+                x=rec["ks"],
+                y=rec["random"],
+                name="random",
+                legendgroup="random",
+                row=r,
+                col=c,
+                showlegend=r == c == 1,
+                line={"color": KIND_COLOURS["random"]},
+            )
     fig.update_xaxes(type="log", title_text="k")
     fig.update_yaxes(range=[0, 1.05])
     fig.update_layout(title="kNN recall of full enumeration's top-m", height=320 * len(ms))
@@ -84,14 +123,26 @@ def recall_figure(result: dict[str, Any]) -> go.Figure:
 def lissa_figure(result: dict[str, Any]) -> go.Figure:
     """s_test trade-off: seconds vs relative error norm for each (J, B, T)."""
     pts = result["lissa_tradeoff"]["points"]
-    fig = go.Figure(go.Scatter(
-        x=[p["seconds"] for p in pts], y=[p["error_norm"] for p in pts], mode="markers+text",
-        text=[f"J={p['depth']} B={p['batch_size']} T={p['repeats']}" for p in pts], textposition="top center",
-        marker={"size": 10, "color": [p["influence_pearson"] or 0 for p in pts], "colorscale": "Viridis",
-                "colorbar": {"title": "influence r"}},
-    ))  # fmt: skip
-    fig.update_layout(title="s_test: time vs error (vs the most expensive setting)",
-                      xaxis={"title": "seconds", "type": "log"}, yaxis={"title": "‖s − s_ref‖ / ‖s_ref‖"})  # fmt: skip
+    fig = go.Figure(
+        go.Scatter(
+            x=[p["seconds"] for p in pts],
+            y=[p["error_norm"] for p in pts],
+            mode="markers+text",
+            text=[f"J={p['depth']} B={p['batch_size']} T={p['repeats']}" for p in pts],
+            textposition="top center",
+            marker={
+                "size": 10,
+                "color": [p["influence_pearson"] or 0 for p in pts],
+                "colorscale": "Viridis",
+                "colorbar": {"title": "influence r"},
+            },
+        )
+    )
+    fig.update_layout(
+        title="s_test: time vs error (vs the most expensive setting)",
+        xaxis={"title": "seconds", "type": "log"},
+        yaxis={"title": "‖s − s_ref‖ / ‖s_ref‖"},
+    )
     return fig
 
 
@@ -103,9 +154,18 @@ def retrain_figure(result: dict[str, Any]) -> go.Figure:
         points = result["retrain"][name]["points"]
         for kind in ("helpful", "harmful", "random"):
             sel = [p for p in points if p["kind"] == kind]
-            fig.add_scatter(x=[p["predicted"] for p in sel], y=[p["actual"] for p in sel], mode="markers",
-                            name=kind, legendgroup=kind, showlegend=c == 1, row=1, col=c,
-                            marker={"color": KIND_COLOURS[kind]}, text=[f"m={p['m']}" for p in sel])  # fmt: skip
+            fig.add_scatter(
+                x=[p["predicted"] for p in sel],
+                y=[p["actual"] for p in sel],
+                mode="markers",
+                name=kind,
+                legendgroup=kind,
+                showlegend=c == 1,
+                row=1,
+                col=c,
+                marker={"color": KIND_COLOURS[kind]},
+                text=[f"m={p['m']}" for p in sel],
+            )
     fig.update_xaxes(title_text="predicted Δ test loss")
     fig.update_yaxes(title_text="actual Δ test loss")
     fig.update_layout(title="Retraining check: remove top-m, retrain, change in test loss")
@@ -116,16 +176,29 @@ def engine_figure(result: dict[str, Any]) -> go.Figure:
     """Throughput of the plain forward floor, batched JVP scoring and the per-example backward reference."""
     eng = result["engine"]
     names = ["forward (floor)", "JVP scoring", "backward reference"]
-    rates = [eng["forward"]["examples_per_s"], eng["scoring"]["jvp"]["examples_per_s"],
-             eng["scoring"]["reference"]["examples_per_s"]]  # fmt: skip
+    rates = [
+        eng["forward"]["examples_per_s"],
+        eng["scoring"]["jvp"]["examples_per_s"],
+        eng["scoring"]["reference"]["examples_per_s"],
+    ]
     fig = go.Figure(go.Bar(x=names, y=rates, text=[f"{r:.1f}/s" for r in rates], textposition="outside"))
-    fig.update_layout(title=f"Engine: JVP {eng['jvp_speedup_vs_reference']:.1f}× the reference, "
-                            f"{eng['scoring_cost_vs_forward']:.2f}× a forward", yaxis_title="examples / s")  # fmt: skip
+    fig.update_layout(
+        title=f"Engine: JVP {eng['jvp_speedup_vs_reference']:.1f}× the reference, "
+        f"{eng['scoring_cost_vs_forward']:.2f}× a forward",
+        yaxis_title="examples / s",
+    )
     return fig
 
 
-BUILDERS = {"speed": speed_figure, "latency": latency_figure, "quality": quality_figure, "recall": recall_figure,
-            "lissa_tradeoff": lissa_figure, "retrain": retrain_figure, "engine": engine_figure}  # fmt: skip
+BUILDERS = {
+    "speed": speed_figure,
+    "latency": latency_figure,
+    "quality": quality_figure,
+    "recall": recall_figure,
+    "lissa_tradeoff": lissa_figure,
+    "retrain": retrain_figure,
+    "engine": engine_figure,
+}
 
 
 def figures(result: dict[str, Any]) -> dict[str, go.Figure]:

@@ -46,11 +46,14 @@ def quality(data: Sequence[ExampleData], ks: Sequence[int]) -> dict:
         for preset in PRESETS:
             per_example = [correlations(d.scores[preset][k], d.full[torch.as_tensor(d.knn[k])]) for d in data]
             table[f"knn{k}/{preset}"] = {
-                "k": k, "preset": preset,
-                "by_group": {g: {m: mean_std([per_example[i][m] for i in idx]) for m in METRICS}
-                             for g, idx in groups([d.example for d in data]).items()},
+                "k": k,
+                "preset": preset,
+                "by_group": {
+                    g: {m: mean_std([per_example[i][m] for i in idx]) for m in METRICS}
+                    for g, idx in groups([d.example for d in data]).items()
+                },
                 "per_example": per_example,
-            }  # fmt: skip
+            }
     return {"rows": table}
 
 
@@ -85,10 +88,17 @@ def recall_curves(
         per_example.append(per_m)
     by_group = {}
     for g, idx in groups([d.example for d in data]).items():
-        by_group[g] = {str(m): {kind: _mean_curve([per_example[i][m][kind] for i in idx]) for kind in KINDS}
-                       for m in ms}  # fmt: skip
-    return {"ks": ks, "ms": ms, "num_train": n, "random": [k / n for k in ks], "by_group": by_group,
-            "examples": {g: len(idx) for g, idx in groups([d.example for d in data]).items()}}  # fmt: skip
+        by_group[g] = {
+            str(m): {kind: _mean_curve([per_example[i][m][kind] for i in idx]) for kind in KINDS} for m in ms
+        }
+    return {
+        "ks": ks,
+        "ms": ms,
+        "num_train": n,
+        "random": [k / n for k in ks],
+        "by_group": by_group,
+        "examples": {g: len(idx) for g, idx in groups([d.example for d in data]).items()},
+    }
 
 
 def _mean_curve(curves: list[list[float]]) -> list[float | None]:

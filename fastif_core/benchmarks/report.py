@@ -15,14 +15,18 @@ def _pm(stat: dict[str, Any]) -> str:
 
 def speed_lines(result: dict[str, Any]) -> list[str]:
     s = result["settings"]
-    lines = [f"Speed (Table 1): {len(result['speed']['single']['rows']['full']['per_example'])} timed test examples, "
-             f"N={result['num_train']}, J={s['depth']}, original B={s['original_batch']}, fast B=1"
-             + (" (scaled down from the paper's J=1000, B=128)" if s["scaled_down"] else ""),
-             f"  {'row':<18}{'median s':>10}{'q1':>9}{'q3':>9}{'speed-up':>10}"]  # fmt: skip
+    lines = [
+        f"Speed (Table 1): {len(result['speed']['single']['rows']['full']['per_example'])} timed test examples, "
+        f"N={result['num_train']}, J={s['depth']}, original B={s['original_batch']}, fast B=1"
+        + (" (scaled down from the paper's J=1000, B=128)" if s["scaled_down"] else ""),
+        f"  {'row':<18}{'median s':>10}{'q1':>9}{'q3':>9}{'speed-up':>10}",
+    ]
     for name, r in result["speed"]["single"]["rows"].items():
         sec = r["seconds"]
-        lines.append(f"  {name:<18}{_num(sec['median']):>10}{_num(sec['q1']):>9}{_num(sec['q3']):>9}"
-                     f"{_num(r['speedup_vs_full'], '.1f'):>9}×")  # fmt: skip
+        lines.append(
+            f"  {name:<18}{_num(sec['median']):>10}{_num(sec['q1']):>9}{_num(sec['q3']):>9}"
+            f"{_num(r['speedup_vs_full'], '.1f'):>9}×"
+        )
     multi = result["speed"].get("multi")
     if multi:
         lines.append(f"  on {multi['devices']}:")
@@ -35,17 +39,23 @@ def other_lines(result: dict[str, Any]) -> list[str]:
     lat, eng = result["latency"], result["engine"]
     sec = lat["seconds"]
     lissa = lat["config"]["s_test"]
-    lines = [f"One click (k={lat['config']['k']}, J={lissa['depth']}, B={lissa['batch_size']}): total {sec['total']:.3g} s = "
-             + ", ".join(f"{k} {sec[k]:.3g}" for k in ("knn", "test_gradient", "s_test", "scoring")),
-             f"Engine: JVP scoring {eng['scoring']['jvp']['examples_per_s']:.1f}/s vs reference "
-             f"{eng['scoring']['reference']['examples_per_s']:.1f}/s = {eng['jvp_speedup_vs_reference']:.1f}×; "
-             f"forward {eng['forward']['examples_per_s']:.1f}/s, scoring costs {eng['scoring_cost_vs_forward']:.2f}× "
-             "a forward",
-             "HVP s/example: " + ", ".join(f"{k} {v['seconds_per_example']:.3g}" for k, v in eng["hvp"].items())]  # fmt: skip
+    lines = [
+        f"One click (k={lat['config']['k']}, J={lissa['depth']}, B={lissa['batch_size']}): total {sec['total']:.3g} s = "
+        + ", ".join(f"{k} {sec[k]:.3g}" for k in ("knn", "test_gradient", "s_test", "scoring")),
+        f"Engine: JVP scoring {eng['scoring']['jvp']['examples_per_s']:.1f}/s vs reference "
+        f"{eng['scoring']['reference']['examples_per_s']:.1f}/s = {eng['jvp_speedup_vs_reference']:.1f}×; "
+        f"forward {eng['forward']['examples_per_s']:.1f}/s, scoring costs {eng['scoring_cost_vs_forward']:.2f}× "
+        "a forward",
+        "HVP s/example: " + ", ".join(f"{k} {v['seconds_per_example']:.3g}" for k, v in eng["hvp"].items()),
+    ]
     geometry = result["speed"]["single"].get("s_test", {})
-    lines.append("s_test geometry, mean ± std: " + "; ".join(
-        f"{p}: cos(s_test, ∇L_test) {_pm(g['cos_with_gradient'])}, cos(s_test, original) {_pm(g['cos_with_original'])}"
-        for p, g in geometry.items()))  # fmt: skip
+    lines.append(
+        "s_test geometry, mean ± std: "
+        + "; ".join(
+            f"{p}: cos(s_test, ∇L_test) {_pm(g['cos_with_gradient'])}, cos(s_test, original) {_pm(g['cos_with_original'])}"
+            for p, g in geometry.items()
+        )
+    )
     lines.append("Quality (Table 3), correlation with full over the kNN candidates, mean ± std:")
     lines.append(f"  {'row':<18}{'pearson':>16}{'spearman':>16}{'kendall':>16}")
     for name, r in result["quality"]["rows"].items():
@@ -73,18 +83,26 @@ def retrain_lines(result: dict[str, Any]) -> list[str]:
     ref = grid["reference"]
     lines.append(f"s_test trade-off vs J={ref['depth']} B={ref['batch_size']} T={ref['repeats']}:")
     for p in grid["points"]:
-        lines.append(f"  J={p['depth']:<5} B={p['batch_size']:<4} T={p['repeats']:<3} {p['seconds']:>8.3g} s  "
-                     f"error {_num(p['error_norm'], '.3f')}  influence r {_num(p['influence_pearson'], '.3f')}")  # fmt: skip
+        lines.append(
+            f"  J={p['depth']:<5} B={p['batch_size']:<4} T={p['repeats']:<3} {p['seconds']:>8.3g} s  "
+            f"error {_num(p['error_norm'], '.3f')}  influence r {_num(p['influence_pearson'], '.3f')}"
+        )
     for name in ("convex", "transformer"):
         r = result["retrain"].get(name)
         if not r:
             continue
-        lines.append(f"Retraining check ({name}): Pearson(predicted, actual) = "
-                     f"{_num(r['pearson_predicted_vs_actual'], '.3f')}; signs {r['signs_at_max_m']}")  # fmt: skip
+        lines.append(
+            f"Retraining check ({name}): Pearson(predicted, actual) = "
+            f"{_num(r['pearson_predicted_vs_actual'], '.3f')}; signs {r['signs_at_max_m']}"
+        )
         for kind, by_m in r["by_kind"].items():
-            lines.append(f"  {kind:<8}" + "  ".join(
-                f"m={m}: {_num(v['actual']['mean'], '+.2e')} (pred {_num(v['predicted']['mean'], '+.2e')})"
-                for m, v in by_m.items()))  # fmt: skip
+            lines.append(
+                f"  {kind:<8}"
+                + "  ".join(
+                    f"m={m}: {_num(v['actual']['mean'], '+.2e')} (pred {_num(v['predicted']['mean'], '+.2e')})"
+                    for m, v in by_m.items()
+                )
+            )
     return lines
 
 
@@ -102,28 +120,36 @@ def summary_text(result: dict[str, Any]) -> str:
 def solver_text(result: dict[str, Any]) -> str:
     """The solver comparison (``fastif bench --section solvers``) as a plain table."""
     summary = result.get("summary", {})
-    lines = [f"s_test solvers vs the paper's LiSSA averaged over T={result['ref_repeats']} "
-             f"({len(result['examples'])} test examples, k={result['k']}):",
-             f"{'solver':<16}{'median s':>10}{'HVPs':>8}{'Pearson':>10}{'top10 help':>12}{'top10 harm':>12}"
-             f"{'rel err':>9}  meets"]  # fmt: skip
+    lines = [
+        f"s_test solvers vs the paper's LiSSA averaged over T={result['ref_repeats']} "
+        f"({len(result['examples'])} test examples, k={result['k']}):",
+        f"{'solver':<16}{'median s':>10}{'HVPs':>8}{'Pearson':>10}{'top10 help':>12}{'top10 harm':>12}"
+        f"{'rel err':>9}  meets",
+    ]
     for name, row in summary.get("table", {}).items():
         if not row["runs"]:
             lines.append(f"{name:<16}  failed: {row['failures'][0][:90] if row['failures'] else '-'}")
             continue
-        lines.append(f"{name:<16}{row['seconds_median']:>10.1f}{row['hvps_median']:>8.0f}{row['pearson']['mean']:>10.4f}"
-                     f"{row['overlap_helpful']['mean']:>12.2f}{row['overlap_harmful']['mean']:>12.2f}"
-                     f"{row['rel_error']['mean']:>9.3f}  {row['meets']}")  # fmt: skip
+        lines.append(
+            f"{name:<16}{row['seconds_median']:>10.1f}{row['hvps_median']:>8.0f}{row['pearson']['mean']:>10.4f}"
+            f"{row['overlap_helpful']['mean']:>12.2f}{row['overlap_harmful']['mean']:>12.2f}"
+            f"{row['rel_error']['mean']:>9.3f}  {row['meets']}"
+        )
     held = [e["reference"].get("held_out_repetition") for e in result.get("examples", [])]
     held = [h for h in held if h]
     if held:
         mean = lambda key: sum(h[key]["mean"] for h in held) / len(held)  # noqa: E731
         secs = [e["reference"]["seconds_per_repeat"] for e in result["examples"]]
-        lines.append(f"{'paper (1 rep.)':<16}{sorted(secs)[len(secs) // 2]:>10.1f}{result['reference'].get('depth', 0):>8}{mean('pearson'):>10.4f}"
-                     f"{mean('overlap_helpful'):>12.2f}{mean('overlap_harmful'):>12.2f}{mean('rel_error'):>9.3f}"
-                     f"  (one reference repetition vs the mean of the other T-1)")  # fmt: skip
+        lines.append(
+            f"{'paper (1 rep.)':<16}{sorted(secs)[len(secs) // 2]:>10.1f}{result['reference'].get('depth', 0):>8}{mean('pearson'):>10.4f}"
+            f"{mean('overlap_helpful'):>12.2f}{mean('overlap_harmful'):>12.2f}{mean('rel_error'):>9.3f}"
+            f"  (one reference repetition vs the mean of the other T-1)"
+        )
     lines.append(f"choice (fastest meeting Pearson >= 0.99, overlap >= 0.8): {summary.get('choice')}")
     for name, lat in result.get("latency", {}).items():
         sec = lat["seconds"]
-        lines.append(f"click ({name}): total {sec['total']:.1f} s = kNN {sec['knn']:.3f} + test gradient "
-                     f"{sec['test_gradient']:.2f} + s_test {sec['s_test']:.1f} + scoring {sec['scoring']:.1f}")  # fmt: skip
+        lines.append(
+            f"click ({name}): total {sec['total']:.1f} s = kNN {sec['knn']:.3f} + test gradient "
+            f"{sec['test_gradient']:.2f} + s_test {sec['s_test']:.1f} + scoring {sec['scoring']:.1f}"
+        )
     return "\n".join(lines)

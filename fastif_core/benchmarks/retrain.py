@@ -54,18 +54,31 @@ def removal_sets(values: Tensor, ms: Sequence[int], seed: int) -> dict[str, dict
 
 def summarize(points: list[dict[str, Any]], ms: Sequence[int]) -> dict:
     """Mean actual and predicted change per kind and m, their Pearson correlation, and the sign checks."""
-    table = {kind: {str(m): {"actual": mean_std([p["actual"] for p in points if p["kind"] == kind and p["m"] == m]),
-                             "predicted": mean_std([p["predicted"] for p in points
-                                                    if p["kind"] == kind and p["m"] == m])}
-                    for m in ms} for kind in KINDS}  # fmt: skip
+    table = {
+        kind: {
+            str(m): {
+                "actual": mean_std([p["actual"] for p in points if p["kind"] == kind and p["m"] == m]),
+                "predicted": mean_std([p["predicted"] for p in points if p["kind"] == kind and p["m"] == m]),
+            }
+            for m in ms
+        }
+        for kind in KINDS
+    }
     actual = torch.tensor([p["actual"] for p in points], dtype=torch.float64)
     predicted = torch.tensor([p["predicted"] for p in points], dtype=torch.float64)
     top = str(max(ms))
     mean = {kind: table[kind][top]["actual"]["mean"] for kind in KINDS}
-    signs = {"harmful_lowers_loss": mean["harmful"] < 0, "helpful_raises_loss": mean["helpful"] > 0,
-             "harmful_below_random_below_helpful": mean["harmful"] < mean["random"] < mean["helpful"]}  # fmt: skip
-    return {"by_kind": table, "pearson_predicted_vs_actual": correlations(predicted, actual)["pearson"],
-            "signs_at_max_m": signs, "points": points}  # fmt: skip
+    signs = {
+        "harmful_lowers_loss": mean["harmful"] < 0,
+        "helpful_raises_loss": mean["helpful"] > 0,
+        "harmful_below_random_below_helpful": mean["harmful"] < mean["random"] < mean["helpful"],
+    }
+    return {
+        "by_kind": table,
+        "pearson_predicted_vs_actual": correlations(predicted, actual)["pearson"],
+        "signs_at_max_m": signs,
+        "points": points,
+    }
 
 
 # --------------------------------------------------------------------------------------------- convex
@@ -79,8 +92,15 @@ def fit_convex(model: nn.Module, objective: Objective, train: TensorExamples, ro
     """Minimise the mean objective over ``rows`` by full-batch L-BFGS; returns the final gradient norm."""
     batch = train.collate(rows)
     params = list(model.parameters())
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=2000, tolerance_grad=1e-11, tolerance_change=1e-15,
-                            history_size=30, line_search_fn="strong_wolfe")  # fmt: skip
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=2000,
+        tolerance_grad=1e-11,
+        tolerance_change=1e-15,
+        history_size=30,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -99,8 +119,13 @@ def convex_check(loaded: Any, examples: Sequence[TestExample], cfg: BenchConfig,
     torch.manual_seed(cfg.seed)
     model = nn.Linear(d, len(loaded.label_names)).double()
     init = copy.deepcopy(model.state_dict())
-    obj = Objective(model, forward=tensor_forward, loss=two_way_aware_cross_entropy,
-                    weight_decay=CONVEX_WEIGHT_DECAY, decay=lambda name, module: True)  # fmt: skip
+    obj = Objective(
+        model,
+        forward=tensor_forward,
+        loss=two_way_aware_cross_entropy,
+        weight_decay=CONVEX_WEIGHT_DECAY,
+        decay=lambda name, module: True,
+    )
     grad_norms = [fit_convex(model, obj, train, range(n))]
     trained = copy.deepcopy(model.state_dict())
     hessian = exact_hessian(obj, train.collate(range(n)))  # (P, P)
@@ -109,20 +134,33 @@ def convex_check(loaded: Any, examples: Sequence[TestExample], cfg: BenchConfig,
         progress(i / len(examples), f"convex retraining: test example {i + 1}/{len(examples)}")
         test = {"x": loaded.features[loaded.feature_rows[ex.id]].double()[None], "labels": ex.batch["labels"]}
         model.load_state_dict(trained)
-        values = score_candidates(obj, torch.linalg.solve(hessian, test_gradient(obj, test)), train, range(n),
-                                  batch_size=4096)  # fmt: skip
+        values = score_candidates(
+            obj, torch.linalg.solve(hessian, test_gradient(obj, test)), train, range(n), batch_size=4096
+        )
         base = float(obj.batch_loss(obj.params, test))
         for kind, by_m in removal_sets(values, ms, cfg.seed + i).items():
             for m, removed in by_m.items():
                 model.load_state_dict(init)
                 grad_norms.append(fit_convex(model, obj, train, sorted(set(range(n)) - set(removed))))
                 loss = float(obj.batch_loss(obj.params, test))
-                points.append({"example_id": ex.id, "kind": kind, "m": m, "actual": loss - base,
-                               "predicted": -float(values[removed].sum()) / n})  # fmt: skip
+                points.append(
+                    {
+                        "example_id": ex.id,
+                        "kind": kind,
+                        "m": m,
+                        "actual": loss - base,
+                        "predicted": -float(values[removed].sum()) / n,
+                    }
+                )
     model.load_state_dict(trained)
-    return {"model": f"L2 logistic regression on frozen pooled features (d={d}, {len(loaded.label_names)} classes)",
-            "weight_decay": CONVEX_WEIGHT_DECAY, "num_train": n, "ms": ms,
-            "max_final_grad_norm": max(grad_norms), **summarize(points, ms)}  # fmt: skip
+    return {
+        "model": f"L2 logistic regression on frozen pooled features (d={d}, {len(loaded.label_names)} classes)",
+        "weight_decay": CONVEX_WEIGHT_DECAY,
+        "num_train": n,
+        "ms": ms,
+        "max_final_grad_norm": max(grad_norms),
+        **summarize(points, ms),
+    }
 
 
 # ---------------------------------------------------------------------------------------- transformer
@@ -159,10 +197,24 @@ def transformer_check(
         for kind, by_m in removal_sets(values, ms, cfg.seed + i).items():
             for m, removed in by_m.items():
                 loss = fine_tune(sorted(set(range(n)) - set(removed)))(ex)
-                points.append({"example_id": ex.id, "kind": kind, "m": m, "actual": loss - base,
-                               "predicted": -float(values[removed].sum()) / n})  # fmt: skip
-    return {"model": str(base_path), "train_config": to_dict(tcfg), "num_train": n,
-            "ms": ms, "examples": len(chosen), "fine_tunings": runs, **summarize(points, ms)}  # fmt: skip
+                points.append(
+                    {
+                        "example_id": ex.id,
+                        "kind": kind,
+                        "m": m,
+                        "actual": loss - base,
+                        "predicted": -float(values[removed].sum()) / n,
+                    }
+                )
+    return {
+        "model": str(base_path),
+        "train_config": to_dict(tcfg),
+        "num_train": n,
+        "ms": ms,
+        "examples": len(chosen),
+        "fine_tunings": runs,
+        **summarize(points, ms),
+    }
 
 
 def _train_setup(loaded: Any) -> tuple[Any, str]:

@@ -100,8 +100,10 @@ def calibration(result: dict) -> dict[str, float]:
     sizes, length = result["sizes"], result["mean_length"]
     mac = result["forward"]["seconds"] / result["candidates"] / (length * sizes["forward"])  # s per MAC
     ms = [int(m) for m in result["rows"]]
-    per_cand = {k: [result["rows"][str(m)][k]["seconds"] / result["candidates"] / mac for m in ms]
-                for k in ("jvp", "per_example")}  # fmt: skip
+    per_cand = {
+        k: [result["rows"][str(m)][k]["seconds"] / result["candidates"] / mac for m in ms]
+        for k in ("jvp", "per_example")
+    }
     jvp_slope = sum(t for t in per_cand["jvp"]) / sum(ms)  # through the origin
     mean_m, mean_t = sum(ms) / len(ms), sum(per_cand["per_example"]) / len(ms)
     cov = sum((m - mean_m) * (t - mean_t) for m, t in zip(ms, per_cand["per_example"], strict=True))

@@ -64,9 +64,14 @@ def _slug(text: str) -> str:
 
 
 def reference(
-    loaded: Any, ex: TestExample, v: Tensor, repeats: int, cache_dir: Path, progress: Progress,
+    loaded: Any,
+    ex: TestExample,
+    v: Tensor,
+    repeats: int,
+    cache_dir: Path,
+    progress: Progress,
     ref_cfg: STestConfig | None = None,
-) -> tuple[Tensor, float]:  # fmt: skip
+) -> tuple[Tensor, float]:
     """``(the repetitions (T, P), median seconds per repetition)`` of
     ``ref_cfg`` (default: the paper's LiSSA) over ``repeats`` repetitions with seeds ``REF_SEED + t``;
     each repetition is read from ``cache_dir`` when it was computed before (for the same settings)."""
@@ -80,9 +85,14 @@ def reference(
 
 
 def reference_repetition(
-    loaded: Any, ex: TestExample, v: Tensor, t: int, cache_dir: Path, ref_cfg: STestConfig,
+    loaded: Any,
+    ex: TestExample,
+    v: Tensor,
+    t: int,
+    cache_dir: Path,
+    ref_cfg: STestConfig,
     progress: Progress = ignore,
-) -> Path:  # fmt: skip
+) -> Path:
     """The cached file of repetition ``t`` (seed ``REF_SEED + t``) of ``ref_cfg`` for ``ex``, computed and
     written first when missing. Keyed by the checkpoint's content (a re-trained model under the same id
     never reuses another model's reference), the settings' hash and the example id."""
@@ -101,9 +111,13 @@ def reference_repetition(
 
 
 def fill_references(
-    loaded: Any, examples: Sequence[TestExample], repeats: int, cache_dir: Path,
-    progress: Progress = ignore, ref_cfg: STestConfig | None = None,
-) -> None:  # fmt: skip
+    loaded: Any,
+    examples: Sequence[TestExample],
+    repeats: int,
+    cache_dir: Path,
+    progress: Progress = ignore,
+    ref_cfg: STestConfig | None = None,
+) -> None:
     """Every example's reference repetitions, repetition-major (all examples' repetition 0, then 1, …), so
     that a stopped run leaves the same number of cached repetitions for every example."""
     ref_cfg = ref_cfg or STestConfig.fast()
@@ -146,9 +160,15 @@ def overlap(a: Tensor, b: Tensor, m: int = 10) -> dict[str, float]:
 
 
 def compare_example(
-    loaded: Any, ex: TestExample, solvers: dict[str, STestConfig], ref_repeats: int, k: int, cache_dir: Path,
-    progress: Progress, ref_cfg: STestConfig | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    loaded: Any,
+    ex: TestExample,
+    solvers: dict[str, STestConfig],
+    ref_repeats: int,
+    k: int,
+    cache_dir: Path,
+    progress: Progress,
+    ref_cfg: STestConfig | None = None,
+) -> dict[str, Any]:
     """Every solver on one test example against the reference (see the module docstring)."""
     obj, train = loaded.objective, loaded.train
     v = test_gradient(obj, ex.batch)
@@ -159,12 +179,21 @@ def compare_example(
     rep_scores = score_many(obj, reps, train, candidates, 64).cpu()  # (T, k): scores are linear in s
     ref_scores = rep_scores.mean(0)
     halves = [rep_scores[0::2].mean(0), rep_scores[1::2].mean(0)] if ref_repeats > 1 else None
-    out = {"id": ex.id, "correct": ex.correct, "grad_norm": float(v.norm()), "candidates": len(candidates),
-           "reference": {"repeats": ref_repeats, "seconds_per_repeat": ref_seconds,
-                         "cos_with_gradient": _cos(ref, v),
-                         "halves_pearson": correlations(*halves)["pearson"] if halves else None,
-                         "halves_overlap": overlap(*halves) if halves else None,
-                         "held_out_repetition": held_out_repetition(reps, rep_scores)}, "solvers": {}}  # fmt: skip
+    out = {
+        "id": ex.id,
+        "correct": ex.correct,
+        "grad_norm": float(v.norm()),
+        "candidates": len(candidates),
+        "reference": {
+            "repeats": ref_repeats,
+            "seconds_per_repeat": ref_seconds,
+            "cos_with_gradient": _cos(ref, v),
+            "halves_pearson": correlations(*halves)["pearson"] if halves else None,
+            "halves_overlap": overlap(*halves) if halves else None,
+            "held_out_repetition": held_out_repetition(reps, rep_scores),
+        },
+        "solvers": {},
+    }
     for i, (name, cfg) in enumerate(solvers.items()):
         progress(i / len(solvers), f"{ex.id}: solver {name}")
         out["solvers"][name] = _one_solver(obj, train, v, cfg, ref, ref_scores, score)
@@ -182,13 +211,20 @@ def held_out_repetition(reps: Tensor, rep_scores: Tensor) -> dict[str, Any] | No
     for i in range(t):
         others = torch.cat([reps[:i], reps[i + 1 :]]).mean(0)
         other_scores = torch.cat([rep_scores[:i], rep_scores[i + 1 :]]).mean(0)
-        rows.append({"pearson": correlations(rep_scores[i], other_scores)["pearson"],
-                     "overlap": overlap(rep_scores[i], other_scores),
-                     "rel_error": float((reps[i] - others).double().norm() / others.double().norm())})  # fmt: skip
-    return {"repeats_in_reference": t - 1, "pearson": mean_std([r["pearson"] for r in rows]),
-            "overlap_helpful": mean_std([r["overlap"]["helpful"] for r in rows]),
-            "overlap_harmful": mean_std([r["overlap"]["harmful"] for r in rows]),
-            "rel_error": mean_std([r["rel_error"] for r in rows])}  # fmt: skip
+        rows.append(
+            {
+                "pearson": correlations(rep_scores[i], other_scores)["pearson"],
+                "overlap": overlap(rep_scores[i], other_scores),
+                "rel_error": float((reps[i] - others).double().norm() / others.double().norm()),
+            }
+        )
+    return {
+        "repeats_in_reference": t - 1,
+        "pearson": mean_std([r["pearson"] for r in rows]),
+        "overlap_helpful": mean_std([r["overlap"]["helpful"] for r in rows]),
+        "overlap_harmful": mean_std([r["overlap"]["harmful"] for r in rows]),
+        "rel_error": mean_std([r["rel_error"] for r in rows]),
+    }
 
 
 def _one_solver(
@@ -199,10 +235,16 @@ def _one_solver(
     except SolverError as exc:
         return {"config": to_dict(cfg), "error": str(exc)}
     scores = score(est.s_test)
-    return {"config": to_dict(cfg), "seconds": seconds, "stats": est.stats(),
-            "rel_error": float((est.s_test - ref).double().norm() / ref.double().norm()),
-            "cos_with_reference": _cos(est.s_test, ref), "pearson": correlations(scores, ref_scores)["pearson"],
-            "spearman": correlations(scores, ref_scores)["spearman"], "overlap": overlap(scores, ref_scores)}  # fmt: skip
+    return {
+        "config": to_dict(cfg),
+        "seconds": seconds,
+        "stats": est.stats(),
+        "rel_error": float((est.s_test - ref).double().norm() / ref.double().norm()),
+        "cos_with_reference": _cos(est.s_test, ref),
+        "pearson": correlations(scores, ref_scores)["pearson"],
+        "spearman": correlations(scores, ref_scores)["spearman"],
+        "overlap": overlap(scores, ref_scores),
+    }
 
 
 def _cos(a: Tensor, b: Tensor) -> float:
@@ -216,16 +258,22 @@ def summarize(per_example: Sequence[dict[str, Any]], names: Sequence[str]) -> di
         ok = [e["solvers"][name] for e in per_example if "error" not in e["solvers"][name]]
         failed = [e["solvers"][name]["error"] for e in per_example if "error" in e["solvers"][name]]
         table[name] = {
-            "runs": len(ok), "failures": failed,
+            "runs": len(ok),
+            "failures": failed,
             "seconds_median": statistics.median(r["seconds"] for r in ok) if ok else None,
             "hvps_median": statistics.median(r["stats"]["hvps"] for r in ok) if ok else None,
-            "pearson": mean_std([r["pearson"] for r in ok]), "rel_error": mean_std([r["rel_error"] for r in ok]),
+            "pearson": mean_std([r["pearson"] for r in ok]),
+            "rel_error": mean_std([r["rel_error"] for r in ok]),
             "overlap_helpful": mean_std([r["overlap"]["helpful"] for r in ok]),
             "overlap_harmful": mean_std([r["overlap"]["harmful"] for r in ok]),
-        }  # fmt: skip
+        }
         row = table[name]
-        row["meets"] = bool(ok) and not failed and row["pearson"]["mean"] >= PEARSON_FLOOR and min(
-            row["overlap_helpful"]["mean"], row["overlap_harmful"]["mean"]) >= OVERLAP_FLOOR  # fmt: skip
+        row["meets"] = (
+            bool(ok)
+            and not failed
+            and row["pearson"]["mean"] >= PEARSON_FLOOR
+            and min(row["overlap_helpful"]["mean"], row["overlap_harmful"]["mean"]) >= OVERLAP_FLOOR
+        )
     qualified = [n for n in names if table[n]["meets"]]
     choice = min(qualified, key=lambda n: table[n]["seconds_median"]) if qualified else None
     return {"table": table, "choice": choice, "floors": {"pearson": PEARSON_FLOOR, "overlap": OVERLAP_FLOOR}}
@@ -242,35 +290,66 @@ def l2_convention(loaded: Any, ex: TestExample, cfg: STestConfig, k: int) -> dic
         s = solve(obj, v, train, cfg).s_test
         values[conv] = score_candidates(obj, s, train, candidates, 64, include_l2=icfg.train_l2).cpu()
     helpful = {c: int((x < 0).sum()) for c, x in values.items()}
-    return {"id": ex.id, "correct": ex.correct, "candidates": len(candidates), "helpful": helpful,
-            "grad_norm": float(test_gradient(obj, ex.batch).norm()),
-            **{f"rank_{m}": correlations(values["none"], values["test_and_train"])[m] for m in ("pearson", "spearman")},
-            "overlap": overlap(values["none"], values["test_and_train"])}  # fmt: skip
+    return {
+        "id": ex.id,
+        "correct": ex.correct,
+        "candidates": len(candidates),
+        "helpful": helpful,
+        "grad_norm": float(test_gradient(obj, ex.batch).norm()),
+        **{
+            f"rank_{m}": correlations(values["none"], values["test_and_train"])[m]
+            for m in ("pearson", "spearman")
+        },
+        "overlap": overlap(values["none"], values["test_and_train"]),
+    }
 
 
 PARTS = ("reference", "compare", "l2", "click")
 
 
 def run_solver_section(
-    loaded: Any, examples: Sequence[TestExample], out_dir: Path, *, ref_repeats: int = 8, k: int = 1000,
-    l2_examples: Sequence[TestExample] = (), solvers: dict[str, STestConfig] | None = None,
-    click: bool = True, progress: Progress = ignore, ref_cfg: STestConfig | None = None,
-    parts: Sequence[str] = PARTS, ref_shard: tuple[int, int] = (0, 1),
-) -> dict[str, Any]:  # fmt: skip
+    loaded: Any,
+    examples: Sequence[TestExample],
+    out_dir: Path,
+    *,
+    ref_repeats: int = 8,
+    k: int = 1000,
+    l2_examples: Sequence[TestExample] = (),
+    solvers: dict[str, STestConfig] | None = None,
+    click: bool = True,
+    progress: Progress = ignore,
+    ref_cfg: STestConfig | None = None,
+    parts: Sequence[str] = PARTS,
+    ref_shard: tuple[int, int] = (0, 1),
+) -> dict[str, Any]:
     """The section's ``parts`` (default all: fill the references, compare the solvers, the L2 convention,
     one click's latency). ``out_dir/solvers.json`` is rewritten after every step (a stop loses nothing);
     the results of parts that do not run are kept from an earlier run (same model, k and reference).
     ``ref_shard = (i, n)`` fills the references of ``examples[i::n]`` only (n processes share the work)."""
     solvers = solvers or default_solvers()
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"model": model_key(loaded), "k": k, "ref_repeats": ref_repeats, "reference": to_dict(ref_cfg or STestConfig.fast()), "solvers": {n: to_dict(c) for n, c in solvers.items()},
-                              "num_train": len(loaded.train), "trainable_params": loaded.objective.num_params,
-                              "threads": torch.get_num_threads(), "examples": []}  # fmt: skip
+    result: dict[str, Any] = {
+        "model": model_key(loaded),
+        "k": k,
+        "ref_repeats": ref_repeats,
+        "reference": to_dict(ref_cfg or STestConfig.fast()),
+        "solvers": {n: to_dict(c) for n, c in solvers.items()},
+        "num_train": len(loaded.train),
+        "trainable_params": loaded.objective.num_params,
+        "threads": torch.get_num_threads(),
+        "examples": [],
+    }
     result.update(_kept(out_dir, result, parts))
     if "reference" in parts:
         shard, shards = ref_shard
-        fill_references(loaded, list(examples)[shard::shards], ref_repeats, out_dir / "reference",
-                        lambda f, m: progress(0.5 * f, m), ref_cfg)  # fmt: skip
+        fill_references(
+            loaded,
+            list(examples)[shard::shards],
+            ref_repeats,
+            out_dir / "reference",
+            lambda f, m: progress(0.5 * f, m),
+            ref_cfg,
+        )
     if "compare" in parts:
         result["examples"] = []
         for i, ex in enumerate(examples):
@@ -306,8 +385,11 @@ def _kept(out_dir: Path, result: dict[str, Any], parts: Sequence[str]) -> dict[s
         return {}
     if any(old.get(key) != result[key] for key in ("model", "k", "reference")):
         return {}
-    keep = {"compare": ("examples", "summary", "ref_repeats", "solvers"), "l2": ("l2_convention",),
-            "click": ("latency",)}  # fmt: skip
+    keep = {
+        "compare": ("examples", "summary", "ref_repeats", "solvers"),
+        "l2": ("l2_convention",),
+        "click": ("latency",),
+    }
     return {key: old[key] for part, keys in keep.items() if part not in parts for key in keys if key in old}
 
 

@@ -51,8 +51,9 @@ def measure_example(loaded: Any, ex: TestExample, cfg: BenchConfig, ks: Sequence
         s_test[preset], stats[preset] = est.s_test, est.stats()
     for preset in PRESETS:
         stats[preset] |= s_test_geometry(v, s_test[preset], s_test["original"])
-    full, seconds["score/full"] = timed(lambda: score_candidates(obj, s_test["original"], train,
-                                                                 range(len(train)), bs))  # fmt: skip
+    full, seconds["score/full"] = timed(
+        lambda: score_candidates(obj, s_test["original"], train, range(len(train)), bs)
+    )
     knn, scores = {}, {p: {} for p in PRESETS}
     for k in ks:
         (knn[k], _), seconds[f"knn/{k}"] = timed(lambda k=k: loaded.nearest(ex.id, k))
@@ -92,8 +93,10 @@ def stored_or_computed(
         data.seconds = None
         return data
     knn = {k: loaded.nearest(ex.id, k)[0] for k in ks}
-    scores = {"original": {k: full[torch.as_tensor(knn[k])] for k in ks},
-              "fast": {k: fast[torch.as_tensor(knn[k])] for k in ks}}  # fmt: skip
+    scores = {
+        "original": {k: full[torch.as_tensor(knn[k])] for k in ks},
+        "fast": {k: fast[torch.as_tensor(knn[k])] for k in ks},
+    }
     return ExampleData(ex, full, knn, scores)
 
 
@@ -115,20 +118,41 @@ def save_runs(loaded: Any, store: Any, data: ExampleData, cfg: BenchConfig) -> N
     if data.seconds is None:
         return
     kmax, sec, ids = max(data.knn), data.seconds, loaded.train_ids
-    full_secs = {"test_gradient": sec["test_gradient"], "s_test": sec["s_test/original"],
-                 "scoring": sec["score/full"]}  # fmt: skip
-    fast_secs = {"knn": sec[f"knn/{kmax}"], "test_gradient": sec["test_gradient"], "s_test": sec["s_test/fast"],
-                 "scoring": sec[f"score/fast/{kmax}"]}  # fmt: skip
+    full_secs = {
+        "test_gradient": sec["test_gradient"],
+        "s_test": sec["s_test/original"],
+        "scoring": sec["score/full"],
+    }
+    fast_secs = {
+        "knn": sec[f"knn/{kmax}"],
+        "test_gradient": sec["test_gradient"],
+        "s_test": sec["s_test/fast"],
+        "scoring": sec[f"score/fast/{kmax}"],
+    }
     runs = [
-        (cfg.influence("original", None), list(zip(ids, data.full.tolist(), strict=True)), full_secs, "original"),
-        (cfg.influence("fast", kmax), [(ids[p], v) for p, v in zip(data.knn[kmax], data.scores["fast"][kmax].tolist(),
-                                                                   strict=True)], fast_secs, "fast"),
-    ]  # fmt: skip
+        (
+            cfg.influence("original", None),
+            list(zip(ids, data.full.tolist(), strict=True)),
+            full_secs,
+            "original",
+        ),
+        (
+            cfg.influence("fast", kmax),
+            [(ids[p], v) for p, v in zip(data.knn[kmax], data.scores["fast"][kmax].tolist(), strict=True)],
+            fast_secs,
+            "fast",
+        ),
+    ]
     for icfg, scores, secs, preset in runs:
         store.save_influence_run(
-            loaded.model_id, data.example.id, stored_config(icfg), scores, num_candidates=len(scores),
-            timings={**secs, "total": sum(secs.values())}, s_test_stats=data.s_test_stats.get(preset, {}),
-        )  # fmt: skip
+            loaded.model_id,
+            data.example.id,
+            stored_config(icfg),
+            scores,
+            num_candidates=len(scores),
+            timings={**secs, "total": sum(secs.values())},
+            s_test_stats=data.s_test_stats.get(preset, {}),
+        )
 
 
 def row_seconds(data: ExampleData, row: str) -> float:
@@ -154,10 +178,18 @@ def speed_table(timed_data: Sequence[ExampleData], cfg: BenchConfig, ks: Sequenc
     for info in rows.values():
         info["speedup_vs_full"] = full_median / info["seconds"]["median"]
     stages = sorted({s for d in timed_data for s in (d.seconds or {})})
-    geometry = {p: {key: mean_std([d.s_test_stats[p][key] for d in timed_data])
-                    for key in ("cos_with_gradient", "cos_with_original")} for p in PRESETS}  # fmt: skip
-    return {"rows": rows, "stages": {s: spread([d.seconds[s] for d in timed_data]) for s in stages},
-            "s_test": geometry}  # fmt: skip
+    geometry = {
+        p: {
+            key: mean_std([d.s_test_stats[p][key] for d in timed_data])
+            for key in ("cos_with_gradient", "cos_with_original")
+        }
+        for p in PRESETS
+    }
+    return {
+        "rows": rows,
+        "stages": {s: spread([d.seconds[s] for d in timed_data]) for s in stages},
+        "s_test": geometry,
+    }
 
 
 def _row_info(row: str, cfg: BenchConfig, n_train: int) -> dict:
@@ -170,15 +202,24 @@ def _row_info(row: str, cfg: BenchConfig, n_train: int) -> dict:
 def latency(loaded: Any, ex: TestExample, icfg: InfluenceConfig) -> dict:
     """One dashboard click, fresh: kNN search, test gradient, s_test and scoring seconds, and the total."""
     n = len(loaded.train_ids)
-    icfg = InfluenceConfig(s_test=icfg.s_test, k=None if icfg.k is None else min(icfg.k, n), top=icfg.top,
-                           score_batch_size=icfg.score_batch_size)  # fmt: skip
+    icfg = InfluenceConfig(
+        s_test=icfg.s_test,
+        k=None if icfg.k is None else min(icfg.k, n),
+        top=icfg.top,
+        score_batch_size=icfg.score_batch_size,
+    )
     candidates, t_knn = timed(lambda: loaded.nearest(ex.id, icfg.k)[0] if icfg.k is not None else None)
     result = compute_influence(loaded.objective, ex.batch, loaded.train, candidates, icfg)
     seconds = {"knn": t_knn, **result.seconds}
     seconds["total"] = t_knn + result.seconds["total"]
     share = {k: v / seconds["total"] for k, v in seconds.items() if k != "total"}
-    return {"example_id": ex.id, "config": to_dict(icfg), "seconds": seconds, "share": share,
-            "s_test": result.s_test_stats}  # fmt: skip
+    return {
+        "example_id": ex.id,
+        "config": to_dict(icfg),
+        "seconds": seconds,
+        "share": share,
+        "s_test": result.s_test_stats,
+    }
 
 
 def rank_state(device: str, rank: int, root: str) -> tuple[Any, Any]:

@@ -27,8 +27,15 @@ from fastif_core.config import InfluenceConfig, STestConfig, to_dict
 from fastif_core.progress import Progress, ignore, sub_range
 
 # share of the progress bar per stage: engine, examples, multi-device, latency, grid, convex, transformer
-STAGES = {"engine": 0.05, "examples": 0.45, "multi": 0.1, "latency": 0.08, "grid": 0.12, "convex": 0.1,
-          "transformer": 0.1}  # fmt: skip
+STAGES = {
+    "engine": 0.05,
+    "examples": 0.45,
+    "multi": 0.1,
+    "latency": 0.08,
+    "grid": 0.12,
+    "convex": 0.1,
+    "transformer": 0.1,
+}
 
 
 def _stage_ranges() -> dict[str, tuple[float, float]]:
@@ -40,10 +47,16 @@ def _stage_ranges() -> dict[str, tuple[float, float]]:
 
 
 def run_bench(
-    workspace: str | Path, out_dir: str | Path, *, test_examples: int = 10, quick: bool = False,
-    devices: str = "cpu:1", retrain: bool = False, progress: Progress | None = None,
+    workspace: str | Path,
+    out_dir: str | Path,
+    *,
+    test_examples: int = 10,
+    quick: bool = False,
+    devices: str = "cpu:1",
+    retrain: bool = False,
+    progress: Progress | None = None,
     config: BenchConfig | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run every benchmark section on a prepared workspace; write ``out_dir/bench.json`` and the plots,
     store the result (``Store.save_bench``) and return it. ``config`` overrides the keyword settings."""
     from fastif_core.parallel.group import parse_devices
@@ -126,14 +139,23 @@ def _sections(loaded: Any, store: Any, cfg: BenchConfig, stage: Any, save: Any) 
     save(result)
     data = section("examples", lambda: _example_data(loaded, store, examples, cfg, ks, stage("examples")))
     timed_data = [d for d in data if d.seconds is not None]
-    result["test_examples"] = [{"id": d.example.id, "correct": d.example.correct, "label": d.example.record.label,
-                                "timed": d.seconds is not None} for d in data]  # fmt: skip
+    result["test_examples"] = [
+        {
+            "id": d.example.id,
+            "correct": d.example.correct,
+            "label": d.example.record.label,
+            "timed": d.seconds is not None,
+        }
+        for d in data
+    ]
     save(result)
     result["speed"] = {
         "single": speed.speed_table(timed_data, cfg, ks, n),
-        "multi": section("multi", lambda: speed.multi_device(loaded, [d.example for d in timed_data], cfg, ks,
-                                                             stage("multi"))),
-    }  # fmt: skip
+        "multi": section(
+            "multi",
+            lambda: speed.multi_device(loaded, [d.example for d in timed_data], cfg, ks, stage("multi")),
+        ),
+    }
     save(result)
     on_gpu = str(loaded.device).startswith("cuda")
     result["latency"] = section(
@@ -154,8 +176,12 @@ def _sections(loaded: Any, store: Any, cfg: BenchConfig, stage: Any, save: Any) 
     result["retrain"] = {"convex": convex, "transformer": None}
     save(result)
     if cfg.retrain:
-        result["retrain"]["transformer"] = section("transformer", lambda: retrain.transformer_check(
-            loaded, examples, [d.full for d in data], cfg, stage("transformer")))  # fmt: skip
+        result["retrain"]["transformer"] = section(
+            "transformer",
+            lambda: retrain.transformer_check(
+                loaded, examples, [d.full for d in data], cfg, stage("transformer")
+            ),
+        )
     save(result)
     return result
 
@@ -181,10 +207,22 @@ def _example_data(
 
 def _engine_sizes(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.quick:
-        return {"candidates": 16, "batch_size": 16, "reference_count": 2, "hvp_batch_sizes": (1,), "hvp_repeats": 1,
-                "seed": cfg.seed}  # fmt: skip
-    return {"candidates": 256, "batch_size": cfg.score_batch_size, "reference_count": 32, "hvp_batch_sizes": (1, 8),
-            "hvp_repeats": 3, "seed": cfg.seed}  # fmt: skip
+        return {
+            "candidates": 16,
+            "batch_size": 16,
+            "reference_count": 2,
+            "hvp_batch_sizes": (1,),
+            "hvp_repeats": 1,
+            "seed": cfg.seed,
+        }
+    return {
+        "candidates": 256,
+        "batch_size": cfg.score_batch_size,
+        "reference_count": 32,
+        "hvp_batch_sizes": (1, 8),
+        "hvp_repeats": 3,
+        "seed": cfg.seed,
+    }
 
 
 def _click_config(cfg: BenchConfig, ks: list[int], on_gpu: bool) -> InfluenceConfig:
@@ -222,5 +260,5 @@ def _header(loaded: Any, cfg: BenchConfig, ks: list[int], examples: Sequence[Any
                 "correct": sum(e.correct for e in examples),
                 "incorrect": sum(not e.correct for e in examples),
             },
-        },  # fmt: skip
+        },
     }

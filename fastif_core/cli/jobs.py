@@ -14,21 +14,30 @@ from fastif_core.errors import JobError
 
 def add_worker(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "worker", help="run queued jobs on every visible device (or N CPU processes)",
+        "worker",
+        help="run queued jobs on every visible device (or N CPU processes)",
         description="Serve the workspace's job queue until stopped (SIGTERM/Ctrl-C finish or release the "
         "current job). Under torchrun every rank runs this command; rank 0 talks to the store.",
-    )  # fmt: skip
+    )
     add_workspace_argument(p)
     p.add_argument("--devices", default="auto", help="auto (all GPUs, else cpu:1) | cpu:N | cuda:0,cuda:1")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
     p.add_argument(
         "--poll", type=positive_float, default=1.0, help="seconds between claims while idle (default 1)"
     )
-    p.add_argument("--lease-seconds", type=positive_float, default=60.0,
-                   help="a job whose worker stops heartbeating for this long is claimed again (default 60)")  # fmt: skip
-    p.add_argument("--exit-with-pid", type=int, metavar="PID",
-                   help="stop once process PID has exited, handing the current job back to the queue (the "
-                   "dashboard passes its own pid); default: run until stopped")  # fmt: skip
+    p.add_argument(
+        "--lease-seconds",
+        type=positive_float,
+        default=60.0,
+        help="a job whose worker stops heartbeating for this long is claimed again (default 60)",
+    )
+    p.add_argument(
+        "--exit-with-pid",
+        type=int,
+        metavar="PID",
+        help="stop once process PID has exited, handing the current job back to the queue (the "
+        "dashboard passes its own pid); default: run until stopped",
+    )
     p.set_defaults(func=cmd_worker)
 
 
@@ -41,8 +50,14 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
     Store.open(require_workspace(a.workspace)).close()  # a typo or a bad database: one line, before any log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    n = run_worker(a.workspace, a.devices, once=a.once, poll=a.poll, lease_seconds=a.lease_seconds,
-                   exit_with_pid=a.exit_with_pid)  # fmt: skip
+    n = run_worker(
+        a.workspace,
+        a.devices,
+        once=a.once,
+        poll=a.poll,
+        lease_seconds=a.lease_seconds,
+        exit_with_pid=a.exit_with_pid,
+    )
     print(f"worker stopped after {n} job(s)", file=sys.stderr)
     return 0
 
@@ -86,8 +101,20 @@ def cmd_jobs(a: argparse.Namespace) -> int:
 
 
 def job_to_dict(job: Any) -> dict[str, Any]:
-    keys = ("id", "kind", "status", "params", "attempts", "max_attempts", "progress", "message", "error",
-            "result", "device", "cancel_requested")  # fmt: skip
+    keys = (
+        "id",
+        "kind",
+        "status",
+        "params",
+        "attempts",
+        "max_attempts",
+        "progress",
+        "message",
+        "error",
+        "result",
+        "device",
+        "cancel_requested",
+    )
     out = {k: getattr(job, k) for k in keys}
     out["created_at"] = job.created_at.isoformat() if job.created_at else None
     out["duration_s"] = job.duration_s

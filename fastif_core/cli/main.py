@@ -205,30 +205,43 @@ def _influence_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--k", type=int, default=InfluenceConfig().k, help=help_of(InfluenceConfig, "k"))
     mode.add_argument("--full", action="store_true", help="score all training examples")
     p.add_argument(
-        "--preset", choices=PRESETS, default="default",
+        "--preset",
+        choices=PRESETS,
+        default="default",
         help="s_test settings: default (the benchmark's choice, see the README) | paper (FastIF's LiSSA "
         "J=1000, B=1, d=5e-3, s=1e4) | original (LiSSA B=128) | lissa_batched | gauss_newton_cg | "
         "gauss_newton_direct (the B=64 Gauss-Newton system solved exactly); "
         "the flags below override single fields",
-    )  # fmt: skip
+    )
     for name, kind in _S_TEST_FLAGS:
         flag = "--" + name.replace("_", "-")
         p.add_argument(
             flag, type=kind, default=None, help=f"{help_of(STestConfig, name)} (default: the preset's)"
         )
     p.add_argument(
-        "--gradient-l2", choices=GRADIENT_L2, default=InfluenceConfig().gradient_l2,
+        "--gradient-l2",
+        choices=GRADIENT_L2,
+        default=InfluenceConfig().gradient_l2,
         help=help_of(InfluenceConfig, "gradient_l2"),
-    )  # fmt: skip
+    )
     p.add_argument("--top", type=int, default=InfluenceConfig().top, help=help_of(InfluenceConfig, "top"))
     _device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 _S_TEST_FLAGS = (
-    ("solver", str), ("curvature", str), ("depth", int), ("batch_size", int), ("repeats", int),
-    ("damping", float), ("scale", float), ("mu", float), ("tolerance", float), ("window", int), ("seed", int),
-)  # fmt: skip
+    ("solver", str),
+    ("curvature", str),
+    ("depth", int),
+    ("batch_size", int),
+    ("repeats", int),
+    ("damping", float),
+    ("scale", float),
+    ("mu", float),
+    ("tolerance", float),
+    ("window", int),
+    ("seed", int),
+)
 
 
 def influence_config_from_args(a: argparse.Namespace) -> InfluenceConfig:
@@ -341,9 +354,11 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench", help="speed and quality benchmarks (the paper's Table 1, Table 3, Fig. 3, Fig. 4, App. A)",
-        add_help=False, prefix_chars="\x00",
-    )  # fmt: skip
+        "bench",
+        help="speed and quality benchmarks (the paper's Table 1, Table 3, Fig. 3, Fig. 4, App. A)",
+        add_help=False,
+        prefix_chars="\x00",
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
@@ -363,9 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastif", description="Fast influence functions (FastIF) for transformer NLP models."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_examples, _add_influence, cli_jobs.add_worker, _add_submit, cli_jobs.add_jobs,
-                _add_bench,
-                _add_corpus, add_graph_parser):  # fmt: skip
+    for add in (
+        _add_prepare,
+        _add_examples,
+        _add_influence,
+        cli_jobs.add_worker,
+        _add_submit,
+        cli_jobs.add_jobs,
+        _add_bench,
+        _add_corpus,
+        add_graph_parser,
+    ):
         add(sub)
     add_correct_parser(sub)
     simulate_cli.add_parser(sub)

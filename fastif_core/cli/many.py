@@ -45,8 +45,10 @@ def is_many(a: argparse.Namespace) -> bool:
         names = [f"--{n.replace('_', '-')}" for n in given] + (["the filters"] if filtered else [])
         raise ConfigError(f"examples: {' and '.join(names)} both name the test examples; give one of them")
     if not given and not filtered:
-        raise ConfigError("examples: one of --example ID, --examples ID1,ID2, --examples-from FILE or the "
-                          "filters --dataset/--split/--incorrect/--limit is required")  # fmt: skip
+        raise ConfigError(
+            "examples: one of --example ID, --examples ID1,ID2, --examples-from FILE or the "
+            "filters --dataset/--split/--incorrect/--limit is required"
+        )
     return given != ["example"]
 
 
@@ -58,8 +60,15 @@ def selected_ids(a: argparse.Namespace) -> list[str]:
         raise ConfigError(f"limit={a.limit} is invalid: allowed an integer >= 1")
     if a.example is not None:
         return [a.example]
-    return select_examples(a.workspace, ids=a.examples, ids_file=a.examples_from, dataset=a.dataset,
-                           split=a.split, incorrect=a.incorrect, limit=a.limit or 20)  # fmt: skip
+    return select_examples(
+        a.workspace,
+        ids=a.examples,
+        ids_file=a.examples_from,
+        dataset=a.dataset,
+        split=a.split,
+        incorrect=a.incorrect,
+        limit=a.limit or 20,
+    )
 
 
 def cmd_influence_many(a: argparse.Namespace, cfg: Any, device: str, fmt: Callable[[dict], str]) -> int:
@@ -97,16 +106,18 @@ def checked_ids(a: argparse.Namespace, model_id: int) -> list[str]:
 
 
 def add_matrix_parser(
-    sub: argparse._SubParsersAction, influence_options: Callable[[argparse.ArgumentParser], None],
+    sub: argparse._SubParsersAction,
+    influence_options: Callable[[argparse.ArgumentParser], None],
     config_from_args: Callable[[argparse.Namespace], Any],
-) -> None:  # fmt: skip
+) -> None:
     """``fastif matrix``: the same options as ``fastif influence`` plus the block layout."""
     p = sub.add_parser(
-        "matrix", help="influence matrix of many test examples (kNN union, or every training example)",
+        "matrix",
+        help="influence matrix of many test examples (kNN union, or every training example)",
         description="Compute and store the (tests x training examples) influence matrix: the union of the "
         "tests' k nearest training examples (NaN where a pair is not a candidate of that test) or, with "
         "--full, every training example. Stored block by block: re-running continues an interrupted run.",
-    )  # fmt: skip
+    )
     influence_options(p)
     p.add_argument(
         "--row-block",
@@ -159,9 +170,11 @@ def _bar() -> Progress:
 def format_matrix(r: dict[str, Any]) -> str:
     s, c = r["seconds"], r["chunks"]
     kind = "every training example" if r["full"] else "the kNN union"
-    return (f"matrix {r['matrix_id']}: {r['shape'][0]} tests x {r['shape'][1]} training examples ({kind}), "
-            f"{r['candidate_pairs']} candidate pairs{' [cached]' if r['cached'] else ''}\n"
-            f"  blocks: {c['total']} ({c['computed']} computed now, {c['found_stored']} found stored)\n"
-            f"  seconds: total {s['total']:.2f} (knn {s['knn']:.2f}, test gradients {s['test_gradient']:.2f}, "
-            f"s_test {s['s_test']:.2f}, scoring {s['scoring']:.2f}, store write {s['store_write']:.2f}, "
-            f"read {s['read']:.2f})\n  peak memory MiB: {r['peak_memory_mb']}")  # fmt: skip
+    return (
+        f"matrix {r['matrix_id']}: {r['shape'][0]} tests x {r['shape'][1]} training examples ({kind}), "
+        f"{r['candidate_pairs']} candidate pairs{' [cached]' if r['cached'] else ''}\n"
+        f"  blocks: {c['total']} ({c['computed']} computed now, {c['found_stored']} found stored)\n"
+        f"  seconds: total {s['total']:.2f} (knn {s['knn']:.2f}, test gradients {s['test_gradient']:.2f}, "
+        f"s_test {s['s_test']:.2f}, scoring {s['scoring']:.2f}, store write {s['store_write']:.2f}, "
+        f"read {s['read']:.2f})\n  peak memory MiB: {r['peak_memory_mb']}"
+    )

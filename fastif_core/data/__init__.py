@@ -20,7 +20,20 @@ from fastif_core.data.records import (
 )
 
 __all__ = [
-    "DEMO_SPLITS", "HANS_LABELS", "MNLI_LABELS", "NO_CONSENSUS", "SLICE_KEYS", "LoadResult", "NLIExample",
-    "demo_corpus", "demo_split", "label_index", "labels_for", "load_file", "load_source", "make_id",
-    "to_two_way", "write_hans_format",
-]  # fmt: skip
+    "DEMO_SPLITS",
+    "HANS_LABELS",
+    "MNLI_LABELS",
+    "NO_CONSENSUS",
+    "SLICE_KEYS",
+    "LoadResult",
+    "NLIExample",
+    "demo_corpus",
+    "demo_split",
+    "label_index",
+    "labels_for",
+    "load_file",
+    "load_source",
+    "make_id",
+    "to_two_way",
+    "write_hans_format",
+]

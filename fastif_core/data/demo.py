@@ -39,11 +39,21 @@ _BINS = {"dev": {0}, "challenge": {1}, "augment": {2}, "train": set(range(3, 10)
 _ENTAILED = [s for s in SUBCASES if s.label == "entailment"]
 _NOT_ENTAILED = [s for s in SUBCASES if s.label == "non-entailment"]
 _NEUTRAL_VPS = (
-    "had a long day at work", "wanted to impress everyone", "grew up in a small town", "owned a small dog",
-    "felt nervous about the interview", "came from a large family", "took the early train",
-    "moved to the city last year", "worked late that night", "spent the weekend in the mountains",
-    "earned a big promotion", "lost the keys earlier that day", "planned a trip to Spain", "liked jazz music",
-)  # fmt: skip
+    "had a long day at work",
+    "wanted to impress everyone",
+    "grew up in a small town",
+    "owned a small dog",
+    "felt nervous about the interview",
+    "came from a large family",
+    "took the early train",
+    "moved to the city last year",
+    "worked late that night",
+    "spent the weekend in the mountains",
+    "earned a big promotion",
+    "lost the keys earlier that day",
+    "planned a trip to Spain",
+    "liked jazz music",
+)
 _INCOMPATIBLE_VPS = ("stayed at home all day", "spent the whole day at home", "left the country that morning")
 Pair = tuple[str, str, str, dict[str, str]]  # premise, hypothesis, label, slices
 _MAX_MISSES = 20_000  # consecutive draws without a new pair before a stream counts as exhausted
@@ -160,8 +170,12 @@ def _mixture_pair(counter_fraction: float) -> Callable[[random.Random], Pair]:
 def _challenge_pair(sub: Subcase) -> Callable[[random.Random], Pair]:
     def make(rng: random.Random) -> Pair:
         p, h, temp = sub.make(rng)
-        return v.sentence(p), v.sentence(h), sub.label, {"heuristic": sub.heuristic, "subcase": sub.name,
-                                                         "template": temp}  # fmt: skip
+        return (
+            v.sentence(p),
+            v.sentence(h),
+            sub.label,
+            {"heuristic": sub.heuristic, "subcase": sub.name, "template": temp},
+        )
 
     return make
 
@@ -170,10 +184,17 @@ def _challenge_pair(sub: Subcase) -> Callable[[random.Random], Pair]:
 def _records(pairs: list[Pair], dataset: str, split: str, keys: list[str] | None = None) -> list[NLIExample]:
     keys = keys or [str(i) for i in range(len(pairs))]
     return [
-        NLIExample(id=make_id(dataset, split, k), premise=p, hypothesis=h, label=y, dataset=dataset,
-                   split=split, slices=s)
+        NLIExample(
+            id=make_id(dataset, split, k),
+            premise=p,
+            hypothesis=h,
+            label=y,
+            dataset=dataset,
+            split=split,
+            slices=s,
+        )
         for k, (p, h, y, s) in zip(keys, pairs, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def demo_split(
@@ -195,8 +216,11 @@ def demo_split(
 
 
 def _challenge(seed: int, per_subcase: int) -> list[NLIExample]:
-    pairs = [pair for sub in SUBCASES for pair in _draw(seed, f"challenge:{sub.name}", "challenge",
-                                                         per_subcase, _challenge_pair(sub))]  # fmt: skip
+    pairs = [
+        pair
+        for sub in SUBCASES
+        for pair in _draw(seed, f"challenge:{sub.name}", "challenge", per_subcase, _challenge_pair(sub))
+    ]
     random.Random(f"fastif-demo:{seed}:challenge-order").shuffle(pairs)
     return _records(pairs, CHALLENGE_DATASET, "challenge", [f"ex{i}" for i in range(len(pairs))])
 

@@ -16,18 +16,47 @@ from fastif_core.data.records import HANS_LABELS, NLIExample, to_two_way
 from fastif_core.errors import DataFormatError
 
 HANS_COLUMNS: tuple[str, ...] = (
-    "gold_label", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse", "sentence2_parse",
-    "sentence1", "sentence2", "pairID", "heuristic", "subcase", "template",
-)  # fmt: skip
+    "gold_label",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+    "pairID",
+    "heuristic",
+    "subcase",
+    "template",
+)
 _PLURALS = {pl for _, pl in v.NOUNS}
 _TAGS: dict[str, str] = {
-    **{w: "DT" for w in ("the", "a", "an", "some")}, **{w: "NN" for w in ("someone", "nobody", "people")},
-    **{w: "IN" for w in (*v.PREPOSITIONS, "in", "by", "that", *v.ENTAILING_SUBORDINATORS,
-                         *v.NONENTAILING_SUBORDINATORS, *v.SUBORDINATORS_NPZ)},
-    **{w: "JJ" for w in v.ADJECTIVES}, **{w: "RB" for w in (*v.ENTAILING_ADVERBS, *v.NONENTAILING_ADVERBS)},
-    "not": "RB", "never": "RB", "and": "CC", "or": "CC", "who": "WP", "was": "VBD", "were": "VBD",
-    "did": "VBD", ",": ",", ".": ".",
-}  # fmt: skip
+    **{w: "DT" for w in ("the", "a", "an", "some")},
+    **{w: "NN" for w in ("someone", "nobody", "people")},
+    **{
+        w: "IN"
+        for w in (
+            *v.PREPOSITIONS,
+            "in",
+            "by",
+            "that",
+            *v.ENTAILING_SUBORDINATORS,
+            *v.NONENTAILING_SUBORDINATORS,
+            *v.SUBORDINATORS_NPZ,
+        )
+    },
+    **{w: "JJ" for w in v.ADJECTIVES},
+    **{w: "RB" for w in (*v.ENTAILING_ADVERBS, *v.NONENTAILING_ADVERBS)},
+    "not": "RB",
+    "never": "RB",
+    "and": "CC",
+    "or": "CC",
+    "who": "WP",
+    "was": "VBD",
+    "were": "VBD",
+    "did": "VBD",
+    ",": ",",
+    ".": ".",
+}
 
 
 def tokenize(text: str) -> list[str]:
@@ -81,8 +110,10 @@ def binary_parse(text: str) -> str:
     """A right-branching binary bracketing over NP chunks, e.g. ``( ( The doctor ) ( ( saw ( the lawyer ) ) . ) )``."""
     tokens = tokenize(text) or ["."]
     tags = _tag(tokens)
-    units = [_right_branch([_leaf(tokens[i]) for i in c]) if len(c) > 1 else _leaf(tokens[c[0]])
-             for c in _chunks(tokens, tags)]  # fmt: skip
+    units = [
+        _right_branch([_leaf(tokens[i]) for i in c]) if len(c) > 1 else _leaf(tokens[c[0]])
+        for c in _chunks(tokens, tags)
+    ]
     if len(units) == 1:
         return f"( {units[0]} )"
     if tokens[-1] == "." and len(units) > 2:
@@ -117,8 +148,17 @@ def hans_row(ex: NLIExample) -> list[str]:
     label = ex.label if ex.label in HANS_LABELS else to_two_way(ex.label)
     s1, s2 = _check_text(ex, ex.premise, "premise"), _check_text(ex, ex.hypothesis, "hypothesis")
     slices = [_check_text(ex, ex.slices.get(k, ""), k) for k in ("heuristic", "subcase", "template")]
-    return [label, binary_parse(s1), binary_parse(s2), parse(s1), parse(s2), s1, s2,
-            _check_text(ex, ex.key, "id"), *slices]  # fmt: skip
+    return [
+        label,
+        binary_parse(s1),
+        binary_parse(s2),
+        parse(s1),
+        parse(s2),
+        s1,
+        s2,
+        _check_text(ex, ex.key, "id"),
+        *slices,
+    ]
 
 
 def write_hans_format(examples: Iterable[NLIExample], path: str | Path) -> Path:

@@ -23,8 +23,14 @@ ALIASES: dict[str, tuple[str, str | None, str]] = {  # name → (hub repo, confi
     "multi_nli": ("nyu-mll/multi_nli", None, "mnli"),
     "hans": ("jhu-cogsci/hans", None, "hans"),
 }
-HF_SCHEMA = Schema("hf", "hf", ("premise", "sentence1"), ("hypothesis", "sentence2"), ("label", "gold_label"),
-                   MNLI_LABELS + HANS_LABELS[1:])  # fmt: skip
+HF_SCHEMA = Schema(
+    "hf",
+    "hf",
+    ("premise", "sentence1"),
+    ("hypothesis", "sentence2"),
+    ("label", "gold_label"),
+    MNLI_LABELS + HANS_LABELS[1:],
+)
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -99,8 +105,9 @@ def _text_row(row: dict[str, Any], label_col: str, names: list[str] | None, wher
     return out
 
 
-def load_hf(spec: str, *, dataset: str | None = None, split: str | None = None,
-            limit: int | None = None) -> LoadResult:  # fmt: skip
+def load_hf(
+    spec: str, *, dataset: str | None = None, split: str | None = None, limit: int | None = None
+) -> LoadResult:
     """Load ``hf:<spec>`` (``spec`` = ``name[@config][:split]`` or a ``save_to_disk`` directory)."""
     name, spec_split = split_spec(spec)
     where, split = f"hf:{spec}", split or spec_split
@@ -112,8 +119,9 @@ def load_hf(spec: str, *, dataset: str | None = None, split: str | None = None,
         ds, split, short = _hub_dataset(name, split, where)
     cols = resolve_columns(HF_SCHEMA, list(ds.column_names), where)
     names = _label_names(ds, cols["label"], where)
-    out = Collector(clean_name(dataset or short), clean_name(split), HF_SCHEMA.labels,
-                    lambda i: f"{where} row {i}", limit)  # fmt: skip
+    out = Collector(
+        clean_name(dataset or short), clean_name(split), HF_SCHEMA.labels, lambda i: f"{where} row {i}", limit
+    )
     for i, row in enumerate(ds):
         if out.full:
             break

@@ -34,12 +34,25 @@ SOURCE_HELP = "a source is 'demo', 'demo:<split>', a file path, or 'hf:<dataset>
 
 SCHEMAS = {
     "mnli_jsonl": Schema("mnli_jsonl", "mnli", ("sentence1",), ("sentence2",), ("gold_label",), MNLI_LABELS),
-    "glue_tsv": Schema("glue_tsv", "mnli", ("sentence1",), ("sentence2",), ("gold_label", "label"), MNLI_LABELS),
-    "mnli_dev_tsv": Schema("mnli_dev_tsv", "mnli", ("premise",), ("hypothesis",), ("gold_label", "label"), MNLI_LABELS),
-    "nli_triples_tsv": Schema("nli_triples_tsv", "mnli", ("premise",), ("hypothesis",), ("gold_label",), MNLI_LABELS),
-    "hans": Schema("hans", "hans", ("sentence1",), ("sentence2",), ("gold_label",), HANS_LABELS,
-                   ("heuristic", "subcase", "template")),
-}  # fmt: skip
+    "glue_tsv": Schema(
+        "glue_tsv", "mnli", ("sentence1",), ("sentence2",), ("gold_label", "label"), MNLI_LABELS
+    ),
+    "mnli_dev_tsv": Schema(
+        "mnli_dev_tsv", "mnli", ("premise",), ("hypothesis",), ("gold_label", "label"), MNLI_LABELS
+    ),
+    "nli_triples_tsv": Schema(
+        "nli_triples_tsv", "mnli", ("premise",), ("hypothesis",), ("gold_label",), MNLI_LABELS
+    ),
+    "hans": Schema(
+        "hans",
+        "hans",
+        ("sentence1",),
+        ("sentence2",),
+        ("gold_label",),
+        HANS_LABELS,
+        ("heuristic", "subcase", "template"),
+    ),
+}
 _TRIPLE_NAMES = ["premise", "hypothesis", "gold_label"]
 _KNOWN_COLUMNS = {c for s in SCHEMAS.values() for c in (*s.premise, *s.hypothesis, *s.label)} | set(
     HANS_COLUMNS
@@ -145,8 +158,9 @@ def _read_jsonl(path: Path, lines: Iterator[tuple[int, str]], schema: Schema, ou
     return rows
 
 
-def load_file(path: str | Path, *, dataset: str | None = None, split: str | None = None,
-              limit: int | None = None) -> LoadResult:  # fmt: skip
+def load_file(
+    path: str | Path, *, dataset: str | None = None, split: str | None = None, limit: int | None = None
+) -> LoadResult:
     """Load one data file, its format detected from the file itself (see the module docstring)."""
     path = Path(path)
     lines = read_lines(path)
@@ -155,8 +169,13 @@ def load_file(path: str | Path, *, dataset: str | None = None, split: str | None
         raise DataFormatError(f"{path}:1: empty file (no lines with text)")
     fmt, has_header = detect_format(path, first[1])
     schema = SCHEMAS[fmt]
-    out = Collector(clean_name(dataset or schema.dataset), clean_name(split or default_split(path)),
-                    schema.labels, lambda n: f"{path}:{n}", limit)  # fmt: skip
+    out = Collector(
+        clean_name(dataset or schema.dataset),
+        clean_name(split or default_split(path)),
+        schema.labels,
+        lambda n: f"{path}:{n}",
+        limit,
+    )
     if fmt == "mnli_jsonl":
         rows = _read_jsonl(path, _chain(first, lines), schema, out)
     else:
@@ -187,8 +206,10 @@ def _load_demo(
     else:
         examples = demo_split(name, seed, limit)
     if dataset:
-        examples = [replace(e, dataset=clean_name(dataset), id=make_id(clean_name(dataset), e.split, e.key))
-                    for e in examples]  # fmt: skip
+        examples = [
+            replace(e, dataset=clean_name(dataset), id=make_id(clean_name(dataset), e.split, e.key))
+            for e in examples
+        ]
     return LoadResult(examples, 0, "demo", f"demo:{name}")
 
 
@@ -217,8 +238,14 @@ def source_fingerprint(source: str | None) -> str:
     return digest.hexdigest()
 
 
-def load_source(source: str, *, dataset: str | None = None, split: str | None = None, limit: int | None = None,
-                seed: int = 0) -> LoadResult:  # fmt: skip
+def load_source(
+    source: str,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> LoadResult:
     """Load ``source``: ``demo`` / ``demo:<split>`` (built-in corpus, ``seed``), a file, or ``hf:<name>[:<split>]``.
 
     ``dataset`` and ``split`` override the names used in ids (defaults come from the file name);

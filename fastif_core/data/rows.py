@@ -100,9 +100,15 @@ class Collector:
         slices = {k: row[k].strip() for k in SLICE_KEYS if (row.get(k) or "").strip()}
         extra = {k: v for k, v in row.items() if k not in used and k not in SLICE_KEYS and "parse" not in k}
         return NLIExample(
-            id=ex_id, premise=row[cols["premise"]].strip(), hypothesis=row[cols["hypothesis"]].strip(),
-            label=label, dataset=self.dataset, split=self.split, slices=slices, extra=extra,
-        )  # fmt: skip
+            id=ex_id,
+            premise=row[cols["premise"]].strip(),
+            hypothesis=row[cols["hypothesis"]].strip(),
+            label=label,
+            dataset=self.dataset,
+            split=self.split,
+            slices=slices,
+            extra=extra,
+        )
 
 
 def shorten(text: str, limit: int = 40) -> str:

@@ -210,20 +210,36 @@ SUBCASES: tuple[Subcase, ...] = (
     Subcase("se_understood_object", "subsequence", "entailment", se_understood_object),
     Subcase("se_relative_clause_on_obj", "subsequence", "entailment", se_relative_clause_on_obj),
     Subcase("se_PP_on_obj", "subsequence", "entailment", se_pp_on_obj),
-    Subcase("cn_embedded_under_if", "constituent", "non-entailment",
-            lambda r: _subordinate(r, v.NONENTAILING_SUBORDINATORS, True)),
-    Subcase("cn_after_if_clause", "constituent", "non-entailment",
-            lambda r: _subordinate(r, v.NONENTAILING_SUBORDINATORS, False)),
+    Subcase(
+        "cn_embedded_under_if",
+        "constituent",
+        "non-entailment",
+        lambda r: _subordinate(r, v.NONENTAILING_SUBORDINATORS, True),
+    ),
+    Subcase(
+        "cn_after_if_clause",
+        "constituent",
+        "non-entailment",
+        lambda r: _subordinate(r, v.NONENTAILING_SUBORDINATORS, False),
+    ),
     Subcase("cn_embedded_under_verb", "constituent", "non-entailment", lambda r: _embedded(r, v.NONFACTIVE)),
     Subcase("cn_disjunction", "constituent", "non-entailment", lambda r: _coordinate(r, "or")),
     Subcase("cn_adverb", "constituent", "non-entailment", lambda r: _adverb(r, v.NONENTAILING_ADVERBS)),
-    Subcase("ce_embedded_under_since", "constituent", "entailment",
-            lambda r: _subordinate(r, v.ENTAILING_SUBORDINATORS, True)),
-    Subcase("ce_after_since_clause", "constituent", "entailment",
-            lambda r: _subordinate(r, v.ENTAILING_SUBORDINATORS, False)),
+    Subcase(
+        "ce_embedded_under_since",
+        "constituent",
+        "entailment",
+        lambda r: _subordinate(r, v.ENTAILING_SUBORDINATORS, True),
+    ),
+    Subcase(
+        "ce_after_since_clause",
+        "constituent",
+        "entailment",
+        lambda r: _subordinate(r, v.ENTAILING_SUBORDINATORS, False),
+    ),
     Subcase("ce_embedded_under_verb", "constituent", "entailment", lambda r: _embedded(r, v.FACTIVE)),
     Subcase("ce_conjunction", "constituent", "entailment", lambda r: _coordinate(r, "and")),
     Subcase("ce_adverb", "constituent", "entailment", lambda r: _adverb(r, v.ENTAILING_ADVERBS)),
-)  # fmt: skip
+)
 SUBCASE_BY_NAME = {s.name: s for s in SUBCASES}
 HEURISTICS = ("lexical_overlap", "subsequence", "constituent")

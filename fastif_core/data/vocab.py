@@ -10,13 +10,14 @@ import random
 
 Tokens = list[str]
 
+# fmt: off
 NOUNS: tuple[tuple[str, str], ...] = tuple(
     (sg, sg + "s") for sg in (
         "doctor", "lawyer", "artist", "banker", "student", "senator", "president", "judge", "manager",
         "professor", "scientist", "athlete", "actor", "author", "tourist", "dancer", "farmer", "pilot",
         "teacher", "chef", "nurse", "writer", "singer", "engineer",
     )
-)  # fmt: skip
+)
 # (past, past participle, base): transitive verbs taking a person as object
 TRANSITIVE = (
     ("saw", "seen", "see"), ("helped", "helped", "help"), ("thanked", "thanked", "thank"),
@@ -25,35 +26,35 @@ TRANSITIVE = (
     ("advised", "advised", "advise"), ("encouraged", "encouraged", "encourage"), ("visited", "visited", "visit"),
     ("followed", "followed", "follow"), ("met", "met", "meet"), ("found", "found", "find"),
     ("mentioned", "mentioned", "mention"), ("introduced", "introduced", "introduce"),
-)  # fmt: skip
+)
 INTRANSITIVE = (
     ("slept", "sleep"), ("danced", "dance"), ("laughed", "laugh"), ("waited", "wait"), ("shouted", "shout"),
     ("ran", "run"), ("arrived", "arrive"), ("resigned", "resign"), ("smiled", "smile"), ("performed", "perform"),
     ("won", "win"), ("cried", "cry"), ("stayed", "stay"), ("swam", "swim"),
-)  # fmt: skip
+)
 # verbs whose object is optional and whose past tense equals the participle (NP/Z and past-participle cases)
 OPTIONAL_OBJECT = (
     ("paid", "pay"), ("helped", "help"), ("called", "call"), ("watched", "watch"), ("studied", "study"),
     ("moved", "move"), ("visited", "visit"), ("stopped", "stop"),
-)  # fmt: skip
+)
 UNDERSTOOD_OBJECT = (
     ("ate", "eat", ("cake", "sandwich", "soup", "apple")), ("read", "read", ("book", "letter", "report", "newspaper")),
     ("wrote", "write", ("letter", "poem", "story", "speech")), ("painted", "paint", ("wall", "fence", "picture")),
     ("cooked", "cook", ("meal", "pasta", "dinner")), ("drank", "drink", ("tea", "coffee", "juice")),
     ("sang", "sing", ("song", "anthem")), ("cleaned", "clean", ("room", "car", "kitchen")),
     ("played", "play", ("piano", "game", "guitar")),
-)  # fmt: skip
+)
 NP_S_VERBS = (("knew", "know"), ("believed", "believe"), ("heard", "hear"), ("forgot", "forget"),
-              ("remembered", "remember"), ("understood", "understand"), ("suspected", "suspect"))  # fmt: skip
+              ("remembered", "remember"), ("understood", "understand"), ("suspected", "suspect"))
 FACTIVE = (("knew", "know"), ("learned", "learn"), ("forgot", "forget"), ("remembered", "remember"),
-           ("realized", "realize"), ("noticed", "notice"))  # fmt: skip
+           ("realized", "realize"), ("noticed", "notice"))
 NONFACTIVE = (("believed", "believe"), ("thought", "think"), ("hoped", "hope"), ("assumed", "assume"),
-              ("said", "say"), ("suspected", "suspect"), ("claimed", "claim"), ("imagined", "imagine"))  # fmt: skip
+              ("said", "say"), ("suspected", "suspect"), ("claimed", "claim"), ("imagined", "imagine"))
 ADJECTIVES = ("tall", "old", "young", "famous", "happy", "smart", "shy", "busy", "tired", "rich", "quiet",
-              "new")  # fmt: skip
+              "new")
 PREPOSITIONS = ("near", "behind", "beside", "with")
 LOCATIONS = ("office", "library", "hospital", "park", "museum", "garden", "school", "station", "theater",
-             "hotel")  # fmt: skip
+             "hotel")
 ENTAILING_ADVERBS = ("certainly", "clearly", "definitely", "obviously", "undoubtedly")
 NONENTAILING_ADVERBS = ("probably", "maybe", "hopefully", "supposedly", "perhaps", "possibly")
 ENTAILING_SUBORDINATORS = ("since", "because", "although", "after", "while")
@@ -64,7 +65,8 @@ BASE_FORM: dict[str, str] = {
     **{past: base for past, _, base in TRANSITIVE},
     **dict(INTRANSITIVE), **dict(OPTIONAL_OBJECT), **{past: base for past, base, _ in UNDERSTOOD_OBJECT},
     **dict(NP_S_VERBS), **dict(FACTIVE), **dict(NONFACTIVE),
-}  # fmt: skip
+}
+# fmt: on
 
 
 def sentence(tokens: Tokens) -> str:

@@ -284,15 +284,20 @@ def _gnvp_batched(objective: Objective, batch: Batch, vs: dict[str, Tensor]) -> 
     primal = objective.outputs(leaves, batch)
     jtw = torch.autograd.grad(primal, inputs, grad_outputs=w, is_grads_batched=True, allow_unused=True)
     k = w.shape[0]
-    return {n: torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
-            for n, g, p in zip(objective.names, jtw, inputs, strict=True)}  # fmt: skip
+    return {
+        n: torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+        for n, g, p in zip(objective.names, jtw, inputs, strict=True)
+    }
 
 
 def _products_batched(objective: Objective, batch: Batch, vs: Tensor, curvature: str, method: str) -> Tensor:
     """``C_b v_k`` ``(K, P)`` in one autograd call (data term by autodiff, L2 term analytically)."""
     split = _split(objective, vs)
-    data = _gnvp_batched(objective, batch, split) if curvature == "gauss_newton" else _hvp_batched(
-        objective, batch, split, method)  # fmt: skip
+    data = (
+        _gnvp_batched(objective, batch, split)
+        if curvature == "gauss_newton"
+        else _hvp_batched(objective, batch, split, method)
+    )
     out = _join(objective, data, vs.shape[0])
     if objective.weight_decay == 0.0:
         return out
@@ -300,9 +305,13 @@ def _products_batched(objective: Objective, batch: Batch, vs: Tensor, curvature:
 
 
 def curvature_vps(
-    objective: Objective, batch: Batch, vectors: Sequence[Tensor], curvature: str = "hessian",
-    method: str = DEFAULT_HVP_METHOD, batched: bool = False,
-) -> list[Tensor]:  # fmt: skip
+    objective: Objective,
+    batch: Batch,
+    vectors: Sequence[Tensor],
+    curvature: str = "hessian",
+    method: str = DEFAULT_HVP_METHOD,
+    batched: bool = False,
+) -> list[Tensor]:
     """``[C_b v for v in vectors]`` (each ``(P,)``) on one batch: a loop of :func:`curvature_vp`, or with
     ``batched`` groups of ``VECTORS_PER_CALL`` products per autograd call. Callers run in eval mode."""
     if not batched:

@@ -140,14 +140,18 @@ class ManyInfluence:
     def result(self, m: int) -> InfluenceResult:
         """Test m's answer as a single query's :class:`InfluenceResult` (seconds: its share ``/ M``)."""
         share = {k: v / len(self) for k, v in self.seconds.items()}
-        return InfluenceResult(self.candidates[m], self.values[m, self.picks[m]], self.s_test[m],
-                               self.s_test_stats[m], share)  # fmt: skip
+        return InfluenceResult(
+            self.candidates[m], self.values[m, self.picks[m]], self.s_test[m], self.s_test_stats[m], share
+        )
 
 
 def test_gradients(
-    objective: Objective, test_batches: Sequence[Batch], device: torch.device | str | None = None,
-    *, include_l2: bool = False,
-) -> Tensor:  # fmt: skip
+    objective: Objective,
+    test_batches: Sequence[Batch],
+    device: torch.device | str | None = None,
+    *,
+    include_l2: bool = False,
+) -> Tensor:
     """``V (M, P)``: row m is :func:`fastif_core.engine.influence.test_gradient` of ``test_batches[m]``."""
     device = resolve_device(objective, device)
     if not test_batches:
@@ -181,10 +185,16 @@ def union_columns(
 
 
 def compute_many(
-    objective: Objective, test_batches: Sequence[Batch], train: Examples,
-    candidates: Sequence[Sequence[int]] | None, cfg: InfluenceConfig, device: torch.device | str | None = None,
-    progress: Progress | None = None, method: str = DEFAULT_HVP_METHOD, scoring: str = "auto",
-) -> ManyInfluence:  # fmt: skip
+    objective: Objective,
+    test_batches: Sequence[Batch],
+    train: Examples,
+    candidates: Sequence[Sequence[int]] | None,
+    cfg: InfluenceConfig,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    method: str = DEFAULT_HVP_METHOD,
+    scoring: str = "auto",
+) -> ManyInfluence:
     """Influence of each test's ``candidates[m]`` (None = every training row, "full") on ``test_batches[m]``.
 
     ``scoring``: the :func:`fastif_core.engine.scoring.score_many` path (``auto`` = its cost model).
@@ -198,8 +208,17 @@ def compute_many(
     t1 = time.perf_counter()
     est = solve_many(objective, v, train, cfg.s_test, device, sub_range(progress, 0.0, split), method)
     t2 = time.perf_counter()
-    values = score_many(objective, est.s_test, train, union.tolist(), cfg.score_batch_size, device,
-                        sub_range(progress, split, 1.0), include_l2=cfg.train_l2, method=scoring)  # fmt: skip
+    values = score_many(
+        objective,
+        est.s_test,
+        train,
+        union.tolist(),
+        cfg.score_batch_size,
+        device,
+        sub_range(progress, split, 1.0),
+        include_l2=cfg.train_l2,
+        method=scoring,
+    )
     t3 = time.perf_counter()
     seconds = {"test_gradient": t1 - t0, "s_test": t2 - t1, "scoring": t3 - t2, "total": t3 - t0}
     stats = [r.stats() for r in est.results]

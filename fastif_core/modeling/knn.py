@@ -122,8 +122,12 @@ class KnnIndex:
         log.warning(
             "index %r (nprobe=%d) found fewer than k=%d neighbours for %d of %d queries: "
             "answered those by exact search (raise nprobe or use fewer cells)",
-            self.cfg.index, self.cfg.nprobe, k, short.size, q.shape[0],
-        )  # fmt: skip
+            self.cfg.index,
+            self.cfg.nprobe,
+            k,
+            short.size,
+            q.shape[0],
+        )
         dist[short], pos[short] = self._exact.search(q[short], k)
 
     def search_by_position(

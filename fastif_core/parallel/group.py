@@ -181,8 +181,14 @@ class ParallelContext:
         if spec.world_size == 1:
             _set_cuda(spec.devices[0])
             return ctx
-        store = dist.TCPStore("127.0.0.1", 0, spec.world_size, is_master=True, wait_for_workers=False,
-                              timeout=collective_timeout(timeout_s))  # fmt: skip
+        store = dist.TCPStore(
+            "127.0.0.1",
+            0,
+            spec.world_size,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=collective_timeout(timeout_s),
+        )
         ctx._store = store
         spawn = mp.get_context("spawn")
         for rank in range(1, spec.world_size):
@@ -218,8 +224,13 @@ class ParallelContext:
     def _join(self, backend: str, store: dist.Store, timeout_s: float) -> None:
         """Every rank: join the process group and start the heartbeats (keys fresh per torchrun restart)."""
         store.set_timeout(collective_timeout(timeout_s))
-        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=self.rank,
-                                world_size=self.world_size, timeout=collective_timeout(timeout_s))  # fmt: skip
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore("default_pg", store),
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=collective_timeout(timeout_s),
+        )
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self._peers = Peers(
             dist.PrefixStore(f"fastif{restart}", store), self.rank, self.world_size, timeout_s
@@ -293,9 +304,14 @@ class ParallelContext:
         return self._states[key]
 
     def influence(
-        self, key: str, test_batch: Batch, candidates: Sequence[int] | None, cfg: InfluenceConfig,
-        progress: Progress | None = None, should_stop: ShouldStop | None = None,
-    ) -> InfluenceResult:  # fmt: skip
+        self,
+        key: str,
+        test_batch: Batch,
+        candidates: Sequence[int] | None,
+        cfg: InfluenceConfig,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> InfluenceResult:
         """Influence of ``candidates`` (training rows; None = all) on one test example, on all ranks:
         :meth:`influence_many` with M = 1.
 
@@ -307,9 +323,14 @@ class ParallelContext:
         return self.influence_many(key, [test_batch], rows, cfg, progress, should_stop).result(0)
 
     def influence_many(
-        self, key: str, test_batches: Sequence[Batch], candidates: Sequence[Sequence[int]] | None,
-        cfg: InfluenceConfig, progress: Progress | None = None, should_stop: ShouldStop | None = None,
-    ) -> ManyInfluence:  # fmt: skip
+        self,
+        key: str,
+        test_batches: Sequence[Batch],
+        candidates: Sequence[Sequence[int]] | None,
+        cfg: InfluenceConfig,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> ManyInfluence:
         """Influence of each test's ``candidates[m]`` (None = every training row) on ``test_batches[m]``,
         on all ranks (:func:`fastif_core.parallel.spmd.run_influence`); raises as :meth:`influence`."""
         if key not in self._states:
@@ -320,9 +341,13 @@ class ParallelContext:
         return self.call(spmd.run_influence, key, command, progress=progress, should_stop=should_stop)
 
     def call(
-        self, fn: Callable[..., Any], key: str, payload: dict[str, Any], progress: Progress | None = None,
+        self,
+        fn: Callable[..., Any],
+        key: str,
+        payload: dict[str, Any],
+        progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         """Run ``fn`` (a module-level function, called as ``fn(ctx, cmd, progress, should_stop)``) on
         every rank with the loaded state ``key`` and the picklable ``payload``; returns rank 0's result.
         Other engine modules add SPMD commands this way (e.g. :mod:`fastif_core.parallel.spmd`)."""
@@ -447,8 +472,9 @@ def _follower_main(rank: int, spec: DeviceSpec, port: int, timeout_s: float, par
     device = spec.devices[rank]
     _set_cuda(device)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    store = dist.TCPStore("127.0.0.1", port, spec.world_size, is_master=False,
-                          timeout=collective_timeout(timeout_s))  # fmt: skip
+    store = dist.TCPStore(
+        "127.0.0.1", port, spec.world_size, is_master=False, timeout=collective_timeout(timeout_s)
+    )
     store.set(f"ready/{rank}", "1")
     ctx = ParallelContext(rank, spec.world_size, device, str(spec))
     ctx.devices = spec.devices

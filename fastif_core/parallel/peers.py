@@ -94,8 +94,10 @@ class Peers:
         lost = self.silent()
         if lost:
             rank, quiet = min(lost.items())
-            raise GroupLost(f"rank {rank} of {self.world_size} stopped responding ({quiet:.0f} s without a "
-                            f"heartbeat, bound {self.bound_s:g} s)")  # fmt: skip
+            raise GroupLost(
+                f"rank {rank} of {self.world_size} stopped responding ({quiet:.0f} s without a "
+                f"heartbeat, bound {self.bound_s:g} s)"
+            )
 
     def barrier(self) -> None:
         """Wait until every rank reached its next barrier (the same count on all ranks), watching liveness."""

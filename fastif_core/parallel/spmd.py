@@ -71,8 +71,12 @@ def run_influence(ctx: Any, cmd: dict[str, Any], progress: Progress | None, shou
         ctx.raise_any(error)
     if not ctx.is_coordinator:
         return None
-    seconds = {"test_gradient": 0.0, "s_test": t1 - t0, "scoring": time.perf_counter() - t1,
-               "total": time.perf_counter() - t0}  # fmt: skip
+    seconds = {
+        "test_gradient": 0.0,
+        "s_test": t1 - t0,
+        "scoring": time.perf_counter() - t1,
+        "total": time.perf_counter() - t0,
+    }
     return _assemble(ctx, sums, gathered, order, (union, lists, picks), cfg, seconds)
 
 
@@ -113,9 +117,14 @@ def length_order(train: Examples, rows: list[int]) -> list[int]:
 
 
 def _score_shard(
-    ctx: Any, obj: Objective, train: Examples, s: Tensor, rows: list[int], cfg: InfluenceConfig,
+    ctx: Any,
+    obj: Objective,
+    train: Examples,
+    s: Tensor,
+    rows: list[int],
+    cfg: InfluenceConfig,
     progress: Progress | None,
-) -> tuple[Tensor, BaseException | None]:  # fmt: skip
+) -> tuple[Tensor, BaseException | None]:
     """Influence ``(M, len(rows))`` of this rank's shard (on CPU), or the error."""
     if not rows:
         return torch.zeros(len(s), 0, dtype=obj.dtype), None
@@ -129,9 +138,14 @@ def _score_shard(
 
 
 def _assemble(
-    ctx: Any, sums: list[solvers.STestPartial], gathered: list[dict[str, Any]], order: list[int],
-    columns: tuple[Tensor, list[Tensor], list[Tensor]], cfg: InfluenceConfig, seconds: dict[str, float],
-) -> ManyInfluence:  # fmt: skip
+    ctx: Any,
+    sums: list[solvers.STestPartial],
+    gathered: list[dict[str, Any]],
+    order: list[int],
+    columns: tuple[Tensor, list[Tensor], list[Tensor]],
+    cfg: InfluenceConfig,
+    seconds: dict[str, float],
+) -> ManyInfluence:
     """Rank 0: every shard back in column order; solver statistics per vector over all repetitions."""
     union, lists, picks = columns
     values = torch.empty(len(sums), len(union), dtype=gathered[0]["values"].dtype)  # (M, U)

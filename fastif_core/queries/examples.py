@@ -30,9 +30,13 @@ def require_example(store: Any, example_id: str, model_id: int) -> Any:
 
 
 def list_examples(
-    root: str | Path, *, dataset: str | None = None, split: str | None = None, incorrect: bool = False,
+    root: str | Path,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    incorrect: bool = False,
     limit: int = 20,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Examples with label, prediction and slice fields (the JSON of ``fastif examples``)."""
     store, manifest = open_store(root)
     try:
@@ -46,17 +50,32 @@ def list_examples(
     finally:
         store.close()
     return [
-        {"id": r.id, "dataset": r.dataset, "split": r.split, "label": r.label, "predicted": r.predicted,
-         "correct": r.correct, "confidence": r.confidence, "premise": r.premise, "hypothesis": r.hypothesis,
-         **r.slices}
+        {
+            "id": r.id,
+            "dataset": r.dataset,
+            "split": r.split,
+            "label": r.label,
+            "predicted": r.predicted,
+            "correct": r.correct,
+            "confidence": r.confidence,
+            "premise": r.premise,
+            "hypothesis": r.hypothesis,
+            **r.slices,
+        }
         for r in rows
-    ]  # fmt: skip
+    ]
 
 
 def select_examples(
-    root: str | Path, *, ids: str | None = None, ids_file: str | Path | None = None, dataset: str | None = None,
-    split: str | None = None, incorrect: bool = False, limit: int = 20,
-) -> list[str]:  # fmt: skip
+    root: str | Path,
+    *,
+    ids: str | None = None,
+    ids_file: str | Path | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    incorrect: bool = False,
+    limit: int = 20,
+) -> list[str]:
     """Example ids from ``ids`` ("a,b,c"), a file (one id per line, ``#`` comments) or the browse filters."""
     if ids is not None:
         return unique_ids(ids.split(","))

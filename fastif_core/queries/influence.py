@@ -40,9 +40,12 @@ def cache_key(cfg: InfluenceConfig) -> str:
 
 
 def serial_runner(
-    loaded: LoadedWorkspace, batches: list, candidates: list[list[int]] | None, cfg: InfluenceConfig,
+    loaded: LoadedWorkspace,
+    batches: list,
+    candidates: list[list[int]] | None,
+    cfg: InfluenceConfig,
     progress: Progress | None,
-) -> Any:  # fmt: skip
+) -> Any:
     """One process: M test gradients, one batched s_test, one shared scoring pass on the workspace's device."""
     from fastif_core.engine.influence import compute_many
 
@@ -58,33 +61,79 @@ def check_request(manifest: dict[str, Any], cfg: InfluenceConfig) -> None:
 
 
 def influence_query(
-    root: str | Path, example_id: str, cfg: InfluenceConfig, *, device: str = "cpu",
-    loaded: LoadedWorkspace | None = None, runner: Runner = serial_runner, progress: Progress | None = None,
-    show_progress: bool = False, job_id: int | None = None, owner: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    root: str | Path,
+    example_id: str,
+    cfg: InfluenceConfig,
+    *,
+    device: str = "cpu",
+    loaded: LoadedWorkspace | None = None,
+    runner: Runner = serial_runner,
+    progress: Progress | None = None,
+    show_progress: bool = False,
+    job_id: int | None = None,
+    owner: str | None = None,
+) -> dict[str, Any]:
     """Most helpful / harmful training examples for ``example_id``: :func:`influence_query_many` of one
     example (a job's result is ``{"influence_run_id": id}``)."""
-    return _query(root, [example_id], cfg, device, loaded, runner, progress, show_progress, job_id, owner,
-                  lambda ids: {"influence_run_id": ids[0]})[0]  # fmt: skip
+    return _query(
+        root,
+        [example_id],
+        cfg,
+        device,
+        loaded,
+        runner,
+        progress,
+        show_progress,
+        job_id,
+        owner,
+        lambda ids: {"influence_run_id": ids[0]},
+    )[0]
 
 
 def influence_query_many(
-    root: str | Path, example_ids: Sequence[str], cfg: InfluenceConfig, *, device: str = "cpu",
-    loaded: LoadedWorkspace | None = None, runner: Runner = serial_runner, progress: Progress | None = None,
-    show_progress: bool = False, job_id: int | None = None, owner: str | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
+    root: str | Path,
+    example_ids: Sequence[str],
+    cfg: InfluenceConfig,
+    *,
+    device: str = "cpu",
+    loaded: LoadedWorkspace | None = None,
+    runner: Runner = serial_runner,
+    progress: Progress | None = None,
+    show_progress: bool = False,
+    job_id: int | None = None,
+    owner: str | None = None,
+) -> list[dict[str, Any]]:
     """Each example's answer, in the given order, from one batched run (examples already stored under these
     settings are read back, ``"cached": true``). Every id is checked before any work; with
     ``job_id``/``owner`` the new runs and the job's ``done`` land in one transaction."""
-    return _query(root, example_ids, cfg, device, loaded, runner, progress, show_progress, job_id, owner,
-                  lambda ids: {"influence_run_ids": ids})  # fmt: skip
+    return _query(
+        root,
+        example_ids,
+        cfg,
+        device,
+        loaded,
+        runner,
+        progress,
+        show_progress,
+        job_id,
+        owner,
+        lambda ids: {"influence_run_ids": ids},
+    )
 
 
 def _query(
-    root: str | Path, example_ids: Sequence[str], cfg: InfluenceConfig, device: str,
-    loaded: LoadedWorkspace | None, runner: Runner, progress: Progress | None, show_progress: bool,
-    job_id: int | None, owner: str | None, job_result: Callable[[list[int]], dict[str, Any]],
-) -> list[dict[str, Any]]:  # fmt: skip
+    root: str | Path,
+    example_ids: Sequence[str],
+    cfg: InfluenceConfig,
+    device: str,
+    loaded: LoadedWorkspace | None,
+    runner: Runner,
+    progress: Progress | None,
+    show_progress: bool,
+    job_id: int | None,
+    owner: str | None,
+    job_result: Callable[[list[int]], dict[str, Any]],
+) -> list[dict[str, Any]]:
     from fastif_core.store.batch_runs import save_runs
 
     store, manifest = open_store(root)
@@ -105,17 +154,23 @@ def _query(
                 bar.close()
             saved = save_runs(store, runs, job_id=job_id, owner=owner, result=job_result)
             for i, run_id in zip(todo, saved, strict=True):
-                answers[i] = {**run_to_dict(store.get_influence_run(run_id), cfg.top, cached=False),
-                              "warnings": notes[i]}  # fmt: skip
+                answers[i] = {
+                    **run_to_dict(store.get_influence_run(run_id), cfg.top, cached=False),
+                    "warnings": notes[i],
+                }
         return [answers[i] for i in ids]
     finally:
         store.close()
 
 
 def _compute(
-    loaded: LoadedWorkspace, todo: list[str], examples: dict[str, Any], cfg: InfluenceConfig,
-    runner: Runner, report: Progress | None,
-) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:  # fmt: skip
+    loaded: LoadedWorkspace,
+    todo: list[str],
+    examples: dict[str, Any],
+    cfg: InfluenceConfig,
+    runner: Runner,
+    report: Progress | None,
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """kNN per example, one batched run, and each example's run (as ``Store.save_influence_run`` takes it)."""
     knn: list[float] = []
     positions: list[list[int]] | None = None if cfg.k is None else []
@@ -125,19 +180,35 @@ def _compute(
         if positions is not None:
             positions.append(loaded.nearest(i, cfg.k)[0])
         knn.append(time.perf_counter() - t0)
-        notes[i] = [] if cfg.k is None or not getattr(loaded.index, "last_fallback", 0) else [
-            f"the approximate index found fewer than k={cfg.k} neighbours in the cells it probes "
-            f"(nprobe={loaded.index.cfg.nprobe}); they were found by exact search"]  # fmt: skip
+        notes[i] = (
+            []
+            if cfg.k is None or not getattr(loaded.index, "last_fallback", 0)
+            else [
+                f"the approximate index found fewer than k={cfg.k} neighbours in the cells it probes "
+                f"(nprobe={loaded.index.cfg.nprobe}); they were found by exact search"
+            ]
+        )
     batches = [loaded.encode_test(examples[i].to_record()) for i in todo]
     many = runner(loaded, batches, positions, cfg, report)
     runs = []
     for m, i in enumerate(todo):
         one = many.result(m)
         seconds = {"knn": knn[m], **one.seconds, "total": knn[m] + one.seconds["total"]}
-        scores = [(loaded.train_ids[p], float(v)) for p, v in zip(one.indices.tolist(), one.values.tolist(),
-                                                                  strict=True)]  # fmt: skip
-        runs.append({"model_id": loaded.model_id, "example_id": i, "config": stored_config(cfg), "scores": scores,
-                     "num_candidates": len(scores), "timings": seconds, "s_test_stats": one.s_test_stats})  # fmt: skip
+        scores = [
+            (loaded.train_ids[p], float(v))
+            for p, v in zip(one.indices.tolist(), one.values.tolist(), strict=True)
+        ]
+        runs.append(
+            {
+                "model_id": loaded.model_id,
+                "example_id": i,
+                "config": stored_config(cfg),
+                "scores": scores,
+                "num_candidates": len(scores),
+                "timings": seconds,
+                "s_test_stats": one.s_test_stats,
+            }
+        )
     return runs, notes
 
 
@@ -156,14 +227,29 @@ def run_to_dict(run: Any, top: int, *, cached: bool) -> dict[str, Any]:
     n = None if top == 0 else top
 
     def rows(scores: list[Any]) -> list[dict[str, Any]]:
-        return [{"train_id": s.train_id, "influence": s.value, "premise": s.premise, "hypothesis": s.hypothesis,
-                 "label": s.label} for s in scores]  # fmt: skip
+        return [
+            {
+                "train_id": s.train_id,
+                "influence": s.value,
+                "premise": s.premise,
+                "hypothesis": s.hypothesis,
+                "label": s.label,
+            }
+            for s in scores
+        ]
 
     return {
-        "example_id": run.example_id, "run_id": run.id, "model_id": run.model_id, "config": {**run.config, "top": top},
-        "num_candidates": run.num_candidates, "seconds": dict(run.timings), "s_test": dict(run.s_test_stats),
-        "helpful": rows(run.helpful(n)), "harmful": rows(run.harmful(n)), "cached": cached,
-    }  # fmt: skip
+        "example_id": run.example_id,
+        "run_id": run.id,
+        "model_id": run.model_id,
+        "config": {**run.config, "top": top},
+        "num_candidates": run.num_candidates,
+        "seconds": dict(run.timings),
+        "s_test": dict(run.s_test_stats),
+        "helpful": rows(run.helpful(n)),
+        "harmful": rows(run.harmful(n)),
+        "cached": cached,
+    }
 
 
 def _tqdm(enabled: bool) -> Any:

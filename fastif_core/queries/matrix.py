@@ -78,10 +78,19 @@ class MatrixResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON summary of ``fastif matrix --json`` (no values)."""
-        return {"matrix_id": self.matrix_id, "model_id": self.model_id, "shape": list(self.shape),
-                "full": self.full, "cached": self.cached, "seconds": self.seconds, "chunks": self.chunks,
-                "peak_memory_mb": self.peak_memory_mb, "candidate_pairs": int(np.isfinite(self.values).sum()),
-                "test_ids": self.test_ids, "config": stored_config(self.config)}  # fmt: skip
+        return {
+            "matrix_id": self.matrix_id,
+            "model_id": self.model_id,
+            "shape": list(self.shape),
+            "full": self.full,
+            "cached": self.cached,
+            "seconds": self.seconds,
+            "chunks": self.chunks,
+            "peak_memory_mb": self.peak_memory_mb,
+            "candidate_pairs": int(np.isfinite(self.values).sum()),
+            "test_ids": self.test_ids,
+            "config": stored_config(self.config),
+        }
 
 
 def matrix_config(cfg: InfluenceConfig, full: bool) -> dict[str, Any]:
@@ -89,8 +98,9 @@ def matrix_config(cfg: InfluenceConfig, full: bool) -> dict[str, Any]:
     return {**stored_config(replace(cfg, k=None) if full else cfg), "full": bool(full)}
 
 
-def _check(loaded: Any, test_ids: Sequence[str], cfg: InfluenceConfig, row_block: int, col_block: int,
-           method: str) -> None:  # fmt: skip
+def _check(
+    loaded: Any, test_ids: Sequence[str], cfg: InfluenceConfig, row_block: int, col_block: int, method: str
+) -> None:
     check_request(loaded.manifest, cfg)
     if not test_ids:
         raise ConfigError("test_ids is empty: give at least one test example id")
@@ -124,8 +134,11 @@ class _Clock:
     progress: Progress | None
     units: float
     done: float = 0.0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("knn", "test_gradient", "s_test", "scoring", "store_write"), 0.0))  # fmt: skip
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("knn", "test_gradient", "s_test", "scoring", "store_write"), 0.0
+        )
+    )
 
     def add(self, stage: str, start: float, units: float, message: str) -> float:
         now = time.perf_counter()
@@ -137,10 +150,18 @@ class _Clock:
 
 
 def influence_matrix(
-    loaded: Any, test_ids: Sequence[str], cfg: InfluenceConfig, *, full: bool = False,
-    progress: Progress | None = None, row_block: int = ROW_BLOCK, col_block: int = COL_BLOCK,
-    method: str = "auto", job_id: int | None = None, owner: str | None = None,
-) -> MatrixResult:  # fmt: skip
+    loaded: Any,
+    test_ids: Sequence[str],
+    cfg: InfluenceConfig,
+    *,
+    full: bool = False,
+    progress: Progress | None = None,
+    row_block: int = ROW_BLOCK,
+    col_block: int = COL_BLOCK,
+    method: str = "auto",
+    job_id: int | None = None,
+    owner: str | None = None,
+) -> MatrixResult:
     """The influence matrix of ``test_ids`` (rows) on the kNN union or every training example (``full``),
     from the store when complete there, else computed (continuing from any stored blocks) and stored.
 
@@ -168,9 +189,17 @@ def influence_matrix(
         records = [require_example(store, t, loaded.model_id).to_record() for t in test_ids]
         columns, mask = _columns(loaded, test_ids, cfg.k)
         knn_seconds = time.perf_counter() - start
-        info = sm.start_matrix(store, model_id=loaded.model_id, test_ids=test_ids, train_positions=columns,
-                               config=matrix_config(cfg, cfg.k is None), full=cfg.k is None,
-                               row_block=row_block, col_block=col_block, job_id=job_id)  # fmt: skip
+        info = sm.start_matrix(
+            store,
+            model_id=loaded.model_id,
+            test_ids=test_ids,
+            train_positions=columns,
+            config=matrix_config(cfg, cfg.k is None),
+            full=cfg.k is None,
+            row_block=row_block,
+            col_block=col_block,
+            job_id=job_id,
+        )
         cached = info.status == "complete"
         computed, stored, derived, clock = 0, 0, 0, _Clock(progress, 1.0)
         source = None if cached or mask is None else _stored_full(store, loaded.model_id, test_ids, cfg)
@@ -192,17 +221,37 @@ def influence_matrix(
             info = sm.complete_matrix(store, info.id, timings, job_id=job_id, owner=owner)
     finally:
         store.close()
-    return MatrixResult(info.id, info.model_id, info.test_ids, [loaded.train_ids[p] for p in info.train_positions],
-                        info.train_positions, values, cfg, info.full, clock.seconds,
-                        {"total": len(info.blocks()), "computed": computed, "found_stored": stored,
-                         "derived_from_full": derived},
-                        cached, memory)  # fmt: skip
+    return MatrixResult(
+        info.id,
+        info.model_id,
+        info.test_ids,
+        [loaded.train_ids[p] for p in info.train_positions],
+        info.train_positions,
+        values,
+        cfg,
+        info.full,
+        clock.seconds,
+        {
+            "total": len(info.blocks()),
+            "computed": computed,
+            "found_stored": stored,
+            "derived_from_full": derived,
+        },
+        cached,
+        memory,
+    )
 
 
 def _fill(
-    loaded: Any, store: Any, info: sm.MatrixInfo, records: list[Any], cfg: InfluenceConfig,
-    mask: np.ndarray | None, method: str, progress: Progress | None,
-) -> tuple[int, int, _Clock]:  # fmt: skip
+    loaded: Any,
+    store: Any,
+    info: sm.MatrixInfo,
+    records: list[Any],
+    cfg: InfluenceConfig,
+    mask: np.ndarray | None,
+    method: str,
+    progress: Progress | None,
+) -> tuple[int, int, _Clock]:
     """Compute and store every missing block; returns (blocks computed, blocks found stored, clock)."""
     have = sm.stored_chunks(store, info.id)
     todo = [b for b in info.blocks() if b not in have]
@@ -279,14 +328,22 @@ def _block_s_test(
 
 
 def _score_chunk(
-    loaded: Any, store: Any, info: sm.MatrixInfo, s: torch.Tensor, cfg: InfluenceConfig,
-    mask: np.ndarray | None, method: str, at: tuple[int, int], clock: _Clock,
-) -> None:  # fmt: skip
+    loaded: Any,
+    store: Any,
+    info: sm.MatrixInfo,
+    s: torch.Tensor,
+    cfg: InfluenceConfig,
+    mask: np.ndarray | None,
+    method: str,
+    at: tuple[int, int],
+    clock: _Clock,
+) -> None:
     """Score one (row block, column chunk) block and store it (NaN at non-candidate pairs)."""
     (r0, c0), width, t0 = at, _width(info, at[1]), time.perf_counter()
     cols = info.train_positions[c0 : c0 + width]
-    values = score_many(loaded.objective, s, loaded.train, cols, cfg.score_batch_size,
-                        include_l2=cfg.train_l2, method=method)  # fmt: skip
+    values = score_many(
+        loaded.objective, s, loaded.train, cols, cfg.score_batch_size, include_l2=cfg.train_l2, method=method
+    )
     block = values.detach().to(torch.float32).cpu().numpy()
     if mask is not None:
         block[~mask[r0 : r0 + len(block), c0 : c0 + width]] = np.nan

@@ -29,9 +29,12 @@ def _dialect_insert(session: Session, table: Table) -> Any | None:
 
 
 def upsert(
-    session: Session, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str],
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
     update_cols: Sequence[str] = (),
-) -> None:  # fmt: skip
+) -> None:
     """Insert ``rows``; on a conflict of the unique ``keys`` update ``update_cols`` (or do nothing)."""
     if not rows:
         return

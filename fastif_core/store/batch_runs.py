@@ -28,8 +28,20 @@ def save_runs(
     with store.transaction() as s:
         if job_id is not None:
             jq.owned(s, job_id, owner or "")
-        ids = [res.save_run(s, r["model_id"], r["example_id"], r["config"], r["scores"], r.get("num_candidates"),
-                            r.get("timings"), r.get("s_test_stats"), job_id).id for r in runs]  # fmt: skip
+        ids = [
+            res.save_run(
+                s,
+                r["model_id"],
+                r["example_id"],
+                r["config"],
+                r["scores"],
+                r.get("num_candidates"),
+                r.get("timings"),
+                r.get("s_test_stats"),
+                job_id,
+            ).id
+            for r in runs
+        ]
         if job_id is not None:
             jq.complete(s, job_id, owner or "", result(ids) if result else {"influence_run_ids": ids})
     return ids

@@ -86,8 +86,10 @@ def describe_db_error(exc: BaseException, url: str) -> str:
     first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     text = first[0] if first else type(exc).__name__
     if "locked" in text.lower():
-        return (f"database {url} is locked by another process (waited {busy_timeout_ms() / 1000:g} s for "
-                "its write to finish): retry when it is done")  # fmt: skip
+        return (
+            f"database {url} is locked by another process (waited {busy_timeout_ms() / 1000:g} s for "
+            "its write to finish): retry when it is done"
+        )
     return f"database {url}: {text}"
 
 

@@ -30,26 +30,62 @@ from fastif_core.store.schema import (
 
 EXAMPLE_CONTENT = ("dataset_id", "split", "premise", "hypothesis", "label", *SLICE_COLUMNS, "slices", "extra")
 GROUP_COLUMNS = {
-    "dataset": Dataset.name, "split": Example.split, "label": Example.label, "genre": Example.genre,
-    "heuristic": Example.heuristic, "subcase": Example.subcase, "template": Example.template,
-    "predicted": Prediction.predicted, "correct": Prediction.correct,
-}  # fmt: skip
-ORDER_COLUMNS = {**GROUP_COLUMNS, "id": Example.id, "train_pos": Example.train_pos,
-                 "confidence": Prediction.confidence}  # fmt: skip
+    "dataset": Dataset.name,
+    "split": Example.split,
+    "label": Example.label,
+    "genre": Example.genre,
+    "heuristic": Example.heuristic,
+    "subcase": Example.subcase,
+    "template": Example.template,
+    "predicted": Prediction.predicted,
+    "correct": Prediction.correct,
+}
+ORDER_COLUMNS = {
+    **GROUP_COLUMNS,
+    "id": Example.id,
+    "train_pos": Example.train_pos,
+    "confidence": Prediction.confidence,
+}
 
 
 def dataset_info(d: Dataset) -> DatasetInfo:
-    return DatasetInfo(id=d.id, name=d.name, label_scheme=d.label_scheme, labels=list(d.labels), source=d.source,
-                       counts=dict(d.counts), num_examples=d.num_examples, created_at=d.created_at)  # fmt: skip
+    return DatasetInfo(
+        id=d.id,
+        name=d.name,
+        label_scheme=d.label_scheme,
+        labels=list(d.labels),
+        source=d.source,
+        counts=dict(d.counts),
+        num_examples=d.num_examples,
+        created_at=d.created_at,
+    )
 
 
 def upsert_dataset(
-    s: Session, name: str, *, label_scheme: str | None = None, labels: Sequence[str] | None = None,
+    s: Session,
+    name: str,
+    *,
+    label_scheme: str | None = None,
+    labels: Sequence[str] | None = None,
     source: str | None = None,
-) -> Dataset:  # fmt: skip
+) -> Dataset:
     """Create the dataset ``name`` or update the given fields of the existing one."""
-    upsert(s, Dataset.__table__, [{"name": name, "label_scheme": "", "labels": [], "source": "", "counts": {},
-                                   "num_examples": 0, "created_at": utcnow()}], ["name"])  # fmt: skip
+    upsert(
+        s,
+        Dataset.__table__,
+        [
+            {
+                "name": name,
+                "label_scheme": "",
+                "labels": [],
+                "source": "",
+                "counts": {},
+                "num_examples": 0,
+                "created_at": utcnow(),
+            }
+        ],
+        ["name"],
+    )
     ds = s.scalars(select(Dataset).where(Dataset.name == name)).one()
     for field, value in (("label_scheme", label_scheme), ("labels", labels), ("source", source)):
         if value is not None:
@@ -59,8 +95,16 @@ def upsert_dataset(
 
 def _example_row(ex: ExampleLike, dataset_id: int) -> dict[str, Any]:
     slices = dict(ex.slices or {})
-    row = {"id": ex.id, "dataset_id": dataset_id, "split": ex.split, "premise": ex.premise,
-           "hypothesis": ex.hypothesis, "label": ex.label, "slices": slices, "extra": dict(ex.extra or {})}  # fmt: skip
+    row = {
+        "id": ex.id,
+        "dataset_id": dataset_id,
+        "split": ex.split,
+        "premise": ex.premise,
+        "hypothesis": ex.hypothesis,
+        "label": ex.label,
+        "slices": slices,
+        "extra": dict(ex.extra or {}),
+    }
     row.update({c: slices.get(c) for c in SLICE_COLUMNS})
     return row
 
@@ -177,17 +221,33 @@ def _text_search(text: str) -> Any:
     return or_(*(c.ilike(pattern, escape="\\") for c in (Example.premise, Example.hypothesis, Example.id)))
 
 
-ROW_COLUMNS = (Example, Dataset.name, Prediction.predicted, Prediction.correct, Prediction.confidence,
-               Prediction.probs)  # fmt: skip
+ROW_COLUMNS = (
+    Example,
+    Dataset.name,
+    Prediction.predicted,
+    Prediction.correct,
+    Prediction.confidence,
+    Prediction.probs,
+)
 
 
 def _row(ex: Example, dataset: str, predicted: Any, correct: Any, confidence: Any, probs: Any) -> ExampleRow:
     return ExampleRow(
-        id=ex.id, dataset=dataset, split=ex.split, premise=ex.premise, hypothesis=ex.hypothesis, label=ex.label,
-        slices=dict(ex.slices), extra=dict(ex.extra), train_pos=ex.train_pos, predicted=predicted,
-        correct=correct, confidence=confidence, probs=list(probs) if probs is not None else None,
+        id=ex.id,
+        dataset=dataset,
+        split=ex.split,
+        premise=ex.premise,
+        hypothesis=ex.hypothesis,
+        label=ex.label,
+        slices=dict(ex.slices),
+        extra=dict(ex.extra),
+        train_pos=ex.train_pos,
+        predicted=predicted,
+        correct=correct,
+        confidence=confidence,
+        probs=list(probs) if probs is not None else None,
         in_workspace=bool(ex.in_workspace),
-    )  # fmt: skip
+    )
 
 
 def query(

@@ -64,5 +64,6 @@ def load_graph_arrays(root: str | Path, relative: str) -> GraphArrays:
             arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
         return GraphArrays(arrays, json.loads(meta["test_ids"]), json.loads(meta["train_ids"]))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-        raise WorkspaceError(f"{path} is not a readable graph file ({type(exc).__name__}): compute the graph "
-                             "again") from None  # fmt: skip
+        raise WorkspaceError(
+            f"{path} is not a readable graph file ({type(exc).__name__}): compute the graph again"
+        ) from None

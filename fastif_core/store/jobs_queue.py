@@ -32,13 +32,27 @@ FINISHED = ("done", "failed", "cancelled")
 def job_info(job: Job) -> JobInfo:
     """A detached, plain copy of a job row."""
     return JobInfo(
-        id=job.id, kind=job.kind, params=dict(job.params), params_hash=job.params_hash, status=job.status,
-        priority=job.priority, attempts=job.attempts, max_attempts=job.max_attempts,
-        lease_owner=job.lease_owner, lease_expires_at=job.lease_expires_at, heartbeat_at=job.heartbeat_at,
-        device=job.device, progress=job.progress, message=job.message, error=job.error,
-        result=dict(job.result) if job.result is not None else None, cancel_requested=job.cancel_requested,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-    )  # fmt: skip
+        id=job.id,
+        kind=job.kind,
+        params=dict(job.params),
+        params_hash=job.params_hash,
+        status=job.status,
+        priority=job.priority,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        lease_owner=job.lease_owner,
+        lease_expires_at=job.lease_expires_at,
+        heartbeat_at=job.heartbeat_at,
+        device=job.device,
+        progress=job.progress,
+        message=job.message,
+        error=job.error,
+        result=dict(job.result) if job.result is not None else None,
+        cancel_requested=job.cancel_requested,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
 
 
 def enqueue(
@@ -56,9 +70,20 @@ def enqueue(
     existing = s.scalar(select(Job).where(Job.kind == kind, Job.dedup_key == params_hash))
     if existing is not None:
         return existing
-    job = Job(kind=kind, params=params, params_hash=params_hash, dedup_key=params_hash, status="queued",
-              priority=priority, attempts=0, max_attempts=max_attempts, progress=0.0, message="queued",
-              cancel_requested=False, created_at=utcnow())  # fmt: skip
+    job = Job(
+        kind=kind,
+        params=params,
+        params_hash=params_hash,
+        dedup_key=params_hash,
+        status="queued",
+        priority=priority,
+        attempts=0,
+        max_attempts=max_attempts,
+        progress=0.0,
+        message="queued",
+        cancel_requested=False,
+        created_at=utcnow(),
+    )
     try:
         with s.begin_nested():
             s.add(job)
@@ -197,14 +222,28 @@ def counts(s: Session) -> dict[str, int]:
 
 
 def worker_info(w: Worker) -> WorkerInfo:
-    return WorkerInfo(id=w.id, host=w.host, pid=w.pid, devices=list(w.devices), status=w.status,
-                      current_job_id=w.current_job_id, started_at=w.started_at, heartbeat_at=w.heartbeat_at)  # fmt: skip
+    return WorkerInfo(
+        id=w.id,
+        host=w.host,
+        pid=w.pid,
+        devices=list(w.devices),
+        status=w.status,
+        current_job_id=w.current_job_id,
+        started_at=w.started_at,
+        heartbeat_at=w.heartbeat_at,
+    )
 
 
 def worker_beat(
-    s: Session, worker_id: str, *, host: str | None, pid: int | None, devices: Sequence[str] | None,
-    current_job_id: int | None, status: str,
-) -> Worker:  # fmt: skip
+    s: Session,
+    worker_id: str,
+    *,
+    host: str | None,
+    pid: int | None,
+    devices: Sequence[str] | None,
+    current_job_id: int | None,
+    status: str,
+) -> Worker:
     """Create or refresh a worker's row (registration and liveness in one call)."""
     w = s.get(Worker, worker_id, with_for_update=True)
     now = utcnow()

@@ -75,16 +75,29 @@ test_hash.__test__ = False  # type: ignore[attr-defined]  # not a pytest test wh
 
 def _info(row: InfluenceMatrix) -> MatrixInfo:
     return MatrixInfo(
-        id=row.id, model_id=row.model_id, test_ids=list(row.test_ids), train_positions=list(row.train_positions),
-        config=dict(row.config), config_hash=row.config_hash, full=bool(row.full), row_block=row.row_block,
-        col_block=row.col_block, status=row.status, timings=dict(row.timings or {}), created_at=row.created_at,
-        completed_at=row.completed_at, job_id=row.job_id,
-    )  # fmt: skip
+        id=row.id,
+        model_id=row.model_id,
+        test_ids=list(row.test_ids),
+        train_positions=list(row.train_positions),
+        config=dict(row.config),
+        config_hash=row.config_hash,
+        full=bool(row.full),
+        row_block=row.row_block,
+        col_block=row.col_block,
+        status=row.status,
+        timings=dict(row.timings or {}),
+        created_at=row.created_at,
+        completed_at=row.completed_at,
+        job_id=row.job_id,
+    )
 
 
 def _key(model_id: int, test_ids: Sequence[str], config: dict[str, Any]) -> Any:
-    return (InfluenceMatrix.model_id == model_id, InfluenceMatrix.test_hash == test_hash(test_ids),
-            InfluenceMatrix.config_hash == config_hash(config))  # fmt: skip
+    return (
+        InfluenceMatrix.model_id == model_id,
+        InfluenceMatrix.test_hash == test_hash(test_ids),
+        InfluenceMatrix.config_hash == config_hash(config),
+    )
 
 
 def find_matrix(
@@ -111,17 +124,35 @@ def list_matrices(store: Any, model_id: int | None = None, limit: int = 50) -> l
 
 
 def start_matrix(
-    store: Any, *, model_id: int, test_ids: Sequence[str], train_positions: Sequence[int], config: dict[str, Any],
-    full: bool, row_block: int, col_block: int, job_id: int | None = None,
-) -> MatrixInfo:  # fmt: skip
+    store: Any,
+    *,
+    model_id: int,
+    test_ids: Sequence[str],
+    train_positions: Sequence[int],
+    config: dict[str, Any],
+    full: bool,
+    row_block: int,
+    col_block: int,
+    job_id: int | None = None,
+) -> MatrixInfo:
     """The matrix of this key, created (status ``running``) if new. An unfinished one whose columns or
     layout differ from the request (e.g. a rebuilt index) loses its chunks and takes the new ones; a
     complete one is returned as stored."""
-    row = {"model_id": model_id, "test_ids": list(test_ids), "test_hash": test_hash(test_ids),
-           "train_positions": [int(p) for p in train_positions], "config": dict(config),
-           "config_hash": config_hash(config), "full": bool(full), "row_block": int(row_block),
-           "col_block": int(col_block), "status": "running", "timings": {}, "created_at": utcnow(),
-           "job_id": job_id}  # fmt: skip
+    row = {
+        "model_id": model_id,
+        "test_ids": list(test_ids),
+        "test_hash": test_hash(test_ids),
+        "train_positions": [int(p) for p in train_positions],
+        "config": dict(config),
+        "config_hash": config_hash(config),
+        "full": bool(full),
+        "row_block": int(row_block),
+        "col_block": int(col_block),
+        "status": "running",
+        "timings": {},
+        "created_at": utcnow(),
+        "job_id": job_id,
+    }
     with store.transaction() as s:
         upsert(s, InfluenceMatrix.__table__, [row], ["model_id", "test_hash", "config_hash"])
         found = s.scalar(select(InfluenceMatrix).where(*_key(model_id, test_ids, config)))
@@ -152,8 +183,15 @@ def save_chunk(
     block = np.ascontiguousarray(values, dtype=DTYPE)
     if block.ndim != 2:
         raise WorkspaceError(f"a matrix chunk must be 2-D, got shape {block.shape}")
-    row = {"matrix_id": matrix_id, "row_start": int(row_start), "col_start": int(col_start),
-           "num_rows": block.shape[0], "num_cols": block.shape[1], "data": block.tobytes(), "seconds": float(seconds)}  # fmt: skip
+    row = {
+        "matrix_id": matrix_id,
+        "row_start": int(row_start),
+        "col_start": int(col_start),
+        "num_rows": block.shape[0],
+        "num_cols": block.shape[1],
+        "data": block.tobytes(),
+        "seconds": float(seconds),
+    }
     with store.transaction() as s:
         upsert(s, InfluenceMatrixChunk.__table__, [row], ["matrix_id", "row_start", "col_start"])
 
@@ -186,9 +224,13 @@ def read_values(store: Any, matrix_id: int) -> np.ndarray:
     if info is None:
         raise WorkspaceError(f"influence matrix {matrix_id} does not exist")
     out = np.full(info.shape, np.nan, dtype=np.float32)
-    q = select(InfluenceMatrixChunk.row_start, InfluenceMatrixChunk.col_start, InfluenceMatrixChunk.num_rows,
-               InfluenceMatrixChunk.num_cols, InfluenceMatrixChunk.data).where(
-        InfluenceMatrixChunk.matrix_id == matrix_id)  # fmt: skip
+    q = select(
+        InfluenceMatrixChunk.row_start,
+        InfluenceMatrixChunk.col_start,
+        InfluenceMatrixChunk.num_rows,
+        InfluenceMatrixChunk.num_cols,
+        InfluenceMatrixChunk.data,
+    ).where(InfluenceMatrixChunk.matrix_id == matrix_id)
     with store.session() as s:
         for r, c, rows, cols, data in s.execute(q):
             out[r : r + rows, c : c + cols] = np.frombuffer(data, dtype=DTYPE).reshape(rows, cols)

@@ -31,30 +31,47 @@ class QueueMethods:
 
     # ---- jobs (kinds and parameter validation: fastif_core.jobs) ----------------------------------
     def enqueue_job(
-        self, kind: str, params: dict[str, Any], *, params_hash: str | None = None, max_attempts: int = 3,
+        self,
+        kind: str,
+        params: dict[str, Any],
+        *,
+        params_hash: str | None = None,
+        max_attempts: int = 3,
         priority: int = 0,
-    ) -> JobInfo:  # fmt: skip
+    ) -> JobInfo:
         """Queue a job, or return the equal (kind, params hash) job that is queued, running or done.
 
         Stores ``params`` as given (use ``fastif_core.jobs.enqueue`` to validate them first).
         """
         digest = params_hash or config_hash(params)
-        return self._write(lambda s: jq.job_info(jq.enqueue(s, kind, dict(params), digest,
-                                                            max_attempts=max_attempts, priority=priority)))  # fmt: skip
+        return self._write(
+            lambda s: jq.job_info(
+                jq.enqueue(s, kind, dict(params), digest, max_attempts=max_attempts, priority=priority)
+            )
+        )
 
     def claim_job(
-        self, owner: str, *, lease_seconds: float = 60.0, kinds: Sequence[str] | None = None,
+        self,
+        owner: str,
+        *,
+        lease_seconds: float = 60.0,
+        kinds: Sequence[str] | None = None,
         device: str | None = None,
-    ) -> JobInfo | None:  # fmt: skip
+    ) -> JobInfo | None:
         """Atomically lease the next queued (or lease-expired) job to ``owner``; None when idle."""
         return self._write(
             lambda s: _opt(jq.job_info, jq.claim(s, owner, lease_seconds, kinds=kinds, device=device))
         )
 
     def heartbeat_job(
-        self, job_id: int, owner: str, *, lease_seconds: float = 60.0, progress: float | None = None,
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        lease_seconds: float = 60.0,
+        progress: float | None = None,
         message: str | None = None,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Renew the lease and record progress; True when cancellation was requested (LeaseLostError if lost)."""
         return self._write(lambda s: jq.heartbeat(s, job_id, owner, lease_seconds, progress, message))
 
@@ -122,12 +139,29 @@ class QueueMethods:
 
     # ---- workers ----------------------------------------------------------------------------------
     def worker_heartbeat(
-        self, worker_id: str, *, host: str | None = None, pid: int | None = None,
-        devices: Sequence[str] | None = None, current_job_id: int | None = None, status: str = "running",
-    ) -> WorkerInfo:  # fmt: skip
+        self,
+        worker_id: str,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+        devices: Sequence[str] | None = None,
+        current_job_id: int | None = None,
+        status: str = "running",
+    ) -> WorkerInfo:
         """Register or refresh a worker (``status="stopped"`` when it exits cleanly)."""
-        return self._write(lambda s: jq.worker_info(jq.worker_beat(
-            s, worker_id, host=host, pid=pid, devices=devices, current_job_id=current_job_id, status=status)))  # fmt: skip
+        return self._write(
+            lambda s: jq.worker_info(
+                jq.worker_beat(
+                    s,
+                    worker_id,
+                    host=host,
+                    pid=pid,
+                    devices=devices,
+                    current_job_id=current_job_id,
+                    status=status,
+                )
+            )
+        )
 
     def list_workers(self, *, alive_within_s: float | None = None) -> list[WorkerInfo]:
         """Workers by last heartbeat, newest first; with ``alive_within_s`` only running, recently seen ones."""

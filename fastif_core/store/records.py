@@ -72,9 +72,15 @@ class ExampleRow:
         from fastif_core.data.records import NLIExample
 
         return NLIExample(
-            id=self.id, premise=self.premise, hypothesis=self.hypothesis, label=self.label,
-            dataset=self.dataset, split=self.split, slices=dict(self.slices), extra=dict(self.extra),
-        )  # fmt: skip
+            id=self.id,
+            premise=self.premise,
+            hypothesis=self.hypothesis,
+            label=self.label,
+            dataset=self.dataset,
+            split=self.split,
+            slices=dict(self.slices),
+            extra=dict(self.extra),
+        )
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,11 @@ from fastif_core.store.schema import (
 )
 
 APP_TABLES: dict[str, type[Graph] | type[CorrectionRun] | type[BenchRun] | type[Simulation]] = {
-    "graph": Graph, "correction": CorrectionRun, "bench": BenchRun, "simulation": Simulation,
-}  # fmt: skip
+    "graph": Graph,
+    "correction": CorrectionRun,
+    "bench": BenchRun,
+    "simulation": Simulation,
+}
 
 
 def as_config(config: Any) -> tuple[dict[str, Any], str]:
@@ -47,29 +50,60 @@ def as_config(config: Any) -> tuple[dict[str, Any], str]:
 
 
 def model_info(m: Model) -> ModelInfo:
-    return ModelInfo(id=m.id, name=m.name, checkpoint_path=m.checkpoint_path, train_config=dict(m.train_config),
-                     config_hash=m.config_hash, metrics=dict(m.metrics), label_names=list(m.label_names),
-                     created_at=m.created_at, lineage=dict(m.lineage or {}), active=bool(m.active))  # fmt: skip
+    return ModelInfo(
+        id=m.id,
+        name=m.name,
+        checkpoint_path=m.checkpoint_path,
+        train_config=dict(m.train_config),
+        config_hash=m.config_hash,
+        metrics=dict(m.metrics),
+        label_names=list(m.label_names),
+        created_at=m.created_at,
+        lineage=dict(m.lineage or {}),
+        active=bool(m.active),
+    )
 
 
 def get_or_create_model(
-    s: Session, name: str, checkpoint_path: str, train_config: Any, label_names: Sequence[str],
-    metrics: dict[str, Any] | None, key: str | None, lineage: dict[str, Any] | None = None,
-) -> Model:  # fmt: skip
+    s: Session,
+    name: str,
+    checkpoint_path: str,
+    train_config: Any,
+    label_names: Sequence[str],
+    metrics: dict[str, Any] | None,
+    key: str | None,
+    lineage: dict[str, Any] | None = None,
+) -> Model:
     """The model with this config hash (``key``, default: hash of ``train_config``), created if missing."""
     cfg, digest = as_config(train_config)
-    row = {"name": name, "checkpoint_path": str(checkpoint_path), "train_config": cfg, "config_hash": key or digest,
-           "metrics": dict(metrics or {}), "label_names": list(label_names), "created_at": utcnow(),
-           "lineage": dict(lineage or {}), "active": False}  # fmt: skip
+    row = {
+        "name": name,
+        "checkpoint_path": str(checkpoint_path),
+        "train_config": cfg,
+        "config_hash": key or digest,
+        "metrics": dict(metrics or {}),
+        "label_names": list(label_names),
+        "created_at": utcnow(),
+        "lineage": dict(lineage or {}),
+        "active": False,
+    }
     upsert(s, Model.__table__, [row], ["config_hash"])
     return s.scalars(select(Model).where(Model.config_hash == row["config_hash"])).one()
 
 
 def save_predictions(s: Session, model_id: int, predictions: Iterable[PredictionIn]) -> int:
     """Insert or replace the model's predictions (bulk, idempotent); returns how many were given."""
-    rows = [{"model_id": model_id, "example_id": p.example_id, "probs": [float(x) for x in p.probs],
-             "predicted": p.predicted, "confidence": float(max(p.probs)), "correct": bool(p.correct)}
-            for p in predictions]  # fmt: skip
+    rows = [
+        {
+            "model_id": model_id,
+            "example_id": p.example_id,
+            "probs": [float(x) for x in p.probs],
+            "predicted": p.predicted,
+            "confidence": float(max(p.probs)),
+            "correct": bool(p.correct),
+        }
+        for p in predictions
+    ]
     upsert(
         s,
         Prediction.__table__,
@@ -81,8 +115,14 @@ def save_predictions(s: Session, model_id: int, predictions: Iterable[Prediction
 
 
 def prediction_info(p: Prediction) -> PredictionInfo:
-    return PredictionInfo(model_id=p.model_id, example_id=p.example_id, probs=list(p.probs), predicted=p.predicted,
-                          confidence=p.confidence, correct=p.correct)  # fmt: skip
+    return PredictionInfo(
+        model_id=p.model_id,
+        example_id=p.example_id,
+        probs=list(p.probs),
+        predicted=p.predicted,
+        confidence=p.confidence,
+        correct=p.correct,
+    )
 
 
 def get_predictions(
@@ -105,40 +145,71 @@ def save_neighbors(s: Session, model_id: int, neighbors: Mapping[str, Sequence[t
     queries = list(neighbors)
     for part in chunks(queries):
         s.execute(delete(Neighbor).where(Neighbor.model_id == model_id, Neighbor.query_id.in_(part)))
-    rows = [{"model_id": model_id, "query_id": q, "rank": r, "train_id": t, "distance": float(d)}
-            for q in queries for r, (t, d) in enumerate(neighbors[q])]  # fmt: skip
+    rows = [
+        {"model_id": model_id, "query_id": q, "rank": r, "train_id": t, "distance": float(d)}
+        for q in queries
+        for r, (t, d) in enumerate(neighbors[q])
+    ]
     upsert(s, Neighbor.__table__, rows, ["model_id", "query_id", "rank"], ["train_id", "distance"])
     return len(rows)
 
 
 def get_neighbors(s: Session, model_id: int, query_id: str, limit: int | None) -> list[NeighborInfo]:
     """The stored neighbours of ``query_id``, nearest first, with their text and gold label."""
-    q = (select(Neighbor.rank, Neighbor.train_id, Neighbor.distance, Example.premise, Example.hypothesis,
-                Example.label)
-         .join(Example, Example.id == Neighbor.train_id)
-         .where(Neighbor.model_id == model_id, Neighbor.query_id == query_id).order_by(Neighbor.rank).limit(limit))  # fmt: skip
+    q = (
+        select(
+            Neighbor.rank,
+            Neighbor.train_id,
+            Neighbor.distance,
+            Example.premise,
+            Example.hypothesis,
+            Example.label,
+        )
+        .join(Example, Example.id == Neighbor.train_id)
+        .where(Neighbor.model_id == model_id, Neighbor.query_id == query_id)
+        .order_by(Neighbor.rank)
+        .limit(limit)
+    )
     return [NeighborInfo(*row) for row in s.execute(q)]
 
 
 def run_info(r: InfluenceRun, scores: list[ScoreInfo] | None = None) -> InfluenceRunInfo:
     return InfluenceRunInfo(
-        id=r.id, model_id=r.model_id, example_id=r.example_id, config=dict(r.config), config_hash=r.config_hash,
-        num_candidates=r.num_candidates, timings=dict(r.timings), s_test_stats=dict(r.s_test_stats),
-        created_at=r.created_at, job_id=r.job_id, scores=scores or [],
-    )  # fmt: skip
+        id=r.id,
+        model_id=r.model_id,
+        example_id=r.example_id,
+        config=dict(r.config),
+        config_hash=r.config_hash,
+        num_candidates=r.num_candidates,
+        timings=dict(r.timings),
+        s_test_stats=dict(r.s_test_stats),
+        created_at=r.created_at,
+        job_id=r.job_id,
+        scores=scores or [],
+    )
 
 
 def find_run(s: Session, model_id: int, example_id: str, digest: str) -> InfluenceRun | None:
-    q = select(InfluenceRun).where(InfluenceRun.model_id == model_id, InfluenceRun.example_id == example_id,
-                                   InfluenceRun.config_hash == digest)  # fmt: skip
+    q = select(InfluenceRun).where(
+        InfluenceRun.model_id == model_id,
+        InfluenceRun.example_id == example_id,
+        InfluenceRun.config_hash == digest,
+    )
     return s.scalar(q)
 
 
 def save_run(
-    s: Session, model_id: int, example_id: str, config: Any, scores: Mapping[str, float] | Sequence[tuple[str, float]],
-    num_candidates: int | None, timings: Mapping[str, Any] | None, s_test_stats: Mapping[str, Any] | None,
-    job_id: int | None, key: str | None = None,
-) -> InfluenceRun:  # fmt: skip
+    s: Session,
+    model_id: int,
+    example_id: str,
+    config: Any,
+    scores: Mapping[str, float] | Sequence[tuple[str, float]],
+    num_candidates: int | None,
+    timings: Mapping[str, Any] | None,
+    s_test_stats: Mapping[str, Any] | None,
+    job_id: int | None,
+    key: str | None = None,
+) -> InfluenceRun:
     """Write a run and all its scores, or return the run already stored under the same key.
 
     ``key`` overrides the config hash (e.g. one that ignores display-only fields such as ``top``).
@@ -151,10 +222,17 @@ def save_run(
     pairs = list(scores.items()) if isinstance(scores, Mapping) else [(t, v) for t, v in scores]
     if len({t for t, _ in pairs}) != len(pairs):
         raise ConfigError("influence scores name the same training example twice")
-    run = InfluenceRun(model_id=model_id, example_id=example_id, config=cfg, config_hash=digest,
-                       num_candidates=len(pairs) if num_candidates is None else num_candidates,
-                       timings=dict(timings or {}), s_test_stats=dict(s_test_stats or {}), created_at=utcnow(),
-                       job_id=job_id)  # fmt: skip
+    run = InfluenceRun(
+        model_id=model_id,
+        example_id=example_id,
+        config=cfg,
+        config_hash=digest,
+        num_candidates=len(pairs) if num_candidates is None else num_candidates,
+        timings=dict(timings or {}),
+        s_test_stats=dict(s_test_stats or {}),
+        created_at=utcnow(),
+        job_id=job_id,
+    )
     s.add(run)
     s.flush()
     ranked = sorted(pairs, key=lambda p: (p[1], p[0]))  # most helpful (most negative) first
@@ -175,9 +253,19 @@ def get_run(s: Session, run_id: int, with_text: bool) -> InfluenceRunInfo | None
         q = q.where(InfluenceScore.run_id == run_id).order_by(InfluenceScore.rank)
         return run_info(run, [ScoreInfo(*row) for row in s.execute(q)])
     ex = aliased(Example)
-    q = (select(InfluenceScore.train_id, InfluenceScore.value, InfluenceScore.rank, ex.premise, ex.hypothesis,
-                ex.label).join(ex, ex.id == InfluenceScore.train_id)
-         .where(InfluenceScore.run_id == run_id).order_by(InfluenceScore.rank))  # fmt: skip
+    q = (
+        select(
+            InfluenceScore.train_id,
+            InfluenceScore.value,
+            InfluenceScore.rank,
+            ex.premise,
+            ex.hypothesis,
+            ex.label,
+        )
+        .join(ex, ex.id == InfluenceScore.train_id)
+        .where(InfluenceScore.run_id == run_id)
+        .order_by(InfluenceScore.rank)
+    )
     return run_info(run, [ScoreInfo(*row) for row in s.execute(q)])
 
 
@@ -188,9 +276,17 @@ def app_table(app: str) -> Any:
 
 
 def app_info(app: str, r: Any) -> AppResultInfo:
-    return AppResultInfo(id=r.id, app=app, kind=r.kind, model_id=getattr(r, "model_id", None), config=dict(r.config),
-                         config_hash=r.config_hash, result=dict(r.result), created_at=r.created_at,
-                         job_id=r.job_id)  # fmt: skip
+    return AppResultInfo(
+        id=r.id,
+        app=app,
+        kind=r.kind,
+        model_id=getattr(r, "model_id", None),
+        config=dict(r.config),
+        config_hash=r.config_hash,
+        result=dict(r.result),
+        created_at=r.created_at,
+        job_id=r.job_id,
+    )
 
 
 def find_app_result(s: Session, app: str, model_id: int | None, kind: str, digest: str) -> Any:
@@ -202,9 +298,15 @@ def find_app_result(s: Session, app: str, model_id: int | None, kind: str, diges
 
 
 def save_app_result(
-    s: Session, app: str, model_id: int | None, config: Any, result: Mapping[str, Any], kind: str,
-    job_id: int | None, key: str | None = None,
-) -> Any:  # fmt: skip
+    s: Session,
+    app: str,
+    model_id: int | None,
+    config: Any,
+    result: Mapping[str, Any],
+    kind: str,
+    job_id: int | None,
+    key: str | None = None,
+) -> Any:
     """Store an application result; graphs and correction runs are unique per (model, kind, config hash)."""
     table, (cfg, digest) = app_table(app), as_config(config)
     digest = key or digest

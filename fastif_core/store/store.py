@@ -61,9 +61,13 @@ class Store(QueueMethods):
 
     @classmethod
     def open(
-        cls, workspace: str | Path | None = None, url: str | None = None, *, migrate: bool = True,
+        cls,
+        workspace: str | Path | None = None,
+        url: str | None = None,
+        *,
+        migrate: bool = True,
         echo: bool = False,
-    ) -> Store:  # fmt: skip
+    ) -> Store:
         """Open (creating if needed) and migrate to the newest schema.
 
         Args:
@@ -140,12 +144,19 @@ class Store(QueueMethods):
 
     # ---- datasets and examples -------------------------------------------------------------------
     def upsert_dataset(
-        self, name: str, *, label_scheme: str | None = None, labels: Sequence[str] | None = None,
+        self,
+        name: str,
+        *,
+        label_scheme: str | None = None,
+        labels: Sequence[str] | None = None,
         source: str | None = None,
-    ) -> DatasetInfo:  # fmt: skip
+    ) -> DatasetInfo:
         """Create the dataset or update the fields given (None = keep)."""
-        return self._write(lambda s: ex.dataset_info(ex.upsert_dataset(s, name, label_scheme=label_scheme,
-                                                                       labels=labels, source=source)))  # fmt: skip
+        return self._write(
+            lambda s: ex.dataset_info(
+                ex.upsert_dataset(s, name, label_scheme=label_scheme, labels=labels, source=source)
+            )
+        )
 
     def get_dataset(self, name: str) -> DatasetInfo | None:
         return self._read(
@@ -171,9 +182,15 @@ class Store(QueueMethods):
         return self._read(lambda s: ex.get_examples(s, list(ids), model_id))
 
     def query_examples(
-        self, filters: ExampleFilter | None = None, *, order_by: str = "id", descending: bool = False,
-        limit: int | None = 100, offset: int = 0, **kw: Any,
-    ) -> list[ExampleRow]:  # fmt: skip
+        self,
+        filters: ExampleFilter | None = None,
+        *,
+        order_by: str = "id",
+        descending: bool = False,
+        limit: int | None = 100,
+        offset: int = 0,
+        **kw: Any,
+    ) -> list[ExampleRow]:
         """One page of examples matching ``filters`` (or the same fields as keywords).
 
         ``order_by``: id, dataset, split, label, genre, heuristic, subcase, template, train_pos,
@@ -212,10 +229,16 @@ class Store(QueueMethods):
         return self._read(lambda s: ex.train_ids(s, model_id))
 
     def publish(
-        self, *, datasets: Mapping[str, Mapping[str, Any]], examples: Sequence[ExampleLike], model_id: int,
-        train_ids: Sequence[str], predictions: Iterable[PredictionIn],
-        neighbors: Mapping[str, Sequence[tuple[str, float]]], before_commit: Callable[[], None] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        datasets: Mapping[str, Mapping[str, Any]],
+        examples: Sequence[ExampleLike],
+        model_id: int,
+        train_ids: Sequence[str],
+        predictions: Iterable[PredictionIn],
+        neighbors: Mapping[str, Sequence[tuple[str, float]]],
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Switch the workspace to a new build in one transaction: datasets (name → upsert fields) and
         ``examples`` (exactly the workspace's members from now on), the model's training order, its
         predictions and neighbours, the active model. ``before_commit`` (the manifest rename) runs last
@@ -239,14 +262,25 @@ class Store(QueueMethods):
 
     # ---- models, predictions, neighbours ----------------------------------------------------------
     def get_or_create_model(
-        self, name: str, checkpoint_path: str | Path, train_config: Any, label_names: Sequence[str], *,
-        metrics: dict[str, Any] | None = None, config_hash: str | None = None,
+        self,
+        name: str,
+        checkpoint_path: str | Path,
+        train_config: Any,
+        label_names: Sequence[str],
+        *,
+        metrics: dict[str, Any] | None = None,
+        config_hash: str | None = None,
         lineage: dict[str, Any] | None = None,
-    ) -> ModelInfo:  # fmt: skip
+    ) -> ModelInfo:
         """The model registered under ``config_hash`` (default: hash of ``train_config``), created if new
         (``lineage``: how it was made, e.g. base model, method, settings, data hash, parent model)."""
-        return self._write(lambda s: res.model_info(res.get_or_create_model(
-            s, name, str(checkpoint_path), train_config, label_names, metrics, config_hash, lineage)))  # fmt: skip
+        return self._write(
+            lambda s: res.model_info(
+                res.get_or_create_model(
+                    s, name, str(checkpoint_path), train_config, label_names, metrics, config_hash, lineage
+                )
+            )
+        )
 
     def find_model(self, *, config_hash: str | None = None, name: str | None = None) -> ModelInfo | None:
         """The newest model matching the given fields (no fields: the newest model)."""
@@ -306,11 +340,19 @@ class Store(QueueMethods):
         return self._read(lambda s: _opt(res.run_info, res.find_run(s, model_id, example_id, config_hash)))
 
     def save_influence_run(
-        self, model_id: int, example_id: str, config: Any, scores: Mapping[str, float] | Sequence[tuple[str, float]],
-        *, num_candidates: int | None = None, timings: Mapping[str, Any] | None = None,
-        s_test_stats: Mapping[str, Any] | None = None, job_id: int | None = None, owner: str | None = None,
+        self,
+        model_id: int,
+        example_id: str,
+        config: Any,
+        scores: Mapping[str, float] | Sequence[tuple[str, float]],
+        *,
+        num_candidates: int | None = None,
+        timings: Mapping[str, Any] | None = None,
+        s_test_stats: Mapping[str, Any] | None = None,
+        job_id: int | None = None,
+        owner: str | None = None,
         config_hash: str | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Store a run and all its scores atomically; returns the run id.
 
         ``config`` is the InfluenceConfig (or its dict), stored under ``config_hash`` (default: the hash
@@ -320,10 +362,24 @@ class Store(QueueMethods):
         run already stored under the same key is returned as is (retried writes are idempotent).
         """
         return self._write_for_job(
-            lambda s: res.save_run(s, model_id, example_id, config, scores, num_candidates, timings, s_test_stats,
-                                   job_id, config_hash).id,
-            lambda run_id: {"influence_run_id": run_id}, job_id, owner,
-        )  # fmt: skip
+            lambda s: (
+                res.save_run(
+                    s,
+                    model_id,
+                    example_id,
+                    config,
+                    scores,
+                    num_candidates,
+                    timings,
+                    s_test_stats,
+                    job_id,
+                    config_hash,
+                ).id
+            ),
+            lambda run_id: {"influence_run_id": run_id},
+            job_id,
+            owner,
+        )
 
     def get_influence_run(self, run_id: int, *, with_text: bool = True) -> InfluenceRunInfo | None:
         """A run with all scores, most helpful first (``.helpful(n)`` / ``.harmful(n)``)."""
@@ -340,9 +396,17 @@ class Store(QueueMethods):
 
     # ---- application results ----------------------------------------------------------------------
     def save_app_result(
-        self, app: str, config: Any, result: Mapping[str, Any], *, model_id: int | None = None,
-        kind: str = "default", job_id: int | None = None, owner: str | None = None, config_hash: str | None = None,
-    ) -> AppResultInfo:  # fmt: skip
+        self,
+        app: str,
+        config: Any,
+        result: Mapping[str, Any],
+        *,
+        model_id: int | None = None,
+        kind: str = "default",
+        job_id: int | None = None,
+        owner: str | None = None,
+        config_hash: str | None = None,
+    ) -> AppResultInfo:
         """Store a result of app "graph", "correction" or "bench" (the latter always appended).
 
         Graph and correction results are unique per (model, kind, config hash; default: hash of
@@ -350,16 +414,22 @@ class Store(QueueMethods):
         same transaction (``result={"<app>_id": id}``).
         """
         return self._write_for_job(
-            lambda s: res.app_info(app, res.save_app_result(s, app, model_id, config, result, kind, job_id,
-                                                            config_hash)),
-            lambda info: {f"{app}_id": info.id}, job_id, owner,
-        )  # fmt: skip
+            lambda s: res.app_info(
+                app, res.save_app_result(s, app, model_id, config, result, kind, job_id, config_hash)
+            ),
+            lambda info: {f"{app}_id": info.id},
+            job_id,
+            owner,
+        )
 
     def find_app_result(
         self, app: str, config_hash: str, *, model_id: int | None = None, kind: str = "default"
     ) -> AppResultInfo | None:
-        return self._read(lambda s: _opt(lambda r: res.app_info(app, r),
-                                         res.find_app_result(s, app, model_id, kind, config_hash)))  # fmt: skip
+        return self._read(
+            lambda s: _opt(
+                lambda r: res.app_info(app, r), res.find_app_result(s, app, model_id, kind, config_hash)
+            )
+        )
 
     def get_app_result(self, app: str, result_id: int) -> AppResultInfo | None:
         return self._read(
@@ -377,9 +447,14 @@ class Store(QueueMethods):
         return self._read(lambda s: [res.app_info(app, r) for r in s.scalars(q)])
 
     def save_bench(
-        self, config: Any, result: Mapping[str, Any], *, kind: str = "default", job_id: int | None = None,
+        self,
+        config: Any,
+        result: Mapping[str, Any],
+        *,
+        kind: str = "default",
+        job_id: int | None = None,
         owner: str | None = None,
-    ) -> AppResultInfo:  # fmt: skip
+    ) -> AppResultInfo:
         """Append a ``fastif bench`` result (``bench.json`` contents)."""
         return self.save_app_result("bench", config, result, kind=kind, job_id=job_id, owner=owner)
 

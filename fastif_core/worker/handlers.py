@@ -60,9 +60,17 @@ def run_influence(ctx: JobContext) -> dict[str, Any]:
     from fastif_core.queries.influence import influence_query
 
     key, state = group_state(ctx)
-    out = influence_query(ctx.root, ctx.params.example_id, ctx.params.config, device=ctx.group.device,
-                          loaded=state.info["loaded"], runner=influence_runner(ctx, key), progress=ctx.progress,
-                          job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
+    out = influence_query(
+        ctx.root,
+        ctx.params.example_id,
+        ctx.params.config,
+        device=ctx.group.device,
+        loaded=state.info["loaded"],
+        runner=influence_runner(ctx, key),
+        progress=ctx.progress,
+        job_id=ctx.job.id,
+        owner=ctx.owner,
+    )
     return {"influence_run_id": out["run_id"], "cached": out["cached"]}  # completes a cached answer's job
 
 
@@ -73,10 +81,17 @@ def run_influence_many(ctx: JobContext) -> dict[str, Any]:
 
     params = ctx.params
     key, state = group_state(ctx)
-    out = influence_query_many(ctx.root, params.example_ids, params.config, device=ctx.group.device,
-                               loaded=state.info["loaded"], runner=influence_runner(ctx, key),
-                               progress=ctx.progress,
-                               job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
+    out = influence_query_many(
+        ctx.root,
+        params.example_ids,
+        params.config,
+        device=ctx.group.device,
+        loaded=state.info["loaded"],
+        runner=influence_runner(ctx, key),
+        progress=ctx.progress,
+        job_id=ctx.job.id,
+        owner=ctx.owner,
+    )
     return {"influence_run_ids": [o["run_id"] for o in out], "cached": [o["cached"] for o in out]}
 
 
@@ -87,9 +102,17 @@ def run_matrix(ctx: JobContext) -> dict[str, Any]:
 
     params = ctx.params
     _, state = group_state(ctx)
-    out = influence_matrix(state.info["loaded"], params.test_ids, params.config, full=params.full,
-                           progress=ctx.progress, row_block=params.row_block, col_block=params.col_block,
-                           job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
+    out = influence_matrix(
+        state.info["loaded"],
+        params.test_ids,
+        params.config,
+        full=params.full,
+        progress=ctx.progress,
+        row_block=params.row_block,
+        col_block=params.col_block,
+        job_id=ctx.job.id,
+        owner=ctx.owner,
+    )
     return {"matrix_id": out.matrix_id, "shape": list(out.shape), "cached": out.cached}
 
 

@@ -75,8 +75,9 @@ class _Heartbeat(threading.Thread):
             # with a dead rank the lease is left to expire: another worker retries the job
             if ctx is not None and w.group.alive():
                 fraction, message = ctx.signals.progress or (None, None)
-                if w.store.heartbeat_job(ctx.job.id, w.id, lease_seconds=w.lease_seconds, progress=fraction,
-                                         message=message):  # fmt: skip
+                if w.store.heartbeat_job(
+                    ctx.job.id, w.id, lease_seconds=w.lease_seconds, progress=fraction, message=message
+                ):
                     ctx.signals.cancel.set()
             w.store.worker_heartbeat(w.id, current_job_id=ctx.job.id if ctx else None)
         except LeaseLostError:
@@ -108,9 +109,15 @@ class Worker:
     """Rank 0 of a worker: claims and runs jobs until stopped (see :func:`run_worker`)."""
 
     def __init__(
-        self, root: Path, group: ParallelContext, store: Any, *, poll: float, lease_seconds: float,
+        self,
+        root: Path,
+        group: ParallelContext,
+        store: Any,
+        *,
+        poll: float,
+        lease_seconds: float,
         owner: OwnerProcess | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.root, self.group, self.store = root, group, store
         self.poll, self.lease_seconds, self.owner = poll, lease_seconds, owner
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -127,8 +134,13 @@ class Worker:
         watch = _OwnerWatch(self, self.owner, OWNER_GRACE_S) if self.owner is not None else None
         if watch is not None:
             watch.start()
-        log.info("worker %s serving %s on %s%s", self.id, self.root, self.group.spec,
-                 f", until process {self.owner.pid} exits" if self.owner else "")  # fmt: skip
+        log.info(
+            "worker %s serving %s on %s%s",
+            self.id,
+            self.root,
+            self.group.spec,
+            f", until process {self.owner.pid} exits" if self.owner else "",
+        )
         try:
             while not self._stopping(stop_event):
                 if self.run_next():
@@ -184,8 +196,9 @@ class Worker:
 
     def run_next(self) -> bool:
         """Claim and run one job; False when nothing was claimable."""
-        job = self.store.claim_job(self.id, lease_seconds=self.lease_seconds, kinds=sorted(HANDLERS),
-                                   device=self.group.spec)  # fmt: skip
+        job = self.store.claim_job(
+            self.id, lease_seconds=self.lease_seconds, kinds=sorted(HANDLERS), device=self.group.spec
+        )
         if job is None:
             return False
         log.info("job %s (%s) claimed, attempt %s/%s", job.id, job.kind, job.attempts, job.max_attempts)

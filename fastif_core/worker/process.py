@@ -40,12 +40,29 @@ def worker_alive(workspace: str | Path, within_s: float = 30.0) -> bool:
 
 
 def worker_command(
-    workspace: str | Path, devices: str = "auto", *, poll: float = 1.0, lease_seconds: float = 60.0,
-    once: bool = False, exit_with_pid: int | None = None,
-) -> list[str]:  # fmt: skip
+    workspace: str | Path,
+    devices: str = "auto",
+    *,
+    poll: float = 1.0,
+    lease_seconds: float = 60.0,
+    once: bool = False,
+    exit_with_pid: int | None = None,
+) -> list[str]:
     """The command line of a worker process (``python -m fastif_core worker ...``)."""
-    cmd = [sys.executable, "-m", "fastif_core", "worker", "--workspace", str(workspace), "--devices", devices,
-           "--poll", str(poll), "--lease-seconds", str(lease_seconds)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastif_core",
+        "worker",
+        "--workspace",
+        str(workspace),
+        "--devices",
+        devices,
+        "--poll",
+        str(poll),
+        "--lease-seconds",
+        str(lease_seconds),
+    ]
     if exit_with_pid is not None:
         cmd += ["--exit-with-pid", str(exit_with_pid)]
     return cmd + (["--once"] if once else [])
@@ -58,8 +75,13 @@ def spawn_worker(workspace: str | Path, devices: str = "auto", **options: Any) -
     root = Path(workspace)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOG_FILE, "ab") as out:
-        return subprocess.Popen(worker_command(root, devices, **options), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            worker_command(root, devices, **options),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def start_worker_process(workspace: str | Path, devices: str = "auto", **options: Any) -> int:

@@ -123,8 +123,9 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
             f"{path}: corrupt manifest ({why}); re-create it with {_prepare_hint(Path(root))}"
         ) from None
     if not isinstance(data, dict):
-        raise WorkspaceError(f"{path}: corrupt manifest (not a JSON object); re-create it with "
-                             f"{_prepare_hint(Path(root))}")  # fmt: skip
+        raise WorkspaceError(
+            f"{path}: corrupt manifest (not a JSON object); re-create it with {_prepare_hint(Path(root))}"
+        )
     return data
 
 
@@ -141,8 +142,10 @@ def require_prepared(root: str | Path) -> dict[str, Any]:
         raise WorkspaceError(f"workspace {root} is not prepared: run {_prepare_hint(root)}")
     for key, kind in REQUIRED_KEYS.items():
         if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-            raise WorkspaceError(f"{WorkspacePaths(root).manifest}: corrupt manifest (field {key!r} is "
-                                 f"{manifest.get(key)!r}); re-create it with {_prepare_hint(root)}")  # fmt: skip
+            raise WorkspaceError(
+                f"{WorkspacePaths(root).manifest}: corrupt manifest (field {key!r} is "
+                f"{manifest.get(key)!r}); re-create it with {_prepare_hint(root)}"
+            )
     return manifest
 
 
@@ -155,8 +158,10 @@ def require_workspace(root: str | Path) -> Path:
     paths = WorkspacePaths(root)
     has_db = paths.db.exists() or (bool(os.environ.get(ENV_URL)) and root.is_dir())
     if not root.is_dir() or not (has_db or paths.manifest.exists()):
-        raise WorkspaceError(f"workspace {root} does not exist: create it with {_prepare_hint(root)}, "
-                             f"or queue that with `fastif submit prepare --workspace {root} --train demo`")  # fmt: skip
+        raise WorkspaceError(
+            f"workspace {root} does not exist: create it with {_prepare_hint(root)}, "
+            f"or queue that with `fastif submit prepare --workspace {root} --train demo`"
+        )
     return root
 
 
@@ -249,15 +254,25 @@ class LoadedWorkspace:
         feats, ids = _features(paths.features) if search else (None, list(train_ids))
         _check_consistent(root, manifest, train_ids, len(train_rows), ids)
         labels = tuple(manifest["labels"])
-        objective = Objective(model, forward=hf_forward, loss=two_way_aware_cross_entropy,
-                              weight_decay=tcfg.weight_decay)  # fmt: skip
+        objective = Objective(
+            model, forward=hf_forward, loss=two_way_aware_cross_entropy, weight_decay=tcfg.weight_decay
+        )
         return cls(
-            root=root, manifest=manifest, model_id=model_id, label_names=labels, model=model,
-            tokenizer=tokenizer, objective=objective, train=M.encode(tokenizer, train_rows, labels, tcfg.max_length),
-            train_ids=train_ids, index=KnnIndex.load(paths.index, knn_config(manifest)) if search else None,
+            root=root,
+            manifest=manifest,
+            model_id=model_id,
+            label_names=labels,
+            model=model,
+            tokenizer=tokenizer,
+            objective=objective,
+            train=M.encode(tokenizer, train_rows, labels, tcfg.max_length),
+            train_ids=train_ids,
+            index=KnnIndex.load(paths.index, knn_config(manifest)) if search else None,
             features=feats,
-            feature_rows={i: r for r, i in enumerate(ids)} if search else {}, max_length=tcfg.max_length, device=device,
-        )  # fmt: skip
+            feature_rows={i: r for r, i in enumerate(ids)} if search else {},
+            max_length=tcfg.max_length,
+            device=device,
+        )
 
     def encode_test(self, example: Any) -> dict[str, Any]:
         """A one-row batch for ``example``; a 2-way label on a 3-way model gets the merged-class index."""
@@ -271,8 +286,9 @@ class LoadedWorkspace:
         batch = M.encode(self.tokenizer, [rec], self.label_names, self.max_length).collate([0])
         if not known:
             if to_two_way(example.label) != "non-entailment" or len(self.label_names) != 3:
-                raise WorkspaceError(f"example {example.id}: label {example.label!r} is not one of "
-                                     f"{list(self.label_names)}")  # fmt: skip
+                raise WorkspaceError(
+                    f"example {example.id}: label {example.label!r} is not one of {list(self.label_names)}"
+                )
             batch["labels"][:] = len(self.label_names)
         return batch
 
@@ -311,8 +327,10 @@ def _checkpoint(directory: Path, device: str) -> tuple[Any, Any, Any]:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers / safetensors raise many types for a bad file
         first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise WorkspaceError(f"{directory}: the checkpoint cannot be loaded ({type(exc).__name__}: {first}); "
-                             "re-run `fastif prepare`") from None  # fmt: skip
+        raise WorkspaceError(
+            f"{directory}: the checkpoint cannot be loaded ({type(exc).__name__}: {first}); "
+            "re-run `fastif prepare`"
+        ) from None
     return model, tokenizer, tcfg
 
 
@@ -322,12 +340,14 @@ def _features(path: Path) -> tuple[Any, list[str]]:
     try:
         return load_features(path)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-        raise WorkspaceError(f"{path} is not a readable features file ({type(exc).__name__}): "
-                             "re-run `fastif prepare`") from None  # fmt: skip
+        raise WorkspaceError(
+            f"{path} is not a readable features file ({type(exc).__name__}): re-run `fastif prepare`"
+        ) from None
 
 
-def _check_consistent(root: Path, manifest: dict[str, Any], train_ids: list[str], found: int,
-                      feature_ids: list[str]) -> None:  # fmt: skip
+def _check_consistent(
+    root: Path, manifest: dict[str, Any], train_ids: list[str], found: int, feature_ids: list[str]
+) -> None:
     """The model's training order, its rows in the store and the features all agree with the manifest."""
     n = int(manifest["num_train"])
     if len(train_ids) != n or found != n or feature_ids[:n] != train_ids:

@@ -85,8 +85,11 @@ def collect_data(cfg: PrepareConfig) -> PreparedData:
             augment_size=max(10, cfg.demo_size // 10),
         )
         source = corpus.pop("train")
-        evals = {_eval_name(exs): stratified_sample(exs, cfg.max_eval, cfg.train_config.seed)
-                 for exs in corpus.values() if exs}  # fmt: skip
+        evals = {
+            _eval_name(exs): stratified_sample(exs, cfg.max_eval, cfg.train_config.seed)
+            for exs in corpus.values()
+            if exs
+        }
     else:
         loaded = _load_nonempty(cfg.train, "training")
         skipped[cfg.train] = loaded.skipped_no_consensus
@@ -199,9 +202,13 @@ SLICES = ("label", "genre", "heuristic", "subcase")
 
 
 def prepare(
-    root: str | Path, cfg: PrepareConfig, *, device: str = "cpu", progress: Progress | None = None,
+    root: str | Path,
+    cfg: PrepareConfig,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Build (or reuse) the workspace at ``root`` for ``cfg``; returns the manifest (also in workspace.json)."""
     from fastif_core.modeling.knn import check_factory
 
@@ -240,12 +247,21 @@ def prepare_lock(paths: WorkspacePaths, report: Progress) -> Iterator[None]:
 
 
 def _prepare_locked(
-    paths: WorkspacePaths, cfg: PrepareConfig, data: PreparedData, phash: str, device: str, report: Progress,
+    paths: WorkspacePaths,
+    cfg: PrepareConfig,
+    data: PreparedData,
+    phash: str,
+    device: str,
+    report: Progress,
     show_progress: bool,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     old = _previous_manifest(paths.root)
-    if old and old.get("status") == "ready" and old.get("prepare_hash") == phash \
-            and WorkspacePaths.of(paths.root, old).index.exists():  # fmt: skip
+    if (
+        old
+        and old.get("status") == "ready"
+        and old.get("prepare_hash") == phash
+        and WorkspacePaths.of(paths.root, old).index.exists()
+    ):
         return {**old, "reused": True}
     started = time.perf_counter()
     sweep_staging(paths)
@@ -259,10 +275,17 @@ def _prepare_locked(
         )
         build = index_and_predict(staging / "build", data, cfg, model, tokenizer, model_info, device, report)
         manifest = {
-            **build.manifest, "status": "ready", "layout": LAYOUT, "build": f"{phash}-{staging.name}",
-            "prepare_hash": phash, "prepare_config": to_dict(cfg), "reused": False, "train_seconds": train_seconds,
-            "seconds": time.perf_counter() - started, "skipped_no_consensus": data.skipped,
-        }  # fmt: skip
+            **build.manifest,
+            "status": "ready",
+            "layout": LAYOUT,
+            "build": f"{phash}-{staging.name}",
+            "prepare_hash": phash,
+            "prepare_config": to_dict(cfg),
+            "reused": False,
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - started,
+            "skipped_no_consensus": data.skipped,
+        }
         publish(store, paths, staging / "build", data, model_info.id, build, manifest)
     finally:
         store.close()
@@ -299,9 +322,14 @@ def prune_builds(paths: WorkspacePaths, keep: set[str | None]) -> None:
 
 
 def publish(
-    store: Store, paths: WorkspacePaths, build_dir: Path, data: PreparedData, model_id: int, build: Build,
+    store: Store,
+    paths: WorkspacePaths,
+    build_dir: Path,
+    data: PreparedData,
+    model_id: int,
+    build: Build,
     manifest: dict[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     """Move the finished build to ``builds/`` and switch the store and the manifest in one transaction."""
     paths.builds.mkdir(parents=True, exist_ok=True)
     os.replace(build_dir, paths.builds / manifest["build"])
@@ -311,25 +339,40 @@ def publish(
         scheme, names = ("hans", HANS_LABELS) if name in two_way else ("mnli", labels_for(3))
         datasets[name] = {"label_scheme": scheme, "labels": list(names), "source": data.sources.get(name)}
     store.publish(
-        datasets=datasets, examples=data.all_examples(), model_id=model_id, train_ids=[ex.id for ex in data.train],
-        predictions=build.predictions, neighbors=build.neighbors,
+        datasets=datasets,
+        examples=data.all_examples(),
+        model_id=model_id,
+        train_ids=[ex.id for ex in data.train],
+        predictions=build.predictions,
+        neighbors=build.neighbors,
         before_commit=lambda: write_manifest(paths.root, manifest),
-    )  # fmt: skip
+    )
 
 
 def lineage(cfg: PrepareConfig, train: list[NLIExample], key: str) -> dict[str, Any]:
     """How a fine-tuned model was made (stored with the model and in its directory's ``lineage.json``)."""
     return {
-        "method": "fine-tune", "parent_model_id": None, "base_model": cfg.model or "packaged-minilm",
-        "train_config": to_dict(cfg.train_config), "num_train": len(train), "train_data_hash": content_hash(train),
-        "model_key": key, "train_source": cfg.train,
-    }  # fmt: skip
+        "method": "fine-tune",
+        "parent_model_id": None,
+        "base_model": cfg.model or "packaged-minilm",
+        "train_config": to_dict(cfg.train_config),
+        "num_train": len(train),
+        "train_data_hash": content_hash(train),
+        "model_key": key,
+        "train_source": cfg.train,
+    }
 
 
 def fit_model(
-    store: Store, paths: WorkspacePaths, staging: Path, data: PreparedData, cfg: PrepareConfig, device: str,
-    report: Progress, show_progress: bool,
-) -> tuple[Any, Any, Any, float]:  # fmt: skip
+    store: Store,
+    paths: WorkspacePaths,
+    staging: Path,
+    data: PreparedData,
+    cfg: PrepareConfig,
+    device: str,
+    report: Progress,
+    show_progress: bool,
+) -> tuple[Any, Any, Any, float]:
     """Fine-tune the classifier on the training set into ``models/<id>``, or reuse the checkpoint of the
     model trained with the same key (base model, settings, training data)."""
     from fastif_core.modeling import classifier as M
@@ -344,18 +387,28 @@ def fit_model(
     train = M.encode(tokenizer, data.train, labels_for(tc.labels), tc.max_length)
     started = time.perf_counter()
     metrics = M.train_classifier(
-        model, train, tc, device, progress=show_progress,
+        model,
+        train,
+        tc,
+        device,
+        progress=show_progress,
         on_progress=lambda f, m: report(0.05 + 0.75 * f, f"fine-tuning: {m}"),
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - started
     info = known or store.get_or_create_model(
-        f"{Path(cfg.model or 'minilm').name}-ft-{key[:8]}", "", tc, labels_for(tc.labels), metrics=metrics,
-        config_hash=key, lineage=lineage(cfg, data.train, key),
-    )  # fmt: skip
+        f"{Path(cfg.model or 'minilm').name}-ft-{key[:8]}",
+        "",
+        tc,
+        labels_for(tc.labels),
+        metrics=metrics,
+        config_hash=key,
+        lineage=lineage(cfg, data.train, key),
+    )
     target = paths.model_dir(info.id)
     M.save_checkpoint(model, tokenizer, staging / "model", tc, metrics)
-    (staging / "model" / "lineage.json").write_text(json.dumps({"model_id": info.id, **lineage(cfg, data.train, key)},
-                                                               indent=2, sort_keys=True))  # fmt: skip
+    (staging / "model" / "lineage.json").write_text(
+        json.dumps({"model_id": info.id, **lineage(cfg, data.train, key)}, indent=2, sort_keys=True)
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging / "model", target)  # never over an existing checkpoint: rename refuses a full directory
     info = store.update_model(info.id, metrics=metrics, checkpoint_path=target)
@@ -372,9 +425,15 @@ class Build:
 
 
 def index_and_predict(
-    out: Path, data: PreparedData, cfg: PrepareConfig, model: Any, tokenizer: Any, info: Any, device: str,
+    out: Path,
+    data: PreparedData,
+    cfg: PrepareConfig,
+    model: Any,
+    tokenizer: Any,
+    info: Any,
+    device: str,
     report: Progress,
-) -> Build:  # fmt: skip
+) -> Build:
     """Predictions and pooled features for every example, the FAISS index (files in ``out``), neighbours,
     accuracy; nothing is stored yet."""
     from fastif_core.modeling import classifier as M
@@ -391,8 +450,10 @@ def index_and_predict(
         ex.id: predicted_label(p, labels, ex.dataset in two_way)
         for ex, p in zip(examples, probs.tolist(), strict=True)
     }
-    predictions = [PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
-                   for ex, p in zip(examples, probs.tolist(), strict=True)]  # fmt: skip
+    predictions = [
+        PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
+        for ex, p in zip(examples, probs.tolist(), strict=True)
+    ]
     report(0.92, "building the kNN index")
     n_train = len(data.train)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,11 +461,14 @@ def index_and_predict(
     index.save(out / "index.faiss")
     save_features(out / "features.safetensors", feats, [ex.id for ex in examples])
     manifest = {
-        "model_id": info.id, "num_train": n_train, "num_examples": len(examples),
-        "labels": list(labels), "feature_dim": int(feats.shape[1]),
+        "model_id": info.id,
+        "num_train": n_train,
+        "num_examples": len(examples),
+        "labels": list(labels),
+        "feature_dim": int(feats.shape[1]),
         "accuracy": {name: accuracy_report(exs, predicted, SLICES) for name, exs in data.evals.items()},
         "train_accuracy": accuracy_report(data.train, predicted)["accuracy"],
-    }  # fmt: skip
+    }
     return Build(manifest, predictions, neighbors_of(index, feats, examples, n_train, cfg.neighbors))
 
 
@@ -421,7 +485,10 @@ def neighbors_of(
     dist, pos = index.search(feats, k_eff)
     out: dict[str, list[tuple[str, float]]] = {}
     for row, ex in enumerate(examples):
-        pairs = [(examples[p].id, float(d)) for d, p in zip(dist[row].tolist(), pos[row].tolist(), strict=True)
-                 if p >= 0 and not (row < n_train and p == row)]  # fmt: skip
+        pairs = [
+            (examples[p].id, float(d))
+            for d, p in zip(dist[row].tolist(), pos[row].tolist(), strict=True)
+            if p >= 0 and not (row < n_train and p == row)
+        ]
         out[ex.id] = pairs[:k]
     return out

@@ -60,10 +60,19 @@ def list_versions(root: str | Path) -> list[dict[str, Any]]:
     """Every model of the workspace: id, name, active, parent, how it was made, accuracy per evaluation set."""
     with Store.open(root) as store:
         models = store.list_models()
-    return [{"id": m.id, "name": m.name, "active": m.active, "parent_model_id": m.lineage.get("parent_model_id"),
-             "method": m.lineage.get("method", ""), "created_at": m.created_at.isoformat(),
-             "accuracy": {k: v.get("accuracy") for k, v in (m.metrics.get("accuracy") or {}).items()},
-             "lineage": m.lineage} for m in models]  # fmt: skip
+    return [
+        {
+            "id": m.id,
+            "name": m.name,
+            "active": m.active,
+            "parent_model_id": m.lineage.get("parent_model_id"),
+            "method": m.lineage.get("method", ""),
+            "created_at": m.created_at.isoformat(),
+            "accuracy": {k: v.get("accuracy") for k, v in (m.metrics.get("accuracy") or {}).items()},
+            "lineage": m.lineage,
+        }
+        for m in models
+    ]
 
 
 def workspace_data(store: Store, model_id: int) -> Any:
@@ -81,8 +90,17 @@ def workspace_data(store: Store, model_id: int) -> Any:
     return PreparedData(train=train, evals=dict(sorted(evals.items())))
 
 
-def _build(store: Store, paths: WorkspacePaths, manifest: dict[str, Any], model: Any, tokenizer: Any,
-           info: Any, train_from: int, device: str, report: Progress) -> tuple[str, Any]:  # fmt: skip
+def _build(
+    store: Store,
+    paths: WorkspacePaths,
+    manifest: dict[str, Any],
+    model: Any,
+    tokenizer: Any,
+    info: Any,
+    train_from: int,
+    device: str,
+    report: Progress,
+) -> tuple[str, Any]:
     """Predictions, features, index and neighbours of ``model`` over the workspace (as prepare builds them),
     moved to ``builds/model-<id>-<hex>``; predictions, neighbours and the training order stored."""
     from fastif_core.workspace.prepare import index_and_predict
@@ -105,9 +123,17 @@ def _build(store: Store, paths: WorkspacePaths, manifest: dict[str, Any], model:
 
 
 def save_version(
-    root: str | Path, parent_id: int, model: Any, tokenizer: Any, train_config: Any, lineage: dict[str, Any],
-    key: str, *, device: str = "cpu", progress: Progress | None = None,
-) -> Any:  # fmt: skip
+    root: str | Path,
+    parent_id: int,
+    model: Any,
+    tokenizer: Any,
+    train_config: Any,
+    lineage: dict[str, Any],
+    key: str,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> Any:
     """Store ``model`` (changed from ``parent_id``) as a new version under the unique ``key``; the same key
     again returns the stored version. Returns its ModelInfo (not active: see :func:`activate`)."""
     from fastif_core.modeling import classifier as M
@@ -135,13 +161,22 @@ def save_version(
             _write_checkpoint(paths, target, model, tokenizer, train_config, {"model_id": info.id, **lin})
         report(0.2, f"model version {info.id}: predictions, features and index")
         build_name, build = _build(store, paths, manifest, model, tokenizer, info, parent_id, device, report)
-        metrics = {"build": build_name, "accuracy": build.manifest["accuracy"],
-                   "train_accuracy": build.manifest["train_accuracy"]}  # fmt: skip
+        metrics = {
+            "build": build_name,
+            "accuracy": build.manifest["accuracy"],
+            "train_accuracy": build.manifest["train_accuracy"],
+        }
         return store.update_model(info.id, metrics=metrics, checkpoint_path=target)
 
 
-def _write_checkpoint(paths: WorkspacePaths, target: Path, model: Any, tokenizer: Any, train_config: Any,
-                      lineage: dict[str, Any]) -> None:  # fmt: skip
+def _write_checkpoint(
+    paths: WorkspacePaths,
+    target: Path,
+    model: Any,
+    tokenizer: Any,
+    train_config: Any,
+    lineage: dict[str, Any],
+) -> None:
     """Checkpoint + ``lineage.json`` into staging, then one rename into ``models/<id>`` (refused if full)."""
     from fastif_core.modeling import classifier as M
 
@@ -171,15 +206,27 @@ def activate(
         if model_id == current:
             return manifest
         if store.train_ids(model_id) != store.train_ids(current):
-            raise WorkspaceError(f"model {model_id} was trained on another training set than the workspace's; "
-                                 "re-run `fastif prepare` for it")  # fmt: skip
-        known = served.get(str(model_id)) or {"build": info.metrics.get("build"),
-                                              "accuracy": info.metrics.get("accuracy")}  # fmt: skip
-        if not known.get("build") or not (paths.builds / known["build"] / "index.faiss").exists() \
-                or known.get("accuracy") is None:  # fmt: skip
+            raise WorkspaceError(
+                f"model {model_id} was trained on another training set than the workspace's; "
+                "re-run `fastif prepare` for it"
+            )
+        known = served.get(str(model_id)) or {
+            "build": info.metrics.get("build"),
+            "accuracy": info.metrics.get("accuracy"),
+        }
+        if (
+            not known.get("build")
+            or not (paths.builds / known["build"] / "index.faiss").exists()
+            or known.get("accuracy") is None
+        ):
             known = _rebuild(store, paths, manifest, info, current, device, progress)
-        new = {**manifest, "model_id": model_id, "build": known["build"], "accuracy": known["accuracy"],
-               "model_builds": {**served, str(model_id): known}}  # fmt: skip
+        new = {
+            **manifest,
+            "model_id": model_id,
+            "build": known["build"],
+            "accuracy": known["accuracy"],
+            "model_builds": {**served, str(model_id): known},
+        }
         with store.transaction() as s:
             ex.set_active_model(s, model_id)
             s.flush()
@@ -187,22 +234,29 @@ def activate(
     return new
 
 
-def _rebuild(store: Store, paths: WorkspacePaths, manifest: dict[str, Any], info: Any, current: int, device: str,
-             progress: Progress | None) -> dict[str, Any]:  # fmt: skip
+def _rebuild(
+    store: Store,
+    paths: WorkspacePaths,
+    manifest: dict[str, Any],
+    info: Any,
+    current: int,
+    device: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
     """Features and index of a version whose build is gone (pruned by a later prepare), from its checkpoint."""
     from fastif_core.modeling import classifier as M
 
     model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(info.id), device)
-    name, build = _build(store, paths, manifest, model, tokenizer, info, current, device,
-                         progress or ignore)  # fmt: skip
+    name, build = _build(store, paths, manifest, model, tokenizer, info, current, device, progress or ignore)
     store.update_model(
         info.id, metrics={**info.metrics, "build": name, "accuracy": build.manifest["accuracy"]}
     )
     return {"build": name, "accuracy": build.manifest["accuracy"]}
 
 
-def compare(root: str | Path, a: int, b: int, *, columns: tuple[str, ...] = COMPARE_COLUMNS,
-            limit: int = 200) -> dict[str, Any]:  # fmt: skip
+def compare(
+    root: str | Path, a: int, b: int, *, columns: tuple[str, ...] = COMPARE_COLUMNS, limit: int = 200
+) -> dict[str, Any]:
     """Two versions side by side: accuracy per slice value of each column, and the evaluation examples whose
     prediction changed (``limit`` rows; ``changed`` counts all)."""
     with Store.open(root) as store:
@@ -213,19 +267,45 @@ def compare(root: str | Path, a: int, b: int, *, columns: tuple[str, ...] = COMP
         pa, pb = store.get_predictions(a), store.get_predictions(b)
         rows = store.query_examples(in_training_set=False, limit=None, model_id=a)
         changed = [r for r in rows if r.id in pa and r.id in pb and pa[r.id].predicted != pb[r.id].predicted]
-    examples = [{"id": r.id, "dataset": r.dataset, "split": r.split, "label": r.label, "premise": r.premise,
-                 "hypothesis": r.hypothesis, "a": pa[r.id].predicted, "b": pb[r.id].predicted,
-                 "fixed": pb[r.id].predicted == r.label, **r.slices} for r in changed[:limit]]  # fmt: skip
+    examples = [
+        {
+            "id": r.id,
+            "dataset": r.dataset,
+            "split": r.split,
+            "label": r.label,
+            "premise": r.premise,
+            "hypothesis": r.hypothesis,
+            "a": pa[r.id].predicted,
+            "b": pb[r.id].predicted,
+            "fixed": pb[r.id].predicted == r.label,
+            **r.slices,
+        }
+        for r in changed[:limit]
+    ]
     fixed = sum(pb[r.id].correct and not pa[r.id].correct for r in changed)
     broken = sum(pa[r.id].correct and not pb[r.id].correct for r in changed)
-    return {"a": a, "b": b, "slices": slices, "changed": len(changed), "fixed": fixed, "broken": broken,
-            "examples": examples}  # fmt: skip
+    return {
+        "a": a,
+        "b": b,
+        "slices": slices,
+        "changed": len(changed),
+        "fixed": fixed,
+        "broken": broken,
+        "examples": examples,
+    }
 
 
 def _side_by_side(store: Store, column: str, a: int, b: int) -> list[dict[str, Any]]:
     """``[{value, n, accuracy_a, accuracy_b}]`` over the evaluation examples (not the training set)."""
     left = {g.value: g for g in store.summarize_by(column, model_id=a, in_training_set=False)}
     right = {g.value: g for g in store.summarize_by(column, model_id=b, in_training_set=False)}
-    return [{"value": v, "n": left[v].count, "accuracy_a": left[v].accuracy,
-             "accuracy_b": right[v].accuracy if v in right else None}
-            for v in sorted(left, key=lambda x: (x is None, str(x))) if v is not None]  # fmt: skip
+    return [
+        {
+            "value": v,
+            "n": left[v].count,
+            "accuracy_a": left[v].accuracy,
+            "accuracy_b": right[v].accuracy if v in right else None,
+        }
+        for v in sorted(left, key=lambda x: (x is None, str(x)))
+        if v is not None
+    ]

@@ -34,20 +34,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_correct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "correct", help="fix a slice the model gets wrong by gradient steps on influential examples (Sec. 6.3)",
+        "correct",
+        help="fix a slice the model gets wrong by gradient steps on influential examples (Sec. 6.3)",
         description="For I iterations: draw A anchors from the target slice, score the k nearest training (or "
         "--pool) examples by influence on the anchors' mean loss, take one SGD step on the top m; compare "
         "helpful, harmful, random and anchors over S seeds on every slice's evaluation part and held-out data.",
-    )  # fmt: skip
+    )
     _common(p)
     d = CorrectConfig()
     p.add_argument("--slice", default=d.slice, help=help_of(CorrectConfig, "slice"))
     p.add_argument("--pool", default=d.pool, help=help_of(CorrectConfig, "pool"))
-    for name, kind in (("iterations", positive_int), ("anchors", positive_int), ("k", positive_int),
-                       ("top", positive_int), ("lr", positive_float), ("seeds", positive_int), ("seed", int),
-                       ("anchor_fraction", float), ("max_eval", positive_int)):  # fmt: skip
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
-                       help=help_of(CorrectConfig, name))  # fmt: skip
+    for name, kind in (
+        ("iterations", positive_int),
+        ("anchors", positive_int),
+        ("k", positive_int),
+        ("top", positive_int),
+        ("lr", positive_float),
+        ("seeds", positive_int),
+        ("seed", int),
+        ("anchor_fraction", float),
+        ("max_eval", positive_int),
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(d, name),
+            help=help_of(CorrectConfig, name),
+        )
     p.add_argument("--split-seed", type=int, default=None, help=help_of(CorrectConfig, "split_seed"))
     p.add_argument("--methods", default=",".join(METHODS), help=help_of(CorrectConfig, "methods"))
     p.add_argument("--heldout", default=d.heldout, help=help_of(CorrectConfig, "heldout"))
@@ -61,8 +74,12 @@ def _add_correct(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"{help_of(STestConfig, 'depth')} (default: the preset's)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help=f"{help_of(STestConfig, 'batch_size')} (default: the preset's)")  # fmt: skip
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help=f"{help_of(STestConfig, 'batch_size')} (default: the preset's)",
+    )
     p.add_argument(
         "--gradient-l2",
         choices=GRADIENT_L2,
@@ -80,11 +97,24 @@ def correct_config_from_args(a: argparse.Namespace) -> CorrectConfig:
     given = {k: v for k, v in (("depth", a.depth), ("batch_size", a.batch_size)) if v is not None}
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     return CorrectConfig(
-        slice=a.slice, pool=a.pool, iterations=a.iterations, anchors=a.anchors, k=a.k, top=a.top, lr=a.lr,
-        seeds=a.seeds, seed=a.seed, split_seed=a.split_seed, methods=methods, anchor_fraction=a.anchor_fraction,
-        max_eval=a.max_eval, heldout=a.heldout, s_test=STestConfig.preset(a.preset, **given),
-        gradient_l2=a.gradient_l2, save=a.save,
-    ).validate()  # fmt: skip
+        slice=a.slice,
+        pool=a.pool,
+        iterations=a.iterations,
+        anchors=a.anchors,
+        k=a.k,
+        top=a.top,
+        lr=a.lr,
+        seeds=a.seeds,
+        seed=a.seed,
+        split_seed=a.split_seed,
+        methods=methods,
+        anchor_fraction=a.anchor_fraction,
+        max_eval=a.max_eval,
+        heldout=a.heldout,
+        s_test=STestConfig.preset(a.preset, **given),
+        gradient_l2=a.gradient_l2,
+        save=a.save,
+    ).validate()
 
 
 def cmd_correct(a: argparse.Namespace) -> int:
@@ -128,8 +158,10 @@ def _submit(a: argparse.Namespace, cfg: CorrectConfig) -> int:
 
 def format_correction(out: dict[str, Any]) -> str:
     """Accuracy before and after (mean [min, max] over seeds) per evaluation part and method."""
-    lines = [f"target {out['target']} · pool {out['pool']['source']} ({out['pool']['size']}) · model "
-             f"{out['model_id']}" + (" [cached]" if out.get("cached") else "")]  # fmt: skip
+    lines = [
+        f"target {out['target']} · pool {out['pool']['source']} ({out['pool']['size']}) · model "
+        f"{out['model_id']}" + (" [cached]" if out.get("cached") else "")
+    ]
     for part, before in out["before"].items():
         lines.append(f"  {part:<48} n={before['n']:<5} before {before['accuracy']:.3f}")
         for method, m in out["methods"].items():
@@ -145,11 +177,12 @@ def format_correction(out: dict[str, Any]) -> str:
 
 def _add_corrections(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "corrections", help="stored correction / augmentation runs, the seeds of one comparison merged",
+        "corrections",
+        help="stored correction / augmentation runs, the seeds of one comparison merged",
         description="Runs that differ only in --seed/--seeds (same split, settings, model and `before`; e.g. "
         "`--seed s --seeds 1 --split-seed 0` on several machines) are one comparison: listed once, with the "
         "mean [min, max] over all their distinct seeds.",
-    )  # fmt: skip
+    )
     add_workspace_argument(p)
     p.add_argument(
         "--kind", choices=("correct", "augment"), default=None, help="only this kind (default: both)"
@@ -159,14 +192,19 @@ def _add_corrections(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", type=int, default=None, help="only runs of this model version (default: all)")
     p.add_argument(
-        "--import", dest="imports", nargs="+", metavar="FILE", default=[],
+        "--import",
+        dest="imports",
+        nargs="+",
+        metavar="FILE",
+        default=[],
         help="first store these runs (the JSON `fastif correct --json` printed, in a workspace prepared with "
         "the same model, settings and data: another machine or day)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--markdown", action="store_true",
+        "--markdown",
+        action="store_true",
         help="print each comparison as a markdown table (final accuracy, mean [min, max] over seeds)",
-    )  # fmt: skip
+    )
     p.add_argument("--json", action="store_true", help="print the merged results as a JSON list")
     p.set_defaults(func=cmd_corrections)
 
@@ -228,8 +266,10 @@ def cmd_versions(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(out, indent=2))
     elif a.compare:
-        print(f"models {out['a']} -> {out['b']}: {out['changed']} predictions changed ({out['fixed']} fixed, "
-              f"{out['broken']} broken)")  # fmt: skip
+        print(
+            f"models {out['a']} -> {out['b']}: {out['changed']} predictions changed ({out['fixed']} fixed, "
+            f"{out['broken']} broken)"
+        )
     else:
         for v in out["versions"]:
             print(

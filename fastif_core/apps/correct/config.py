@@ -102,10 +102,20 @@ class CorrectConfig:
             self.anchor_fraction,
         )
         _check(self.max_eval is None or self.max_eval >= 1, "max_eval", "an integer >= 1", self.max_eval)
-        _check(bool(self.methods) and len(set(self.methods)) == len(self.methods)
-               and all(m in METHODS for m in self.methods), "methods", ", ".join(METHODS), ",".join(self.methods))  # fmt: skip
-        _check(self.save is None or self.save in self.methods, "save", f"one of the run's methods "
-               f"({', '.join(self.methods)})", self.save)  # fmt: skip
+        _check(
+            bool(self.methods)
+            and len(set(self.methods)) == len(self.methods)
+            and all(m in METHODS for m in self.methods),
+            "methods",
+            ", ".join(METHODS),
+            ",".join(self.methods),
+        )
+        _check(
+            self.save is None or self.save in self.methods,
+            "save",
+            f"one of the run's methods ({', '.join(self.methods)})",
+            self.save,
+        )
         _check(
             bool(self.pool.strip()), "pool", "'train' or a source (demo:augment, a file, hf:...)", self.pool
         )

@@ -97,13 +97,17 @@ def select(store: Store, cfg: CorrectConfig, model_id: int) -> LoopData:
     spec = cfg.target
     target = _rows(store, spec, model_id)
     if len(target) < 2:
-        raise ConfigError(f"slice={cfg.slice!r} matches {len(target)} evaluation example(s) of this workspace: "
-                          "allowed a slice with at least 2 (see `fastif examples` for the fields)")  # fmt: skip
+        raise ConfigError(
+            f"slice={cfg.slice!r} matches {len(target)} evaluation example(s) of this workspace: "
+            "allowed a slice with at least 2 (see `fastif examples` for the fields)"
+        )
     pool, own_eval = split_target(target, cfg.anchor_fraction, cfg.data_seed)
     if cfg.anchors > len(pool):
-        raise ConfigError(f"anchors={cfg.anchors} is larger than the anchor pool ({len(pool)} of the slice's "
-                          f"{len(target)} examples at anchor_fraction={cfg.anchor_fraction}): allowed "
-                          f"anchors <= {len(pool)}")  # fmt: skip
+        raise ConfigError(
+            f"anchors={cfg.anchors} is larger than the anchor pool ({len(pool)} of the slice's "
+            f"{len(target)} examples at anchor_fraction={cfg.anchor_fraction}): allowed "
+            f"anchors <= {len(pool)}"
+        )
     name = slice_text(spec)
     evals = {}
     for text, sib in sibling_slices(store, spec, model_id).items():

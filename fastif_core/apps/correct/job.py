@@ -47,8 +47,10 @@ def _served_model(root: str | Path, cfg: CorrectConfig) -> int:
     manifest = require_prepared(root)
     served = int(manifest["model_id"])
     if cfg.model_id is not None and int(cfg.model_id) != served:
-        raise ConfigError(f"model_id={cfg.model_id} is not the workspace's active model ({served}): switch to it "
-                          f"with `fastif versions activate {cfg.model_id}` first")  # fmt: skip
+        raise ConfigError(
+            f"model_id={cfg.model_id} is not the workspace's active model ({served}): switch to it "
+            f"with `fastif versions activate {cfg.model_id}` first"
+        )
     return served
 
 
@@ -65,8 +67,9 @@ def check_settings(root: str | Path, cfg: CorrectConfig) -> tuple[int, LoopData]
 
 def make_objective(weight_decay: float) -> Callable[[Any], Objective]:
     """The workspace's influence objective (two-way aware loss) for a copy of its model."""
-    return lambda model: Objective(model, forward=hf_forward, loss=two_way_aware_cross_entropy,
-                                   weight_decay=weight_decay)  # fmt: skip
+    return lambda model: Objective(
+        model, forward=hf_forward, loss=two_way_aware_cross_entropy, weight_decay=weight_decay
+    )
 
 
 def loop_inputs(loaded: LoadedWorkspace, pool: Pool, data: LoopData) -> LoopInputs:
@@ -78,9 +81,16 @@ def loop_inputs(loaded: LoadedWorkspace, pool: Pool, data: LoopData) -> LoopInpu
     else:
         allowed = torch.tensor([(ex.premise, ex.hypothesis) not in evaluated for ex in pool.examples])
     anchor_ids = [ex.id for ex in data.anchor_pool]
-    return LoopInputs(train=loaded.train, pool=pool.encoded, pool_ids=pool.ids, index=pool.index, allowed=allowed,
-                      anchors=enc(data.anchor_pool), query=lambda rows: anchor_query(loaded, [anchor_ids[r] for r in rows]),
-                      parts={k: enc(v) for k, v in data.parts().items() if v})  # fmt: skip
+    return LoopInputs(
+        train=loaded.train,
+        pool=pool.encoded,
+        pool_ids=pool.ids,
+        index=pool.index,
+        allowed=allowed,
+        anchors=enc(data.anchor_pool),
+        query=lambda rows: anchor_query(loaded, [anchor_ids[r] for r in rows]),
+        parts={k: enc(v) for k, v in data.parts().items() if v},
+    )
 
 
 def _loops(cfg: CorrectConfig, only: str | None) -> list[tuple[str, int]]:
@@ -89,8 +99,14 @@ def _loops(cfg: CorrectConfig, only: str | None) -> list[tuple[str, int]]:
     return [(m, cfg.seed + s) for m in cfg.methods for s in range(cfg.seeds)]
 
 
-def run_loops(loaded: LoadedWorkspace, inputs: LoopInputs, cfg: CorrectConfig, *, only: str | None = None,
-              progress: Progress | None = None) -> tuple[dict[str, list[dict]], Any]:  # fmt: skip
+def run_loops(
+    loaded: LoadedWorkspace,
+    inputs: LoopInputs,
+    cfg: CorrectConfig,
+    *,
+    only: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, list[dict]], Any]:
     """Every (method, seed) loop from a fresh copy of the served model; returns the runs by method and the
     final model of (``cfg.save`` or ``only``, first seed)."""
     report = progress or ignore
@@ -100,15 +116,25 @@ def run_loops(loaded: LoadedWorkspace, inputs: LoopInputs, cfg: CorrectConfig, *
     for n, (method, seed) in enumerate(todo):
         model = copy.deepcopy(loaded.model)
         sub = lambda f, m, n=n: report((n + f) / len(todo), m)  # noqa: E731
-        runs.setdefault(method, []).append(run_loop(model, factory, inputs, method, seed, cfg,
-                                                    device=loaded.device, progress=sub))  # fmt: skip
+        runs.setdefault(method, []).append(
+            run_loop(model, factory, inputs, method, seed, cfg, device=loaded.device, progress=sub)
+        )
         if method == keep_method and seed == cfg.seed:
             kept = model
     return runs, kept
 
 
-def _result(cfg: CorrectConfig, model_id: int, data: LoopData, pool: Pool, before: dict, runs: dict,
-            seconds: dict[str, float], device: str, model_hash: str) -> dict[str, Any]:  # fmt: skip
+def _result(
+    cfg: CorrectConfig,
+    model_id: int,
+    data: LoopData,
+    pool: Pool,
+    before: dict,
+    runs: dict,
+    seconds: dict[str, float],
+    device: str,
+    model_hash: str,
+) -> dict[str, Any]:
     """The stored run. ``model_hash`` (the model's ``config_hash``: base model, training settings and data)
     names the model across workspaces, so a run made elsewhere can be imported (:mod:`.stored`)."""
     methods = {}
@@ -116,17 +142,31 @@ def _result(cfg: CorrectConfig, model_id: int, data: LoopData, pool: Pool, befor
         after = {r["seed"]: r["curve"][-1] for r in seeds}
         methods[method] = {"seeds": seeds, "after": after, "summary": summarize(before, seeds)}
     return {
-        "settings": to_dict(replace(cfg, save=None)), "model_id": model_id, "model_hash": model_hash, "kind": cfg.kind,
-        "target": data.target, "heldout": data.heldout_name, "sizes": data.sizes(), "device": device, "seconds": seconds,
+        "settings": to_dict(replace(cfg, save=None)),
+        "model_id": model_id,
+        "model_hash": model_hash,
+        "kind": cfg.kind,
+        "target": data.target,
+        "heldout": data.heldout_name,
+        "sizes": data.sizes(),
+        "device": device,
+        "seconds": seconds,
         "pool": {"source": pool.source, "size": len(pool), "built": pool.built, "directory": pool.directory},
-        "before": before, "methods": methods,
-    }  # fmt: skip
+        "before": before,
+        "methods": methods,
+    }
 
 
 def run_correction(
-    root: str | Path, cfg: CorrectConfig, *, device: str = "cpu", progress: Progress | None = None,
-    loaded: LoadedWorkspace | None = None, job_id: int | None = None, owner: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    root: str | Path,
+    cfg: CorrectConfig,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    loaded: LoadedWorkspace | None = None,
+    job_id: int | None = None,
+    owner: str | None = None,
+) -> dict[str, Any]:
     """Run (or read from the store) the correction of ``cfg``; returns the stored result dict with
     ``run_id``, ``cached`` and, with ``cfg.save``, ``saved`` (the new model version)."""
     model_id, data = check_settings(root, cfg)
@@ -165,14 +205,22 @@ def _ref(run_id: int, cached: bool, saved: dict | None) -> dict[str, Any]:
     }
 
 
-def _store(root: str | Path, cfg: CorrectConfig, model_id: int, result: dict[str, Any], saved: dict | None,
-           job_id: int | None, owner: str | None) -> Any:  # fmt: skip
+def _store(
+    root: str | Path,
+    cfg: CorrectConfig,
+    model_id: int,
+    result: dict[str, Any],
+    saved: dict | None,
+    job_id: int | None,
+    owner: str | None,
+) -> Any:
     """Write the run once; with a job, its ``done`` lands in the same transaction (LeaseLostError: nothing)."""
     args = (APP, model_id, replace(cfg, save=None), result, cfg.kind)
     with Store.open(root) as store:
         if job_id is None:
-            info = store.save_app_result(APP, args[2], result, model_id=model_id, kind=cfg.kind,
-                                         config_hash=cfg.result_key())  # fmt: skip
+            info = store.save_app_result(
+                APP, args[2], result, model_id=model_id, kind=cfg.kind, config_hash=cfg.result_key()
+            )
             return replace(info, result={**info.result, "run_id": info.id})
         stored: dict[str, Any] = {}
 
@@ -185,8 +233,15 @@ def _store(root: str | Path, cfg: CorrectConfig, model_id: int, result: dict[str
     return replace(info, result={**info.result, "run_id": info.id})
 
 
-def _save(root: str | Path, loaded: LoadedWorkspace, cfg: CorrectConfig, parent: int, model: Any, found: Any,
-          runs: dict) -> dict[str, Any]:  # fmt: skip
+def _save(
+    root: str | Path,
+    loaded: LoadedWorkspace,
+    cfg: CorrectConfig,
+    parent: int,
+    model: Any,
+    found: Any,
+    runs: dict,
+) -> dict[str, Any]:
     """The final model of ``cfg.save`` (first seed) as a model version, with its lineage; a re-run loop must
     reproduce the stored curve."""
     run = runs[cfg.save][0]
@@ -195,14 +250,23 @@ def _save(root: str | Path, loaded: LoadedWorkspace, cfg: CorrectConfig, parent:
         stored = found.result["methods"][cfg.save]["seeds"][0]["curve"]
         reproduced = _close(stored, run["curve"])
         if not reproduced:
-            raise ConfigError(f"save={cfg.save!r}: re-running the loop did not reproduce the stored curve; "
-                              "run the correction again without the cached result")  # fmt: skip
+            raise ConfigError(
+                f"save={cfg.save!r}: re-running the loop did not reproduce the stored curve; "
+                "run the correction again without the cached result"
+            )
     key = config_hash(
         {"correction": cfg.result_key(), "method": cfg.save, "seed": cfg.seed, "parent": parent}
     )
-    lineage = {"method": f"correction:{cfg.save}", "settings": to_dict(replace(cfg, save=None)),
-               "seed": cfg.seed, "steps": cfg.iterations, "picks": run["picks"],
-               "correction_key": cfg.result_key(), "kind": cfg.kind, "pool": cfg.pool}  # fmt: skip
+    lineage = {
+        "method": f"correction:{cfg.save}",
+        "settings": to_dict(replace(cfg, save=None)),
+        "seed": cfg.seed,
+        "steps": cfg.iterations,
+        "picks": run["picks"],
+        "correction_key": cfg.result_key(),
+        "kind": cfg.kind,
+        "pool": cfg.pool,
+    }
     tcfg = served_train_config(loaded)
     info = versions.save_version(
         root, parent, model, loaded.tokenizer, tcfg, lineage, key, device=loaded.device
@@ -240,8 +304,16 @@ def _close(a: list[dict], b: list[dict]) -> bool:
     return True
 
 
-def _finish(root: str | Path, found: Any, cfg: CorrectConfig, saved: dict | None, job_id: int | None,
-            owner: str | None, *, cached: bool) -> dict[str, Any]:  # fmt: skip
+def _finish(
+    root: str | Path,
+    found: Any,
+    cfg: CorrectConfig,
+    saved: dict | None,
+    job_id: int | None,
+    owner: str | None,
+    *,
+    cached: bool,
+) -> dict[str, Any]:
     if job_id is not None:
         with Store.open(root) as store:
             store.complete_job(job_id, owner or "", result=_ref(found.id, cached, saved))
@@ -251,10 +323,19 @@ def _finish(root: str | Path, found: Any, cfg: CorrectConfig, saved: dict | None
 # ---- job handlers (the worker imports fastif_core.apps, which imports this module) --------------------
 def run_correct_job(ctx: Any) -> dict[str, Any]:
     """``correct`` jobs on rank 0's device; progress (method, seed, iteration) is the job's message."""
-    out = run_correction(ctx.root, ctx.params, device=ctx.group.device, progress=ctx.progress, job_id=ctx.job.id,
-                         owner=ctx.owner)  # fmt: skip
-    return {"correction_id": out["run_id"], "cached": out["cached"],
-            **({"saved_model_id": out["saved"]["model_id"]} if out["saved"] else {})}  # fmt: skip
+    out = run_correction(
+        ctx.root,
+        ctx.params,
+        device=ctx.group.device,
+        progress=ctx.progress,
+        job_id=ctx.job.id,
+        owner=ctx.owner,
+    )
+    return {
+        "correction_id": out["run_id"],
+        "cached": out["cached"],
+        **({"saved_model_id": out["saved"]["model_id"]} if out["saved"] else {}),
+    }
 
 
 def run_activate_job(ctx: Any) -> dict[str, Any]:

@@ -54,21 +54,27 @@ def sgd_step(objective: Objective, batch: Batch, lr: float, *, include_l2: bool 
 
 def influence_config(cfg: CorrectConfig) -> InfluenceConfig:
     """The InfluenceConfig equivalent of the run's settings (which gradients carry the L2 term)."""
-    return InfluenceConfig(s_test=cfg.s_test, k=cfg.k, score_batch_size=cfg.score_batch_size,
-                           gradient_l2=cfg.gradient_l2).validate()  # fmt: skip
+    return InfluenceConfig(
+        s_test=cfg.s_test, k=cfg.k, score_batch_size=cfg.score_batch_size, gradient_l2=cfg.gradient_l2
+    ).validate()
 
 
 def anchor_influence(
-    objective: Objective, anchor_batch: Batch, train: Examples, pool: Examples, candidates: list[int],
+    objective: Objective,
+    anchor_batch: Batch,
+    train: Examples,
+    pool: Examples,
+    candidates: list[int],
     cfg: CorrectConfig,
-) -> tuple[Tensor, dict[str, Any]]:  # fmt: skip
+) -> tuple[Tensor, dict[str, Any]]:
     """Influence ``(k,)`` of ``pool[candidates]`` on the mean loss of the anchor batch: one s_test
     ``(C + μI)⁻¹ ∇ mean_a ℓ(z_a)`` over the training curvature, scored by :func:`score_many`."""
     icfg = influence_config(cfg)
     v = test_gradient(objective, anchor_batch, include_l2=icfg.test_l2)  # (P,) gradient of the batch mean
     est = solve(objective, v, train, cfg.s_test)
-    values = score_many(objective, est.s_test.unsqueeze(0), pool, candidates, cfg.score_batch_size,
-                        include_l2=icfg.train_l2)[0]  # fmt: skip
+    values = score_many(
+        objective, est.s_test.unsqueeze(0), pool, candidates, cfg.score_batch_size, include_l2=icfg.train_l2
+    )[0]
     return values, est.stats()
 
 
@@ -90,8 +96,11 @@ def evaluate(model: Any, parts: dict[str, Any], batch_size: int = 64, device: st
         )
         pred = probs.argmax(1)
         correct = torch.where(labels == c, pred != 0, pred == labels)
-        out[name] = {"n": len(enc), "loss": float(-p_gold.clamp_min(1e-12).log().mean()) if len(enc) else None,
-                     "accuracy": float(correct.double().mean()) if len(enc) else None}  # fmt: skip
+        out[name] = {
+            "n": len(enc),
+            "loss": float(-p_gold.clamp_min(1e-12).log().mean()) if len(enc) else None,
+            "accuracy": float(correct.double().mean()) if len(enc) else None,
+        }
     return out
 
 
@@ -125,9 +134,16 @@ def candidates_of(inputs: LoopInputs, anchor_rows: list[int], k: int) -> list[in
 
 
 def run_loop(
-    model: Any, make_objective: ObjectiveFactory, inputs: LoopInputs, method: str, seed: int, cfg: CorrectConfig,
-    *, device: str = "cpu", progress: Progress | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    model: Any,
+    make_objective: ObjectiveFactory,
+    inputs: LoopInputs,
+    method: str,
+    seed: int,
+    cfg: CorrectConfig,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """One method and seed: ``cfg.iterations`` steps on ``model`` (changed in place). Returns the curve (the
     evaluation after every iteration), the chosen pool ids per iteration, s_test statistics and seconds."""
     objective = make_objective(model)
@@ -138,8 +154,9 @@ def run_loop(
     for t, anchor_rows in enumerate(schedule):
         if method in ("helpful", "harmful"):
             cands = candidates_of(inputs, anchor_rows, cfg.k)
-            values, stats = anchor_influence(objective, inputs.anchors.collate(anchor_rows), inputs.train,
-                                             inputs.pool, cands, cfg)  # fmt: skip
+            values, stats = anchor_influence(
+                objective, inputs.anchors.collate(anchor_rows), inputs.train, inputs.pool, cands, cfg
+            )
             chosen, solver = pick(method, values, cands, cfg.top), [*solver, stats]
         elif method == "random":
             chosen = rng.sample(allowed_rows, min(cfg.top, len(allowed_rows)))
@@ -151,5 +168,11 @@ def run_loop(
         curve.append(evaluate(model, inputs.parts, device=device))
         if progress is not None:
             progress((t + 1) / cfg.iterations, f"{method} seed {seed}: iteration {t + 1}/{cfg.iterations}")
-    return {"seed": seed, "curve": curve, "picks": picks, "anchors": schedule, "s_test": solver,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+    return {
+        "seed": seed,
+        "curve": curve,
+        "picks": picks,
+        "anchors": schedule,
+        "s_test": solver,
+        "seconds": time.perf_counter() - started,
+    }

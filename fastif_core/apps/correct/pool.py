@@ -105,8 +105,10 @@ def _read(loaded: LoadedWorkspace, source: str, directory: Path, built: bool) ->
         _, ids = load_features(directory / "features.safetensors")
         index = KnnIndex.load(directory / "index.faiss", knn_config(loaded.manifest))
     except Exception as exc:  # noqa: BLE001 - json, safetensors and faiss raise their own types
-        raise WorkspaceError(f"{directory}: the stored pool is damaged ({type(exc).__name__}); delete the "
-                             "directory and run again to rebuild it") from None  # fmt: skip
+        raise WorkspaceError(
+            f"{directory}: the stored pool is damaged ({type(exc).__name__}); delete the "
+            "directory and run again to rebuild it"
+        ) from None
     if ids != [ex.id for ex in records] or index.ntotal != len(records):
         raise WorkspaceError(f"{directory}: features, index and examples disagree; delete it to rebuild")
     encoded = encode_labeled(loaded.tokenizer, records, loaded.label_names, loaded.max_length)

@@ -22,15 +22,19 @@ RUN_FIELDS = ("settings", "model_id", "model_hash", "kind", "before", "methods",
 NOT_STORED = ("run_id", "cached", "saved", "saved_model_id")
 
 
-def stored_comparisons(root: str | Path, *, kind: str | None = None, target: str | None = None,
-                       model_id: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def stored_comparisons(
+    root: str | Path, *, kind: str | None = None, target: str | None = None, model_id: int | None = None
+) -> list[dict[str, Any]]:
     """Every stored run of the workspace, merged per comparison (:func:`.summary.merge_runs`)."""
     require_workspace(root)  # a mistyped path is one clear line, and no database is created
     want = None if target is None else slice_text(parse_slice(target))
     with Store.open(root) as store:
         rows = store.list_app_results(APP, model_id=model_id, kind=kind, limit=1_000_000)
-    runs = [(r.id, r.result) for r in rows
-            if want is None or slice_text(parse_slice(r.result["settings"]["slice"])) == want]  # fmt: skip
+    runs = [
+        (r.id, r.result)
+        for r in rows
+        if want is None or slice_text(parse_slice(r.result["settings"]["slice"])) == want
+    ]
     return merge_runs(runs)
 
 
@@ -48,8 +52,14 @@ def import_runs(root: str | Path, paths: list[str | Path]) -> list[dict[str, Any
         out = []
         for path, cfg, model_id, result in checked:
             known = store.find_app_result(APP, cfg.result_key(), model_id=model_id, kind=cfg.kind)
-            info = known or store.save_app_result(APP, replace(cfg, save=None), result, model_id=model_id,
-                                                  kind=cfg.kind, config_hash=cfg.result_key())  # fmt: skip
+            info = known or store.save_app_result(
+                APP,
+                replace(cfg, save=None),
+                result,
+                model_id=model_id,
+                kind=cfg.kind,
+                config_hash=cfg.result_key(),
+            )
             out.append({"file": str(path), "run_id": info.id, "imported": known is None})
     return out
 
@@ -68,8 +78,10 @@ def _checked_run(path: Path, models: dict[str, int]) -> tuple[Path, CorrectConfi
         )
     missing = [f for f in RUN_FIELDS if f not in data]
     if missing:
-        raise DataFormatError(f"{path}: field {missing[0]!r} is missing: a run made by `fastif correct --json` "
-                              f"holds {', '.join(RUN_FIELDS)}")  # fmt: skip
+        raise DataFormatError(
+            f"{path}: field {missing[0]!r} is missing: a run made by `fastif correct --json` "
+            f"holds {', '.join(RUN_FIELDS)}"
+        )
     try:
         cfg = CorrectConfig.from_json_dict(data["settings"]).validate()
     except (FastifError, TypeError, ValueError, KeyError) as e:
@@ -79,8 +91,10 @@ def _checked_run(path: Path, models: dict[str, int]) -> tuple[Path, CorrectConfi
             f"{path}: field 'kind' is {data['kind']!r} but its settings make a {cfg.kind!r} run"
         )
     if data["model_hash"] not in models:
-        raise DataFormatError(f"{path}: field 'model_hash' {str(data['model_hash'])[:12]}… names no model of this "
-                              "workspace: import into a workspace prepared with the same model, settings and data")  # fmt: skip
+        raise DataFormatError(
+            f"{path}: field 'model_hash' {str(data['model_hash'])[:12]}… names no model of this "
+            "workspace: import into a workspace prepared with the same model, settings and data"
+        )
     result = {k: v for k, v in data.items() if k not in NOT_STORED}
     model_id = models[data["model_hash"]]
     return path, cfg, model_id, {**result, "model_id": model_id}

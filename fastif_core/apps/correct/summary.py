@@ -28,8 +28,11 @@ def summarize(before: dict[str, dict], runs: list[dict[str, Any]]) -> dict[str, 
             if any(v is None for s in series for v in s):
                 continue
             cols = list(zip(*series, strict=True))
-            out[part][metric] = {"mean": [sum(c) / len(c) for c in cols], "min": [min(c) for c in cols],
-                                 "max": [max(c) for c in cols]}  # fmt: skip
+            out[part][metric] = {
+                "mean": [sum(c) / len(c) for c in cols],
+                "min": [min(c) for c in cols],
+                "max": [max(c) for c in cols],
+            }
     return out
 
 
@@ -68,8 +71,11 @@ def _merge(group: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
             for seed_run in result["methods"][method]["seeds"]:
                 by_seed.setdefault(int(seed_run["seed"]), seed_run)
         seeds = [by_seed[s] for s in sorted(by_seed)]
-        methods[method] = {"seeds": seeds, "after": {s["seed"]: s["curve"][-1] for s in seeds},
-                           "summary": summarize(first["before"], seeds)}  # fmt: skip
+        methods[method] = {
+            "seeds": seeds,
+            "after": {s["seed"]: s["curve"][-1] for s in seeds},
+            "summary": summarize(first["before"], seeds),
+        }
     seed_list = sorted({int(s["seed"]) for m in methods.values() for s in m["seeds"]})
     settings = {**first["settings"], "seed": seed_list[0], "seeds": len(seed_list), "save": None}
     if settings.get("split_seed") is None:
@@ -77,10 +83,14 @@ def _merge(group: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     totals = {run_id: float(result["seconds"]["total"]) for run_id, result in group}
     devices = sorted({str(result["device"]) for _, result in group})
     return {
-        **first, "settings": settings, "methods": methods, "run_ids": [run_id for run_id, _ in group],
-        "seed_list": seed_list, "seconds": {"total": sum(totals.values()), "runs": totals},
+        **first,
+        "settings": settings,
+        "methods": methods,
+        "run_ids": [run_id for run_id, _ in group],
+        "seed_list": seed_list,
+        "seconds": {"total": sum(totals.values()), "runs": totals},
         "device": ", ".join(devices),
-    }  # fmt: skip
+    }
 
 
 def markdown_table(result: dict[str, Any], metric: str = "accuracy") -> str:

@@ -41,9 +41,14 @@ def side_layout(arrays: dict[str, np.ndarray], sign: int, cfg: GraphConfig) -> t
     """Training node positions over the helpful (``sign`` −1) or harmful (+1) edges only."""
     keep = np.sign(arrays["edge_value"]) == sign
     return layout.geometric_medians(
-        arrays["edge_train"][keep], arrays["edge_test"][keep], np.abs(arrays["edge_value"][keep]),
-        arrays["test_xy"], len(arrays["train_pos"]), radius=cfg.inner_radius, iterations=cfg.layout_iterations,
-    )  # fmt: skip
+        arrays["edge_train"][keep],
+        arrays["edge_test"][keep],
+        np.abs(arrays["edge_value"][keep]),
+        arrays["test_xy"],
+        len(arrays["train_pos"]),
+        radius=cfg.inner_radius,
+        iterations=cfg.layout_iterations,
+    )
 
 
 def graph_arrays(
@@ -52,9 +57,14 @@ def graph_arrays(
     """Edges and both layouts of the matrix; also the layout's iterations."""
     train_pos, edge_test, edge_train, edge_value = edges_of(values)
     test_slice = np.asarray(test.slice_index, dtype=np.int32)
-    arrays = {"test_slice": test_slice, "train_pos": train_pos.astype(np.int64), "edge_test": edge_test,
-              "edge_train": edge_train, "edge_value": edge_value.astype(np.float32),
-              "test_xy": layout.circle_positions(test_slice, len(test.slices), jitter=cfg.jitter, seed=cfg.seed)}  # fmt: skip
+    arrays = {
+        "test_slice": test_slice,
+        "train_pos": train_pos.astype(np.int64),
+        "edge_test": edge_test,
+        "edge_train": edge_train,
+        "edge_value": edge_value.astype(np.float32),
+        "test_xy": layout.circle_positions(test_slice, len(test.slices), jitter=cfg.jitter, seed=cfg.seed),
+    }
     arrays["helpful_xy"], helpful_iters = side_layout(arrays, -1, cfg)
     arrays["harmful_xy"], harmful_iters = side_layout(arrays, +1, cfg)
     return arrays, {"helpful": helpful_iters, "harmful": harmful_iters}
@@ -64,11 +74,15 @@ def summary(values: np.ndarray, test: Selection, arrays: dict[str, np.ndarray]) 
     """The small part of a graph: sizes, the test set per slice, Table 4, Table 5 with counts."""
     num_train = len(arrays["train_pos"])
     return {
-        "num_nodes": len(test.ids) + num_train, "num_test_nodes": len(test.ids), "num_train_nodes": num_train,
-        "num_edges": int(arrays["edge_value"].size), "slices": list(test.slices), "test_set": test.counts(),
+        "num_nodes": len(test.ids) + num_train,
+        "num_test_nodes": len(test.ids),
+        "num_train_nodes": num_train,
+        "num_edges": int(arrays["edge_value"].size),
+        "slices": list(test.slices),
+        "test_set": test.counts(),
         "statistics": stats.slice_statistics(values, arrays["test_slice"], test.slices),
         "correlation": stats.correlation_table(values, arrays["test_slice"], test.slices),
-    }  # fmt: skip
+    }
 
 
 def check_request(manifest: dict[str, Any], cfg: GraphConfig) -> int:
@@ -95,9 +109,15 @@ def preflight(root: str | Path, cfg: GraphConfig) -> int:
 
 
 def build_graph(
-    root: str | Path, cfg: GraphConfig, *, device: str = "cpu", loaded: Any = None,
-    progress: Progress | None = None, job_id: int | None = None, owner: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    root: str | Path,
+    cfg: GraphConfig,
+    *,
+    device: str = "cpu",
+    loaded: Any = None,
+    progress: Progress | None = None,
+    job_id: int | None = None,
+    owner: str | None = None,
+) -> dict[str, Any]:
     """Compute (or find) the graph of ``cfg`` on the workspace ``root``; returns :func:`graph_to_dict`."""
     from fastif_core.store import Store
     from fastif_core.workspace.layout import LoadedWorkspace, require_prepared
@@ -115,8 +135,9 @@ def build_graph(
     loaded = loaded or LoadedWorkspace.load(root, device)
     t1 = time.perf_counter()
     within = None if progress is None else (lambda f, m: progress(INFLUENCE_SHARE * f, m))
-    values, _, matrix = graph_influences(loaded, test.ids, cfg.influence, cfg.influence.k, cfg.influence.full,
-                                         within, row_block=cfg.row_block)  # fmt: skip
+    values, _, matrix = graph_influences(
+        loaded, test.ids, cfg.influence, cfg.influence.k, cfg.influence.full, within, row_block=cfg.row_block
+    )
     t2 = time.perf_counter()
     if progress is not None:
         progress(INFLUENCE_SHARE, "layout (Weiszfeld) and slice tables")
@@ -126,12 +147,23 @@ def build_graph(
     t4 = time.perf_counter()
     train_ids = [loaded.train_ids[int(p)] for p in arrays["train_pos"]]
     relative = save_graph_arrays(root, f"model{model_id}-{key}", GraphArrays(arrays, test.ids, train_ids))
-    result |= {"arrays": relative, "influence_matrix": matrix, "layout_iterations": iterations,
-               "seconds": {"selection": ts - t0, "load": t1 - ts, "influence": t2 - t1, "layout": t3 - t2,
-                           "statistics": t4 - t3, "total": t4 - t0}}  # fmt: skip
+    result |= {
+        "arrays": relative,
+        "influence_matrix": matrix,
+        "layout_iterations": iterations,
+        "seconds": {
+            "selection": ts - t0,
+            "load": t1 - ts,
+            "influence": t2 - t1,
+            "layout": t3 - t2,
+            "statistics": t4 - t3,
+            "total": t4 - t0,
+        },
+    }
     with Store.open(root) as store:
-        info = store.save_app_result("graph", cfg.stored(), result, model_id=model_id, job_id=job_id,
-                                     owner=owner, config_hash=key)  # fmt: skip
+        info = store.save_app_result(
+            "graph", cfg.stored(), result, model_id=model_id, job_id=job_id, owner=owner, config_hash=key
+        )
     return graph_to_dict(info, cached=False)
 
 

@@ -25,23 +25,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``fastif graph``."""
 
     p = sub.add_parser(
-        "graph", help="influence graph of test slices and their training examples (paper Sec. 6.2)",
+        "graph",
+        help="influence graph of test slices and their training examples (paper Sec. 6.2)",
         description="Influence of the training set on test examples chosen by slices (default: incorrect "
         "predictions, 100 per HANS heuristic and per other dataset), the circular bipartite layout and the "
         "slice tables. Runs through the worker when one is alive, else in this process.",
-    )  # fmt: skip
+    )
     add_workspace_argument(p)
     d = GraphConfig()
     p.add_argument(
         "--per-slice", type=positive_int, default=d.per_slice, help=help_of(GraphConfig, "per_slice")
     )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--incorrect-only", dest="incorrect_only", action="store_true", default=True,
-                       help="only incorrectly predicted examples (default)")  # fmt: skip
+    which.add_argument(
+        "--incorrect-only",
+        dest="incorrect_only",
+        action="store_true",
+        default=True,
+        help="only incorrectly predicted examples (default)",
+    )
     which.add_argument("--all", dest="incorrect_only", action="store_false", help="correct ones too")
     for name in FILTER_FIELDS:
-        p.add_argument(f"--{name}", action="append", default=[], metavar="NAME",
-                       help=f"{help_of(GraphConfig, name)} (repeatable)")  # fmt: skip
+        p.add_argument(
+            f"--{name}",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help=f"{help_of(GraphConfig, name)} (repeatable)",
+        )
     p.add_argument("--slice-by", choices=SLICE_BY, default=d.slice_by, help=help_of(GraphConfig, "slice_by"))
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -73,16 +84,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--in-process", action="store_true", help="never hand the job to a running worker")
     p.add_argument("--device", default="auto", help="torch device when run in process: auto, cpu, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_graph)  # fmt: skip
+    p.set_defaults(func=cmd_graph)
 
 
 def config_from_args(a: argparse.Namespace) -> GraphConfig:
     s_test = STestConfig.preset(a.preset, **({"depth": a.depth} if a.depth else {}))
     influence = InfluenceConfig(s_test=s_test, k=None if a.full else a.k, top=1)
     lists = {name: tuple(getattr(a, name)) for name in FILTER_FIELDS}
-    return GraphConfig(per_slice=a.per_slice, incorrect_only=a.incorrect_only, slice_by=a.slice_by,
-                       influence=influence, seed=a.seed, row_block=a.row_block,
-                       **lists).validate()  # fmt: skip
+    return GraphConfig(
+        per_slice=a.per_slice,
+        incorrect_only=a.incorrect_only,
+        slice_by=a.slice_by,
+        influence=influence,
+        seed=a.seed,
+        row_block=a.row_block,
+        **lists,
+    ).validate()
 
 
 def cmd_graph(a: argparse.Namespace) -> int:
@@ -162,10 +179,18 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.out is None:
         raise ConfigError("--export needs --out FILE")
     path, g = export_graph(a.workspace, a.export, a.format, a.out)
-    out = {"graph_id": a.export, "format": a.format, "out": str(path), "nodes": g.number_of_nodes(),
-           "edges": g.number_of_edges()}  # fmt: skip
-    print(json.dumps(out, indent=2) if a.json else f"wrote graph {a.export} ({out['nodes']} nodes, {out['edges']} "
-          f"edges) as {a.format} to {path}")  # fmt: skip
+    out = {
+        "graph_id": a.export,
+        "format": a.format,
+        "out": str(path),
+        "nodes": g.number_of_nodes(),
+        "edges": g.number_of_edges(),
+    }
+    print(
+        json.dumps(out, indent=2)
+        if a.json
+        else f"wrote graph {a.export} ({out['nodes']} nodes, {out['edges']} edges) as {a.format} to {path}"
+    )
     return 0
 
 
@@ -176,14 +201,19 @@ def _num(v: float | None, spec: str = ".3g") -> str:
 def format_graph(r: dict[str, Any]) -> str:
     """Size, timings, Table 4 and Table 5 (each correlation with its count) as aligned text."""
     s = r["seconds"]
-    lines = [f"graph {r['graph_id']}{' [stored]' if r['cached'] else ''}: num_nodes={r['num_nodes']} "
-             f"({r['num_test_nodes']} test, {r['num_train_nodes']} training), num_edges={r['num_edges']}",
-             f"seconds: total {s['total']:.1f} (influence {s['influence']:.1f}, layout {s['layout']:.2f}, "
-             f"statistics {s['statistics']:.2f})", "slice statistics (mean |I| of helpful / harmful edges):"]  # fmt: skip
+    lines = [
+        f"graph {r['graph_id']}{' [stored]' if r['cached'] else ''}: num_nodes={r['num_nodes']} "
+        f"({r['num_test_nodes']} test, {r['num_train_nodes']} training), num_edges={r['num_edges']}",
+        f"seconds: total {s['total']:.1f} (influence {s['influence']:.1f}, layout {s['layout']:.2f}, "
+        f"statistics {s['statistics']:.2f})",
+        "slice statistics (mean |I| of helpful / harmful edges):",
+    ]
     for row in r["statistics"]:
-        lines.append(f"  {row['slice']:<22} tests={row['test_examples']:<4} nodes={row['train_nodes']:<6} "
-                     f"helpful {row['helpful_edges']:>7} × {_num(row['helpful_mean_abs'])}   "
-                     f"harmful {row['harmful_edges']:>7} × {_num(row['harmful_mean_abs'])}")  # fmt: skip
+        lines.append(
+            f"  {row['slice']:<22} tests={row['test_examples']:<4} nodes={row['train_nodes']:<6} "
+            f"helpful {row['helpful_edges']:>7} × {_num(row['helpful_mean_abs'])}   "
+            f"harmful {row['harmful_edges']:>7} × {_num(row['harmful_mean_abs'])}"
+        )
     names, corr, count = r["correlation"]["slices"], r["correlation"]["pearson"], r["correlation"]["count"]
     lines.append(
         "correlation (Pearson of mean influence per training example, n = shared training examples):"

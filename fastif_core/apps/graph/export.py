@@ -37,14 +37,29 @@ def to_networkx(graph: GraphArrays, slices: list[str], examples: dict[str, Any])
     g = nx.Graph()
     for j, node in enumerate(graph.test_ids):
         row = examples.get(node)
-        g.add_node(node, id=node, kind="test", slice=slices[int(graph["test_slice"][j])],
-                   label=row.label if row else "", predicted=(row.predicted or "") if row else "", text=_text(row),
-                   **_xy("", graph["test_xy"][j]))  # fmt: skip
+        g.add_node(
+            node,
+            id=node,
+            kind="test",
+            slice=slices[int(graph["test_slice"][j])],
+            label=row.label if row else "",
+            predicted=(row.predicted or "") if row else "",
+            text=_text(row),
+            **_xy("", graph["test_xy"][j]),
+        )
     for t, node in enumerate(graph.train_ids):
         row = examples.get(node)
-        g.add_node(node, id=node, kind="train", slice="", label=row.label if row else "",
-                   predicted=(row.predicted or "") if row else "", text=_text(row),
-                   **_xy("helpful_", graph["helpful_xy"][t]), **_xy("harmful_", graph["harmful_xy"][t]))  # fmt: skip
+        g.add_node(
+            node,
+            id=node,
+            kind="train",
+            slice="",
+            label=row.label if row else "",
+            predicted=(row.predicted or "") if row else "",
+            text=_text(row),
+            **_xy("helpful_", graph["helpful_xy"][t]),
+            **_xy("harmful_", graph["harmful_xy"][t]),
+        )
     tests, trains, weights = graph["edge_test"], graph["edge_train"], graph["edge_value"]
     g.add_weighted_edges_from(
         (graph.train_ids[int(t)], graph.test_ids[int(j)], float(w))

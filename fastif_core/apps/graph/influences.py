@@ -43,9 +43,15 @@ def with_eta(progress: Progress | None) -> Progress | None:
 
 
 def graph_influences(
-    loaded: Any, test_ids: Sequence[str], cfg: InfluenceConfig, k: int | None, full: bool,
-    progress: Progress | None = None, *, row_block: int | None = None,
-) -> tuple[np.ndarray, list[str], dict[str, Any]]:  # fmt: skip
+    loaded: Any,
+    test_ids: Sequence[str],
+    cfg: InfluenceConfig,
+    k: int | None,
+    full: bool,
+    progress: Progress | None = None,
+    *,
+    row_block: int | None = None,
+) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     """Influence of the training set on each test example.
 
     Returns ``(values (M, N) float32, train_ids, counts)``: ``values[j, i]`` is ``I(train_ids[i],
@@ -56,11 +62,22 @@ def graph_influences(
     from fastif_core.jobs import ROW_BLOCK
     from fastif_core.queries.matrix import influence_matrix
 
-    out = influence_matrix(loaded, list(test_ids), replace(cfg, k=None if full else k, top=1), full=full,
-                           progress=with_eta(progress), row_block=row_block or ROW_BLOCK)  # fmt: skip
+    out = influence_matrix(
+        loaded,
+        list(test_ids),
+        replace(cfg, k=None if full else k, top=1),
+        full=full,
+        progress=with_eta(progress),
+        row_block=row_block or ROW_BLOCK,
+    )
     values = np.full((len(test_ids), len(loaded.train_ids)), np.nan, dtype=np.float32)
     values[:, np.asarray(out.train_positions, dtype=np.int64)] = out.values
     c = out.chunks
-    counts = {"matrix_id": out.matrix_id, "computed": c["computed"], "stored": c["found_stored"],
-              "derived": c["derived_from_full"], "cached": out.cached}  # fmt: skip
+    counts = {
+        "matrix_id": out.matrix_id,
+        "computed": c["computed"],
+        "stored": c["found_stored"],
+        "derived": c["derived_from_full"],
+        "cached": out.cached,
+    }
     return values, list(loaded.train_ids), counts

@@ -13,6 +13,13 @@ from fastif_core.worker.handlers import group_state
 def run_graph(ctx: JobContext) -> dict[str, Any]:
     """Load the workspace once on every rank, then build the graph; a cached graph completes the job."""
     _, state = group_state(ctx)
-    out = build_graph(ctx.root, ctx.params, device=ctx.group.device, loaded=state.info["loaded"],
-                      progress=ctx.progress, job_id=ctx.job.id, owner=ctx.owner)  # fmt: skip
+    out = build_graph(
+        ctx.root,
+        ctx.params,
+        device=ctx.group.device,
+        loaded=state.info["loaded"],
+        progress=ctx.progress,
+        job_id=ctx.job.id,
+        owner=ctx.owner,
+    )
     return {"graph_id": out["graph_id"], "cached": out["cached"]}

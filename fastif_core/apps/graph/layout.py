@@ -55,9 +55,16 @@ def _weighted_sums(
 
 
 def geometric_medians(
-    node: np.ndarray, target: np.ndarray, weight: np.ndarray, points: np.ndarray, num_nodes: int, *,
-    radius: float, iterations: int = 500, tol: float = 1e-7,
-) -> tuple[np.ndarray, int]:  # fmt: skip
+    node: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    points: np.ndarray,
+    num_nodes: int,
+    *,
+    radius: float,
+    iterations: int = 500,
+    tol: float = 1e-7,
+) -> tuple[np.ndarray, int]:
     """Constrained weighted geometric medians of all nodes at once (projected Weiszfeld).
 
     Args:
@@ -88,17 +95,28 @@ def geometric_medians(
     return p, done
 
 
-def median_objective(p: np.ndarray, node: np.ndarray, target: np.ndarray, weight: np.ndarray,
-                     points: np.ndarray, num_nodes: int) -> np.ndarray:  # fmt: skip
+def median_objective(
+    p: np.ndarray,
+    node: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    points: np.ndarray,
+    num_nodes: int,
+) -> np.ndarray:
     """``(N,)`` values ``f_i(p_i) = Σ_j w_ij ‖p_i − q_j‖`` (0 for nodes without edges)."""
     d = np.linalg.norm(p[node] - points[target], axis=1)
     return np.bincount(node, np.asarray(weight, np.float64) * d, num_nodes)
 
 
 def geometric_medians_slsqp(
-    node: np.ndarray, target: np.ndarray, weight: np.ndarray, points: np.ndarray, num_nodes: int, *,
+    node: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    points: np.ndarray,
+    num_nodes: int,
+    *,
     radius: float,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """The original code's method: one ``scipy.optimize.minimize(method="SLSQP")`` per node, with the
     constraint ``‖p‖² <= r²``, from the (projected) weighted mean. ``(N, 2)``, ``NaN`` without edges."""
     from scipy.optimize import minimize
@@ -114,9 +132,11 @@ def geometric_medians_slsqp(
         q, w = points[target[rows]], np.asarray(weight, np.float64)[rows]  # (e, 2), (e,)
         x0 = project_to_disc((w @ q / w.sum())[None], radius)[0]
         res = minimize(
-            lambda p, q=q, w=w: float(w @ np.linalg.norm(q - p, axis=1)), x0, method="SLSQP",
+            lambda p, q=q, w=w: float(w @ np.linalg.norm(q - p, axis=1)),
+            x0,
+            method="SLSQP",
             constraints=[{"type": "ineq", "fun": lambda p: radius**2 - p @ p}],
             options={"ftol": 1e-12, "maxiter": 500},
-        )  # fmt: skip
+        )
         out[i] = res.x
     return out

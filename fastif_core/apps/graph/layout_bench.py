@@ -41,9 +41,17 @@ def run(nodes: int, tests: int, slices: int, degree: int, radius: float, seed: i
     t2 = time.perf_counter()
     f_fast = median_objective(fast, node, target, weight, points, nodes)
     f_ref = median_objective(ref, node, target, weight, points, nodes)
-    return {"nodes": nodes, "tests": tests, "edges": int(node.size), "weiszfeld_s": t1 - t0, "weiszfeld_iterations": iters,
-            "slsqp_s": t2 - t1, "speedup": (t2 - t1) / (t1 - t0), "max_position_diff": float(np.max(np.abs(fast - ref))),
-            "max_rel_objective_excess": float(np.max((f_fast - f_ref) / f_ref))}  # fmt: skip
+    return {
+        "nodes": nodes,
+        "tests": tests,
+        "edges": int(node.size),
+        "weiszfeld_s": t1 - t0,
+        "weiszfeld_iterations": iters,
+        "slsqp_s": t2 - t1,
+        "speedup": (t2 - t1) / (t1 - t0),
+        "max_position_diff": float(np.max(np.abs(fast - ref))),
+        "max_rel_objective_excess": float(np.max((f_fast - f_ref) / f_ref)),
+    }
 
 
 def main() -> None:

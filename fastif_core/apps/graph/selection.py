@@ -65,8 +65,9 @@ def candidate_filter(cfg: GraphConfig, model_id: int) -> Any:
     from fastif_core.store import ExampleFilter
 
     lists = {name: list(values) for name, values in cfg.filters().items()}
-    return ExampleFilter(**lists, correct=False if cfg.incorrect_only else None, in_training_set=False,
-                         model_id=model_id)  # fmt: skip
+    return ExampleFilter(
+        **lists, correct=False if cfg.incorrect_only else None, in_training_set=False, model_id=model_id
+    )
 
 
 def select_test_set(store: Any, cfg: GraphConfig, model_id: int) -> Selection:

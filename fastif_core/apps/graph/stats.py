@@ -30,13 +30,19 @@ def slice_statistics(values: np.ndarray, test_slice: np.ndarray, names: list[str
         block = values[np.asarray(test_slice) == s]  # (m_s, N)
         edges = block[~np.isnan(block)]
         helpful, harmful = edges[edges < 0], edges[edges > 0]
-        rows.append({
-            "slice": name, "test_examples": int(block.shape[0]),
-            "train_nodes": int((~np.isnan(block)).any(axis=0).sum()), "edges": int(edges.size),
-            "helpful_edges": int(helpful.size), "harmful_edges": int(harmful.size),
-            "helpful_mean_abs": _mean(-helpful), "harmful_mean_abs": _mean(harmful),
-            "mean": _mean(edges),
-        })  # fmt: skip
+        rows.append(
+            {
+                "slice": name,
+                "test_examples": int(block.shape[0]),
+                "train_nodes": int((~np.isnan(block)).any(axis=0).sum()),
+                "edges": int(edges.size),
+                "helpful_edges": int(helpful.size),
+                "harmful_edges": int(harmful.size),
+                "helpful_mean_abs": _mean(-helpful),
+                "harmful_mean_abs": _mean(harmful),
+                "mean": _mean(edges),
+            }
+        )
     return rows
 
 

@@ -17,18 +17,31 @@ FILTERS = ("dataset", "split", "label", "predicted", "genre", "heuristic", "subc
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``fastif simulate`` on the ``fastif`` subcommands."""
     p = sub.add_parser(
-        "simulate", help="simulatability: do influential examples help a simulator predict the model? (Fig. 5)",
+        "simulate",
+        help="simulatability: do influential examples help a simulator predict the model? (Fig. 5)",
         description="Train a simulator on the task model's predictions (once), then for T test examples take "
         "one SGD step of it on each of the 10 most helpful, 10 most harmful and 10 random training examples "
         "per label, for every learning rate of a log grid, and report its loss change on the test input "
         "(target: the task model's prediction), split by correct / incorrect predictions.",
-    )  # fmt: skip
+    )
     add_workspace_argument(p)
     d = SimulateConfig()
-    for name, kind in (("test_examples", int), ("learning_rates", int), ("lr_min", float), ("lr_max", float),
-                       ("per_kind", int), ("seed", int), ("simulator_epochs", float), ("lr_chunk", int)):  # fmt: skip
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
-                       help=help_of(SimulateConfig, name))  # fmt: skip
+    for name, kind in (
+        ("test_examples", int),
+        ("learning_rates", int),
+        ("lr_min", float),
+        ("lr_max", float),
+        ("per_kind", int),
+        ("seed", int),
+        ("simulator_epochs", float),
+        ("lr_chunk", int),
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(d, name),
+            help=help_of(SimulateConfig, name),
+        )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--k", type=int, default=d.k, help=help_of(SimulateConfig, "k"))
     mode.add_argument("--full", action="store_true", help="influence over all training examples")
@@ -39,8 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--depth", type=int, default=None, help=f"{help_of(STestConfig, 'depth')} (default: the preset's)"
     )
     for name in FILTERS:
-        p.add_argument("--" + name, action="append", default=None, metavar="VALUE",
-                       help=f"test examples with this {name} only (repeatable: any of the values)")  # fmt: skip
+        p.add_argument(
+            "--" + name,
+            action="append",
+            default=None,
+            metavar="VALUE",
+            help=f"test examples with this {name} only (repeatable: any of the values)",
+        )
     p.add_argument(
         "--search", default=None, help="test examples whose premise, hypothesis or id contain this"
     )
@@ -57,10 +75,18 @@ def config_from_args(a: argparse.Namespace) -> SimulateConfig:
     s_test = STestConfig.preset(a.preset, **({} if a.depth is None else {"depth": a.depth}))
     flt = TestFilter(**{n: tuple(getattr(a, n)) for n in FILTERS if getattr(a, n)}, search=a.search or None)
     return SimulateConfig(
-        test_examples=a.test_examples, learning_rates=a.learning_rates, lr_min=a.lr_min, lr_max=a.lr_max,
-        per_kind=a.per_kind, seed=a.seed, k=None if a.full else a.k, s_test=s_test, filter=flt,
-        simulator_epochs=a.simulator_epochs, lr_chunk=a.lr_chunk,
-    ).validate()  # fmt: skip
+        test_examples=a.test_examples,
+        learning_rates=a.learning_rates,
+        lr_min=a.lr_min,
+        lr_max=a.lr_max,
+        per_kind=a.per_kind,
+        seed=a.seed,
+        k=None if a.full else a.k,
+        s_test=s_test,
+        filter=flt,
+        simulator_epochs=a.simulator_epochs,
+        lr_chunk=a.lr_chunk,
+    ).validate()
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
@@ -94,16 +120,20 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 def format_summary(out: dict[str, Any]) -> str:
     """Per group and kind: the mean loss change at the best learning rate and over the grid."""
     s, secs = out["summary"], out["seconds"]
-    lines = [f"simulation {out['simulation_id']} (model {out['model_id']}, simulator {out['simulator']['model_id']}"
-             f"{', cached' if out['cached'] else ''}): {len(out['examples'])} test examples, "
-             f"{len(out['learning_rates'])} learning rates; {secs['total']:.1f} s (simulator {secs['simulator']:.1f}, "
-             f"influence {secs['influence']:.1f}, measurement {secs['measurement']:.1f})"]  # fmt: skip
+    lines = [
+        f"simulation {out['simulation_id']} (model {out['model_id']}, simulator {out['simulator']['model_id']}"
+        f"{', cached' if out['cached'] else ''}): {len(out['examples'])} test examples, "
+        f"{len(out['learning_rates'])} learning rates; {secs['total']:.1f} s (simulator {secs['simulator']:.1f}, "
+        f"influence {secs['influence']:.1f}, measurement {secs['measurement']:.1f})"
+    ]
     for group in ("correct", "incorrect"):
         g = s[group]
         lines.append(f"{group} predictions (n={g['n']}, loss before {g['loss_before'] or float('nan'):.4f}):")
         for kind, k in g["kinds"].items():
             if k is not None and ":" not in kind:
-                lines.append(f"  {kind:<8} best lr {k['best_lr']:.2e}: Δloss {k['best_change']:+.4f}   "
-                             f"mean over the grid {k['grid_mean_change']:+.4f}")  # fmt: skip
+                lines.append(
+                    f"  {kind:<8} best lr {k['best_lr']:.2e}: Δloss {k['best_change']:+.4f}   "
+                    f"mean over the grid {k['grid_mean_change']:+.4f}"
+                )
     lines += [f"{name}: {v}" for name, v in s["finding"].items()]
     return "\n".join(lines)

@@ -65,18 +65,29 @@ class SimulateConfig:
         _require(self.test_examples >= 2, "test_examples", "an integer >= 2", self.test_examples)
         _require(self.learning_rates >= 1, "learning_rates", "an integer >= 1", self.learning_rates)
         _require(_positive(self.lr_min), "lr_min", "a finite number > 0", self.lr_min)
-        _require(_positive(self.lr_max) and self.lr_max >= self.lr_min, "lr_max",
-                 f"a finite number >= lr_min ({self.lr_min})", self.lr_max)  # fmt: skip
+        _require(
+            _positive(self.lr_max) and self.lr_max >= self.lr_min,
+            "lr_max",
+            f"a finite number >= lr_min ({self.lr_min})",
+            self.lr_max,
+        )
         _require(self.per_kind >= 1, "per_kind", "an integer >= 1", self.per_kind)
         _require(self.k is None or self.k >= 1, "k", "an integer >= 1 or None (full)", self.k)
         _require(self.simulator_epochs >= 0, "simulator_epochs", "a number >= 0", self.simulator_epochs)
         _require(self.lr_chunk >= 1, "lr_chunk", "an integer >= 1", self.lr_chunk)
         for f in fields(self.filter):
             value = getattr(self.filter, f.name)
-            ok = value is None or isinstance(value, str) if f.name == "search" else isinstance(value, tuple) \
-                and all(isinstance(v, str) and v for v in value)  # fmt: skip
-            _require(ok, f"filter.{f.name}", "a list of non-empty strings" if f.name != "search" else "a string",
-                     value)  # fmt: skip
+            ok = (
+                value is None or isinstance(value, str)
+                if f.name == "search"
+                else isinstance(value, tuple) and all(isinstance(v, str) and v for v in value)
+            )
+            _require(
+                ok,
+                f"filter.{f.name}",
+                "a list of non-empty strings" if f.name != "search" else "a string",
+                value,
+            )
         self.s_test.validate()
         return self
 

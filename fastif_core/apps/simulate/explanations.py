@@ -58,9 +58,13 @@ def random_explanations(
 
 
 def explanation_sets(
-    influence: dict[str, Any], train_pos: dict[str, int], train_labels: Sequence[int],
-    label_names: Sequence[str], per_kind: int, seed: Any,
-) -> dict[str, list[int]]:  # fmt: skip
+    influence: dict[str, Any],
+    train_pos: dict[str, int],
+    train_labels: Sequence[int],
+    label_names: Sequence[str],
+    per_kind: int,
+    seed: Any,
+) -> dict[str, list[int]]:
     """Training positions per kind: ``helpful``, ``harmful`` (from an influence answer's ranked lists),
     ``random`` (``per_kind`` per label, pooled) and ``random:<label>`` for each label."""
     per_label = random_explanations(train_labels, label_names, per_kind, seed)

@@ -17,7 +17,14 @@ def run_simulate(ctx: JobContext) -> dict[str, Any]:
     from fastif_core.apps.simulate.run import simulate
 
     key, state = engine_jobs.group_state(ctx)
-    out = simulate(ctx.root, ctx.params.config, device=ctx.group.device, loaded=state.info["loaded"],
-                   runner=engine_jobs.influence_runner(ctx, key), progress=ctx.progress, job_id=ctx.job.id,
-                   owner=ctx.owner)  # fmt: skip
+    out = simulate(
+        ctx.root,
+        ctx.params.config,
+        device=ctx.group.device,
+        loaded=state.info["loaded"],
+        runner=engine_jobs.influence_runner(ctx, key),
+        progress=ctx.progress,
+        job_id=ctx.job.id,
+        owner=ctx.owner,
+    )
     return {"simulation_id": out["simulation_id"], "cached": out["cached"]}

@@ -48,8 +48,10 @@ def predicted_labels(store: Store, model_id: int, train_ids: list[str], num_labe
     preds = store.get_predictions(model_id, train_ids)
     missing = [i for i in train_ids if i not in preds or len(preds[i].probs) != num_labels]
     if missing:
-        raise WorkspaceError(f"model {model_id} has no stored prediction for training example {missing[0]!r} "
-                             "(and maybe others): re-run `fastif prepare`")  # fmt: skip
+        raise WorkspaceError(
+            f"model {model_id} has no stored prediction for training example {missing[0]!r} "
+            "(and maybe others): re-run `fastif prepare`"
+        )
     return torch.tensor([max(range(num_labels), key=preds[i].probs.__getitem__) for i in train_ids])
 
 
@@ -76,18 +78,26 @@ def lineage(
 ) -> dict[str, Any]:
     """How the simulator is made; its hash (``model_key``) identifies it among the models."""
     out = {
-        "kind": KIND, "method": "fine-tune on the task model's predictions", "parent_model_id": task.id,
-        "parent_model_key": task.config_hash, "base_model": (manifest.get("prepare_config") or {}).get("model")
-        or "packaged-minilm", "train_config": to_dict(tc), "num_train": int(labels.numel()),
+        "kind": KIND,
+        "method": "fine-tune on the task model's predictions",
+        "parent_model_id": task.id,
+        "parent_model_key": task.config_hash,
+        "base_model": (manifest.get("prepare_config") or {}).get("model") or "packaged-minilm",
+        "train_config": to_dict(tc),
+        "num_train": int(labels.numel()),
         "labels_hash": hashlib.sha256(json.dumps(labels.tolist()).encode()).hexdigest()[:16],
-    }  # fmt: skip
+    }
     return {**out, "model_key": config_hash(out)}
 
 
 def ensure_simulator(
-    loaded: LoadedWorkspace, store: Store, *, epochs: float = 0.0, progress: Progress | None = None,
+    loaded: LoadedWorkspace,
+    store: Store,
+    *,
+    epochs: float = 0.0,
+    progress: Progress | None = None,
     show_progress: bool = False,
-) -> Simulator:  # fmt: skip
+) -> Simulator:
     """The simulator of the workspace's model: loaded from ``W/models/<id>`` when it was trained before,
     else fine-tuned now (on ``loaded.device``), stored and returned."""
     from fastif_core.modeling import classifier as M
@@ -117,21 +127,34 @@ def ensure_simulator(
 
 
 def _save(
-    store: Store, paths: WorkspacePaths, model: Any, tokenizer: Any, tc: TrainConfig, metrics: dict[str, Any],
-    lin: dict[str, Any], label_names: tuple[str, ...],
-) -> ModelInfo:  # fmt: skip
+    store: Store,
+    paths: WorkspacePaths,
+    model: Any,
+    tokenizer: Any,
+    tc: TrainConfig,
+    metrics: dict[str, Any],
+    lin: dict[str, Any],
+    label_names: tuple[str, ...],
+) -> ModelInfo:
     """Register the simulator and move its checkpoint (with ``lineage.json``) into ``W/models/<id>``."""
     from fastif_core.modeling import classifier as M
 
-    info = store.get_or_create_model(f"simulator-of-{lin['parent_model_id']}-{lin['model_key'][:8]}", "", tc,
-                                     list(label_names), metrics=metrics, config_hash=lin["model_key"],
-                                     lineage=lin)  # fmt: skip
+    info = store.get_or_create_model(
+        f"simulator-of-{lin['parent_model_id']}-{lin['model_key'][:8]}",
+        "",
+        tc,
+        list(label_names),
+        metrics=metrics,
+        config_hash=lin["model_key"],
+        lineage=lin,
+    )
     staging = paths.staging / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     target = paths.model_dir(info.id)
     try:
         M.save_checkpoint(model, tokenizer, staging / "model", tc, metrics)
-        (staging / "model" / "lineage.json").write_text(json.dumps({"model_id": info.id, **lin}, indent=2,
-                                                                   sort_keys=True))  # fmt: skip
+        (staging / "model" / "lineage.json").write_text(
+            json.dumps({"model_id": info.id, **lin}, indent=2, sort_keys=True)
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         if not (target / M.TRAIN_META).exists():  # another process may have finished the same simulator
             os.rename(staging / "model", target)

@@ -31,15 +31,22 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_speedup(
-    objective: Objective, train: Examples, positions: Sequence[int], lrs: torch.Tensor, test_batch: Batch,
-    chunk: int = 10, repeats: int = 1,
-) -> dict[str, Any]:  # fmt: skip
+    objective: Objective,
+    train: Examples,
+    positions: Sequence[int],
+    lrs: torch.Tensor,
+    test_batch: Batch,
+    chunk: int = 10,
+    repeats: int = 1,
+) -> dict[str, Any]:
     """Best-of-``repeats`` seconds of the shortcut and of the naive loop on the same work, their ratio and
     the largest absolute difference of their losses (E × L)."""
     times: dict[str, float] = {}
     out: dict[str, torch.Tensor] = {}
-    runs = {"shortcut": lambda: losses_after_step(objective, train, positions, lrs, test_batch, chunk),
-            "naive": lambda: losses_after_step_reference(objective, train, positions, lrs, test_batch)}  # fmt: skip
+    runs = {
+        "shortcut": lambda: losses_after_step(objective, train, positions, lrs, test_batch, chunk),
+        "naive": lambda: losses_after_step_reference(objective, train, positions, lrs, test_batch),
+    }
     losses_after_step(
         objective, train, positions[:1], lrs[:chunk], test_batch, chunk
     )  # warm-up: kernels, allocator
@@ -54,10 +61,14 @@ def measure_speedup(
             best = min(best, time.perf_counter() - t0)
         times[name] = best
     return {
-        "explanations": len(positions), "learning_rates": len(lrs), "chunk": chunk, "device": str(objective.device),
-        "seconds": times, "speedup": times["naive"] / times["shortcut"],
+        "explanations": len(positions),
+        "learning_rates": len(lrs),
+        "chunk": chunk,
+        "device": str(objective.device),
+        "seconds": times,
+        "speedup": times["naive"] / times["shortcut"],
         "max_abs_difference": float((out["shortcut"] - out["naive"]).abs().max()),
-    }  # fmt: skip
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

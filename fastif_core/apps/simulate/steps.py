@@ -61,9 +61,14 @@ def losses_for_gradient(
 
 
 def losses_after_step(
-    objective: Objective, train: Examples, positions: Sequence[int], lrs: Tensor, test_batch: Batch,
-    chunk: int = 10, progress: StepCount | None = None,
-) -> Tensor:  # fmt: skip
+    objective: Objective,
+    train: Examples,
+    positions: Sequence[int],
+    lrs: Tensor,
+    test_batch: Batch,
+    chunk: int = 10,
+    progress: StepCount | None = None,
+) -> Tensor:
     """Test losses ``(E, L)`` after one SGD step on ``train[positions[e]]`` with learning rate ``lrs[l]``:
     one gradient per explanation example, every learning rate from it."""
     out = torch.empty(len(positions), len(lrs), dtype=objective.dtype, device=objective.device)

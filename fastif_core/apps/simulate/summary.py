@@ -20,8 +20,12 @@ def curve(rows: Sequence[Sequence[float]]) -> dict[str, Any] | None:
     if not rows:
         return None
     cols = list(zip(*rows, strict=True))
-    return {"mean": [sum(c) / len(c) for c in cols], "min": [min(c) for c in cols], "max": [max(c) for c in cols],
-            "n": len(rows)}  # fmt: skip
+    return {
+        "mean": [sum(c) / len(c) for c in cols],
+        "min": [min(c) for c in cols],
+        "max": [max(c) for c in cols],
+        "n": len(rows),
+    }
 
 
 def example_curves(changes: Sequence[Sequence[float]], kinds: dict[str, Sequence[int]]) -> dict[str, Any]:
@@ -40,8 +44,12 @@ def kind_summary(curves: Sequence[dict[str, Any]], lrs: Sequence[float]) -> dict
     if band is None:
         return None
     best = min(range(len(lrs)), key=band["mean"].__getitem__)
-    return {**band, "best_lr": lrs[best], "best_change": band["mean"][best],
-            "grid_mean_change": sum(band["mean"]) / len(lrs)}  # fmt: skip
+    return {
+        **band,
+        "best_lr": lrs[best],
+        "best_change": band["mean"][best],
+        "grid_mean_change": sum(band["mean"]) / len(lrs),
+    }
 
 
 def summarize(
@@ -54,8 +62,10 @@ def summarize(
         out[name] = {
             "n": len(members),
             "loss_before": sum(e["loss_before"] for e in members) / len(members) if members else None,
-            "kinds": {k: kind_summary([e["curves"][k] for e in members if e["curves"].get(k)], lrs) for k in kinds},
-        }  # fmt: skip
+            "kinds": {
+                k: kind_summary([e["curves"][k] for e in members if e["curves"].get(k)], lrs) for k in kinds
+            },
+        }
     out["finding"] = finding(out)
     return out
 
@@ -71,5 +81,10 @@ def finding(summary: dict[str, Any]) -> dict[str, Any]:
             return None
         return kinds[kind][field] < kinds["random"][field]
 
-    return {f"{g}_{k}_beats_random": {"best_lr": beats(g, k, "best_change"), "grid": beats(g, k, "grid_mean_change")}
-            for g, k in (("correct", "helpful"), ("incorrect", "harmful"))}  # fmt: skip
+    return {
+        f"{g}_{k}_beats_random": {
+            "best_lr": beats(g, k, "best_change"),
+            "grid": beats(g, k, "grid_mean_change"),
+        }
+        for g, k in (("correct", "helpful"), ("incorrect", "harmful"))
+    }

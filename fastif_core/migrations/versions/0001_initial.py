@@ -185,6 +185,17 @@ def _create_result_tables() -> None:
 
 
 def downgrade() -> None:
-    for table in ("bench_runs", "correction_runs", "graphs", "influence_scores", "influence_runs", "jobs",
-                  "neighbors", "predictions", "models", "examples", "datasets"):  # fmt: skip
+    for table in (
+        "bench_runs",
+        "correction_runs",
+        "graphs",
+        "influence_scores",
+        "influence_runs",
+        "jobs",
+        "neighbors",
+        "predictions",
+        "models",
+        "examples",
+        "datasets",
+    ):
         op.drop_table(table)
