@@ -2,18 +2,17 @@
 
 A :class:`ParallelContext` is started once and lives as long as the worker: ranks load the model, data
 and objective once (:meth:`ParallelContext.load`) and serve any number of influence queries
-(:meth:`ParallelContext.influence`) with no process spawn, model copy or rendezvous per query.
+(:meth:`ParallelContext.influence_many`; :meth:`ParallelContext.influence` is it with M = 1) with no
+process spawn, model copy or rendezvous per query.
 
 Rank 0 is the coordinator (the process that talks to the store); every other rank runs
 :meth:`ParallelContext.serve`, a loop that executes the small command dicts rank 0 broadcasts
-(``load``, ``call``, ``ping``, ``shutdown``). One influence query (:mod:`fastif_core.parallel.spmd`):
-
-1. every rank computes the test gradient v and the LiSSA repetitions ``t ≡ rank (mod world)`` with the
-   seeds a serial run uses (``solvers.solve_repetitions``; a deterministic CG repetition is solved once);
-2. ONE ``all_reduce`` of a flat buffer (Σ estimates, Σ‖estimate‖², count, error flag, cancel flag) gives
-   every rank s_test = Σ / T;
-3. each rank scores its shard of the candidates (length-sorted round robin, so shards cost the same);
-4. the shards are gathered to rank 0 (``all_gather_object``), which returns them in candidate order.
+(``load``, ``call``, ``ping``, ``shutdown``). A ``call`` runs an SPMD body, a module-level function that
+every rank gets by reference (pickled, so no module is named in a string); the one influence body is
+:func:`fastif_core.parallel.spmd.run_influence` (repetitions ``t ≡ rank (mod world)``, ONE all-reduce of
+all M partial sums, length-balanced candidate shards, one gather to rank 0). A body uses only the public
+API of the group: :meth:`~ParallelContext.state`, :meth:`~ParallelContext.all_reduce_sum`,
+:meth:`~ParallelContext.all_gather` and :meth:`~ParallelContext.raise_any`.
 
 Devices (``parse_devices``): ``auto`` (all visible GPUs, else ``cpu:1``), ``cpu`` / ``cpu:N`` (N gloo
 processes on this machine), ``cuda`` (all GPUs), ``cuda:0,cuda:1`` (one NCCL rank per listed GPU).

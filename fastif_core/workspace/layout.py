@@ -1,5 +1,7 @@
-"""Workspaces: one directory with everything prepared for one (data, model) pair, and the two pipelines
-that the CLI, the worker and the benchmarks share: :func:`prepare` and :func:`influence_query`.
+"""A workspace: one directory with everything prepared for one (data, model) pair. This module holds its
+layout (paths, the manifest, features on disk) and :class:`LoadedWorkspace` (model, objective, training
+set and kNN index, loaded once per process). Building one is :func:`fastif_core.workspace.prepare.prepare`;
+asking it questions is :mod:`fastif_core.queries`.
 
 Layout of a workspace directory ``W``::
 
@@ -17,7 +19,7 @@ A prepare builds into ``staging/``, moves the finished build to ``builds/`` and 
 transaction, so every reader sees either the old or the new state. Workspaces written before this layout
 (``W/model``, ``W/index.faiss``, ``W/features.safetensors``; no ``layout`` in the manifest) are still read.
 
-Everything here is I/O and orchestration; the math lives in ``hessian`` / ``influence``.
+Everything here is I/O; the math lives in :mod:`fastif_core.engine`.
 """
 
 from __future__ import annotations
