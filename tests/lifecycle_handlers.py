@@ -1,4 +1,4 @@
-"""A job kind for ``tests/test_worker_lifecycle.py``, loaded by real worker processes through
+"""A job kind for ``tests/worker/test_worker_lifecycle.py``, loaded by real worker processes through
 ``$FASTIF_WORKER_MODULES`` (its ``JOB_KINDS`` and ``HANDLERS``): one long step that reports no progress (as a model load or an index build
 does), then a marker file and a result. Nothing else in the suite uses it."""
 

@@ -1,6 +1,8 @@
 """The ``fastif`` command line (also ``python -m fastif_core``).
 
-Commands: ``prepare``, ``examples``, ``influence``, ``worker``, ``submit``, ``jobs``, ``bench``, ``corpus``.
+Commands: ``prepare``, ``examples``, ``influence`` (here), ``worker`` and ``jobs`` (:mod:`fastif_core.cli.jobs`),
+``submit``, ``bench``, ``corpus``, ``matrix`` (:mod:`fastif_core.cli.many`), and the applications' ``graph``,
+``correct`` / ``corrections`` / ``versions`` and ``simulate`` (each ``fastif_core.apps.<name>.cli``).
 Every user error (bad file, unknown id, missing workspace, bad setting) exits 2 with one clear line on
 stderr, never a traceback. Heavy modules (torch, transformers, faiss) are imported inside the command
 that needs them so ``--help`` stays instant.

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from app.graph_figure import GraphView, correlation_figure, graph_figure, shown_edges, threshold_for  # noqa: E402
 from fastif_core.apps.graph.selection import choose  # noqa: E402
 from fastif_core.store.records import ExampleRow  # noqa: E402

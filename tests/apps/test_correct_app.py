@@ -16,7 +16,7 @@ from fastif_core.apps.correct.summary import merge_runs
 from fastif_core.config import STestConfig
 from fastif_core.store import Store
 
-APP = str(Path(__file__).resolve().parents[1] / "app" / "dashboard.py")
+APP = str(Path(__file__).resolve().parents[2] / "app" / "dashboard.py")
 RUN = CorrectConfig(
     anchors=2,
     iterations=2,

@@ -28,7 +28,7 @@ from fastif_core.store import Store
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from factories import make_tiny_workspace  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

@@ -27,7 +27,7 @@ from fastif_core.store import Store
 from fastif_core.store import matrices as sm
 from fastif_core.worker.loop import run_worker
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 K = 5
 CFG = GraphConfig(per_slice=1, influence=InfluenceConfig(k=K, top=1))
 CLI = ["--per-slice", "1", "--k", str(K)]

@@ -33,7 +33,7 @@ from fastif_core.store.graph_files import GraphArrays, load_graph_arrays, save_g
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_browser import CHROMIUM, CHROMIUM_FLAGS, _free_port, _process, _wait_healthy  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -124,7 +124,7 @@ def test_graphs_page_click_through(tiny_workspace: Path, tmp_path: Path) -> None
 
 @pytest.mark.bench
 def test_graphs_page_render_load(tiny_workspace: Path, tmp_path: Path) -> None:
-    """A measurement, not run by default (``python -m pytest -m bench tests/test_graph_browser.py``): the
+    """A measurement, not run by default (``python -m pytest -m bench tests/app/test_graph_browser.py``): the
     page's render time on a 400-test-node, >= 100,000-edge graph, with a screenshot."""
     _drive(tiny_workspace, tmp_path, render_load=True)
 
@@ -173,7 +173,7 @@ def _drive(tiny_workspace: Path, tmp_path: Path, *, render_load: bool) -> None:
 @pytest.mark.bench
 def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
     """A measurement on your own workspace, not run by default: ``FASTIF_GRAPH_WORKSPACE=workspaces/mnli8k
-    [FASTIF_GRAPH_ID=N] python -m pytest -m bench tests/test_graph_browser.py -k real_workspace`` opens
+    [FASTIF_GRAPH_ID=N] python -m pytest -m bench tests/app/test_graph_browser.py -k real_workspace`` opens
     its newest stored graph (or graph N) on the Graphs page, times the render and saves
     ``test-artifacts/graph_<workspace>_<id>.png`` and ``.json``. The workspace is only read."""
     root = os.environ.get("FASTIF_GRAPH_WORKSPACE")

@@ -215,7 +215,7 @@ def test_explain_page_draws_the_stored_study(studied, monkeypatch):
     monkeypatch.setenv("FASTIF_AUTOSTART_WORKER", "0")
     st.cache_data.clear()
     at = AppTest.from_file(
-        str(Path(__file__).resolve().parents[1] / "app" / "dashboard.py"), default_timeout=60
+        str(Path(__file__).resolve().parents[2] / "app" / "dashboard.py"), default_timeout=60
     )
     at.run()
     at.switch_page("views/explain.py")

@@ -24,7 +24,7 @@ from fastif_core.config import InfluenceConfig, STestConfig, to_dict
 from fastif_core.queries.influence import influence_query
 from fastif_core.store import ExampleFilter, InfluenceRunInfo, Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app" / "dashboard.py")
 EXAMPLE_PAGE = "views/example.py"
 JOBS_PAGE = "views/jobs.py"

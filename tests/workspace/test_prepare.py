@@ -234,7 +234,9 @@ def test_prepare_killed_mid_training_leaves_the_old_consistent_state(tmp_path: P
     ws = tmp_path / "ws"
     old = prepare(ws, tiny_prepare_config(model, demo_size=40), show_progress=False)
     before = LoadedWorkspace.load(ws)
-    script = KILLED_PREPARE.format(tests=str(Path(__file__).parent), model=str(model), ws=str(ws))
+    script = KILLED_PREPARE.format(
+        tests=str(Path(__file__).resolve().parents[1]), model=str(model), ws=str(ws)
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
@@ -298,7 +300,9 @@ def test_concurrent_prepares_of_one_workspace_wait_for_each_other(tmp_path: Path
 
     model = save_tiny_checkpoint(tmp_path / "base")
     ws = tmp_path / "ws"
-    script = CONCURRENT_PREPARE.format(tests=str(Path(__file__).parent), model=str(model), ws=str(ws))
+    script = CONCURRENT_PREPARE.format(
+        tests=str(Path(__file__).resolve().parents[1]), model=str(model), ws=str(ws)
+    )
 
     def run() -> subprocess.Popen:
         return subprocess.Popen(

@@ -29,8 +29,8 @@ from fastif_core.processes import pid_running
 from fastif_core.store import Store
 from fastif_core.worker.process import LOG_FILE
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]  # tests/: lifecycle_handlers.py
 EXIT_DEADLINE_S = 60.0  # the worker promises 30 s; the assertion is that it exits at all
 OWNER = """
 import sys, time

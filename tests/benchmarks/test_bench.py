@@ -273,7 +273,7 @@ def _bench_page(workspace: Path, monkeypatch: pytest.MonkeyPatch):
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     monkeypatch.setenv("FASTIF_WORKSPACE", str(workspace))
     monkeypatch.setenv("FASTIF_AUTOSTART_WORKER", "0")
     monkeypatch.syspath_prepend(str(repo))
