@@ -27,7 +27,7 @@ from torch import Tensor
 
 from fastif_core.config import CURVATURES
 from fastif_core.engine.examples import Batch, Examples, sample_indices, to_device
-from fastif_core.engine.objective import Objective, resolve_device
+from fastif_core.engine.objective import Objective, objective_device
 from fastif_core.errors import ConfigError
 
 HVP_METHODS = ("forward_over_reverse", "double_backward")
@@ -204,7 +204,7 @@ def estimate_scale(
 
     Uses batches of the recursion's own size: with B=1 single-example Hessians must be contracted too.
     """
-    device = resolve_device(objective, device)
+    device = objective_device(objective, device)
     gen = torch.Generator().manual_seed(seed)
     largest = 0.0
     with objective.evaluating():

@@ -46,7 +46,7 @@ from torch import Tensor
 from fastif_core.config import InfluenceConfig
 from fastif_core.engine.curvature import DEFAULT_HVP_METHOD
 from fastif_core.engine.examples import Batch, Examples, to_device
-from fastif_core.engine.objective import Objective, resolve_device
+from fastif_core.engine.objective import Objective, objective_device
 from fastif_core.engine.scoring import score_many
 from fastif_core.engine.solvers import expected_cost, solve_many
 from fastif_core.errors import ConfigError
@@ -62,7 +62,7 @@ def test_gradient(
 ) -> Tensor:
     """``∇ℓ(z_test)`` ``(P,)``: gradient of the mean data loss over the test batch, eval mode; with
     ``include_l2`` the L2 term's gradient ``2·wd·θ`` (decayed entries) is added (FastIF's code)."""
-    resolve_device(objective, device)
+    objective_device(objective, device)
     with objective.evaluating():
         return objective.grad(test_batch, include_l2=include_l2)
 
@@ -153,7 +153,7 @@ def test_gradients(
     include_l2: bool = False,
 ) -> Tensor:
     """``V (M, P)``: row m is :func:`fastif_core.engine.influence.test_gradient` of ``test_batches[m]``."""
-    device = resolve_device(objective, device)
+    device = objective_device(objective, device)
     if not test_batches:
         raise ConfigError("no test examples: give at least one")
     rows = [
@@ -200,7 +200,7 @@ def compute_many(
     ``scoring``: the :func:`fastif_core.engine.scoring.score_many` path (``auto`` = its cost model).
     """
     cfg.validate()
-    device = resolve_device(objective, device)
+    device = objective_device(objective, device)
     union, lists, picks = union_columns(candidates, len(test_batches), len(train))
     split = progress_split(cfg, len(union)) if len(union) else 1.0
     t0 = time.perf_counter()

@@ -205,7 +205,7 @@ def classifier_objective(model: nn.Module, weight_decay: float) -> Objective:
     return Objective(model, forward=hf_forward, loss=cross_entropy, weight_decay=weight_decay)
 
 
-def resolve_device(objective: Objective, device: torch.device | str | None) -> torch.device:
+def objective_device(objective: Objective, device: torch.device | str | None) -> torch.device:
     """The device computations run on: the objective's; a different explicit ``device`` is an error."""
     here = objective.device
     if device is None:

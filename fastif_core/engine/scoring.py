@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from fastif_core.engine.examples import Batch, Examples, length_sorted_chunks, to_device
-from fastif_core.engine.objective import Objective, resolve_device
+from fastif_core.engine.objective import Objective, objective_device
 from fastif_core.engine.per_example import per_example_dots, trainable_layers
 from fastif_core.errors import ConfigError
 from fastif_core.progress import Progress
@@ -95,7 +95,7 @@ def score_candidates_reference(
     include_l2: bool = False,
 ) -> Tensor:
     """The slow reference: one full backward per candidate, ``-(∇ℓ(z_i)·s_test)`` ``(k,)``."""
-    device = resolve_device(objective, device)
+    device = objective_device(objective, device)
     s = s_test.to(device, objective.dtype)
     values = []
     with objective.evaluating():
@@ -204,7 +204,7 @@ def score_many(
     Memory beyond ``s``: one batch of activations (jvp); per_example adds the batch's layer outputs'
     gradients and at most ``per_example._BLOCK`` elements of per-example gradients per layer.
     """
-    device = resolve_device(objective, device)
+    device = objective_device(objective, device)
     s = _rows_of(objective, s, device)
     idx = torch.as_tensor([int(i) for i in indices], dtype=torch.long)
     lengths = train.lengths()[idx] if len(idx) else torch.zeros(0, dtype=torch.long)

@@ -55,7 +55,7 @@ from fastif_core.config import STestConfig
 from fastif_core.engine.curvature import DEFAULT_HVP_METHOD, estimate_scale
 from fastif_core.engine.examples import Examples
 from fastif_core.engine.iterations import STEPS, RepStats, direct_factor, direct_in_place, effective_damping
-from fastif_core.engine.objective import Objective, resolve_device
+from fastif_core.engine.objective import Objective, objective_device
 from fastif_core.errors import ConfigError
 from fastif_core.progress import Progress
 
@@ -237,7 +237,7 @@ def solve_many_repetitions(
     :func:`solve_repetitions` of each row of ``v (M, P)``); ``batched`` None = CUDA only."""
     if len(train) == 0:
         raise ConfigError("s_test needs at least one training example to draw curvature batches from")
-    device = resolve_device(objective, device)
+    device = objective_device(objective, device)
     vs = _vectors(objective, v, device)
     cfg, spent = resolve(objective, train, cfg, device)
     batched = device.type == "cuda" if batched is None else batched

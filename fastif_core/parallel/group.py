@@ -9,7 +9,7 @@ Rank 0 is the coordinator (the process that talks to the store); every other ran
 :meth:`ParallelContext.serve`, a loop that executes the small command dicts rank 0 broadcasts
 (``load``, ``call``, ``ping``, ``shutdown``). A ``call`` runs an SPMD body, a module-level function that
 every rank gets by reference (pickled, so no module is named in a string); the one influence body is
-:func:`fastif_core.parallel.spmd.run_influence` (repetitions ``t ≡ rank (mod world)``, ONE all-reduce of
+:func:`fastif_core.parallel.spmd.rank_influence` (repetitions ``t ≡ rank (mod world)``, ONE all-reduce of
 all M partial sums, length-balanced candidate shards, one gather to rank 0). A body uses only the public
 API of the group: :meth:`~ParallelContext.state`, :meth:`~ParallelContext.all_reduce_sum`,
 :meth:`~ParallelContext.all_gather` and :meth:`~ParallelContext.raise_any`.
@@ -331,13 +331,13 @@ class ParallelContext:
         should_stop: ShouldStop | None = None,
     ) -> ManyInfluence:
         """Influence of each test's ``candidates[m]`` (None = every training row) on ``test_batches[m]``,
-        on all ranks (:func:`fastif_core.parallel.spmd.run_influence`); raises as :meth:`influence`."""
+        on all ranks (:func:`fastif_core.parallel.spmd.rank_influence`); raises as :meth:`influence`."""
         if key not in self._states:
             raise JobError(f"state {key!r} is not loaded on the group: call load() first")
         command = spmd.payload(
             list(test_batches), None if candidates is None else [list(c) for c in candidates], cfg
         )
-        return self.call(spmd.run_influence, key, command, progress=progress, should_stop=should_stop)
+        return self.call(spmd.rank_influence, key, command, progress=progress, should_stop=should_stop)
 
     def call(
         self,

@@ -42,7 +42,7 @@ def payload(batches: list[dict], candidates: list[list[int]] | None, cfg: Influe
     return {"batches": cpu, "candidates": rows, "cfg": to_dict(cfg)}
 
 
-def run_influence(ctx: Any, cmd: dict[str, Any], progress: Progress | None, should_stop: ShouldStop | None):
+def rank_influence(ctx: Any, cmd: dict[str, Any], progress: Progress | None, should_stop: ShouldStop | None):
     """Every rank: see the module docstring; returns the :class:`ManyInfluence` on rank 0, None elsewhere."""
     t0 = time.perf_counter()
     state, cfg = ctx.state(cmd["key"]), InfluenceConfig.from_json_dict(cmd["cfg"])
