@@ -43,6 +43,7 @@ def _add_correct(sub: argparse._SubParsersAction) -> None:
     d = CorrectConfig()
     p.add_argument("--slice", default=d.slice, help=help_of(CorrectConfig, "slice"))
     p.add_argument("--pool", default=d.pool, help=help_of(CorrectConfig, "pool"))
+    p.add_argument("--pool-size", type=positive_int, default=None, help=help_of(CorrectConfig, "pool_size"))
     for name, kind in (("iterations", positive_int), ("anchors", positive_int), ("k", positive_int),
                        ("top", positive_int), ("lr", positive_float), ("seeds", positive_int), ("seed", int),
                        ("anchor_fraction", float), ("max_eval", positive_int)):  # fmt: skip
@@ -80,7 +81,7 @@ def correct_config_from_args(a: argparse.Namespace) -> CorrectConfig:
     given = {k: v for k, v in (("depth", a.depth), ("batch_size", a.batch_size)) if v is not None}
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     return CorrectConfig(
-        slice=a.slice, pool=a.pool, iterations=a.iterations, anchors=a.anchors, k=a.k, top=a.top, lr=a.lr,
+        slice=a.slice, pool=a.pool, pool_size=a.pool_size, iterations=a.iterations, anchors=a.anchors, k=a.k, top=a.top, lr=a.lr,
         seeds=a.seeds, seed=a.seed, split_seed=a.split_seed, methods=methods, anchor_fraction=a.anchor_fraction,
         max_eval=a.max_eval, heldout=a.heldout, s_test=STestConfig.preset(a.preset, **given),
         gradient_l2=a.gradient_l2, save=a.save,
