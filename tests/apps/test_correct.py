@@ -165,6 +165,15 @@ def test_runs_merge_only_within_one_split_model_and_before():
     assert [m["seed_list"] for m in merge_runs(list(enumerate(apart)))] == [[0], [1], [1], [1]]
 
 
+def test_a_run_stored_before_pool_size_existed_merges_with_one_that_has_it_unset():
+    new = _run(1, 1, split_seed=0)
+    new["settings"]["pool_size"] = None
+    sampled = _run(2, 1, split_seed=0)
+    sampled["settings"]["pool_size"] = 300
+    merged = merge_runs([(1, _run(0, 1)), (2, new), (3, sampled)])
+    assert [m["seed_list"] for m in merged] == [[0, 1], [2]]
+
+
 def test_markdown_table_has_the_final_mean_min_max_per_method_and_part():
     (one,) = merge_runs([(1, _run(0, 2)), (2, _run(2, 1, split_seed=0))])  # seeds 0, 1, 2: 0.1, 0.2, 0.3
     lines = markdown_table(one).splitlines()

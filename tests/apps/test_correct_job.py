@@ -105,6 +105,34 @@ def test_augmentation_pool_gets_its_own_features_and_index_once(tiny_workspace):
     assert pool.built is False and pool.directory == out["pool"]["directory"] and pool.index.ntotal == 300
 
 
+def test_a_pool_sample_keeps_each_subcase_share_and_is_the_same_for_every_seed(tiny_workspace):
+    from collections import Counter
+
+    from fastif_core.data.loaders import load_source
+
+    full = load_source("demo:augment").examples
+    cfg = CorrectConfig(**{**FAST, "iterations": 1}, methods=("random",), pool="demo:augment", pool_size=30)
+    out = run_correction(tiny_workspace, cfg)
+    assert out["pool"]["size"] == 30 and out["pool"]["built"] is True and out["settings"]["pool_size"] == 30
+    loaded = LoadedWorkspace.load(tiny_workspace)
+    pool = load_pool(loaded, "demo:augment", size=30)
+    assert pool.built is False and pool.directory == out["pool"]["directory"]  # seed 1 reads the same sample
+    by_id = {ex.id: ex for ex in full}
+    assert len(set(pool.ids)) == 30 and set(pool.ids) <= set(by_id)
+    share = Counter(by_id[i].slices.get("subcase") for i in pool.ids)
+    source = Counter(ex.slices.get("subcase") for ex in full)
+    assert all(abs(share[s] - 30 * n / len(full)) < 1 for s, n in source.items())  # largest remainder
+
+
+def test_pool_size_leaves_the_keys_of_runs_stored_before_it_existed():
+    # result_key of these two settings as computed by fastif 6cf97e4, before pool_size existed: runs
+    # stored then must still answer the same request from the store
+    assert CorrectConfig().result_key() == "26f2c19e73c98973"
+    old = CorrectConfig(pool="demo:augment", max_eval=200, seeds=1, split_seed=0)
+    assert old.result_key() == "ea93419532e06f0f"
+    assert replace(old, pool_size=300).result_key() != old.result_key()
+
+
 def test_cancelled_run_stores_nothing(tiny_workspace):
     ws = tiny_workspace
     cfg = CorrectConfig(
@@ -272,6 +300,8 @@ def test_a_seed_run_in_another_workspace_imports_by_model_hash_and_merges(
         (["--methods", "helpful,best"], "methods='helpful,best' is invalid: allowed helpful, harmful"),
         (["--slice", "colour=red"], "slice='colour=red' is invalid"),
         (["--save", "random", "--methods", "helpful"], "save='random' is invalid"),
+        (["--pool-size", "30"], "pool_size=30 is invalid: allowed an integer >= 1, with a pool other than"),
+        (["--pool", "demo:augment", "--pool-size", "0"], "--pool-size: invalid value '0'"),
     ],
 )
 def test_bad_settings_are_one_line_before_any_work(tiny_workspace_template, capsys, args, needle):

@@ -44,6 +44,7 @@ def _add_correct(sub: argparse._SubParsersAction) -> None:
     d = CorrectConfig()
     p.add_argument("--slice", default=d.slice, help=help_of(CorrectConfig, "slice"))
     p.add_argument("--pool", default=d.pool, help=help_of(CorrectConfig, "pool"))
+    p.add_argument("--pool-size", type=positive_int, default=None, help=help_of(CorrectConfig, "pool_size"))
     for name, kind in (
         ("iterations", positive_int),
         ("anchors", positive_int),
@@ -99,6 +100,7 @@ def correct_config_from_args(a: argparse.Namespace) -> CorrectConfig:
     return CorrectConfig(
         slice=a.slice,
         pool=a.pool,
+        pool_size=a.pool_size,
         iterations=a.iterations,
         anchors=a.anchors,
         k=a.k,

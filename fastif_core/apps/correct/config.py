@@ -63,6 +63,11 @@ class CorrectConfig:
     pool: str = _f(
         TRAIN_POOL, "candidates: 'train' (the training set) or a new source: demo:augment, a file, hf:..."
     )
+    pool_size: int | None = _f(
+        None,
+        "use at most this many examples of a new pool: a sample that keeps each slice's share (HANS "
+        "heuristic/subcase, MNLI genre), drawn with seed 0 so every seed of a comparison has the same pool",
+    )
     iterations: int = _f(10, "iterations I: anchors drawn, influence, one gradient step, evaluation")
     anchors: int = _f(
         10, "anchors A drawn from the anchor pool per iteration (one s_test for their mean loss)"
@@ -119,6 +124,12 @@ class CorrectConfig:
         _check(
             bool(self.pool.strip()), "pool", "'train' or a source (demo:augment, a file, hf:...)", self.pool
         )
+        _check(
+            self.pool_size is None or (self.augmenting and self.pool_size >= 1),
+            "pool_size",
+            "an integer >= 1, with a pool other than 'train'",
+            self.pool_size,
+        )
         _check(self.gradient_l2 in GRADIENT_L2, "gradient_l2", " | ".join(GRADIENT_L2), self.gradient_l2)
         _check(self.score_batch_size >= 1, "score_batch_size", "an integer >= 1", self.score_batch_size)
         if self.heldout != "auto":
@@ -147,7 +158,10 @@ class CorrectConfig:
     def result_key(self) -> str:
         """Hash of what determines the curves (``save`` only says which final model to keep)."""
         norm = replace(self, save=None, split_seed=self.data_seed)  # split_seed=None means seed
-        return config_hash({**to_dict(norm), "methods": list(self.methods)})
+        key = {**to_dict(norm), "methods": list(self.methods)}
+        if self.pool_size is None:  # runs stored before pool_size existed keep their key
+            del key["pool_size"]
+        return config_hash(key)
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> CorrectConfig:

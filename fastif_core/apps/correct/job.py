@@ -179,7 +179,7 @@ def run_correction(
     report(0.0, "loading the workspace")
     t0 = time.perf_counter()
     loaded = loaded or LoadedWorkspace.load(root, device)
-    pool = load_pool(loaded, cfg.pool)
+    pool = load_pool(loaded, cfg.pool, size=cfg.pool_size)
     inputs = loop_inputs(loaded, pool, data)
     before = evaluate(loaded.model, inputs.parts, device=loaded.device)
     t1 = time.perf_counter()

@@ -28,6 +28,7 @@ from fastif_core.modeling.knn import KnnIndex
 from fastif_core.workspace.layout import LoadedWorkspace, knn_config, load_features, save_features
 
 POOL_META = "pool.json"
+POOL_SAMPLE_SEED = 0  # the pool sample is the same for every seed of a comparison, so its runs merge
 
 
 @dataclass
@@ -51,14 +52,15 @@ def training_pool(loaded: LoadedWorkspace) -> Pool:
     return Pool(TRAIN_POOL, list(loaded.train_ids), loaded.train, loaded.index, None)
 
 
-def load_pool(loaded: LoadedWorkspace, source: str, *, batch_size: int = 64) -> Pool:
-    """The pool ``source`` under ``loaded``'s model: the training set, a stored pool, or one built now."""
+def load_pool(loaded: LoadedWorkspace, source: str, *, size: int | None = None, batch_size: int = 64) -> Pool:
+    """The pool ``source`` under ``loaded``'s model: the training set, a stored pool, or one built now;
+    ``size``: at most that many of the source's examples, a stratified sample drawn with seed 0."""
     if source.strip() == TRAIN_POOL:
         return training_pool(loaded)
     from fastif_core.data.loaders import load_source
-    from fastif_core.data.sampling import content_hash
+    from fastif_core.data.sampling import content_hash, stratified_sample
 
-    records = load_source(source).examples
+    records = stratified_sample(load_source(source).examples, size, seed=POOL_SAMPLE_SEED)
     if not records:
         raise DataFormatError(f"pool={source!r}: no labelled examples to use as candidates")
     directory = Path(loaded.root) / "pools" / f"{loaded.model_id}-{content_hash(records)}"

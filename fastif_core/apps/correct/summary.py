@@ -41,6 +41,8 @@ def comparison_key(result: dict[str, Any]) -> str:
     model, the kind, and the evaluated parts' sizes and accuracy before (so runs that disagree there,
     e.g. on a changed workspace, are never merged)."""
     settings = {k: v for k, v in result["settings"].items() if k not in NOT_COMPARED}
+    if settings.get("pool_size") is None:  # absent in runs stored before pool_size existed
+        settings.pop("pool_size", None)
     split = result["settings"].get("split_seed")
     settings["split_seed"] = result["settings"]["seed"] if split is None else split
     before = {part: [m["n"], m["accuracy"]] for part, m in result["before"].items()}
