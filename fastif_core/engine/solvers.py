@@ -234,13 +234,14 @@ def solve_many_repetitions(
     batched: bool | None = None,
 ) -> list[STestPartial]:
     """Per test vector, the sum of the estimates of the given repetitions (as
-    :func:`solve_repetitions` of each row of ``v (M, P)``); ``batched`` None = CUDA only."""
+    :func:`solve_repetitions` of each row of ``v (M, P)``); ``batched`` None = on CUDA with M > 1."""
     if len(train) == 0:
         raise ConfigError("s_test needs at least one training example to draw curvature batches from")
     device = objective_device(objective, device)
     vs = _vectors(objective, v, device)
     cfg, spent = resolve(objective, train, cfg, device)
-    batched = device.type == "cuda" if batched is None else batched
+    # one autograd call for many products pays on CUDA only; one vector keeps the plain product
+    batched = device.type == "cuda" and len(vs) > 1 if batched is None else batched
     one = STEPS[cfg.solver]
     start, reps = time.perf_counter(), list(repetitions)
     sums = _Sums(torch.zeros_like(vs), [0.0] * len(vs), [{} for _ in vs])
