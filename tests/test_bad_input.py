@@ -61,7 +61,10 @@ def workspace_digest(ws: Path) -> str:
     try:
         for table, rows in _table_rows(db):
             h.update(f"\0table {table}\0".encode() + repr(rows).encode())
-    except (DatabaseError, sqlite3.DatabaseError):  # the garbage-database case: its bytes must not change either
+    except (
+        DatabaseError,
+        sqlite3.DatabaseError,
+    ):  # the garbage-database case: its bytes must not change either
         h.update(db.read_bytes())
     return h.hexdigest()
 

@@ -204,8 +204,16 @@ def test_lissa_tradeoff_reference_has_zero_error(bench):
     grid = result["lissa_tradeoff"]
     s = result["settings"]
     assert len(grid["points"]) == len(grid_points(s["grid_depths"], s["grid_batches"], s["grid_repeats"]))
-    costliest = max(((j, b, t) for j in s["grid_depths"] for b in s["grid_batches"] for t in s["grid_repeats"]
-                     if t == 1 or (b == 1 and j == max(s["grid_depths"]))), key=lambda p: p[0] * p[1] * p[2])
+    costliest = max(
+        (
+            (j, b, t)
+            for j in s["grid_depths"]
+            for b in s["grid_batches"]
+            for t in s["grid_repeats"]
+            if t == 1 or (b == 1 and j == max(s["grid_depths"]))
+        ),
+        key=lambda p: p[0] * p[1] * p[2],
+    )
     assert tuple(grid["reference"].values()) == costliest  # the most expensive point of the grid
     ref = grid["points"][0]
     assert (ref["depth"], ref["batch_size"], ref["repeats"]) == costliest

@@ -150,7 +150,9 @@ def test_many_and_matrix_jobs_in_a_worker(tiny_workspace, tmp_path, capsys):
         with Store.open(tiny_workspace) as store:
             run = store.get_influence_run(stored[answer["example_id"]].id)
         values = {s.train_id: s.value for s in run.scores}
-        scale = max(abs(row["influence"]) for row in answer["helpful"] + answer["harmful"])  # as in _same_answer
+        scale = max(
+            abs(row["influence"]) for row in answer["helpful"] + answer["harmful"]
+        )  # as in _same_answer
         for row in answer["helpful"] + answer["harmful"]:
             assert values[row["train_id"]] == pytest.approx(row["influence"], rel=1e-5, abs=1e-5 * scale)
 
@@ -170,6 +172,8 @@ def test_two_ranks_answer_many_examples_like_one(tiny_workspace, tmp_path):
             run = store.get_influence_run(found.id)
         assert run.s_test_stats["ranks"] == 2 and run.s_test_stats["repetitions"] == 3
         values = {s.train_id: s.value for s in run.scores}
-        scale = max(abs(row["influence"]) for row in answer["helpful"] + answer["harmful"])  # as in _same_answer
+        scale = max(
+            abs(row["influence"]) for row in answer["helpful"] + answer["harmful"]
+        )  # as in _same_answer
         for row in answer["helpful"] + answer["harmful"]:
             assert values[row["train_id"]] == pytest.approx(row["influence"], rel=1e-5, abs=1e-5 * scale)

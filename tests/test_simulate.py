@@ -197,31 +197,83 @@ def test_curves_and_summaries_on_hand_made_curves():
     from fastif_core.apps.simulate.summary import curve, example_curves, finding, kind_summary, summarize
 
     assert curve([]) is None
-    assert curve([[1.0, 2.0], [3.0, 0.0]]) == {"mean": [2.0, 1.0], "min": [1.0, 0.0], "max": [3.0, 2.0], "n": 2}
+    assert curve([[1.0, 2.0], [3.0, 0.0]]) == {
+        "mean": [2.0, 1.0],
+        "min": [1.0, 0.0],
+        "max": [3.0, 2.0],
+        "n": 2,
+    }
     changes = [[1.0, 2.0], [3.0, 0.0], [5.0, -4.0]]
     assert example_curves(changes, {"a": [2], "b": [0, 2], "c": []}) == {
         "a": {"mean": [5.0, -4.0], "min": [5.0, -4.0], "max": [5.0, -4.0], "n": 1},
         "b": {"mean": [3.0, -1.0], "min": [1.0, -4.0], "max": [5.0, 2.0], "n": 2}, "c": None}  # fmt: skip
-    a = {"correct": True, "loss_before": 1.0,
-         "curves": {"helpful": _curve([-1, -4, 2]), "random": _curve([0, -1, 1]), "harmful": _curve([1, 0.5, 2])}}
-    b = {"correct": True, "loss_before": 2.0,
-         "curves": {"helpful": _curve([-3, -1, 0]), "random": _curve([0.5, 1, 1]), "harmful": None}}
-    c = {"correct": False, "loss_before": 0.5,
-         "curves": {"helpful": _curve([0, 0, 0]), "random": _curve([-1, -5, -1]), "harmful": _curve([-2, -4, -3])}}
+    a = {
+        "correct": True,
+        "loss_before": 1.0,
+        "curves": {
+            "helpful": _curve([-1, -4, 2]),
+            "random": _curve([0, -1, 1]),
+            "harmful": _curve([1, 0.5, 2]),
+        },
+    }
+    b = {
+        "correct": True,
+        "loss_before": 2.0,
+        "curves": {"helpful": _curve([-3, -1, 0]), "random": _curve([0.5, 1, 1]), "harmful": None},
+    }
+    c = {
+        "correct": False,
+        "loss_before": 0.5,
+        "curves": {
+            "helpful": _curve([0, 0, 0]),
+            "random": _curve([-1, -5, -1]),
+            "harmful": _curve([-2, -4, -3]),
+        },
+    }
+    # the hand-picked means are exact in binary (approx compares the lists nested in a dict exactly); the
+    # thirds are top-level values, compared by approx
     helpful = kind_summary([a["curves"]["helpful"], b["curves"]["helpful"]], LRS)
-    assert helpful == pytest.approx({"mean": [-2, -2.5, 1], "min": [-3, -4, 0], "max": [-1, -1, 2], "n": 2,
-                                     "best_lr": 1.0, "best_change": -2.5, "grid_mean_change": -3.5 / 3})
+    assert helpful == pytest.approx(
+        {
+            "mean": [-2, -2.5, 1],
+            "min": [-3, -4, 0],
+            "max": [-1, -1, 2],
+            "n": 2,
+            "best_lr": 1.0,
+            "best_change": -2.5,
+            "grid_mean_change": -3.5 / 3,
+        }
+    )
     assert kind_summary([], LRS) is None
     out = summarize([a, b, c], ["helpful", "random", "harmful"], LRS)
     assert (out["correct"]["n"], out["incorrect"]["n"], out["all"]["n"]) == (2, 1, 3)
-    assert out["correct"]["loss_before"] == pytest.approx(1.5) and out["all"]["loss_before"] == pytest.approx(3.5 / 3)
+    assert out["correct"]["loss_before"] == pytest.approx(1.5) and out["all"]["loss_before"] == pytest.approx(
+        3.5 / 3
+    )
     correct, incorrect = out["correct"]["kinds"], out["incorrect"]["kinds"]
     assert correct["helpful"] == helpful
-    assert correct["random"] == pytest.approx({"mean": [0.25, 0, 1], "min": [0, -1, 1], "max": [0.5, 1, 1], "n": 2,
-                                               "best_lr": 1.0, "best_change": 0.0, "grid_mean_change": 1.25 / 3})
-    assert correct["harmful"] == pytest.approx({"mean": [1, 0.5, 2], "min": [1, 0.5, 2], "max": [1, 0.5, 2],
-                                                "n": 1, "best_lr": 1.0, "best_change": 0.5,
-                                                "grid_mean_change": 3.5 / 3})  # b has no harmful curve
+    assert correct["random"] == pytest.approx(
+        {
+            "mean": [0.25, 0, 1],
+            "min": [0, -1, 1],
+            "max": [0.5, 1, 1],
+            "n": 2,
+            "best_lr": 1.0,
+            "best_change": 0.0,
+            "grid_mean_change": 1.25 / 3,
+        }
+    )
+    assert correct["harmful"] == pytest.approx(
+        {
+            "mean": [1, 0.5, 2],
+            "min": [1, 0.5, 2],
+            "max": [1, 0.5, 2],
+            "n": 1,
+            "best_lr": 1.0,
+            "best_change": 0.5,
+            "grid_mean_change": 3.5 / 3,
+        }
+    )  # b has no harmful curve
     assert incorrect["harmful"]["best_change"] == -4 and incorrect["harmful"]["grid_mean_change"] == -3
     assert incorrect["random"]["best_change"] == -5 and incorrect["random"]["best_lr"] == 1.0
     assert out["all"]["kinds"]["helpful"]["mean"] == pytest.approx([-4 / 3, -5 / 3, 2 / 3])
