@@ -17,6 +17,7 @@ API (for :mod:`fastif_core.engine.solvers`): :data:`STEPS` (solver name -> its r
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,19 +256,34 @@ def cg(
     return [s.result(cfg) for s in states]
 
 
+def batch_fingerprint(batch: dict[str, Tensor]) -> str:
+    """A digest of a batch's contents (every tensor's name, dtype, shape and bytes): token ids, masks and
+    labels for text, features and labels for tensor examples."""
+    h = hashlib.sha256()
+    for name in sorted(batch):
+        t = batch[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def direct_factor(
     objective: Objective, train: Examples, cfg: STestConfig, t: int
 ) -> tuple[woodbury.GaussNewtonFactor, bool]:
     """The factor of ``G_b + μI`` on repetition t's batch and whether it was built now. One factor is kept
-    on the objective, keyed by the batch, μ and the parameters' version counters (an in-place update of
-    the weights, as a correction step makes, invalidates it)."""
+    on the objective, keyed by the content of the seeded batch (texts and labels, not the training set's
+    identity: a relabelled set of the same size is another system), μ, the objective's loss and weight
+    decay, and the parameters' version counters (an in-place update of the weights, as a correction step
+    makes, invalidates it)."""
     params = list(objective.params.values())
+    gen = torch.Generator().manual_seed(cfg.seed + t)
+    rows = train.collate(sample_indices(len(train), cfg.batch_size, gen))  # the batch draw() would give
     key = (
-        id(train),
-        len(train),
-        cfg.batch_size,
-        cfg.seed + t,
+        batch_fingerprint(rows),
         effective_damping(cfg),
+        objective.loss,
+        objective.weight_decay,
+        tuple(objective.decayed),
         tuple(p._version for p in params),
         tuple(p.data_ptr() for p in params),
     )
@@ -275,7 +291,7 @@ def direct_factor(
     if cached is not None and cached[0] == key:
         return cached[1], False
     objective.__dict__.pop("_direct_factor", None)  # free the old factor before building the new one
-    batch = draw(train, cfg, torch.Generator().manual_seed(cfg.seed + t), objective.device)
+    batch = to_device(rows, objective.device)
     built = woodbury.factor(objective, batch, effective_damping(cfg))
     objective.__dict__["_direct_factor"] = (key, built)
     return built, True

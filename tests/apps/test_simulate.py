@@ -184,13 +184,141 @@ def test_study_through_the_worker_stores_curves_that_the_naive_loop_reproduces(s
             row = store.get_example(ex["example_id"], loaded.model_id)
             batch = loaded.encode_test(row.to_record())
             batch["labels"] = torch.tensor([max(range(len(row.probs)), key=row.probs.__getitem__)])
-            helpful = [pos[t] for t in ex["explanations"]["helpful"]]
-            naive = steps.losses_after_step_reference(
-                simulator.objective, loaded.train, helpful, torch.tensor(lrs), batch
-            )
-            change = naive.double() - ex["loss_before"]
-            assert ex["curves"]["helpful"]["mean"] == pytest.approx(change.mean(0).tolist(), abs=1e-5)
-            assert ex["curves"]["helpful"]["min"] == pytest.approx(change.min(0).values.tolist(), abs=1e-5)
+            # the loss before, from the simulator's logits by hand (not the stored loss_before, whose error
+            # would cancel out of the change); float32 recomputed in this process: to 1e-5
+            with simulator.objective.evaluating(), torch.no_grad():
+                logits = simulator.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            before = float(torch.nn.functional.cross_entropy(logits.double(), batch["labels"]))
+            assert ex["loss_before"] == pytest.approx(before, abs=1e-5)
+            kinds = [k for k, c in ex["curves"].items() if c is not None]
+            assert {"helpful", "harmful", "random"} <= set(kinds)
+            for kind in kinds:  # every kind's curve, helpful and harmful included, by the naive loop
+                chosen = [pos[t] for t in ex["explanations"][kind]]
+                naive = steps.losses_after_step_reference(
+                    simulator.objective, loaded.train, chosen, torch.tensor(lrs), batch
+                )
+                change = naive.double() - before
+                got = ex["curves"][kind]
+                assert got["n"] == len(chosen), kind
+                assert got["mean"] == pytest.approx(change.mean(0).tolist(), abs=1e-5), kind
+                assert got["min"] == pytest.approx(change.min(0).values.tolist(), abs=1e-5), kind
+                assert got["max"] == pytest.approx(change.max(0).values.tolist(), abs=1e-5), kind
+
+
+LRS = [0.1, 1.0, 10.0]
+
+
+def _curve(mean: list[float]) -> dict:
+    return {"mean": mean, "min": [m - 1 for m in mean], "max": [m + 1 for m in mean], "n": 2}
+
+
+def test_curves_and_summaries_on_hand_made_curves():
+    """Ground truth worked out by hand: two correct test examples (one without a harmful curve) and one
+    incorrect one; every group's band, best learning rate, grid mean and the finding."""
+    from fastif_core.apps.simulate.summary import curve, example_curves, finding, kind_summary, summarize
+
+    assert curve([]) is None
+    assert curve([[1.0, 2.0], [3.0, 0.0]]) == {
+        "mean": [2.0, 1.0],
+        "min": [1.0, 0.0],
+        "max": [3.0, 2.0],
+        "n": 2,
+    }
+    changes = [[1.0, 2.0], [3.0, 0.0], [5.0, -4.0]]
+    assert example_curves(changes, {"a": [2], "b": [0, 2], "c": []}) == {
+        "a": {"mean": [5.0, -4.0], "min": [5.0, -4.0], "max": [5.0, -4.0], "n": 1},
+        "b": {"mean": [3.0, -1.0], "min": [1.0, -4.0], "max": [5.0, 2.0], "n": 2},
+        "c": None,
+    }
+    a = {
+        "correct": True,
+        "loss_before": 1.0,
+        "curves": {
+            "helpful": _curve([-1, -4, 2]),
+            "random": _curve([0, -1, 1]),
+            "harmful": _curve([1, 0.5, 2]),
+        },
+    }
+    b = {
+        "correct": True,
+        "loss_before": 2.0,
+        "curves": {"helpful": _curve([-3, -1, 0]), "random": _curve([0.5, 1, 1]), "harmful": None},
+    }
+    c = {
+        "correct": False,
+        "loss_before": 0.5,
+        "curves": {
+            "helpful": _curve([0, 0, 0]),
+            "random": _curve([-1, -5, -1]),
+            "harmful": _curve([-2, -4, -3]),
+        },
+    }
+    # the hand-picked means are exact in binary (approx compares the lists nested in a dict exactly); the
+    # thirds are top-level values, compared by approx
+    helpful = kind_summary([a["curves"]["helpful"], b["curves"]["helpful"]], LRS)
+    assert helpful == pytest.approx(
+        {
+            "mean": [-2, -2.5, 1],
+            "min": [-3, -4, 0],
+            "max": [-1, -1, 2],
+            "n": 2,
+            "best_lr": 1.0,
+            "best_change": -2.5,
+            "grid_mean_change": -3.5 / 3,
+        }
+    )
+    assert kind_summary([], LRS) is None
+    out = summarize([a, b, c], ["helpful", "random", "harmful"], LRS)
+    assert (out["correct"]["n"], out["incorrect"]["n"], out["all"]["n"]) == (2, 1, 3)
+    assert out["correct"]["loss_before"] == pytest.approx(1.5) and out["all"]["loss_before"] == pytest.approx(
+        3.5 / 3
+    )
+    correct, incorrect = out["correct"]["kinds"], out["incorrect"]["kinds"]
+    assert correct["helpful"] == helpful
+    assert correct["random"] == pytest.approx(
+        {
+            "mean": [0.25, 0, 1],
+            "min": [0, -1, 1],
+            "max": [0.5, 1, 1],
+            "n": 2,
+            "best_lr": 1.0,
+            "best_change": 0.0,
+            "grid_mean_change": 1.25 / 3,
+        }
+    )
+    assert correct["harmful"] == pytest.approx(
+        {
+            "mean": [1, 0.5, 2],
+            "min": [1, 0.5, 2],
+            "max": [1, 0.5, 2],
+            "n": 1,
+            "best_lr": 1.0,
+            "best_change": 0.5,
+            "grid_mean_change": 3.5 / 3,
+        }
+    )  # b has no harmful curve
+    assert incorrect["harmful"]["best_change"] == -4 and incorrect["harmful"]["grid_mean_change"] == -3
+    assert incorrect["random"]["best_change"] == -5 and incorrect["random"]["best_lr"] == 1.0
+    assert out["all"]["kinds"]["helpful"]["mean"] == pytest.approx([-4 / 3, -5 / 3, 2 / 3])
+    # correct: helpful -2.5 < random 0 at the best lr, -3.5/3 < 1.25/3 over the grid; incorrect: harmful
+    # -4 is not below random's -5 at the best lr, but -3 < -7/3 over the grid
+    assert (
+        out["finding"]
+        == finding(out)
+        == {
+            "correct_helpful_beats_random": {"best_lr": True, "grid": True},
+            "incorrect_harmful_beats_random": {"best_lr": False, "grid": True},
+        }
+    )
+    only_correct = summarize([a, b], ["helpful", "random", "harmful"], LRS)
+    assert only_correct["incorrect"] == {
+        "n": 0,
+        "loss_before": None,
+        "kinds": {"helpful": None, "random": None, "harmful": None},
+    }
+    assert only_correct["finding"]["incorrect_harmful_beats_random"] == {"best_lr": None, "grid": None}
+    without_random = summarize([a, c], ["helpful", "harmful"], LRS)
+    assert without_random["finding"]["correct_helpful_beats_random"] == {"best_lr": None, "grid": None}
 
 
 def test_cli_answers_a_stored_study_from_the_store(studied, capsys):

@@ -19,43 +19,55 @@ import pytest
 from fastif_core.cli.main import main
 from fastif_core.data.loaders import load_source
 from fastif_core.errors import FastifError
+from fastif_core.store import DB_FILENAME
 
 TINY = ["--demo-size", "60", "--holdout", "0", "--epochs", "1", "--max-length", "48", "--device", "cpu"]
 EXAMPLE = "demo-hans:challenge:ex0"
 FAST = ["--k", "5", "--depth", "2", "--device", "cpu"]
-TABLES = (
-    "datasets",
-    "examples",
-    "models",
-    "training_examples",
-    "predictions",
-    "neighbors",
-    "jobs",
-    "influence_runs",
-    "influence_scores",
-)
+DB_FILES = tuple(DB_FILENAME + end for end in ("", "-wal", "-shm", "-journal"))  # the store and SQLite's own
+
+
+def _table_rows(db: Path) -> list[tuple[str, list[str]]]:
+    """Every table of the database file, as the schema inspector lists it (so a table added by a later
+    migration is covered without editing this list), with its rows sorted. Raises sqlalchemy's
+    DatabaseError on a file that is not a database."""
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(f"file:{db}?mode=ro", uri=True))
+    try:
+        with engine.connect() as conn:
+            names = sorted(inspect(conn).get_table_names())
+            return [
+                (t, sorted(repr(tuple(r)) for r in conn.exec_driver_sql(f'SELECT * FROM "{t}"')))
+                for t in names
+            ]
+    finally:
+        engine.dispose()
 
 
 def workspace_digest(ws: Path) -> str:
-    """The manifest, the list of files (but the database's own) and every stored table's rows."""
+    """What a command may have written to the workspace: the path and the bytes of every file under it
+    (manifest, checkpoints, index.faiss, features, exports, logs), and the rows of every table of the
+    store. The database file and SQLite's -wal/-shm/-journal files are hashed by their tables' contents,
+    not their bytes, since SQLite rewrites those on a read (a checkpoint, the shared-memory index)."""
+    from sqlalchemy.exc import DatabaseError
+
     h = hashlib.sha256()
-    manifest = ws / "workspace.json"
-    h.update(manifest.read_bytes() if manifest.exists() else b"<no manifest>")
-    files = sorted(
-        p.relative_to(ws).as_posix() for p in ws.rglob("*") if p.is_file() and "fastif.db" not in p.name
-    )
-    h.update("\n".join(files).encode())
-    db = ws / "fastif.db"
+    for path in sorted(p for p in ws.rglob("*") if p.is_file() and p.name not in DB_FILES):
+        h.update(f"{path.relative_to(ws).as_posix()}\0{path.stat().st_size}\0".encode())
+        h.update(path.read_bytes())
+    db = ws / DB_FILENAME
+    if not db.exists():
+        h.update(b"<no db>")
+        return h.hexdigest()
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            for table in TABLES:
-                rows = con.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed names
-                h.update(repr(sorted(map(repr, rows))).encode())
-        finally:
-            con.close()
-    except sqlite3.DatabaseError:  # the garbage-database case: its bytes must not change either
-        h.update(db.read_bytes() if db.exists() else b"<no db>")
+        for table, rows in _table_rows(db):
+            h.update(f"\0table {table}\0".encode() + repr(rows).encode())
+    except (
+        DatabaseError,
+        sqlite3.DatabaseError,
+    ):  # the garbage-database case: its bytes must not change either
+        h.update(db.read_bytes())
     return h.hexdigest()
 
 
@@ -86,6 +98,51 @@ def check_unchanged(capsys, ws: Path, args: list[str], *needles: str) -> str:
     line = assert_one_line(code, err, *needles)
     assert workspace_digest(ws) == before, "the command changed the workspace"
     return line
+
+
+def test_the_digest_covers_every_table_and_the_bytes_of_every_file(tiny_workspace: Path):
+    """The basis of every "nothing changed" check: each table of the schema is hashed, a row written to a
+    table the first hand-made list left out changes the digest, and so do rewritten bytes of the same size
+    in index.faiss or a checkpoint; reading the workspace does not."""
+    import numpy as np
+
+    from fastif_core.apps.simulate.config import SimulateConfig
+    from fastif_core.store import Store
+    from fastif_core.store import matrices as sm
+    from fastif_core.store.schema import Base
+    from fastif_core.workspace.layout import LoadedWorkspace
+
+    hashed = {t for t, _ in _table_rows(tiny_workspace / DB_FILENAME)}
+    assert set(Base.metadata.tables) <= hashed, set(Base.metadata.tables) - hashed
+    before = workspace_digest(tiny_workspace)
+    with Store.open(tiny_workspace) as store:  # a reader: a WAL checkpoint, a new -shm, no row changes
+        store.query_examples(limit=5)
+    LoadedWorkspace.load(tiny_workspace, "cpu")
+    assert workspace_digest(tiny_workspace) == before
+    model_id = json.loads((tiny_workspace / "workspace.json").read_text())["model_id"]
+    seen = {before}
+    with Store.open(tiny_workspace) as store:
+        store.save_app_result("graph", SimulateConfig(), {"edges": []}, model_id=model_id)
+        seen.add(workspace_digest(tiny_workspace))
+        info = sm.start_matrix(
+            store,
+            model_id=model_id,
+            test_ids=[EXAMPLE],
+            train_positions=[0],
+            config={},
+            full=False,
+            row_block=1,
+            col_block=1,
+        )
+        seen.add(workspace_digest(tiny_workspace))
+        sm.save_chunk(store, info.id, 0, 0, np.ones((1, 1), dtype=np.float32))
+        seen.add(workspace_digest(tiny_workspace))
+    for path in (_build(tiny_workspace) / "index.faiss", _model(tiny_workspace) / "model.safetensors"):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one byte flipped, same size and name
+        path.write_bytes(bytes(data))
+        seen.add(workspace_digest(tiny_workspace))
+    assert len(seen) == 6  # every write above changed it
 
 
 # ---- data files -----------------------------------------------------------------------------------

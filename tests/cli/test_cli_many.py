@@ -44,10 +44,13 @@ def _same_answer(batched: dict, single: dict) -> None:
         assert batched["s_test"][key] == single["s_test"][key], key
     for key in ("residual", "norm"):
         assert batched["s_test"][key] == pytest.approx(single["s_test"][key], rel=1e-5)
+    # other processes and batch compositions: a score carries float32 rounding of the largest scores, so
+    # near-zero ones are compared at that scale
+    scale = max(abs(r["influence"]) for side in ("helpful", "harmful") for r in single[side])
     for side in ("helpful", "harmful"):
         assert [r["train_id"] for r in batched[side]] == [r["train_id"] for r in single[side]]
         for a, b in zip(batched[side], single[side], strict=True):
-            assert a["influence"] == pytest.approx(b["influence"], rel=1e-4, abs=1e-9)
+            assert a["influence"] == pytest.approx(b["influence"], rel=1e-4, abs=1e-5 * scale)
             assert {k: v for k, v in a.items() if k != "influence"} == {
                 k: v for k, v in b.items() if k != "influence"
             }
@@ -151,8 +154,11 @@ def test_many_and_matrix_jobs_in_a_worker(tiny_workspace, tmp_path, capsys):
         with Store.open(tiny_workspace) as store:
             run = store.get_influence_run(stored[answer["example_id"]].id)
         values = {s.train_id: s.value for s in run.scores}
+        scale = max(
+            abs(row["influence"]) for row in answer["helpful"] + answer["harmful"]
+        )  # as in _same_answer
         for row in answer["helpful"] + answer["harmful"]:
-            assert values[row["train_id"]] == pytest.approx(row["influence"], rel=1e-5, abs=1e-9)
+            assert values[row["train_id"]] == pytest.approx(row["influence"], rel=1e-5, abs=1e-5 * scale)
 
 
 @pytest.mark.slow
@@ -170,5 +176,8 @@ def test_two_ranks_answer_many_examples_like_one(tiny_workspace, tmp_path):
             run = store.get_influence_run(found.id)
         assert run.s_test_stats["ranks"] == 2 and run.s_test_stats["repetitions"] == 3
         values = {s.train_id: s.value for s in run.scores}
+        scale = max(
+            abs(row["influence"]) for row in answer["helpful"] + answer["harmful"]
+        )  # as in _same_answer
         for row in answer["helpful"] + answer["harmful"]:
-            assert values[row["train_id"]] == pytest.approx(row["influence"], rel=1e-5, abs=1e-9)
+            assert values[row["train_id"]] == pytest.approx(row["influence"], rel=1e-5, abs=1e-5 * scale)

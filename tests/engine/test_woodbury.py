@@ -174,6 +174,49 @@ def test_an_in_place_weight_update_rebuilds_the_factor():
     assert _rel(after, exact) < 1e-9
 
 
+def _doubled_two_way(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return 2.0 * two_way_aware_cross_entropy(logits, labels)
+
+
+@pytest.mark.parametrize("change", ["relabel", "retext", "loss"])
+def test_the_kept_factor_answers_only_for_the_same_batch_content_and_loss(change):
+    """The same training-set object, the same size, the same weights: relabelling examples of the seeded
+    batch in place (HANS non-entailment, label C, has another output Hessian), giving one of them another
+    text, or another loss must rebuild the kept factor, not answer with the old one."""
+    obj, train = _bert(two_way_aware_cross_entropy)
+    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=6, mu=0.2, seed=3)
+    v = obj.grad(train.collate([7]), include_l2=False)
+    rows = _batch_rows(len(train), 6, 3)
+    before = solve(obj, v, train, cfg).s_test
+    if change == "relabel":
+        train.labels[rows[:3]] = 3
+    elif change == "retext":
+        outside = next(i for i in range(len(train)) if i not in rows)
+        train.input_ids[rows[0]] = list(train.input_ids[outside])
+        if train.token_type_ids is not None:
+            train.token_type_ids[rows[0]] = list(train.token_type_ids[outside])
+    else:
+        obj.loss = _doubled_two_way
+    after = solve(obj, v, train, cfg).s_test
+    exact = exact_damped_solve(obj, train.collate(rows), v, damping=0.2, curvature="gauss_newton")
+    assert _rel(before, exact) > 1e-3  # the change really changes the system
+    assert _rel(after, exact) < 1e-9
+
+
+def test_a_content_equal_training_set_reuses_the_kept_factor():
+    """The key is the seeded batch's content: a copy of the training set (another object) finds it."""
+    obj, train = _bert()
+    cfg = STestConfig(solver="direct", curvature="gauss_newton", batch_size=5, mu=0.4)
+    v = obj.grad(train.collate([1]), include_l2=False)
+    solve(obj, v, train, cfg)
+    built = obj.__dict__["_direct_factor"][1]
+    copy = train.subset(range(len(train)))
+    assert copy is not train and copy.labels is not train.labels
+    again = solve(obj, v, train, cfg).s_test
+    assert solve(obj, v, copy, cfg).s_test.equal(again)  # the same kept factor, the same products
+    assert obj.__dict__["_direct_factor"][1] is built
+
+
 def test_direct_refuses_the_hessian_and_non_finite_input():
     with pytest.raises(ConfigError, match="curvature.*gauss_newton for solver=direct"):
         STestConfig(solver="direct", mu=1.0).validate()

@@ -66,8 +66,10 @@ def test_two_ranks_equal_serial(group, case):
     assert result.indices.tolist() == candidates
     assert rel_err(result.s_test, s_test) < 1e-5
     assert rel_err(result.values, values) < 1e-5
-    assert torch.allclose(
-        result.values.double(), values.double(), rtol=1e-5, atol=1e-9 * float(values.abs().max())
+    # element-wise: each score is g_i · s_test in float32, s_test summed across ranks in another order, so
+    # a score's error is float32 rounding of the largest terms (~1e-6 of the largest score), not of itself
+    torch.testing.assert_close(
+        result.values.double(), values.double(), rtol=1e-5, atol=1e-5 * float(values.abs().max())
     )
 
 

@@ -3,6 +3,8 @@ stored blocks, the store's block layout works on SQLite and PostgreSQL, and revi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -111,6 +113,30 @@ def test_interrupted_full_matrix_resumes_from_its_stored_blocks(loaded):
     again = influence_matrix(loaded, ids, CFG, row_block=1, col_block=16)
     assert again.cached and again.matrix_id == knn.matrix_id
     np.testing.assert_array_equal(again.values, knn.values)
+
+
+def test_a_full_matrix_of_other_settings_or_another_test_order_does_not_answer_a_knn_matrix(loaded):
+    """Only the full matrix of the same tests in the same order and the same settings may answer a kNN
+    matrix: another depth, or the tests reversed (its rows would land on the wrong tests), is computed."""
+    ids = _ids(loaded, 2)
+    full = influence_matrix(loaded, ids, CFG, full=True, row_block=1, col_block=64)
+    deeper = replace(CFG, s_test=replace(CFG.s_test, depth=CFG.s_test.depth + 5))
+    other = influence_matrix(loaded, ids, deeper, row_block=1, col_block=16)
+    assert other.chunks["derived_from_full"] == 0 and other.chunks["computed"] == other.chunks["total"] > 0
+    reversed_ids = ids[::-1]
+    rev = influence_matrix(loaded, reversed_ids, CFG, row_block=1, col_block=16)
+    assert rev.test_ids == reversed_ids
+    assert rev.chunks["derived_from_full"] == 0 and rev.chunks["computed"] == rev.chunks["total"] > 0
+    for m, test_id in enumerate(reversed_ids):  # row m is the m-th test of its own order
+        positions = loaded.nearest(test_id, CFG.k)[0]
+        cols = [rev.train_positions.index(p) for p in positions]
+        want = full.values[ids.index(test_id), positions]
+        # scored afresh in other column batches: float32 rounding of the largest scores
+        np.testing.assert_allclose(
+            rev.values[m, cols], want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max())
+        )
+    same = influence_matrix(loaded, ids, CFG, row_block=1, col_block=16)  # the control: derived, no work
+    assert same.chunks["computed"] == 0 and same.chunks["derived_from_full"] == same.chunks["total"] > 0
 
 
 DIRECT = InfluenceConfig(s_test=STestConfig.gauss_newton_direct(batch_size=8, seed=3), k=10, top=0)

@@ -269,8 +269,11 @@ def test_two_ranks_store_the_serial_scores(prepared, tmp_path):
     parallel = {s.train_id: s.value for s in run.scores}
     expected = {r["train_id"]: r["influence"] for r in serial["helpful"] + serial["harmful"]}
     assert expected and set(expected) <= set(parallel)
+    # another process, s_test summed across two ranks: a score carries float32 rounding of the largest
+    # scores (~1e-6 of them), so near-zero scores are compared at that scale, not at their own
+    scale = max(abs(v) for v in expected.values())
     for train_id, value in expected.items():
-        assert parallel[train_id] == pytest.approx(value, rel=1e-5, abs=1e-9)
+        assert parallel[train_id] == pytest.approx(value, rel=1e-5, abs=1e-5 * scale)
 
 
 def test_worker_under_torchrun_uses_every_rank(ws):
@@ -362,9 +365,7 @@ def test_hung_follower_requeues_the_job_within_the_lease(ws):
         wait_for(lambda: job(ws, queued.id).progress > 0.0, 180, "the job to make progress", ws)
         (follower,) = follower_pids(proc.pid)
         os.kill(follower, signal.SIGSTOP)
-        stopped = time.monotonic()
         wait_for(lambda: job(ws, queued.id).status == "queued", 90, "the job to be requeued", ws)
-        requeued_after = time.monotonic() - stopped
         assert proc.wait(timeout=60) != 0  # the worker exits: its group is unusable
     finally:
         if follower is not None:
@@ -376,7 +377,10 @@ def test_hung_follower_requeues_the_job_within_the_lease(ws):
     requeued = job(ws, queued.id)
     assert requeued.attempts == 1 and requeued.lease_owner is None and runs_of(ws) == []
     assert "GroupLost: rank 1 of 2 stopped responding" in requeued.error and "bound 3 s" in requeued.error
-    assert requeued_after < 60, requeued_after  # rank 0's own share of the query + the 3 s bound
+    # given back by its own worker while it held the lease (the store's fail-and-retry path), not left to
+    # run out: with the heartbeat renewing a hung query's lease it would still be "running" here
+    assert requeued.message == "retrying after error in attempt 1" and requeued.lease_expires_at is None
+    assert "lease expired" not in requeued.error
     assert "exited or stopped responding" in (ws / LOG_FILE).read_text()
     assert run_worker(ws, "cpu:1", once=True, poll=0.1) == 1  # a fresh worker completes it
     done = job(ws, queued.id)
