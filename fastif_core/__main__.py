@@ -2,6 +2,6 @@
 
 import sys
 
-from fastif_core.cli.main import main
+from fastif_core.cli import main
 
 sys.exit(main())

@@ -35,7 +35,7 @@ def test_importing_the_package_is_cheap_and_all_names_exist():
 
 
 def test_the_readme_example_runs_and_matches_the_cli(tiny_workspace: Path):
-    from fastif_core.cli.main import main
+    from fastif_core.cli import main
 
     code = readme_snippet().replace('"workspaces/demo"', repr(str(tiny_workspace)))
     assert code != readme_snippet()  # the block names the workspace we replace

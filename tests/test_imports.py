@@ -167,7 +167,7 @@ def test_the_package_import_graph_has_no_cycles():
     modules = package_modules()
     graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
     assert {
-        "fastif_core.cli.main",
+        "fastif_core.cli.commands",
         "fastif_core.worker.loop",
         "fastif_core.data.hub",
         "fastif_core.apps.graph.job",
@@ -260,7 +260,7 @@ def test_the_dashboard_never_imports_torch():
 @pytest.mark.parametrize(
     "module",
     [
-        "fastif_core.cli.main",
+        "fastif_core.cli.commands",
         "fastif_core.worker.loop",
         "fastif_core.benchmarks",
         "fastif_core.workspace.prepare",

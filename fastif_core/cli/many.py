@@ -2,7 +2,7 @@
 ``--examples-from FILE`` and the browse filters ``--dataset/--split/--incorrect/--limit``), the same for
 ``fastif submit influence`` (an ``influence_many`` job), and ``fastif matrix``.
 
-:mod:`fastif_core.cli.main` owns the parser and passes its shared option helpers in, so this module never
+:mod:`fastif_core.cli.commands` owns the parser and passes its shared option helpers in, so this module never
 imports the CLI (no import cycle).
 """
 

@@ -20,7 +20,7 @@ from fastif_core.apps.graph import export
 from fastif_core.apps.graph.build import build_graph
 from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.apps.graph.stored import load_graph, to_networkx
-from fastif_core.cli.main import main
+from fastif_core.cli import main
 from fastif_core.config import InfluenceConfig
 from fastif_core.queries.influence import influence_query
 from fastif_core.store import Store

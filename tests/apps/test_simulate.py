@@ -24,7 +24,7 @@ from fastif_core.apps.simulate.simulator import (
     simulator_objective,
     training_set,
 )
-from fastif_core.cli.main import main
+from fastif_core.cli import main
 from fastif_core.errors import JobError
 from fastif_core.modeling.classifier import freeze_layers, predict_proba
 from fastif_core.store import Store

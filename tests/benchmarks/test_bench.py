@@ -302,7 +302,7 @@ def test_recall_curves_and_correlations_on_known_values():
 
 
 def test_cli_arguments_build_the_config(tmp_path):
-    from fastif_core.cli.main import add_workspace_argument
+    from fastif_core.cli.options import add_workspace_argument
 
     p = argparse.ArgumentParser()
     add_workspace_argument(p)  # as `fastif bench` builds it

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastif_core.cli.main import main
+from fastif_core.cli import main
 from fastif_core.queries.matrix import load_matrix
 from fastif_core.store import Store
 from fastif_core.store import matrices as sm

@@ -1,7 +1,7 @@
 """Malformed input to every loader and every command: exit status 2, exactly one line on stderr that names
 the file / line / field / allowed values, no traceback, and the workspace's stored data unchanged.
 
-CLI cases run in-process through ``fastif_core.cli.main.main`` (fast); a few run as real subprocesses.
+CLI cases run in-process through ``fastif_core.cli.main`` (fast); a few run as real subprocesses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fastif_core.cli.main import main
+from fastif_core.cli import main
 from fastif_core.data.loaders import load_source
 from fastif_core.errors import FastifError
 from fastif_core.store import DB_FILENAME

@@ -246,7 +246,7 @@ def test_submit_is_keyed_by_the_served_model(tiny_workspace: Path, capsys):
 
     from factories import tiny_prepare_config
 
-    from fastif_core.cli.main import main
+    from fastif_core.cli import main
     from fastif_core.store import Store
     from fastif_core.worker.loop import run_worker
     from fastif_core.workspace.layout import read_manifest

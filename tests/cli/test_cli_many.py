@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from test_cli import assert_one_line_error, fastif
 
-from fastif_core import jobs
-from fastif_core.cli import main as cli
+from fastif_core import cli, jobs
 from fastif_core.config import InfluenceConfig, STestConfig
 from fastif_core.jobs import ManyInfluenceParams, MatrixParams
 from fastif_core.queries.examples import list_examples
