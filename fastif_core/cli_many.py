@@ -127,6 +127,10 @@ def cmd_matrix(a: argparse.Namespace, cfg: Any) -> int:
     from fastif_core.workspace import LoadedWorkspace, require_prepared
 
     manifest = require_prepared(a.workspace)
+    if getattr(a, "method", "exact") != "exact":  # not yet: one test at a time (`fastif influence`)
+        raise ConfigError(
+            "matrix --method sketch is not available yet: use `fastif influence --method sketch`"
+        )
     is_many(a)
     check_request(manifest, replace(cfg, k=None) if a.full else cfg)
     ids = checked_ids(a, int(manifest["model_id"]))

@@ -48,6 +48,7 @@ Handler = Callable[["JobContext"], Any]  # returns None (job already done) or a 
 _HANDLERS: dict[str, Handler] = {}
 HANDLER_MODULES = (  # each registers its job kinds' handlers on import
     "fastif_core.engine_jobs",
+    "fastif_core.sketch_jobs",
     "fastif_core.apps.graph.job",
     "fastif_core.apps.correct.job",
     "fastif_core.apps.simulate.job",

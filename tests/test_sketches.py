@@ -1,0 +1,148 @@
+"""Sketch indexes in a real tiny workspace (:mod:`fastif_core.sketches`, :mod:`fastif_core.sketch_query`):
+the stored rows equal the engine's sketches; a build killed mid-way (a real subprocess, SIGKILL) and resumed
+equals an uninterrupted build; an index refuses another model, checkpoint, training set or settings;
+``fastif influence --method sketch`` has the exact path's JSON shape over all N, and at full dimension on
+the exact path's seeded batch it reproduces ``--full --preset gauss_newton_direct``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastif_core.config import InfluenceConfig, STestConfig
+from fastif_core.engine.sketch import sketch_gradients
+from fastif_core.errors import WorkspaceError
+from fastif_core.query import influence_query
+from fastif_core.sketch_config import SketchConfig, SketchQueryConfig
+from fastif_core.sketch_query import influence_sketch_query
+from fastif_core.sketches import (
+    build_sketches,
+    index_dir,
+    index_key,
+    make_sketch_for,
+    open_index,
+    require_index,
+)
+from fastif_core.workspace import LoadedWorkspace
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = "demo-hans:challenge:ex0"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def test_stored_sketches_equal_the_engine(tiny_workspace):
+    loaded = LoadedWorkspace.load(tiny_workspace, search=False)
+    cfg = SketchConfig(dim=400, block=8, batch_size=4)
+    index = build_sketches(loaded, cfg)
+    assert index.complete and index.describe()["blocks"] == {"done": 8, "total": 8}
+    sketch = make_sketch_for(loaded.objective, index.key)
+    want = torch.cat(
+        [sketch_gradients(loaded.objective, sketch, loaded.train.collate([i])) for i in range(8)]
+    )
+    # float32 model; stored rows were computed in padded batches of 4, the reference one example at a time
+    torch.testing.assert_close(torch.from_numpy(np.array(index.sketches()[:8])), want, rtol=1e-4, atol=1e-6)
+    assert build_sketches(loaded, cfg).path == index.path  # complete: reused, nothing recomputed
+
+
+def test_build_killed_mid_way_resumes_to_the_uninterrupted_result(tiny_workspace, tmp_path):
+    other = tmp_path / "uninterrupted"
+    shutil.copytree(tiny_workspace, other)
+    args = ["--dim", "300", "--block", "1", "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "fastif_core", "sketch", "-w", str(tiny_workspace), *args],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    markers = tiny_workspace / "sketches" / "1"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(markers.glob("*/blocks/*"))
+        if len(found) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    loaded = LoadedWorkspace.load(tiny_workspace, search=False)
+    cfg = SketchConfig(dim=300, block=1, batch_size=1)
+    partial = open_index(index_dir(tiny_workspace, index_key(loaded, cfg)), index_key(loaded, cfg))
+    assert partial is not None and not partial.complete and 5 <= len(partial.blocks_done()) < 60
+    resumed = build_sketches(loaded, cfg)
+    fresh = build_sketches(LoadedWorkspace.load(other, search=False), cfg)
+    assert resumed.complete and fresh.complete
+    # the same examples in the same batches of one, in two processes: equal up to float32 rounding
+    for read in ("sketches", "rows"):
+        a, b = (torch.from_numpy(np.array(getattr(i, read)())) for i in (resumed, fresh))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_an_index_refuses_another_model_training_set_or_settings(tiny_workspace):
+    loaded = LoadedWorkspace.load(tiny_workspace, search=False)
+    cfg = SketchConfig(dim=200, block=16)
+    index = build_sketches(loaded, cfg)
+    key = index.key
+    for field, value, what in (("model_id", 2, "model"), ("model_hash", "0" * 64, "checkpoint"),
+                               ("train_hash", "f" * 64, "training data")):  # fmt: skip
+        with pytest.raises(WorkspaceError, match=f"another {what}"):
+            open_index(index.path, {**key, field: value})
+    changed = replace(loaded, train=loaded.train.subset(range(len(loaded.train))))
+    changed.train.labels[0] = (int(changed.train.labels[0]) + 1) % 3  # one label differs
+    assert index_key(changed, cfg)["train_hash"] != key["train_hash"]
+    with pytest.raises(WorkspaceError, match="another training data"):
+        open_index(index.path, index_key(changed, cfg))
+    with pytest.raises(WorkspaceError, match="does not exist"):  # the changed data's own index is not built
+        require_index(changed, cfg)
+    with pytest.raises(WorkspaceError, match="another sketch settings"):
+        open_index(
+            index.path, index_key(loaded, replace(cfg, seed=1)) | {"settings": {**key["settings"], "seed": 1}}
+        )
+
+
+def test_influence_method_sketch_json_and_full_dimension_equals_the_exact_direct_solve(tiny_workspace):
+    loaded = LoadedWorkspace.load(tiny_workspace, search=False)
+    n, p = len(loaded.train), loaded.objective.num_params
+    dims = ["--sketch-dim", str(10 * p), "--sketch-projection", "orthogonal", "--sketch-examples", "seeded"]
+    built = build_sketches(loaded, SketchConfig(dim=10 * p, projection="orthogonal")).describe()
+    assert built["dim"] == p and built["status"] == "complete"  # every factor square: Π invertible
+    run = [sys.executable, "-m", "fastif_core", "influence", "-w", str(tiny_workspace), "--example", EXAMPLE,
+           "--preset", "gauss_newton_direct", "--top", "0", "--json"]  # fmt: skip
+    sketch = json.loads(subprocess.run([*run, "--method", "sketch", *dims], env=_env(), capture_output=True,
+                                       check=True, text=True).stdout)  # fmt: skip
+    cfg = InfluenceConfig(s_test=STestConfig.gauss_newton_direct(), k=None, top=0)
+    exact = influence_query(tiny_workspace, EXAMPLE, cfg, loaded=LoadedWorkspace.load(tiny_workspace))
+    assert sketch["method"] == "sketch" and sketch["dimension"] == p and sketch["num_candidates"] == n
+    assert sketch["sketch"]["model_id"] == exact["model_id"] and not sketch["cached"]
+    assert set(sketch["seconds"]) >= {"test_gradient", "s_test", "scoring", "total"}
+    assert set(exact) - {"warnings"} <= set(sketch)  # the exact path's shape, plus method/dimension/sketch
+    values = [r["influence"] for r in sketch["helpful"]]
+    assert values == sorted(values) and all(v < 0 for v in values)  # helpful: negative, most negative first
+
+    def every(out):  # helpful (negative) and harmful (positive) rows with --top 0: every candidate
+        return {r["train_id"]: r["influence"] for r in out["helpful"] + out["harmful"]}
+
+    got, want = every(sketch), every(exact)
+    assert len(got) == len(want) == n
+    a, b = torch.tensor([got[i] for i in want]), torch.tensor(list(want.values()))
+    # float32 model and float32 sketches against the exact direct solve of the same seeded batch of 64
+    assert float((a - b).norm() / b.norm()) < 1e-3
+    assert (torch.sign(a) == torch.sign(b)).float().mean() > 0.95 and (b < 0).any() and (b > 0).any()
+    qcfg = SketchQueryConfig(SketchConfig(dim=10 * p, projection="orthogonal"), examples="seeded")
+    again = influence_sketch_query(tiny_workspace, EXAMPLE, cfg, qcfg, loaded=loaded)
+    assert again["cached"] and again["dimension"] == p and again["helpful"][0] == sketch["helpful"][0]
+
+
+def test_method_sketch_without_an_index_says_how_to_build_it(tiny_workspace):
+    with pytest.raises(WorkspaceError, match="fastif sketch --workspace"):
+        influence_sketch_query(tiny_workspace, EXAMPLE, InfluenceConfig(s_test=STestConfig.default()),
+                               SketchQueryConfig(sketch=SketchConfig(dim=123)))  # fmt: skip
