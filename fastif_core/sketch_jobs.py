@@ -29,7 +29,7 @@ def build_on_rank(ctx: ParallelContext, cmd: dict[str, Any], progress: Progress 
     index = create_index(loaded, cfg)  # rank 0 created it before the call: every rank opens the same one
     try:
         mine = list(range(ctx.rank, index.num_blocks(), ctx.world_size))
-        done = build_blocks(loaded, index, mine, progress if ctx.is_coordinator else None, should_stop)
+        done = build_blocks(loaded, [index], mine, progress if ctx.is_coordinator else None, should_stop)
     except Exception as exc:  # noqa: BLE001 - reported collectively after the gather
         error = exc
     gathered = gather(ctx, {"done": done, "error": describe_error(error)})

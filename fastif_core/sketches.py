@@ -201,35 +201,63 @@ def create_index(loaded: Any, cfg: SketchConfig) -> SketchIndex:
     return found
 
 
-def build_blocks(loaded: Any, index: SketchIndex, blocks: list[int], progress: Progress | None = None,
+def build_blocks(loaded: Any, indexes: list[SketchIndex], blocks: list[int], progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None) -> int:  # fmt: skip
-    """Compute and store ``blocks`` (skipping those already marked); returns how many were computed."""
+    """Compute and store ``blocks`` of every index (one hooked backward per output for all of them: a
+    stacked sketch); blocks already marked in every index are skipped. Returns how many were computed."""
     from fastif_core.batches import length_sorted_chunks, to_device
-    from fastif_core.engine.sketch import build_rows
+    from fastif_core.engine.sketch import (
+        Sketch,
+        build_rows,
+        jacobian_sketches,
+        model_labels,
+        output_terms,
+        rows_from_jacobian,
+    )
 
-    obj, train, meta = loaded.objective, loaded.train, index.meta
-    sketch = make_sketch_for(obj, index.key)
-    phi_out = np.load(index.path / "sketches.npy", mmap_mode="r+")
-    rows_out = np.load(index.path / "rows.npy", mmap_mode="r+")
-    block, n, done = int(meta["block"]), int(meta["num_train"]), 0
-    todo = [b for b in blocks if b not in index.blocks_done()]
+    obj, train, first = loaded.objective, loaded.train, indexes[0]
+    if any(
+        i.meta["block"] != first.meta["block"] or i.meta["num_train"] != first.meta["num_train"]
+        for i in indexes
+    ):
+        raise ValueError("indexes built together need the same block size and training set")
+    sketches = [make_sketch_for(obj, i.key) for i in indexes]
+    stacked = Sketch.stacked(sketches)
+    outs = [(np.load(i.path / "sketches.npy", mmap_mode="r+"), np.load(i.path / "rows.npy", mmap_mode="r+"))
+            for i in indexes]  # fmt: skip
+    block, n, done = int(first.meta["block"]), int(first.meta["num_train"]), 0
+    marked = [i.blocks_done() for i in indexes]
+    todo = [b for b in blocks if any(b not in m for m in marked)]
     for j, b in enumerate(todo):
         if should_stop is not None and should_stop():
             break
         lo, hi = b * block, min((b + 1) * block, n)
-        gen = torch.Generator().manual_seed(int(index.key["settings"]["seed"]) * 1_000_003 + b)
-        for chunk in length_sorted_chunks(range(lo, hi), train.lengths(), int(meta["batch_size"])):
+        gens = [
+            torch.Generator().manual_seed(int(i.key["settings"]["seed"]) * 1_000_003 + b) for i in indexes
+        ]
+        for chunk in length_sorted_chunks(range(lo, hi), train.lengths(), int(first.meta["batch_size"])):
             batch = to_device(train.collate(chunk), obj.device)
-            phi, psi = build_rows(obj, sketch, batch, index.key["settings"]["rows"], gen)
             pos = np.asarray(chunk)
-            phi_out[pos] = phi.detach().cpu().numpy().astype(phi_out.dtype)
-            rows_out[pos] = psi.detach().cpu().numpy().astype(np.float32)
-        phi_out.flush()
-        rows_out.flush()
-        (index.path / "blocks" / str(b)).touch()
+            if len(indexes) == 1:
+                parts = [build_rows(obj, sketches[0], batch, first.key["settings"]["rows"], gens[0])]
+            else:
+                dl, roots = output_terms(obj, batch)
+                psi, parts, at = jacobian_sketches(obj, stacked, batch, dl.shape[1]), [], 0  # (B, C, Σd)
+                for i, sk, gen in zip(indexes, sketches, gens, strict=True):
+                    exact = i.key["settings"]["rows"] == "exact"
+                    weights = roots if exact else model_labels(obj, batch, gen).unsqueeze(1)
+                    parts.append(rows_from_jacobian(psi[..., at : at + sk.dim], dl, weights))
+                    at += sk.dim
+            for (phi_out, rows_out), (phi, psi_rows) in zip(outs, parts, strict=True):
+                phi_out[pos] = phi.detach().cpu().numpy().astype(phi_out.dtype)
+                rows_out[pos] = psi_rows.detach().cpu().numpy().astype(np.float32)
+        for index, (phi_out, rows_out) in zip(indexes, outs, strict=True):
+            phi_out.flush()
+            rows_out.flush()
+            (index.path / "blocks" / str(b)).touch()
         done += 1
         if progress is not None:
-            progress((j + 1) / len(todo), f"sketched block {b + 1}/{index.num_blocks()} ({hi} examples)")
+            progress((j + 1) / len(todo), f"sketched block {b + 1}/{first.num_blocks()} ({hi - lo} examples)")
     return done
 
 
@@ -252,10 +280,25 @@ def build_sketches(loaded: Any, cfg: SketchConfig, *, progress: Progress | None 
         return index
     bar = _bar(index) if show_progress else None
     report = _chain(progress, bar)
-    build_blocks(loaded, index, list(range(index.num_blocks())), report, should_stop)
+    build_blocks(loaded, [index], list(range(index.num_blocks())), report, should_stop)
     if bar is not None:
         bar.close()
     return finish_index(index, time.perf_counter() - t0 + float(index.meta["seconds"].get("build", 0.0)))
+
+
+def build_many(loaded: Any, cfgs: list[SketchConfig], *, progress: Progress | None = None,
+               show_progress: bool = False) -> list[SketchIndex]:  # fmt: skip
+    """Several indexes of one model in one pass (a stacked sketch: the backward passes are shared); all
+    ``cfgs`` need the same ``block`` and ``batch_size``. Each index is an ordinary one afterwards."""
+    t0 = time.perf_counter()
+    indexes = [create_index(loaded, c.validate()) for c in cfgs]
+    todo = [i for i in indexes if not i.complete]
+    if todo:
+        bar = _bar(todo[0]) if show_progress else None
+        build_blocks(loaded, todo, list(range(todo[0].num_blocks())), _chain(progress, bar))
+        if bar is not None:
+            bar.close()
+    return [finish_index(i, time.perf_counter() - t0) for i in indexes]
 
 
 def require_index(loaded: Any, cfg: SketchConfig) -> SketchIndex:

@@ -167,3 +167,30 @@ def test_k_for_dim_matches_the_sketch_dimension():
         k = k_for_dim(obj, dim)
         d, d_next = make_sketch(obj, k).dim, make_sketch(obj, k + 1).dim
         assert d <= dim + (d_next - d) and abs(d - dim) <= abs(d_next - dim)
+
+
+def test_a_stacked_sketch_equals_its_parts_and_mc_rows_from_the_jacobian_equal_a_mc_build():
+    from fastif_core.engine.sketch import (
+        Sketch,
+        jacobian_sketches,
+        model_labels,
+        output_terms,
+        rows_from_jacobian,
+    )
+
+    obj = _bert("top")
+    a, b = (
+        make_sketch(obj, k=3, seed=0),
+        make_sketch(obj, k=5, projection="orthogonal", small="exact", seed=1),
+    )
+    batch = make_tiny_examples(5, seed=4).collate(range(5))
+    both = sketch_gradients(obj, Sketch.stacked([a, b]), batch)
+    alone = torch.cat([sketch_gradients(obj, a, batch), sketch_gradients(obj, b, batch)], dim=1)
+    torch.testing.assert_close(both, alone, rtol=1e-12, atol=1e-14)  # the same sums, side by side
+    phi, mc = build_rows(obj, b, batch, "mc", torch.Generator().manual_seed(9))
+    dl, _ = output_terms(obj, batch)
+    weights = model_labels(obj, batch, torch.Generator().manual_seed(9)).unsqueeze(1)
+    phi_j, mc_j = rows_from_jacobian(jacobian_sketches(obj, b, batch, 3), dl, weights)
+    # float64; linear combinations of per-output sketches vs the weighted backward directly
+    torch.testing.assert_close(phi_j, phi, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(mc_j, mc, rtol=1e-10, atol=1e-12)

@@ -112,8 +112,30 @@ class Sketch:
             self.parts.append(part)
             offset += part.size
         self.dim = offset
-        self._by_module = {id(p.module): i for i, p in enumerate(self.parts)}
+        self._index()
+
+    def _index(self) -> None:
+        self._by_module: dict[int, list[int]] = {}
+        for i, p in enumerate(self.parts):
+            self._by_module.setdefault(id(p.module), []).append(i)
         self._cast: dict[tuple, list[_Part]] = {}
+
+    @classmethod
+    def stacked(cls, sketches: list[Sketch]) -> Sketch:
+        """Several sketches of one model side by side (coordinates concatenated in order): one hooked
+        backward fills all of them (a build of several dimensions or projections costs one build)."""
+        out = cls.__new__(cls)
+        out.k, out.projection, out.small, out.seed = 0, "stacked", "stacked", -1
+        out.parts, offset = [], 0
+        for sk in sketches:
+            for p in sk.parts:
+                out.parts.append(
+                    _Part(p.module, p.names, offset + p.offset, p.size, p.f_in, p.f_out, p.exact_bias)
+                )
+            offset += sk.dim
+        out.dim = offset
+        out._index()
+        return out
 
     def _part(self, module: nn.Module, names: dict[str, str], offset: int, gen: torch.Generator) -> _Part:
         k, proj, exact = self.k, self.projection, self.small == "exact"
@@ -143,7 +165,7 @@ class Sketch:
             self._cast[key] = [p.cast(like) for p in self.parts]
         return self._cast[key]
 
-    def part_of(self, module: nn.Module) -> int:
+    def parts_of(self, module: nn.Module) -> list[int]:
         return self._by_module[id(module)]
 
     def describe(self) -> dict[str, object]:
@@ -282,8 +304,9 @@ def sketch_gradients(
     out = torch.zeros(b, sketch.dim, dtype=ref.dtype, device=ref.device)
 
     def on_grad(module: nn.Module, names: dict[str, str], a: Tensor, g: Tensor) -> None:
-        part = parts[sketch.part_of(module)]
-        out[:, part.offset : part.offset + part.size] += _sketch_part(part, module, a, g)
+        for i in sketch.parts_of(module):
+            part = parts[i]
+            out[:, part.offset : part.offset + part.size] += _sketch_part(part, module, a, g)
 
     if weights is None:
         _backward(objective, batch, on_grad)
@@ -318,6 +341,14 @@ def output_terms(objective: Objective, batch: Batch) -> tuple[Tensor, Tensor]:
     return dl, roots
 
 
+def model_labels(objective: Objective, batch: Batch, generator: torch.Generator | None) -> Tensor:
+    """``p_i − e_ŷ`` ``(B, C)`` with ``ŷ ~ p_i`` drawn from the model (Monte-Carlo Gauss-Newton weights)."""
+    with objective.evaluating(), torch.no_grad():
+        p = torch.softmax(objective.outputs(objective.params, to_device(batch, objective.device)), dim=-1)
+    y = torch.multinomial(p.double().cpu(), 1, generator=generator).squeeze(1).to(p.device)
+    return p - torch.nn.functional.one_hot(y, p.shape[1]).to(p.dtype)
+
+
 def build_rows(objective: Objective, sketch: Sketch, batch: Batch, rows: str = "exact",
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """A batch's loss-gradient sketches ``φ (B, d)`` and Gauss-Newton rows ``(B, R, d)`` with
@@ -326,18 +357,22 @@ def build_rows(objective: Objective, sketch: Sketch, batch: Batch, rows: str = "
     ``rows="exact"``: C backward passes give the Jacobian sketches Ψ_i, then ``φ_i = Ψ_iᵀ ∂ℓ/∂f`` and
     ``ψ_i = Q_i^{1/2} Ψ_i`` (R = C). ``rows="mc"``: one pass for φ and one with a label drawn from the
     model, ``ψ_i = Π J_iᵀ (p_i − e_ŷ)`` (R = 1; unbiased for softmax cross-entropy, whose
-    ``Q = diag p − ppᵀ = E_ŷ[(p − e_ŷ)(p − e_ŷ)ᵀ]``)."""
+    ``Q = diag p − ppᵀ = E_ŷ[(p − e_ŷ)(p − e_ŷ)ᵀ]``). Both are linear in Ψ: :func:`rows_from_jacobian`
+    gives the same from Ψ when it was computed anyway (a stacked build)."""
     if rows not in CURVATURE_ROWS:
         raise ConfigError(f"rows={rows!r} is invalid: allowed {' | '.join(CURVATURE_ROWS)}")
-    dl, roots = output_terms(objective, batch)
     if rows == "exact":
+        dl, roots = output_terms(objective, batch)
         psi = jacobian_sketches(objective, sketch, batch, dl.shape[1])  # (B, C, d)
-        return torch.einsum("bc,bcd->bd", dl.to(psi.dtype), psi), torch.einsum(
-            "brc,bcd->brd", roots.to(psi.dtype), psi
-        )
-    phi = sketch_gradients(objective, sketch, batch)
-    with objective.evaluating(), torch.no_grad():
-        p = torch.softmax(objective.outputs(objective.params, to_device(batch, objective.device)), dim=-1)
-    y = torch.multinomial(p.double().cpu(), 1, generator=generator).squeeze(1).to(p.device)
-    w = p - torch.nn.functional.one_hot(y, p.shape[1]).to(p.dtype)  # (B, C)
-    return phi, sketch_gradients(objective, sketch, batch, w).unsqueeze(1)
+        return rows_from_jacobian(psi, dl, roots)
+    w = model_labels(objective, batch, generator)
+    return sketch_gradients(objective, sketch, batch), sketch_gradients(
+        objective, sketch, batch, w
+    ).unsqueeze(1)
+
+
+def rows_from_jacobian(psi: Tensor, dl: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """``(φ = Ψᵀ ∂ℓ/∂f (B, d), rows = W Ψ (B, R, d))`` from Jacobian sketches ``Ψ (B, C, d)``, the loss
+    gradient ``(B, C)`` and row weights ``W (B, R, C)`` (``Q^{1/2}``, or ``(p − e_ŷ)`` as ``(B, 1, C)``)."""
+    phi = torch.einsum("bc,bcd->bd", dl.to(psi.dtype), psi)
+    return phi, torch.einsum("brc,bcd->brd", weights.to(psi.dtype), psi)
