@@ -146,3 +146,23 @@ def test_method_sketch_without_an_index_says_how_to_build_it(tiny_workspace):
     with pytest.raises(WorkspaceError, match="fastif sketch --workspace"):
         influence_sketch_query(tiny_workspace, EXAMPLE, InfluenceConfig(s_test=STestConfig.default()),
                                SketchQueryConfig(sketch=SketchConfig(dim=123)))  # fmt: skip
+
+
+def test_sketch_matrix_rows_equal_single_sketch_queries_and_resume_from_stored_blocks(tiny_workspace):
+    from fastif_core.sketch_matrix import sketch_matrix
+
+    loaded = LoadedWorkspace.load(tiny_workspace, search=False)
+    qcfg = SketchQueryConfig(SketchConfig(dim=300))
+    build_sketches(loaded, qcfg.sketch)
+    cfg = InfluenceConfig(s_test=STestConfig.default(), top=0)
+    ids = ["demo-hans:challenge:ex0", "demo-hans:challenge:ex1", "demo-hans:challenge:ex2"]
+    out = sketch_matrix(loaded, ids, cfg, qcfg, row_block=2, col_block=16)
+    assert out.shape == (3, len(loaded.train)) and out.full and out.chunks["computed"] == out.chunks["total"]
+    for row, example in enumerate(ids):
+        single = influence_sketch_query(tiny_workspace, example, cfg, qcfg, loaded=loaded)
+        by_id = {r["train_id"]: r["influence"] for r in single["helpful"] + single["harmful"]}
+        want = torch.tensor([by_id[i] for i in out.train_ids], dtype=torch.float64)
+        # M = 3 tests in blocks of 2 vs M = 1: the same sketches and solve, stored as float32
+        torch.testing.assert_close(torch.from_numpy(out.values[row]).double(), want, rtol=1e-5, atol=1e-9)
+    again = sketch_matrix(loaded, ids, cfg, qcfg, row_block=2, col_block=16)
+    assert again.cached and again.matrix_id == out.matrix_id
