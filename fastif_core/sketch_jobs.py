@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from fastif_core import sketch_click as _click  # noqa: F401 - registers the sketch_click kind
 from fastif_core.config import from_dict, to_dict
 from fastif_core.engine_jobs import group_state
 from fastif_core.parallel import ParallelContext, Progress, ShouldStop, describe_error
@@ -53,4 +54,15 @@ def run_sketch(ctx: JobContext) -> dict[str, Any]:
     return out
 
 
+def run_sketch_click(ctx: JobContext) -> dict[str, Any]:
+    """``sketch_click`` jobs: the sketch list over all N (stored first), then the exact re-rank on the group."""
+    from fastif_core.engine_jobs import influence_runner
+    from fastif_core.sketch_click import sketch_click
+
+    key, state = group_state(ctx)
+    return sketch_click(ctx.root, ctx.params, loaded=state.info["loaded"], runner=influence_runner(ctx, key),
+                        progress=ctx.progress)  # fmt: skip
+
+
 register_handler("sketch", run_sketch)
+register_handler("sketch_click", run_sketch_click)

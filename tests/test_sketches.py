@@ -166,3 +166,40 @@ def test_sketch_matrix_rows_equal_single_sketch_queries_and_resume_from_stored_b
         torch.testing.assert_close(torch.from_numpy(out.values[row]).double(), want, rtol=1e-5, atol=1e-9)
     again = sketch_matrix(loaded, ids, cfg, qcfg, row_block=2, col_block=16)
     assert again.cached and again.matrix_id == out.matrix_id
+
+
+def test_sketch_jobs_on_a_real_worker_build_then_click(tiny_workspace):
+    """``sketch`` and ``sketch_click`` jobs run by ``fastif worker --once`` (a real process): the index is
+    built, the click stores the sketch list over all N and the exact re-rank of its top candidates ∪ kNN."""
+    from fastif_core import jobs
+    from fastif_core.sketch_click import SketchClickParams
+    from fastif_core.sketch_config import SketchParams
+    from fastif_core.store import Store
+
+    qcfg = SketchQueryConfig(SketchConfig(dim=300, block=16))
+    cfg = InfluenceConfig(s_test=STestConfig.default(), k=8)
+    with Store.open(tiny_workspace) as store:
+        build = jobs.enqueue(store, "sketch", SketchParams(config=qcfg.sketch, model_id=1))
+        click = jobs.enqueue(
+            store, "sketch_click", SketchClickParams(EXAMPLE, cfg, qcfg, rerank=5, model_id=1)
+        )
+    run = subprocess.run([sys.executable, "-m", "fastif_core", "worker", "-w", str(tiny_workspace), "--once",
+                          "--devices", "cpu:1"], env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    with Store.open(tiny_workspace) as store:
+        done = {j.id: j for j in store.list_jobs(limit=10)}
+        assert done[build.id].status == "done" and done[click.id].status == "done", run.stderr[-2000:]
+        out = done[click.id].result
+        sketch_run = store.get_influence_run(out["sketch_run_id"], with_text=False)
+        exact_run = store.get_influence_run(out["exact_run_id"], with_text=False)
+    loaded = LoadedWorkspace.load(tiny_workspace)
+    assert sketch_run.num_candidates == len(loaded.train) and sketch_run.config["method"] == "sketch"
+    knn = {loaded.train_ids[i] for i in loaded.nearest(EXAMPLE, 8)[0]}
+    rescored = {s.train_id for s in exact_run.helpful(None) + exact_run.harmful(None)}
+    top = {s.train_id for s in sketch_run.helpful(5) + sketch_run.harmful(5)}
+    assert (
+        knn <= rescored
+        and top <= rescored
+        and exact_run.num_candidates == out["candidates"] == len(knn | top)
+    )
+    assert set(out["agreement"]) == {"pearson", "top10_helpful", "top10_harmful"}

@@ -91,15 +91,18 @@ class DualFactor:
 
     @classmethod
     def build(cls, rows: Tensor, n: int, blocks: Blocks) -> DualFactor:
-        """``rows (R, d)``: the ψ of all n examples (zero rows dropped here)."""
+        """``rows (R, d)``: the ψ of all n examples (zero rows dropped here). ``K A⁻¹ Kᵀ`` is summed block by
+        block in the rows' dtype in place (float32 rows: float32 sums, no ``R × R`` temporaries)."""
         rows = rows.reshape(-1, rows.shape[-1])
-        rows = rows[rows.abs().amax(dim=1) > 0] / n**0.5
+        keep = rows.abs().amax(dim=1) > 0
+        rows = (rows if bool(keep.all()) else rows[keep]) * (1.0 / n**0.5)
         chols = [(lo, torch.linalg.cholesky(b)) for lo, b in blocks]
-        m = torch.eye(len(rows), dtype=torch.float64)
+        m = torch.zeros(len(rows), len(rows), dtype=rows.dtype)
         for lo, c in chols:
             kb = rows[:, lo : lo + len(c)]  # (R, s)
-            z = torch.cholesky_solve(kb.double().T, c).to(kb.dtype)  # (s, R)
-            m += (kb @ z).double()
+            m.addmm_(kb, torch.cholesky_solve(kb.double().T, c).to(kb.dtype))  # += K_b A_b⁻¹ K_bᵀ
+        m = m.double()
+        m.diagonal().add_(1.0)
         return cls(chols, rows, torch.linalg.cholesky(m))
 
     def _a_inv(self, v: Tensor) -> Tensor:  # v (M, d) float64
