@@ -231,6 +231,8 @@ def build_blocks(loaded: Any, indexes: list[SketchIndex], blocks: list[int], pro
     for j, b in enumerate(todo):
         if should_stop is not None and should_stop():
             break
+        if all((i.path / "blocks" / str(b)).exists() for i in indexes):  # another process finished it meanwhile
+            continue
         lo, hi = b * block, min((b + 1) * block, n)
         gens = [
             torch.Generator().manual_seed(int(i.key["settings"]["seed"]) * 1_000_003 + b) for i in indexes
