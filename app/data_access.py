@@ -256,3 +256,40 @@ def ensure_worker(root: str) -> str:
         return "off"
     _started()[root] = spawn_worker(root, os.environ.get(WORKER_DEVICES_ENV, "auto"))
     return "started"
+
+
+# ---- gradient sketches (issue 27): the example page's whole-training-set click ----------------------
+def sketch_indexes(root: str) -> list[dict[str, Any]]:
+    """Complete sketch indexes of the active model (their meta.json), newest first (no torch)."""
+    import json
+
+    model_id = workspace_state(root).model_id
+    if model_id is None:
+        return []
+    found = []
+    for meta in (Path(root) / "sketches" / str(model_id)).glob("*/meta.json"):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("status") == "complete":
+            found.append((meta.stat().st_mtime, data))
+    return [d for _, d in sorted(found, key=lambda x: -x[0])]
+
+
+def enqueue_sketch_click(
+    root: str, example_id: str, config: InfluenceConfig, sketch: Any, rerank: int
+) -> JobInfo:
+    """Queue the sketch list over all N and the exact re-rank (an equal queued/running/done job is reused)."""
+    from fastif_core.sketch_click import SketchClickParams
+
+    params = SketchClickParams(example_id=example_id, config=config, sketch=sketch, rerank=rerank,
+                               model_id=workspace_state(root).model_id)  # fmt: skip
+    return jobs.enqueue(store(root), "sketch_click", params)
+
+
+def latest_sketch_run_id(root: str, example_id: str) -> int | None:
+    """The newest stored sketch run (all N) of the example (not cached: the click polls it)."""
+    runs = store(root).list_influence_runs(model_id=workspace_state(root).model_id, example_id=example_id)
+    picked = [r for r in runs if (r.config or {}).get("method") == "sketch"]
+    return picked[0].id if picked else None
