@@ -273,7 +273,7 @@ def sketch_indexes(root: str) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if data.get("status") == "complete":
-            found.append((meta.stat().st_mtime, data))
+            found.append((meta.stat().st_mtime, {**data, "dir": str(meta.parent)}))
     return [d for _, d in sorted(found, key=lambda x: -x[0])]
 
 
@@ -293,3 +293,22 @@ def latest_sketch_run_id(root: str, example_id: str) -> int | None:
     runs = store(root).list_influence_runs(model_id=workspace_state(root).model_id, example_id=example_id)
     picked = [r for r in runs if (r.config or {}).get("method") == "sketch"]
     return picked[0].id if picked else None
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def self_influence(root: str) -> pd.DataFrame | None:
+    """Training examples by self-influence (``fastif sketch --self-influence``), largest first, or None."""
+    import numpy as np
+
+    files = [
+        f for meta in sketch_indexes(root) for f in sorted(Path(meta["dir"]).glob("self_influence-*.npy"))
+    ]
+    if not files:
+        return None
+    values = np.load(files[0])
+    model_id = workspace_state(root).model_id
+    ids = store(root).train_ids(model_id)
+    order = np.argsort(-values, kind="stable")[:TABLE_LIMIT]
+    frame = fmt.examples_frame(store(root).get_examples([ids[i] for i in order], model_id))
+    frame.insert(1, "self_influence", values[order][: len(frame)])
+    return frame

@@ -59,6 +59,8 @@ def add_sketch_parser(
         "--batch-size", type=positive_int, default=d.batch_size, help=help_of(SketchConfig, "batch_size")
     )
     p.add_argument("--block", type=positive_int, default=d.block, help=help_of(SketchConfig, "block"))
+    p.add_argument("--self-influence", action="store_true", help="also every training example's self-influence "
+                   "(Gauss-Newton over all N, μ = 50; the Browse page sorts by it)")  # fmt: skip
     p.add_argument("--submit", action="store_true", help="queue a `sketch` job for the worker instead")
     device_arg(p)
     p.add_argument("--json", action="store_true", help="print the index's description as JSON")
@@ -75,6 +77,17 @@ def cmd_sketch(a: argparse.Namespace) -> int:
 
     loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)), search=False)
     out = build_sketches(loaded, cfg, show_progress=True).describe()
+    if a.self_influence:
+        from fastif_core.config import InfluenceConfig
+        from fastif_core.sketch_query import session
+
+        sess = session(loaded, SketchQueryConfig(sketch=cfg), InfluenceConfig())
+        values = sess.self_influence()
+        out["self_influence"] = {
+            "seconds": sess.seconds,
+            "max": float(values.max()),
+            "median": float(values.median()),
+        }
     if a.json:
         print(json.dumps(out, indent=2))
     else:

@@ -41,6 +41,7 @@ class SketchSession:
     seconds: dict[str, float]
     backend: str
     curvature_examples: int
+    curvature_key: str = ""  # curvature, examples and μ: names the stored self-influences
     _self: Tensor | None = field(default=None, repr=False)
 
     def phi_blocks(self) -> list[Tensor]:
@@ -49,13 +50,21 @@ class SketchSession:
         ]
 
     def self_influence(self) -> Tensor:
-        """``φ_iᵀ H⁻¹ φ_i`` ``(N,)`` float64 of every training example (computed once)."""
+        """``φ_iᵀ H⁻¹ φ_i`` ``(N,)`` float64 of every training example (computed once per index, curvature
+        and μ, and kept next to the index as ``self_influence-<key>.npy``: the Browse page sorts by it)."""
         from fastif_core.engine.sketch_curvature import self_influences
 
         if self._self is None:
-            t0 = time.perf_counter()
-            self._self = self_influences(self.factor, [b.float() for b in self.phi_blocks()])
-            self.seconds["self_influence"] = time.perf_counter() - t0
+            path = self.index.path / f"self_influence-{self.curvature_key}.npy"
+            if path.is_file():
+                self._self = torch.from_numpy(np.load(path))
+            else:
+                t0 = time.perf_counter()
+                self._self = self_influences(self.factor, [b.float() for b in self.phi_blocks()])
+                self.seconds["self_influence"] = time.perf_counter() - t0
+                tmp = path.with_name(path.name + ".tmp.npy")
+                np.save(tmp, self._self.numpy())
+                tmp.replace(path)
         return self._self
 
 
@@ -119,7 +128,10 @@ def session(loaded: Any, qcfg: SketchQueryConfig, cfg: InfluenceConfig) -> Sketc
     factor, backend, n = build_factor(index, sketch, loaded.objective, qcfg, mu, positions)
     reg = sketch.project(loaded.objective, regularizer_gradient(loaded.objective)[None])[0]
     seconds = {"factor": time.perf_counter() - t0}
-    _SESSION[key] = SketchSession(index, sketch, factor, index.sketches(), reg, seconds, backend, n)
+    ckey = config_hash(
+        {"curvature": qcfg.curvature, "examples": qcfg.examples, "mu": mu, "positions": positions}
+    )
+    _SESSION[key] = SketchSession(index, sketch, factor, index.sketches(), reg, seconds, backend, n, ckey)
     return _SESSION[key]
 
 

@@ -231,7 +231,9 @@ def build_blocks(loaded: Any, indexes: list[SketchIndex], blocks: list[int], pro
     for j, b in enumerate(todo):
         if should_stop is not None and should_stop():
             break
-        if all((i.path / "blocks" / str(b)).exists() for i in indexes):  # another process finished it meanwhile
+        if all(
+            (i.path / "blocks" / str(b)).exists() for i in indexes
+        ):  # another process finished it meanwhile
             continue
         lo, hi = b * block, min((b + 1) * block, n)
         gens = [
