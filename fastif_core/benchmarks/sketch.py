@@ -269,7 +269,7 @@ def click(loaded: Any, cfg_sketch: SketchConfig, tests: list[Any], cfg: Influenc
 # ------------------------------------------------------------------------------------------------ section
 def run_section(root: Path, out_dir: Path, *, tests_n: int, seed: int, ks: list[int], projections: list[str],
                 small_k: int, mc_k: int, recall_ks: list[int], preset: str, parts: tuple[str, ...],
-                time_examples: int, matrix_tests: int, click_k: int,
+                time_examples: int, matrix_tests: int, click_k: int, only: tuple[str, ...] = (),
                 progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
     """The section (see the module docstring): ``OUT/sketch.json``, rewritten after each part."""
     from fastif_core.benchmarks.common import choose_test_examples
@@ -303,7 +303,10 @@ def run_section(root: Path, out_dir: Path, *, tests_n: int, seed: int, ks: list[
         save()
     if "compare" in parts:
         knn = [loaded.nearest(i, max(recall_ks))[0] for i in ids]
-        result["compare"] = compare(loaded, named, tests, ref, cfg, recall_ks, knn, progress)
+        picked = {n: c for n, c in named.items() if not only or n in only}
+        found = compare(loaded, picked, tests, ref, cfg, recall_ks, knn, progress)
+        kept = (result.get("compare") or {}).get("variants", {})  # other variants' figures stay
+        result["compare"] = {**found, "variants": {**kept, **found["variants"]}}
         save()
     if "click" in parts:
         click_cfg = named[f"{projections[0][0]}{click_k}"]
