@@ -212,6 +212,8 @@ def _sketch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sketch-matrix-tests", type=int, default=400, help="sketch: tests of the matrix from sketches"
     )
+    p.add_argument("--sketch-only", default="", help="sketch: compare only these variants (e.g. g8,o8; the "
+                   "others' figures in OUT/sketch.json are kept)")  # fmt: skip
 
 
 def run_sketch(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
@@ -229,7 +231,8 @@ def run_sketch(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
                        projections=projections, small_k=a.sketch_small_k, mc_k=a.sketch_mc_k,
                        recall_ks=list(a.sketch_recall_ks), preset=a.sketch_reference, parts=parts,
                        time_examples=a.sketch_time_examples, matrix_tests=a.sketch_matrix_tests,
-                       click_k=a.sketch_click_k, progress=progress)  # fmt: skip
+                       click_k=a.sketch_click_k, only=tuple(x for x in a.sketch_only.split(",") if x),
+                       progress=progress)  # fmt: skip
 
 
 def config_from_args(a: argparse.Namespace) -> Any:
