@@ -203,3 +203,32 @@ def test_sketch_jobs_on_a_real_worker_build_then_click(tiny_workspace):
         and exact_run.num_candidates == out["candidates"] == len(knn | top)
     )
     assert set(out["agreement"]) == {"pearson", "top10_helpful", "top10_harmful"}
+
+
+def test_sketch_job_on_two_ranks_equals_a_serial_build(tiny_workspace, tmp_path):
+    """A ``sketch`` job on a worker with ``--devices cpu:2``: each rank builds every other block into the same
+    files; the index equals a serial build of a copy of the workspace."""
+    from fastif_core import jobs
+    from fastif_core.sketch_config import SketchParams
+    from fastif_core.store import Store
+
+    serial = tmp_path / "serial"
+    shutil.copytree(tiny_workspace, serial)
+    cfg = SketchConfig(dim=300, block=8, batch_size=4)
+    with Store.open(tiny_workspace) as store:
+        job = jobs.enqueue(store, "sketch", SketchParams(config=cfg, model_id=1))
+    run = subprocess.run([sys.executable, "-m", "fastif_core", "worker", "-w", str(tiny_workspace), "--once",
+                          "--devices", "cpu:2"], env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    with Store.open(tiny_workspace) as store:
+        done = store.get_job(job.id)
+    assert done.status == "done" and done.result["ranks"] == 2 and done.result["blocks_computed"] == 8
+    two = build_sketches(
+        LoadedWorkspace.load(tiny_workspace, search=False), cfg
+    )  # complete: opened, not rebuilt
+    one = build_sketches(LoadedWorkspace.load(serial, search=False), cfg)
+    assert two.complete and two.meta["seconds"] == done.result["seconds"]
+    for read in ("sketches", "rows"):
+        a, b = (torch.from_numpy(np.array(getattr(i, read)())) for i in (two, one))
+        # the same batches in different processes: equal up to float32 rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
