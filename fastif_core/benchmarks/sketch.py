@@ -179,7 +179,6 @@ def compare(loaded: Any, named: dict[str, SketchConfig], tests: list[Any], ref: 
     out: dict[str, Any] = {}
     combos = [(n, c, e) for n in named for c, e in (("gauss_newton", "all"), ("gauss_newton", "seeded"),
                                                     ("identity", "all"))]  # fmt: skip
-    knn_recall = summarize([recall(ref[i], ref[i], knn[i], ks) for i in range(len(tests))], correct)
     for j, (name, curv, examples) in enumerate(combos):
         qcfg = SketchQueryConfig(named[name], curvature=curv, examples=examples)
         t0 = time.perf_counter()
@@ -205,7 +204,7 @@ def compare(loaded: Any, named: dict[str, SketchConfig], tests: list[Any], ref: 
         if progress is not None:
             progress((j + 1) / len(combos), f"compared {name} {curv}-{examples}")
         _free(sess)
-    return {"variants": out, "knn_recall_reference_self": knn_recall}
+    return {"variants": out}
 
 
 def _half(sess: Any, loaded: Any, tests: list[Any], cfg: InfluenceConfig) -> np.ndarray:
