@@ -294,3 +294,64 @@ def worker_lifetime(root: str, worker: str) -> str | None:
     if started is not None and started.proc.poll() is None:
         return "kept" if started.kept else "with_app"
     return "other" if worker == "alive" else None
+
+
+# ---- gradient sketches (issue 27): the example page's whole-training-set click ----------------------
+def sketch_indexes(root: str) -> list[dict[str, Any]]:
+    """Complete sketch indexes of the active model (their meta.json), newest first (no torch)."""
+    import json
+
+    model_id = workspace_state(root).model_id
+    if model_id is None:
+        return []
+    found = []
+    for meta in (Path(root) / "sketches" / str(model_id)).glob("*/meta.json"):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("status") == "complete":
+            found.append((meta.stat().st_mtime, {**data, "dir": str(meta.parent)}))
+    return [d for _, d in sorted(found, key=lambda x: -x[0])]
+
+
+def enqueue_sketch_click(
+    root: str, example_id: str, config: InfluenceConfig, sketch: Any, rerank: int
+) -> JobInfo:
+    """Queue the sketch list over all N and the exact re-rank (an equal queued/running/done job is reused)."""
+    from fastif_core.jobs import SketchClickParams
+
+    params = SketchClickParams(
+        example_id=example_id,
+        config=config,
+        sketch=sketch,
+        rerank=rerank,
+        model_id=workspace_state(root).model_id,
+    )
+    return jobs.enqueue(store(root), "sketch_click", params)
+
+
+def latest_sketch_run_id(root: str, example_id: str) -> int | None:
+    """The newest stored sketch run (all N) of the example (not cached: the click polls it)."""
+    runs = store(root).list_influence_runs(model_id=workspace_state(root).model_id, example_id=example_id)
+    picked = [r for r in runs if (r.config or {}).get("method") == "sketch"]
+    return picked[0].id if picked else None
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def self_influence(root: str) -> pd.DataFrame | None:
+    """Training examples by self-influence (``fastif sketch --self-influence``), largest first, or None."""
+    import numpy as np
+
+    files = [
+        f for meta in sketch_indexes(root) for f in sorted(Path(meta["dir"]).glob("self_influence-*.npy"))
+    ]
+    if not files:
+        return None
+    values = np.load(files[0])
+    model_id = workspace_state(root).model_id
+    ids = store(root).train_ids(model_id)
+    order = np.argsort(-values, kind="stable")[:TABLE_LIMIT]
+    frame = fmt.examples_frame(store(root).get_examples([ids[i] for i in order], model_id))
+    frame.insert(1, "self_influence", values[order][: len(frame)])
+    return frame

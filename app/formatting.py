@@ -159,7 +159,12 @@ def job_subject(job: JobInfo) -> str:
 def config_lines(config: dict[str, Any]) -> str:
     """An influence config in one human line: "k=1000 · cg (gauss_newton) · J=50 · B=32 · T=1 · μ=50"."""
     s = config.get("s_test", {})
+    if config.get("method") == "sketch":  # gradient sketches over all N (issue 27)
+        q = config.get("sketch_query", {})
+        return f"sketch over all training examples · {q.get('curvature')} · d≈{q.get('sketch', {}).get('dim')} · μ={s.get('mu', 0):g}"
     k = "full" if config.get("k") is None else f"k={config['k']}"
+    if config.get("method") == "rerank":
+        k = f"exact re-rank of the sketch's top {config.get('rerank')} and k={config['k']}"
     solver = f"{s.get('solver', 'lissa')} ({s.get('curvature', 'hessian')})"
     parts = [k, solver, f"J={s.get('depth')}", f"B={s.get('batch_size')}", f"T={s.get('repeats')}"]
     if s.get("mu"):

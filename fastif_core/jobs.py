@@ -27,7 +27,7 @@ Rules:
 
 Kinds: :data:`KINDS`, one explicit table of every kind and its parameter dataclass (the engine's
 ``influence``, ``influence_many``, ``matrix``, ``prepare``, and the applications' ``graph``, ``correct``,
-``activate_model``, ``simulate``); their handlers are :data:`fastif_core.worker.registry.HANDLERS`.
+``activate_model``, ``simulate``, and the gradient sketches' ``sketch``, ``sketch_click``); their handlers are :data:`fastif_core.worker.registry.HANDLERS`.
 :data:`RESERVED_KINDS` names a kind that does not exist yet (a clear error instead of "unknown").
 """
 
@@ -43,7 +43,15 @@ from fastif_core.apps.correct.config import ActivateParams, CorrectConfig
 from fastif_core.apps.graph.config import GraphConfig
 from fastif_core.apps.simulate.config import JOB_KIND as SIMULATE_KIND
 from fastif_core.apps.simulate.config import SimulateParams
-from fastif_core.config import InfluenceConfig, PrepareConfig, config_hash, from_dict, to_dict
+from fastif_core.config import (
+    InfluenceConfig,
+    PrepareConfig,
+    SketchConfig,
+    SketchQueryConfig,
+    config_hash,
+    from_dict,
+    to_dict,
+)
 from fastif_core.data.loaders import source_fingerprint
 from fastif_core.errors import ConfigError, FastifError, JobError
 
@@ -281,6 +289,60 @@ def prepare_inputs(cfg: PrepareConfig) -> dict[str, str | list[str]]:
     }
 
 
+@dataclass(frozen=True)
+class SketchParams:
+    """The ``sketch`` job: build (or finish) one sketch index of the workspace's model."""
+
+    config: SketchConfig = field(default_factory=SketchConfig, metadata={"help": "sketch settings"})
+    model_id: int | None = field(
+        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
+    )
+
+    def validate(self) -> SketchParams:
+        self.config.validate()
+        return self
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> SketchParams:
+        data = dict(data)
+        return from_dict(cls, {**data, "config": from_dict(SketchConfig, data.pop("config", {}))})
+
+
+@dataclass(frozen=True)
+class SketchClickParams:
+    """A sketch list over all N, then the exact re-rank of its top candidates and the kNN set."""
+
+    example_id: str = field(metadata={"help": "id of the test example"})
+    config: InfluenceConfig = field(
+        default_factory=InfluenceConfig, metadata={"help": "exact re-rank (k = kNN set)"}
+    )
+    sketch: SketchQueryConfig = field(
+        default_factory=SketchQueryConfig, metadata={"help": "the sketch query"}
+    )
+    rerank: int = field(
+        default=100, metadata={"help": "sketch's top helpful and top harmful re-ranked exactly"}
+    )
+    model_id: int | None = field(
+        default=None, metadata={"help": "model id in the store (None = the workspace's)"}
+    )
+
+    def validate(self) -> SketchClickParams:
+        if not isinstance(self.example_id, str) or not self.example_id.strip():
+            raise JobError(f"example_id={self.example_id!r} is invalid: allowed a non-empty example id")
+        if self.rerank < 1:
+            raise JobError(f"rerank={self.rerank!r} is invalid: allowed an integer >= 1")
+        self.config.validate()
+        self.sketch.validate()
+        return self
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> SketchClickParams:
+        data = dict(data)
+        config = InfluenceConfig.from_json_dict(data.pop("config", {}))
+        sketch = SketchQueryConfig.from_json_dict(data.pop("sketch", {}))
+        return from_dict(cls, {**data, "config": config, "sketch": sketch})
+
+
 KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
@@ -300,5 +362,7 @@ KINDS: dict[str, JobKind] = {
         JobKind(
             SIMULATE_KIND, SimulateParams, "simulatability of influence explanations (paper Sec. 6.1)", 2
         ),
+        JobKind("sketch", SketchParams, "gradient sketches of the training set (resumable blocks)"),
+        JobKind("sketch_click", SketchClickParams, "sketch list over all N, then the exact re-rank"),
     )
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import controls, render, shell
+from app import controls, render, shell, sketch_view
 from app import data_access as da
 from app import formatting as fmt
 
@@ -43,6 +43,10 @@ with st.expander(f"Nearest training neighbours ({len(neighbors)})", expanded=Fal
 neighbor_ids = {n.train_id for n in neighbors}
 
 st.subheader("Influential training examples")
+if sketch_view.sketch_section(
+    root, ex, neighbor_ids, state.num_train
+):  # sketches stored: the whole-set click
+    st.stop()
 config = controls.influence_controls(state.num_train, on_gpu=da.worker_on_gpu(root))
 if config is not None:
     job = da.enqueue_influence(root, ex.id, config)

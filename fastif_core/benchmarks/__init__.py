@@ -145,7 +145,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (test examples, LiSSA, random removal)")
     p.add_argument(
         "--section",
-        choices=["all", "solvers", "many"],
+        choices=["all", "solvers", "many", "sketch"],
         default="all",
         help="all: every section (bench.json); solvers: only the s_test solver comparison (solvers.json, "
         "resumable: reference repetitions are kept under OUT/reference); many: many test examples at once "
@@ -198,6 +198,81 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="solvers: comma-separated subset of paper, lissa_batched, gn_cg_b16, gn_cg_b32, gn_cg_b64, hessian_cg_b16",
     )
 
+    _sketch_arguments(p)
+
+
+def _sketch_arguments(p: argparse.ArgumentParser) -> None:
+    """``--section sketch`` (issue 27, :mod:`fastif_core.benchmarks.sketch`)."""
+    p.add_argument("--sketch-ks", type=_ints, default=(8, 16, 32), help="sketch: factor widths k per layer")
+    p.add_argument("--sketch-projections", default="gaussian,orthogonal", help="sketch: projections compared")
+    p.add_argument(
+        "--sketch-small-k",
+        type=int,
+        default=16,
+        help="sketch: k of the variant keeping biases and LayerNorm parameters exactly (0: none)",
+    )
+    p.add_argument(
+        "--sketch-mc-k", type=int, default=16, help="sketch: k of the Monte-Carlo-rows variant (0: none)"
+    )
+    p.add_argument("--sketch-click-k", type=int, default=16, help="sketch: k of the click and matrix timings")
+    p.add_argument(
+        "--sketch-recall-ks", type=_ints, default=(100, 1000), help="sketch: k of the recall figures"
+    )
+    p.add_argument(
+        "--sketch-reference",
+        choices=PRESETS,
+        default="gauss_newton_cg",
+        help="sketch: preset of the exact --full reference (Gauss-Newton on the seeded batch, μ = 50)",
+    )
+    p.add_argument(
+        "--sketch-parts",
+        default=",".join(("reference", "build", "compare", "click")),
+        help="sketch: comma-separated subset of reference, build, compare, click",
+    )
+    p.add_argument(
+        "--sketch-time-examples", type=int, default=256, help="sketch: examples of the timed single build"
+    )
+    p.add_argument(
+        "--sketch-matrix-tests", type=int, default=400, help="sketch: tests of the matrix from sketches"
+    )
+    p.add_argument(
+        "--sketch-only",
+        default="",
+        help="sketch: compare only these variants (e.g. g8,o8; the "
+        "others' figures in OUT/sketch.json are kept)",
+    )
+
+
+def run_sketch(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """``fastif bench --section sketch``: OUT/sketch.json."""
+    from fastif_core.benchmarks.sketch import PARTS, run_section
+    from fastif_core.errors import ConfigError
+
+    parts = tuple(x.strip() for x in a.sketch_parts.split(",") if x.strip())
+    if not parts or set(parts) - set(PARTS):
+        raise ConfigError(
+            f"--sketch-parts {a.sketch_parts!r}: allowed a comma-separated subset of {', '.join(PARTS)}"
+        )
+    projections = [x.strip() for x in a.sketch_projections.split(",") if x.strip()]
+    return run_section(
+        Path(a.workspace),
+        Path(a.out),
+        tests_n=a.test_examples,
+        seed=a.seed,
+        ks=list(a.sketch_ks),
+        projections=projections,
+        small_k=a.sketch_small_k,
+        mc_k=a.sketch_mc_k,
+        recall_ks=list(a.sketch_recall_ks),
+        preset=a.sketch_reference,
+        parts=parts,
+        time_examples=a.sketch_time_examples,
+        matrix_tests=a.sketch_matrix_tests,
+        click_k=a.sketch_click_k,
+        only=tuple(x for x in a.sketch_only.split(",") if x),
+        progress=progress,
+    )
+
 
 def config_from_args(a: argparse.Namespace) -> Any:
     """The BenchConfig of parsed ``fastif bench`` arguments."""
@@ -238,7 +313,9 @@ def run_from_args(a: argparse.Namespace) -> int:
         bars[0].set_postfix_str(message[:60], refresh=True)
 
     try:
-        if a.section == "solvers":
+        if a.section == "sketch":
+            result = run_sketch(a, progress)
+        elif a.section == "solvers":
             result = run_solvers(a, progress)
         elif a.section == "many":
             result = run_many(a, progress)
@@ -247,6 +324,12 @@ def run_from_args(a: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
+    if a.section == "sketch":
+        from fastif_core.benchmarks.sketch import report
+
+        print(report(result))
+        print(f"\nwrote {Path(a.out) / 'sketch.json'}")
+        return 0
     if a.section == "many":
         print(json.dumps({k: v for k, v in result.items() if k != "crossover"}, indent=2, default=str))
         print(f"\nwrote {Path(a.out) / 'many.json'}")

@@ -22,6 +22,7 @@ from fastif_core.apps.graph.cli import add_parser as add_graph_parser
 from fastif_core.apps.simulate import cli as simulate_cli
 from fastif_core.cli import jobs as cli_jobs
 from fastif_core.cli import many as cli_many
+from fastif_core.cli import sketch as cli_sketch
 from fastif_core.cli.options import add_workspace_argument, positive_int
 from fastif_core.config import (
     GRADIENT_L2,
@@ -33,7 +34,7 @@ from fastif_core.config import (
     TrainConfig,
     help_of,
 )
-from fastif_core.errors import FastifError
+from fastif_core.errors import ConfigError, FastifError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -227,6 +228,7 @@ def _influence_options(p: argparse.ArgumentParser) -> None:
         help=help_of(InfluenceConfig, "gradient_l2"),
     )
     p.add_argument("--top", type=int, default=InfluenceConfig().top, help=help_of(InfluenceConfig, "top"))
+    cli_sketch.add_method_options(p)  # --method exact | sketch
     _device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -260,6 +262,8 @@ def cmd_influence(a: argparse.Namespace) -> int:
     from fastif_core.queries.influence import influence_query
 
     cfg = influence_config_from_args(a)
+    if a.method == "sketch":
+        return cli_sketch.cmd_influence_sketch(a, cfg, str(resolve_device(a.device)), format_influence)
     if cli_many.is_many(a):
         return cli_many.cmd_influence_many(a, cfg, str(resolve_device(a.device)), format_influence)
     result = influence_query(
@@ -328,6 +332,10 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from fastif_core.workspace.layout import require_prepared
 
     kind, params = a.kind, None
+    if getattr(a, "method", "exact") != "exact":
+        raise ConfigError(
+            "submit influence --method sketch is not available yet: run `fastif influence --method sketch`"
+        )
     if a.kind == "influence":
         manifest, cfg = require_prepared(a.workspace), influence_config_from_args(a)
         check_request(manifest, cfg)
@@ -395,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_correct_parser(sub)
     simulate_cli.add_parser(sub)
     cli_many.add_matrix_parser(sub, _influence_options, influence_config_from_args)
+    cli_sketch.add_sketch_parser(sub, _device_arg)
     return parser
 
 

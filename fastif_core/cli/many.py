@@ -140,14 +140,22 @@ def cmd_matrix(a: argparse.Namespace, cfg: Any) -> int:
 
     manifest = require_prepared(a.workspace)
     is_many(a)
-    check_request(manifest, replace(cfg, k=None) if a.full else cfg)
+    every = a.full or getattr(a, "method", "exact") == "sketch"
+    check_request(manifest, replace(cfg, k=None) if every else cfg)
     ids = checked_ids(a, int(manifest["model_id"]))
     layout = {n: getattr(a, n) for n in ("row_block", "col_block") if getattr(a, n) is not None}
     for name, value in layout.items():
         if value < 1:
             raise ConfigError(f"{name}={value} is invalid: allowed an integer >= 1")
-    loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)))
-    out = influence_matrix(loaded, ids, cfg, full=a.full, progress=_bar(), **layout)
+    if getattr(a, "method", "exact") == "sketch":  # every training example, from the sketch index
+        from fastif_core.cli.sketch import query_config_from_args
+        from fastif_core.queries.sketch_matrix import sketch_matrix
+
+        loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)), search=False)
+        out = sketch_matrix(loaded, ids, cfg, query_config_from_args(a), progress=_bar(), **layout)
+    else:
+        loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)))
+        out = influence_matrix(loaded, ids, cfg, full=a.full, progress=_bar(), **layout)
     summary = out.to_dict()
     print(json.dumps(summary, indent=2) if a.json else format_matrix(summary))
     return 0

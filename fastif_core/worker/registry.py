@@ -23,6 +23,7 @@ from fastif_core.apps.graph.job import run_graph
 from fastif_core.apps.simulate.job import run_simulate
 from fastif_core.errors import ConfigError, JobError
 from fastif_core.worker import handlers
+from fastif_core.worker import sketch as sketch_handlers
 from fastif_core.worker.context import JobContext
 
 Handler = Callable[[JobContext], Any]  # returns None (job already done) or a result dict
@@ -37,6 +38,8 @@ HANDLERS: dict[str, Handler] = {
     "correct": run_correct_job,
     "activate_model": run_activate_job,
     "simulate": run_simulate,
+    "sketch": sketch_handlers.run_sketch,
+    "sketch_click": sketch_handlers.run_sketch_click,
 }
 
 

@@ -1,0 +1,177 @@
+"""The sketch parts of the ``fastif`` command line: ``fastif sketch`` (build the index, or ``--submit`` it as a
+``sketch`` job) and ``fastif influence --method sketch`` (its options are added to the influence parser).
+:mod:`fastif_core.cli.commands` calls :func:`add_sketch_parser`, :func:`add_method_options` and
+:func:`cmd_influence_sketch`; this module never imports the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fastif_core.cli.options import add_workspace_argument, positive_int
+from fastif_core.config import (
+    CURVATURE_EXAMPLES,
+    DTYPES,
+    METHODS,
+    PROJECTIONS,
+    ROWS,
+    SKETCH_CURVATURES,
+    SMALL,
+    SketchConfig,
+    SketchQueryConfig,
+    help_of,
+)
+from fastif_core.errors import ConfigError
+
+
+def _sketch_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    d = SketchConfig()
+    p.add_argument(f"--{prefix}dim", type=positive_int, default=d.dim, help=help_of(SketchConfig, "dim"))
+    p.add_argument(
+        f"--{prefix}projection",
+        choices=PROJECTIONS,
+        default=d.projection,
+        help=help_of(SketchConfig, "projection"),
+    )
+    p.add_argument(f"--{prefix}small", choices=SMALL, default=d.small, help=help_of(SketchConfig, "small"))
+    p.add_argument(f"--{prefix}seed", type=int, default=d.seed, help=help_of(SketchConfig, "seed"))
+    p.add_argument(f"--{prefix}rows", choices=ROWS, default=d.rows, help=help_of(SketchConfig, "rows"))
+    p.add_argument(f"--{prefix}dtype", choices=DTYPES, default=d.dtype, help=help_of(SketchConfig, "dtype"))
+
+
+def _sketch_config(a: argparse.Namespace, prefix: str = "") -> SketchConfig:
+    names = ("dim", "projection", "small", "seed", "rows", "dtype")
+    extra = {n: getattr(a, n) for n in ("batch_size", "block") if getattr(a, n, None) is not None}
+    return SketchConfig(**{n: getattr(a, prefix + n) for n in names}, **extra).validate()
+
+
+def add_sketch_parser(
+    sub: argparse._SubParsersAction, device_arg: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    p = sub.add_parser(
+        "sketch",
+        help="sketch every training example's gradient (for --method sketch)",
+        description="Build the workspace model's sketch index: one d-dimensional Kronecker-factored projection "
+        "of each training example's loss gradient, stored as a memory-mapped N x d array in resumable blocks "
+        "(re-running continues an interrupted build).",
+    )
+    add_workspace_argument(p)
+    _sketch_options(p)
+    d = SketchConfig()
+    p.add_argument(
+        "--batch-size", type=positive_int, default=d.batch_size, help=help_of(SketchConfig, "batch_size")
+    )
+    p.add_argument("--block", type=positive_int, default=d.block, help=help_of(SketchConfig, "block"))
+    p.add_argument(
+        "--self-influence",
+        action="store_true",
+        help="also every training example's self-influence "
+        "(Gauss-Newton over all N, μ = 50; the Browse page sorts by it)",
+    )
+    p.add_argument("--submit", action="store_true", help="queue a `sketch` job for the worker instead")
+    device_arg(p)
+    p.add_argument("--json", action="store_true", help="print the index's description as JSON")
+    p.set_defaults(func=cmd_sketch)
+
+
+def cmd_sketch(a: argparse.Namespace) -> int:
+    cfg = _sketch_config(a)
+    if a.submit:
+        return _submit(a, cfg)
+    from fastif_core.device import resolve_device
+    from fastif_core.workspace.layout import LoadedWorkspace
+    from fastif_core.workspace.sketches import build_sketches
+
+    loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)), search=False)
+    out = build_sketches(loaded, cfg, show_progress=True).describe()
+    if a.self_influence:
+        from fastif_core.config import InfluenceConfig
+        from fastif_core.queries.sketch import session
+
+        sess = session(loaded, SketchQueryConfig(sketch=cfg), InfluenceConfig())
+        values = sess.self_influence()
+        out["self_influence"] = {
+            "seconds": sess.seconds,
+            "max": float(values.max()),
+            "median": float(values.median()),
+        }
+    if a.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"sketches of model {out['model_id']}: {out['num_train']} x {out['dim']} (k={out['k']}), "
+            f"{out['status']}, {out['disk_bytes'] / 2**20:.1f} MiB at {out['path']}"
+        )
+    return 0
+
+
+def _submit(a: argparse.Namespace, cfg: SketchConfig) -> int:
+    from fastif_core import jobs
+    from fastif_core.cli.jobs import job_to_dict
+    from fastif_core.jobs import SketchParams
+    from fastif_core.store import Store
+    from fastif_core.workspace.layout import require_prepared
+
+    manifest = require_prepared(a.workspace)
+    store = Store.open(a.workspace)
+    try:
+        job = jobs.enqueue(store, "sketch", SketchParams(config=cfg, model_id=int(manifest["model_id"])))
+    finally:
+        store.close()
+    print(json.dumps(job_to_dict(job), indent=2) if a.json else f"job {job.id} ({job.kind}): {job.status}")
+    return 0
+
+
+# ---- fastif influence --method sketch ---------------------------------------------------------------
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """``--method`` and the sketch query's options (``--sketch-*``, ``--relative``)."""
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="exact",
+        help="exact (the k nearest or --full, scored by the model: the reference) | sketch (all N training "
+        "examples from the sketch index of `fastif sketch`, in about a second)",
+    )
+    _sketch_options(p, "sketch-")
+    q = SketchQueryConfig()
+    p.add_argument(
+        "--sketch-curvature",
+        choices=SKETCH_CURVATURES,
+        default=q.curvature,
+        help=help_of(SketchQueryConfig, "curvature"),
+    )
+    p.add_argument(
+        "--sketch-examples",
+        choices=CURVATURE_EXAMPLES,
+        default=q.examples,
+        help=help_of(SketchQueryConfig, "examples"),
+    )
+    p.add_argument("--relative", action="store_true", help=help_of(SketchQueryConfig, "relative"))
+
+
+def query_config_from_args(a: argparse.Namespace) -> SketchQueryConfig:
+    return SketchQueryConfig(
+        sketch=_sketch_config(a, "sketch_"),
+        curvature=a.sketch_curvature,
+        examples=a.sketch_examples,
+        relative=a.relative,
+    ).validate()
+
+
+def cmd_influence_sketch(a: argparse.Namespace, cfg: Any, device: str, fmt: Callable[[dict], str]) -> int:
+    """``fastif influence --method sketch --example ID``."""
+    from fastif_core.queries.sketch import influence_sketch_query
+
+    if a.example is None or any(
+        getattr(a, n, None) for n in ("examples", "examples_from", "dataset", "split")
+    ):
+        raise ConfigError(
+            "--method sketch: give one --example ID (many examples: `fastif matrix --method sketch`)"
+        )
+    out = influence_sketch_query(a.workspace, a.example, cfg, query_config_from_args(a), device=device)
+    print(json.dumps(out, indent=2) if a.json else fmt(out))
+    return 0
