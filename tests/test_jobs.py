@@ -271,3 +271,18 @@ def test_worker_registry(store):
     assert [(w.id, w.devices) for w in alive] == [("host:1", ["cpu:0", "cpu:1"])]
     beat = store.worker_heartbeat("host:1", current_job_id=3)
     assert (beat.pid, beat.current_job_id) == (1, 3) and len(store.list_workers()) == 2
+
+
+def test_every_job_kind_has_a_worker_handler_and_the_sketch_kinds_validate():
+    """The two explicit tables agree (a kind added to one alone is caught here), including the gradient
+    sketches' kinds; their parameters round-trip through the queue's JSON."""
+    from fastif_core.config import SketchConfig, SketchQueryConfig
+    from fastif_core.worker.registry import HANDLERS
+
+    assert set(HANDLERS) == set(jobs.KINDS)
+    params = jobs.SketchClickParams("ex", sketch=SketchQueryConfig(sketch=SketchConfig(dim=300)), rerank=7)
+    assert jobs.parse_params("sketch_click", jobs.params_dict(params)) == params
+    built = jobs.SketchParams(config=SketchConfig(dim=300, rows="mc"), model_id=2)
+    assert jobs.parse_params("sketch", jobs.params_dict(built)) == built
+    with pytest.raises(JobError, match="rerank"):
+        jobs.parse_params("sketch_click", {**jobs.params_dict(params), "rerank": 0})
