@@ -161,7 +161,8 @@ def config_lines(config: dict[str, Any]) -> str:
     s = config.get("s_test", {})
     if config.get("method") == "sketch":  # gradient sketches over all N (issue 27)
         q = config.get("sketch_query", {})
-        return f"sketch over all training examples · {q.get('curvature')} · d≈{q.get('sketch', {}).get('dim')} · μ={s.get('mu', 0):g}"
+        dim = q.get("sketch", {}).get("dim")
+        return f"sketch over all training examples · {q.get('curvature')} · d≈{dim} · μ={s.get('mu', 0):g}"
     k = "full" if config.get("k") is None else f"k={config['k']}"
     if config.get("method") == "rerank":
         k = f"exact re-rank of the sketch's top {config.get('rerank')} and k={config['k']}"

@@ -14,10 +14,11 @@ filters = controls.browse_filters_controls(da.filter_options(root))
 frame, summary = da.browse(root, filters)
 ranked = da.self_influence(root)  # stored by `fastif sketch --self-influence` (gradient sketches)
 if ranked is not None and st.toggle(
-    "Training examples by self-influence", key="by_self_influence",
+    "Training examples by self-influence",
+    key="by_self_influence",
     help="φᵀH⁻¹φ of each training example from its gradient sketch, largest first: the classic search for "
     "mislabelled or atypical examples (the filters above do not apply)",
-):  # fmt: skip
+):
     frame = ranked
 render.summary_metrics(summary, shown=len(frame))
 if frame.empty:

@@ -43,9 +43,8 @@ with st.expander(f"Nearest training neighbours ({len(neighbors)})", expanded=Fal
 neighbor_ids = {n.train_id for n in neighbors}
 
 st.subheader("Influential training examples")
-if sketch_view.sketch_section(
-    root, ex, neighbor_ids, state.num_train
-):  # sketches stored: the whole-set click
+# sketches stored: the whole-training-set click (gradient sketches, issue 27)
+if sketch_view.sketch_section(root, ex, neighbor_ids, state.num_train):
     st.stop()
 config = controls.influence_controls(state.num_train, on_gpu=da.worker_on_gpu(root))
 if config is not None:

@@ -78,9 +78,8 @@ def sketch_click(
         if found is None:
             if progress is not None:
                 progress(0.05, f"sketch list stored; exact re-rank of {len(picked)} candidates")
-            result = (runner or serial_runner)(
-                loaded, loaded.encode_test(example.to_record()), picked, cfg, progress
-            )
+            batch = loaded.encode_test(example.to_record())
+            result = (runner or serial_runner)(loaded, [batch], [picked], cfg, progress).result(0)
             scores = [
                 (loaded.train_ids[i], float(v))
                 for i, v in zip(result.indices.tolist(), result.values.tolist(), strict=True)
