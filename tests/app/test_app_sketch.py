@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from fastif_core.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app" / "dashboard.py")
 
 

@@ -35,7 +35,7 @@ from fastif_core.workspace.sketches import (
     require_index,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = "demo-hans:challenge:ex0"
 
 
