@@ -19,7 +19,7 @@ Factors are seeded (one generator, drawn in the order of :func:`fastif_core.engi
 orthonormal columns of a Gaussian's QR times ``√(rows/k)``), so plain dot products of sketches estimate
 those of the gradients. Π, the whole projection, is block diagonal over modules; each block is the
 Kronecker product ``F_outᵀ ⊗ F_inᵀ``. With ``k`` at least every layer's size Π is square and invertible,
-and sketch-space influence equals exact influence (``tests/test_sketch.py``).
+and sketch-space influence equals exact influence (``tests/engine/test_sketch.py``).
 
 Padding needs no mask here for the same reason as in :mod:`fastif_core.engine.per_example`: a padded position gets
 zero output gradient, so it adds exactly nothing to ``Σ_t``. The hooked backward is the one that module
@@ -202,14 +202,27 @@ class Sketch:
 
     # ------------------------------------------------------------------------------ regulariser + damping
     def damping_blocks(self, objective: Objective, mu: float) -> list[tuple[int, Tensor]]:
-        """``Π (μI + 2·wd·D) Πᵀ`` (D = 1 on decayed parameters), block diagonal: ``[(offset, (s, s) float64)]``,
-        one block per module, each exact (Kronecker products of the factors' Gram matrices)."""
+        """``μ I_d + Π (2·wd·D) Πᵀ`` (D = 1 on decayed parameters), block diagonal: ``[(offset, (s, s)
+        float64)]``, one block per module, the L2 term exact (Kronecker products of the factors' Gram matrices).
+
+        The damping is μ in *sketch* space, not ``Π(μI)Πᵀ``: sketched inner products estimate the gradients'
+        (``E[ΠᵀΠ] = I``), so ``μ I_d`` is what ``μ I`` becomes, and for μ large against the curvature the score
+        tends to ``−φ_test·φ_i / μ ≈ −∇ℓ_test·∇ℓ_i / μ`` as the exact one does. ``Π(μI)Πᵀ`` would instead
+        restrict every gradient to Π's row space (a projector of rank d), which shrinks each layer by its own
+        ``k_out·k_in / (d_out·d_in)``: measured on the 8K workspace, Pearson 0.84 against 0.92 for the plain
+        sketched dot product at d = 9,904. Both are the same when Π is square and orthogonal (``ΠΠᵀ = I``):
+        then the system is exactly ``Π(G + 2·wd·D + μI)Πᵀ`` (``tests/engine/test_sketch.py``)."""
         decayed = set(objective.decayed)
 
         def diag(name: str) -> float:
-            return mu + (2.0 * objective.weight_decay if name in decayed else 0.0)
+            return 2.0 * objective.weight_decay if name in decayed else 0.0
 
-        return [(p.offset, _damping_block(p, diag)) for p in self.parts]
+        out = []
+        for p in self.parts:
+            block = _damping_block(p, diag)
+            block.diagonal().add_(mu)
+            out.append((p.offset, block))
+        return out
 
 
 def _project_part(part: _Part, g: dict[str, Tensor]) -> Tensor:

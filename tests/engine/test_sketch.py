@@ -1,6 +1,6 @@
 """Ground truth for gradient sketches (:mod:`fastif_core.engine.sketch`, ``sketch_curvature``) on tiny
 float64 models: the in-backward Kronecker projection equals projecting the explicit per-example gradients;
-padded batches equal single examples; the damping block equals ``Π diag Πᵀ`` formed densely; a sketch of
+padded batches equal single examples; the damping block equals ``μI + Π(2wd·D)Πᵀ`` formed densely; a sketch of
 dimension P with orthogonal factors reproduces the exact damped Gauss-Newton influence of the exact path's
 own scoring (sign included) to 1e-8, through both factor backends; Monte-Carlo rows are unbiased."""
 
@@ -77,11 +77,11 @@ def test_damping_blocks_equal_the_dense_projection(small):
     decayed = set(obj.decayed)
     diag = torch.cat(
         [
-            torch.full((p.numel(),), MU + (0.02 if n in decayed else 0.0), dtype=torch.float64)
+            torch.full((p.numel(),), 0.02 if n in decayed else 0.0, dtype=torch.float64)
             for n, p in obj.params.items()
         ]
     )
-    dense = (pi * diag) @ pi.T
+    dense = (pi * diag) @ pi.T + MU * torch.eye(len(pi), dtype=torch.float64)  # μ in sketch space, Π(2wd·D)Πᵀ
     blocks = torch.zeros_like(dense)
     for lo, b in sketch.damping_blocks(obj, MU):
         blocks[lo : lo + len(b), lo : lo + len(b)] = b
@@ -202,3 +202,18 @@ def test_a_stacked_sketch_equals_its_parts_and_mc_rows_from_the_jacobian_equal_a
     # float64; linear combinations of per-output sketches vs the weighted backward directly
     torch.testing.assert_close(phi_j, phi, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(mc_j, mc, rtol=1e-10, atol=1e-12)
+
+
+def test_when_damping_dominates_the_sketch_score_is_the_sketched_dot_product_over_mu():
+    """μ is damping in sketch space: for μ far above the curvature, ``μ · I_sketch → −φ_test·φ_i`` (the
+    limit of the exact ``μ · I → −∇ℓ_test·∇ℓ_i``), not the rank-d projector ``Π(μI)Πᵀ`` would give."""
+    obj = _bert("top")
+    train = make_tiny_examples(8, seed=3)
+    sketch = make_sketch(obj, k=4, projection="gaussian", seed=5)
+    phi, rows = _sketch_index(obj, sketch, train)
+    gram = GramAccumulator(sketch.dim)
+    gram.add(rows)
+    mu = 1e8
+    factor = PrimalFactor.build(gram.gram, 8, sketch.damping_blocks(obj, mu))
+    got = mu * scores(phi, factor.solve(phi[:3]))
+    torch.testing.assert_close(got, -(phi[:3] @ phi.T), rtol=1e-5, atol=1e-10)  # curvature/μ ≈ 1e-8 relative
