@@ -316,6 +316,13 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
         "influence", help="influence for one or many examples (options of `fastif influence`)"
     )
     _influence_options(inf)
+    inf.add_argument(
+        "--rerank",
+        type=positive_int,
+        default=None,
+        help="with --method sketch: the sketch's top helpful and top harmful re-scored exactly together "
+        "with the kNN set (a sketch_click job, the dashboard's click; default 100)",
+    )
     inf.set_defaults(func=cmd_submit)
     prep = kinds.add_parser("prepare", help="prepare the workspace (same options as `fastif prepare`)")
     _prepare_options(prep)
@@ -332,14 +339,14 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from fastif_core.workspace.layout import require_prepared
 
     kind, params = a.kind, None
-    if getattr(a, "method", "exact") != "exact":
-        raise ConfigError(
-            "submit influence --method sketch is not available yet: run `fastif influence --method sketch`"
-        )
+    if a.kind == "influence" and getattr(a, "rerank", None) is not None and a.method != "sketch":
+        raise ConfigError("--rerank is invalid without --method sketch: allowed with --method sketch only")
     if a.kind == "influence":
         manifest, cfg = require_prepared(a.workspace), influence_config_from_args(a)
         check_request(manifest, cfg)
-        if cli_many.is_many(a):  # several examples: one influence_many job
+        if a.method == "sketch":  # the dashboard's click: the sketch list over all N, then the exact re-rank
+            kind, params = "sketch_click", cli_sketch.click_params(a, cfg, int(manifest["model_id"]))
+        elif cli_many.is_many(a):  # several examples: one influence_many job
             kind, params = "influence_many", cli_many.many_params(a, cfg, int(manifest["model_id"]))
         else:
             params = jobs.InfluenceParams(
@@ -349,7 +356,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         params = prepare_config_from_args(a)
     store = Store.open(a.workspace)
     try:
-        if kind == "influence":
+        if kind in ("influence", "sketch_click"):
             require_example(store, a.example, params.model_id)
         job = jobs.enqueue(store, kind, params)
     finally:

@@ -162,16 +162,37 @@ def query_config_from_args(a: argparse.Namespace) -> SketchQueryConfig:
     ).validate()
 
 
+def _one_example(a: argparse.Namespace, what: str) -> None:
+    if a.example is None or any(
+        getattr(a, n, None) for n in ("examples", "examples_from", "dataset", "split")
+    ):
+        raise ConfigError(f"{what}: give one --example ID (many examples: `fastif matrix --method sketch`)")
+
+
+def click_params(a: argparse.Namespace, cfg: Any, model_id: int) -> Any:
+    """``fastif submit influence --method sketch``: a ``sketch_click`` job (the sketch list over all N,
+    then the exact re-rank of its top ``--rerank`` of each sign and the kNN set of ``--k``)."""
+    from fastif_core.jobs import SketchClickParams
+
+    _one_example(a, "submit influence --method sketch")
+    if cfg.k is None:
+        raise ConfigError(
+            "--full is invalid with submit --method sketch: allowed --k K (the kNN set re-ranked)"
+        )
+    return SketchClickParams(
+        example_id=a.example,
+        config=cfg,
+        sketch=query_config_from_args(a),
+        model_id=model_id,
+        **({} if a.rerank is None else {"rerank": a.rerank}),
+    )
+
+
 def cmd_influence_sketch(a: argparse.Namespace, cfg: Any, device: str, fmt: Callable[[dict], str]) -> int:
     """``fastif influence --method sketch --example ID``."""
     from fastif_core.queries.sketch import influence_sketch_query
 
-    if a.example is None or any(
-        getattr(a, n, None) for n in ("examples", "examples_from", "dataset", "split")
-    ):
-        raise ConfigError(
-            "--method sketch: give one --example ID (many examples: `fastif matrix --method sketch`)"
-        )
+    _one_example(a, "--method sketch")
     out = influence_sketch_query(a.workspace, a.example, cfg, query_config_from_args(a), device=device)
     print(json.dumps(out, indent=2) if a.json else fmt(out))
     return 0

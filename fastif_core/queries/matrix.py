@@ -127,6 +127,14 @@ def _columns(loaded: Any, test_ids: Sequence[str], k: int | None) -> tuple[list[
     return columns, mask
 
 
+def candidate_mask(loaded: Any, test_ids: Sequence[str], k: int) -> np.ndarray:
+    """``(M, N)`` bool: training position ``i`` is among test ``j``'s ``k`` nearest."""
+    columns, mask = _columns(loaded, test_ids, k)
+    full = np.zeros((len(test_ids), len(loaded.train_ids)), dtype=bool)
+    full[:, np.asarray(columns, dtype=np.int64)] = mask
+    return full
+
+
 @dataclass
 class _Clock:
     """Seconds per stage and progress over the work units of the missing blocks."""

@@ -292,6 +292,18 @@ OPTIONS = {
     "submit-k-too-large": (["submit", "influence", "--example", EXAMPLE, "--k", "999"], ("k=999", "60")),
     "submit-prepare-holdout": (["submit", "prepare", "--holdout", "2"], ("holdout=2",)),
     "submit-no-kind": (["submit"], ("required", "KIND")),
+    "submit-rerank-exact": (
+        ["submit", "influence", "--example", EXAMPLE, "--k", "5", "--rerank", "3"],
+        ("--rerank", "--method sketch"),
+    ),
+    "submit-sketch-full": (
+        ["submit", "influence", "--example", EXAMPLE, "--full", "--method", "sketch"],
+        ("--full", "--k K"),
+    ),
+    "submit-sketch-many": (
+        ["submit", "influence", "--examples", EXAMPLE, "--k", "5", "--method", "sketch"],
+        ("one --example ID",),
+    ),
     "jobs-cancel-unknown": (["jobs", "--cancel", "999"], ("job 999 does not exist",)),
     "jobs-status": (["jobs", "--status", "bogus"], ("--status", "'bogus'", "queued")),
     "worker-poll": (["worker", "--poll", "0"], ("--poll", "> 0")),

@@ -195,19 +195,26 @@ def test_sketch_matrix_rows_equal_single_sketch_queries_and_resume_from_stored_b
 
 
 def test_sketch_jobs_on_a_real_worker_build_then_click(tiny_workspace):
-    """``sketch`` and ``sketch_click`` jobs run by ``fastif worker --once`` (a real process): the index is
-    built, the click stores the sketch list over all N and the exact re-rank of its top candidates ∪ kNN."""
-    from fastif_core import jobs
-    from fastif_core.jobs import SketchClickParams, SketchParams
+    """``fastif sketch --submit`` and ``fastif submit influence --method sketch`` queue a ``sketch`` and a
+    ``sketch_click`` job, run by ``fastif worker --once`` (real processes): the index is built, the click
+    stores the sketch list over all N and the exact re-rank of its top ``--rerank`` candidates ∪ kNN."""
     from fastif_core.store import Store
 
-    qcfg = SketchQueryConfig(SketchConfig(dim=300, block=16))
-    cfg = InfluenceConfig(s_test=STestConfig.default(), k=8)
-    with Store.open(tiny_workspace) as store:
-        build = jobs.enqueue(store, "sketch", SketchParams(config=qcfg.sketch, model_id=1))
-        click = jobs.enqueue(
-            store, "sketch_click", SketchClickParams(EXAMPLE, cfg, qcfg, rerank=5, model_id=1)
-        )
+    def submit(*args: str) -> dict:
+        cli = [sys.executable, "-m", "fastif_core", *args, "-w", str(tiny_workspace), "--json"]
+        return json.loads(subprocess.run(cli, env=_env(), capture_output=True, check=True, text=True).stdout)
+
+    build = submit("sketch", "--submit", "--dim", "300", "--block", "16")
+    click = submit(
+        "submit", "influence", "--example", EXAMPLE, "--k", "8", "--method", "sketch",
+        "--sketch-dim", "300", "--rerank", "5",
+    )  # fmt: skip
+    assert (build["kind"], click["kind"]) == ("sketch", "sketch_click")
+    again = submit(
+        "submit", "influence", "--example", EXAMPLE, "--k", "8", "--method", "sketch",
+        "--sketch-dim", "300", "--rerank", "5",
+    )  # fmt: skip
+    assert again["id"] == click["id"]  # the same request twice is one job
     run = subprocess.run(
         [
             sys.executable,
@@ -228,8 +235,8 @@ def test_sketch_jobs_on_a_real_worker_build_then_click(tiny_workspace):
     assert run.returncode == 0, run.stderr[-2000:]
     with Store.open(tiny_workspace) as store:
         done = {j.id: j for j in store.list_jobs(limit=10)}
-        assert done[build.id].status == "done" and done[click.id].status == "done", run.stderr[-2000:]
-        out = done[click.id].result
+        assert done[build["id"]].status == "done" and done[click["id"]].status == "done", run.stderr[-2000:]
+        out = done[click["id"]].result
         sketch_run = store.get_influence_run(out["sketch_run_id"], with_text=False)
         exact_run = store.get_influence_run(out["exact_run_id"], with_text=False)
     loaded = LoadedWorkspace.load(tiny_workspace)

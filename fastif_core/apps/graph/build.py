@@ -136,7 +136,14 @@ def build_graph(
     t1 = time.perf_counter()
     within = None if progress is None else (lambda f, m: progress(INFLUENCE_SHARE * f, m))
     values, _, matrix = graph_influences(
-        loaded, test.ids, cfg.influence, cfg.influence.k, cfg.influence.full, within, row_block=cfg.row_block
+        loaded,
+        test.ids,
+        cfg.influence,
+        cfg.influence.k,
+        cfg.influence.full,
+        within,
+        row_block=cfg.row_block,
+        sketch=cfg.sketch if cfg.method == "sketch" else None,
     )
     t2 = time.perf_counter()
     if progress is not None:

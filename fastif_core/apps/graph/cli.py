@@ -15,6 +15,7 @@ from typing import Any
 
 from fastif_core.apps.graph.config import FILTER_FIELDS, SLICE_BY, GraphConfig
 from fastif_core.cli.options import add_workspace_argument, positive_int
+from fastif_core.cli.sketch import add_method_options, query_config_from_args
 from fastif_core.config import PRESETS, InfluenceConfig, STestConfig, help_of
 from fastif_core.errors import ConfigError, JobError
 
@@ -70,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"{help_of(STestConfig, 'depth')} (default: the preset's)",
     )
+    add_method_options(p)  # --method exact | sketch, --sketch-*
     p.add_argument("--seed", type=int, default=d.seed, help=help_of(GraphConfig, "seed"))
     p.add_argument(
         "--row-block", type=positive_int, default=d.row_block, help=help_of(GraphConfig, "row_block")
@@ -96,6 +98,8 @@ def config_from_args(a: argparse.Namespace) -> GraphConfig:
         incorrect_only=a.incorrect_only,
         slice_by=a.slice_by,
         influence=influence,
+        method=a.method,
+        sketch=query_config_from_args(a),
         seed=a.seed,
         row_block=a.row_block,
         **lists,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastif_core.config import InfluenceConfig, _f, _require, from_dict, to_dict
+from fastif_core.config import METHODS, InfluenceConfig, SketchQueryConfig, _f, _require, from_dict, to_dict
 
 # ExampleFilter fields a test set can be restricted by (the browse page's filters)
 FILTER_FIELDS = ("dataset", "split", "label", "genre", "heuristic", "subcase")
@@ -42,6 +42,14 @@ class GraphConfig:
         default_factory=lambda: InfluenceConfig(top=1),
         metadata={"help": "candidates (k nearest, or full) and the s_test solver of every test example"},
     )
+    method: str = _f(
+        "exact",
+        "influence values: exact (FastIF, the reference) | sketch (the sketch index: the same candidates, "
+        "each test's row in one product)",
+    )
+    sketch: SketchQueryConfig = field(
+        default_factory=SketchQueryConfig, metadata={"help": "the sketch query (with method=sketch)"}
+    )
     seed: int = _f(0, "seed of the per-slice sample and of the layout's jitter")
     inner_radius: float = _f(0.8, "training nodes lie in the disc of this radius (test nodes on radius 1)")
     jitter: float = _f(0.3, "random angular jitter of the test nodes, as a fraction of their spacing")
@@ -64,6 +72,8 @@ class GraphConfig:
             values = getattr(self, name)
             ok = isinstance(values, tuple) and all(isinstance(v, str) and v for v in values)
             _require(ok, name, "a list of non-empty names", values)
+        _require(self.method in METHODS, "method", " | ".join(METHODS), self.method)
+        self.sketch.validate()
         self.influence.validate()
         return self
 
@@ -77,16 +87,20 @@ class GraphConfig:
         data = to_dict(self)
         data["influence"].pop("top")
         data.pop("row_block")
+        if self.method == "exact":  # graphs stored before the sketch method keep their key
+            data.pop("method")
+            data.pop("sketch")
         return data
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> GraphConfig:
         data = dict(data)
         influence = InfluenceConfig.from_json_dict({"top": 1, **data.pop("influence", {})})
+        sketch = SketchQueryConfig.from_json_dict(data.pop("sketch", {}) or {})
         lists = {
             name: tuple(data.pop(name)) for name in FILTER_FIELDS if isinstance(data.get(name), list | tuple)
         }
-        return from_dict(cls, {**data, **lists, "influence": influence})
+        return from_dict(cls, {**data, **lists, "influence": influence, "sketch": sketch})
 
     def with_model(self, model_id: int) -> GraphConfig:
         return replace(self, model_id=int(model_id))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fastif_core.config import InfluenceConfig
+from fastif_core.config import InfluenceConfig, SketchQueryConfig
 from fastif_core.progress import Progress
 
 
@@ -51,27 +51,33 @@ def graph_influences(
     progress: Progress | None = None,
     *,
     row_block: int | None = None,
+    sketch: SketchQueryConfig | None = None,
 ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     """Influence of the training set on each test example.
 
     Returns ``(values (M, N) float32, train_ids, counts)``: ``values[j, i]`` is ``I(train_ids[i],
     test_ids[j])`` for the candidates of test example ``j`` (its ``k`` nearest, or all with ``full``) and
     ``NaN`` elsewhere; ``counts`` = the stored matrix's id and its blocks ``computed`` now, found
-    ``stored`` and ``derived`` from a stored full matrix.
+    ``stored`` and ``derived`` from a stored full matrix. With ``sketch`` the values come from the sketch
+    index (:func:`fastif_core.queries.sketch_matrix.sketch_matrix`: every test's row over all N, stored
+    under its own key), restricted to the same candidates.
     """
     from fastif_core.jobs import ROW_BLOCK
-    from fastif_core.queries.matrix import influence_matrix
+    from fastif_core.queries.matrix import candidate_mask, influence_matrix
+    from fastif_core.queries.sketch_matrix import sketch_matrix
 
-    out = influence_matrix(
-        loaded,
-        list(test_ids),
-        replace(cfg, k=None if full else k, top=1),
-        full=full,
-        progress=with_eta(progress),
-        row_block=row_block or ROW_BLOCK,
-    )
+    cfg = replace(cfg, k=None if full else k, top=1)
+    block = row_block or ROW_BLOCK
+    if sketch is None:
+        out = influence_matrix(
+            loaded, list(test_ids), cfg, full=full, progress=with_eta(progress), row_block=block
+        )
+    else:
+        out = sketch_matrix(loaded, list(test_ids), cfg, sketch, row_block=block, progress=with_eta(progress))
     values = np.full((len(test_ids), len(loaded.train_ids)), np.nan, dtype=np.float32)
     values[:, np.asarray(out.train_positions, dtype=np.int64)] = out.values
+    if sketch is not None and not full:  # the exact graph's candidates: each test's k nearest
+        values[~candidate_mask(loaded, test_ids, k)] = np.nan
     c = out.chunks
     counts = {
         "matrix_id": out.matrix_id,

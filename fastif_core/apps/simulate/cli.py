@@ -9,6 +9,7 @@ from typing import Any
 
 from fastif_core.apps.simulate.config import JOB_KIND, SimulateConfig, SimulateParams, TestFilter
 from fastif_core.cli.options import add_workspace_argument
+from fastif_core.cli.sketch import add_method_options, query_config_from_args
 from fastif_core.config import PRESETS, STestConfig, help_of
 
 FILTERS = ("dataset", "split", "label", "predicted", "genre", "heuristic", "subcase")
@@ -51,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--depth", type=int, default=None, help=f"{help_of(STestConfig, 'depth')} (default: the preset's)"
     )
+    add_method_options(p)  # --method exact | sketch, --sketch-*
     for name in FILTERS:
         p.add_argument(
             "--" + name,
@@ -83,6 +85,8 @@ def config_from_args(a: argparse.Namespace) -> SimulateConfig:
         seed=a.seed,
         k=None if a.full else a.k,
         s_test=s_test,
+        method=a.method,
+        sketch=query_config_from_args(a),
         filter=flt,
         simulator_epochs=a.simulator_epochs,
         lr_chunk=a.lr_chunk,

@@ -10,7 +10,17 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from fastif_core.config import InfluenceConfig, STestConfig, _f, _require, config_hash, from_dict, to_dict
+from fastif_core.config import (
+    METHODS,
+    InfluenceConfig,
+    SketchQueryConfig,
+    STestConfig,
+    _f,
+    _require,
+    config_hash,
+    from_dict,
+    to_dict,
+)
 
 KINDS = ("helpful", "harmful", "random")  # the explanation kinds of Fig. 5; random also per label
 DEFAULT_K = 10_000  # the paper's k nearest candidates (capped at the training set's size)
@@ -55,6 +65,14 @@ class SimulateConfig:
     seed: int = _f(0, "seed of the test-example draw and of the random explanations")
     k: int | None = _f(DEFAULT_K, "influence candidates: the k nearest (capped at N); None = full")
     s_test: STestConfig = field(default_factory=STestConfig.default, metadata={"help": "s_test solver"})
+    method: str = _f(
+        "exact",
+        "explanations from: exact (FastIF over the k nearest, the reference) | sketch (the sketch index, "
+        "all N training examples in one product)",
+    )
+    sketch: SketchQueryConfig = field(
+        default_factory=SketchQueryConfig, metadata={"help": "the sketch query (with method=sketch)"}
+    )
     filter: TestFilter = field(
         default_factory=TestFilter, metadata={"help": "browse filters the test examples are drawn from"}
     )
@@ -88,6 +106,8 @@ class SimulateConfig:
                 "a list of non-empty strings" if f.name != "search" else "a string",
                 value,
             )
+        _require(self.method in METHODS, "method", " | ".join(METHODS), self.method)
+        self.sketch.validate()
         self.s_test.validate()
         return self
 
@@ -104,12 +124,15 @@ class SimulateConfig:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> SimulateConfig:
         data = dict(data)
+        sketch = SketchQueryConfig.from_json_dict(data.pop("sketch", {}) or {})
         given = data.pop("s_test", None)
         s_test = STestConfig.default() if given is None else from_dict(STestConfig, given)
         flt = {
             k: tuple(v) if isinstance(v, list) else v for k, v in dict(data.pop("filter", {}) or {}).items()
         }
-        return from_dict(cls, {**data, "s_test": s_test, "filter": from_dict(TestFilter, flt)})
+        return from_dict(
+            cls, {**data, "s_test": s_test, "sketch": sketch, "filter": from_dict(TestFilter, flt)}
+        )
 
 
 def _positive(x: float) -> bool:
@@ -121,6 +144,9 @@ def result_key(cfg: SimulateConfig) -> str:
     data = to_dict(cfg)
     for name in DISPLAY_ONLY:
         data.pop(name)
+    if cfg.method == "exact":  # studies stored before the sketch method keep their key
+        data.pop("method")
+        data.pop("sketch")
     return config_hash(data)
 
 

@@ -19,6 +19,7 @@ from fastif_core.apps.simulate.summary import example_curves, summarize
 from fastif_core.config import to_dict
 from fastif_core.progress import Progress, ignore
 from fastif_core.queries.influence import Runner, influence_query, serial_runner
+from fastif_core.queries.sketch import influence_sketch_query
 from fastif_core.store import ExampleRow, Store
 from fastif_core.workspace.layout import LoadedWorkspace, require_prepared
 
@@ -148,14 +149,17 @@ def study_example(
     """One test example: its explanations (influence on its gold-label loss) and every kind's curve."""
     t0 = time.perf_counter()
     icfg = cfg.influence_config(len(loaded.train_ids))
-    inf = influence_query(
-        loaded.root,
-        ex.id,
-        icfg,
-        loaded=loaded,
-        runner=runner,
-        progress=lambda f, m: report(0.5 * f, f"influence: {m}"),
-    )
+    if cfg.method == "sketch":
+        inf = influence_sketch_query(loaded.root, ex.id, icfg, cfg.sketch, loaded=loaded)
+    else:
+        inf = influence_query(
+            loaded.root,
+            ex.id,
+            icfg,
+            loaded=loaded,
+            runner=runner,
+            progress=lambda f, m: report(0.5 * f, f"influence: {m}"),
+        )
     pos_of = {tid: p for p, tid in enumerate(loaded.train_ids)}
     sets = explanation_sets(
         inf,
