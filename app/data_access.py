@@ -315,6 +315,50 @@ def sketch_indexes(root: str) -> list[dict[str, Any]]:
     return [d for _, d in sorted(found, key=lambda x: -x[0])]
 
 
+def sketch_build_offer(root: str) -> dict[str, Any]:
+    """What building the default sketch index costs, for the example page's offer (no torch): the default
+    settings, an unfinished index's blocks and the estimate ``fastif prepare`` timed on its first block,
+    and the newest ``sketch`` job of the active model."""
+    import json
+
+    from fastif_core.config import SketchConfig
+
+    state, cfg = workspace_state(root), SketchConfig()
+    partial = None
+    for meta in (Path(root) / "sketches" / str(state.model_id)).glob("*/meta.json"):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        wanted = {k: v for k, v in cfg.key_fields().items() if k != "dim"}
+        if data.get("status") != "complete" and all(
+            data["key"]["settings"].get(k) == v for k, v in wanted.items()
+        ):
+            done = len(list((meta.parent / "blocks").glob("*")))
+            total = -(-int(data["num_train"]) // int(data["block"]))
+            partial = {
+                "blocks_done": done,
+                "blocks_total": total,
+                "estimate_seconds": data.get("estimate_seconds"),
+                "dim": data["dim"],
+            }
+    build = [
+        j
+        for j in store(root).list_jobs(kind="sketch", limit=20)
+        if j.params.get("model_id") == state.model_id
+    ]
+    return {"config": cfg, "partial": partial, "job": build[0] if build else None}
+
+
+def enqueue_sketch_build(root: str) -> JobInfo:
+    """Queue the default ``sketch`` job of the active model (an equal queued/running/done job is reused)."""
+    from fastif_core.config import SketchConfig
+    from fastif_core.jobs import SketchParams
+
+    params = SketchParams(config=SketchConfig(), model_id=workspace_state(root).model_id)
+    return jobs.enqueue(store(root), "sketch", params)
+
+
 def enqueue_sketch_click(
     root: str, example_id: str, config: InfluenceConfig, sketch: Any, rerank: int
 ) -> JobInfo:

@@ -26,6 +26,7 @@ def sketch_section(root: str, ex: ExampleRow, neighbor_ids: set[str], num_train:
     then shows nothing else below)."""
     indexes = da.sketch_indexes(root)
     if not indexes:
+        _offer_build(root, num_train)
         return False
     meta = indexes[0]
     key = f"sketch_click_job:{ex.id}"
@@ -77,3 +78,35 @@ def _live(root: str, job_id: int, example_id: str, neighbor_ids: set[str]) -> No
     if job.finished:
         st.cache_data.clear()
         st.rerun(scope="app")
+
+
+def _offer_build(root: str, num_train: int) -> None:
+    """No sketch index yet: what it costs and a button that queues the ``sketch`` job (progress live)."""
+    offer = da.sketch_build_offer(root)
+    job = offer["job"]
+    if job is not None and not job.finished:
+        with st.container(border=True):
+            st.caption(
+                "Building gradient sketches of the training set (resumable; the click uses them once done)."
+            )
+            shell.job_progress(root, job.id)
+        return
+    partial, cfg = offer["partial"], offer["config"]
+    cost = f"d = {cfg.dim:,} target, {cfg.projection} factors"
+    if partial is not None:
+        cost = f"d = {partial['dim']:,}, {partial['blocks_done']}/{partial['blocks_total']} blocks built"
+        if partial["estimate_seconds"]:
+            cost += f", about {partial['estimate_seconds'] / 60:.0f} min for all (timed by the prepare)"
+    with st.expander(
+        f"Rank all {num_train:,} training examples at once: build gradient sketches", expanded=False
+    ):
+        st.caption(
+            f"One sketch per training example ({cost}), computed once per model by the worker; afterwards "
+            "a click ranks the whole training set in about a second and re-ranks its top exactly. "
+            "The same as `fastif sketch --workspace W --submit`."
+        )
+        if job is not None and job.status != "done":
+            render.job_status(job)
+        if st.button("Build sketches", icon=":material/memory:", key="sketch_build"):
+            da.enqueue_sketch_build(root)
+            st.rerun()

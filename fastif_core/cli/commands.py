@@ -60,6 +60,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "arguments reuses what is already there.",
     )
     _prepare_options(p)
+    cli_sketch.add_prepare_sketch_option(p)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -138,11 +139,15 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     from fastif_core.device import resolve_device
     from fastif_core.workspace.prepare import prepare
 
-    manifest = prepare(a.workspace, prepare_config_from_args(a), device=str(resolve_device(a.device)))
+    device = str(resolve_device(a.device))
+    manifest = prepare(a.workspace, prepare_config_from_args(a), device=device)
+    sketch = cli_sketch.sketch_after_prepare(a.workspace, manifest, a.sketches, device)
     if a.json:
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps({**manifest, "sketch": sketch}, indent=2))
     else:
         print(format_manifest(manifest))
+        if sketch is not None:
+            print(cli_sketch.format_prepare_sketch(a.workspace, sketch))
     return 0
 
 

@@ -124,6 +124,58 @@ def _submit(a: argparse.Namespace, cfg: SketchConfig) -> int:
     return 0
 
 
+# ---- fastif prepare: the sketch index by default when it costs at most the model's training ----------
+PREPARE_SKETCHES = ("auto", "always", "never")
+
+
+def add_prepare_sketch_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sketches",
+        choices=PREPARE_SKETCHES,
+        default="auto",
+        help="after the prepare, the default sketch index (`fastif sketch`): auto (built when its "
+        "estimate, timed on its first block, is at most the model's training time and the disk has room; "
+        "otherwise the first block is kept and `fastif sketch` or the dashboard finishes it) | always | never",
+    )
+
+
+def sketch_after_prepare(root: Any, manifest: dict, when: str, device: str) -> dict[str, Any] | None:
+    """``--sketches auto|always``: :func:`fastif_core.workspace.sketches.build_within_budget` with the
+    model's own training seconds (from its checkpoint) as the budget; None with ``never``."""
+    import shutil
+
+    from fastif_core.modeling.classifier import TRAIN_META
+    from fastif_core.workspace.layout import LoadedWorkspace, WorkspacePaths
+    from fastif_core.workspace.sketches import build_within_budget, disk_estimate
+
+    if when == "never":
+        return None
+    loaded = LoadedWorkspace.load(root, device, search=False)
+    cfg = SketchConfig()
+    meta = WorkspacePaths.of(root, manifest).model_dir(loaded.model_id) / TRAIN_META
+    trained = float(json.loads(meta.read_text()).get("metrics", {}).get("seconds", 0.0))
+    need, free = disk_estimate(loaded, cfg), shutil.disk_usage(root).free
+    if when == "auto" and 2 * need > free:
+        return {"status": "deferred", "reason": "disk", "disk_bytes": need, "free_bytes": free}
+    budget = float("inf") if when == "always" else trained
+    return build_within_budget(loaded, cfg, budget, show_progress=True)
+
+
+def format_prepare_sketch(root: Any, out: dict[str, Any]) -> str:
+    if out["status"] == "complete":
+        return f"sketches: {out['num_train']} x {out['dim']} ({out['disk_bytes'] / 2**30:.2f} GiB) at {out['path']}"
+    if out.get("reason") == "disk":
+        why = f"{out['disk_bytes'] / 2**30:.1f} GiB needed, {out['free_bytes'] / 2**30:.1f} GiB free"
+    else:
+        why = (
+            f"estimated {out['estimate_seconds']:.0f} s > the model's training {out['budget_seconds']:.0f} s; "
+            f"{out['blocks']['done']}/{out['blocks']['total']} blocks kept"
+        )
+    return (
+        f"sketches deferred ({why}): build with `fastif sketch --workspace {root}` or the dashboard's button"
+    )
+
+
 # ---- fastif influence --method sketch ---------------------------------------------------------------
 
 

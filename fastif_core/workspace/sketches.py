@@ -329,6 +329,43 @@ def build_sketches(
     return finish_index(index, time.perf_counter() - t0 + float(index.meta["seconds"].get("build", 0.0)))
 
 
+def disk_estimate(loaded: Any, cfg: SketchConfig) -> int:
+    """Bytes the index of ``(loaded's model, cfg)`` takes on disk: the sketches and the curvature rows."""
+    dim = make_sketch_for(loaded.objective, index_key(loaded, cfg)).dim
+    n, r = len(loaded.train), len(loaded.label_names) if cfg.rows == "exact" else 1
+    return n * dim * np.dtype(cfg.dtype).itemsize + n * r * dim * 4
+
+
+def build_within_budget(
+    loaded: Any, cfg: SketchConfig, budget_seconds: float, *, show_progress: bool = False
+) -> dict[str, Any]:
+    """``fastif prepare``'s default: build the index only when it costs at most ``budget_seconds`` (the
+    model's own training time). The first missing block is built and timed (kept: a later ``fastif sketch``
+    continues from it), the rest is estimated from its seconds per example; the build goes on only within
+    the budget. Returns the index's description with ``status`` (``complete`` or ``deferred``),
+    ``estimate_seconds`` and ``budget_seconds``."""
+    cfg.validate()
+    index = create_index(loaded, cfg)
+    budget = {"budget_seconds": float(budget_seconds), "estimate_seconds": None}
+    if index.complete:
+        return {**index.describe(), **budget, "status": "complete"}
+    block, n = int(index.meta["block"]), int(index.meta["num_train"])
+    missing = [b for b in range(index.num_blocks()) if b not in index.blocks_done()]
+    if missing:
+        t0 = time.perf_counter()
+        build_blocks(loaded, [index], missing[:1])
+        probe = time.perf_counter() - t0
+        size = [min((b + 1) * block, n) - b * block for b in missing]
+        budget["estimate_seconds"] = probe / size[0] * sum(size)
+        index.meta["seconds"]["build"] = float(index.meta["seconds"].get("build", 0.0)) + probe
+        index.meta["estimate_seconds"] = budget["estimate_seconds"]  # the dashboard's offer shows it
+        _write_meta(index.path, index.meta)
+        if len(missing) > 1 and budget["estimate_seconds"] > budget_seconds:
+            return {**index.describe(), **budget, "status": "deferred"}
+    done = build_sketches(loaded, cfg, show_progress=show_progress)  # the rest (or only the finishing)
+    return {**done.describe(), **budget, "status": "complete"}
+
+
 def build_many(
     loaded: Any, cfgs: list[SketchConfig], *, progress: Progress | None = None, show_progress: bool = False
 ) -> list[SketchIndex]:

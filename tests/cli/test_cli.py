@@ -81,11 +81,16 @@ def test_prepare_twice_reuses(cli_workspace: Path):
         "--model",
         str(model),
         *TINY_PREPARE,
+        "--sketches",
+        "always",
         "--json",
     )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     assert manifest["reused"] is True and manifest["status"] == "ready"
+    sketch = manifest["sketch"]  # --sketches always: the default index, finished after the prepare
+    assert sketch["status"] == "complete" and sketch["blocks"]["done"] == sketch["blocks"]["total"]
+    assert Path(sketch["path"]).is_relative_to(cli_workspace / "sketches")
 
 
 def test_examples_json_lists_labels_and_predictions(cli_workspace: Path):

@@ -294,3 +294,28 @@ def test_sketch_job_on_two_ranks_equals_a_serial_build(tiny_workspace, tmp_path)
         a, b = (torch.from_numpy(np.array(getattr(i, read)())) for i in (two, one))
         # the same batches in different processes: equal up to float32 rounding
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_build_within_budget_defers_keeping_its_timed_block_then_finishes(tiny_workspace, tmp_path):
+    """``fastif prepare``'s default: over budget, only the timed first block is built (and kept, with the
+    estimate in meta.json); within budget the index is finished, and equals an uninterrupted build."""
+    from fastif_core.workspace.sketches import build_within_budget, disk_estimate
+
+    other = tmp_path / "uninterrupted"
+    shutil.copytree(tiny_workspace, other)
+    loaded = LoadedWorkspace.load(tiny_workspace, search=False)
+    cfg = SketchConfig(dim=300, block=8, batch_size=4)
+    out = build_within_budget(loaded, cfg, 0.0)
+    assert out["status"] == "deferred" and out["blocks"] == {"done": 1, "total": 8}
+    assert out["estimate_seconds"] > 0 and out["budget_seconds"] == 0.0
+    assert json.loads((Path(out["path"]) / "meta.json").read_text())["estimate_seconds"] > 0
+    again = build_within_budget(loaded, cfg, 0.0)  # the kept block is not recomputed: the next one is timed
+    assert again["status"] == "deferred" and again["blocks"]["done"] == 2
+    done = build_within_budget(loaded, cfg, float("inf"))
+    assert done["status"] == "complete" and done["blocks"] == {"done": 8, "total": 8}
+    assert 0 <= done["disk_bytes"] - disk_estimate(loaded, cfg) <= 2 * 4096  # the arrays + 2 .npy headers
+    whole = build_sketches(LoadedWorkspace.load(other, search=False), cfg)
+    for read in ("sketches", "rows"):
+        a = torch.from_numpy(np.array(getattr(open_index(Path(done["path"]), whole.key), read)()))
+        b = torch.from_numpy(np.array(getattr(whole, read)()))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)  # same batches, another process state
