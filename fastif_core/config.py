@@ -382,6 +382,17 @@ class SketchQueryConfig:
         "s_test.batch_size, to see the projection's error apart from the curvature's)",
     )
     relative: bool = _f(False, "RelatIF: divide each score by √(self-influence) of the training example")
+    precondition: bool = _f(
+        True,
+        "keep H⁻¹φ of every training example next to the index (computed once per curvature and μ): a "
+        "query is then one product, and no process factors the curvature again (same values either way)",
+    )
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that determine the values (``precondition`` only changes how they are computed)."""
+        data = to_dict(self)
+        data.pop("precondition")
+        return data
 
     def validate(self) -> SketchQueryConfig:
         self.sketch.validate()

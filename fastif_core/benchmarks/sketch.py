@@ -203,7 +203,7 @@ def compare(
         for c, e in (("gauss_newton", "all"), ("gauss_newton", "seeded"), ("identity", "all"))
     ]
     for j, (name, curv, examples) in enumerate(combos):
-        qcfg = SketchQueryConfig(named[name], curvature=curv, examples=examples)
+        qcfg = SketchQueryConfig(named[name], curvature=curv, examples=examples, precondition=False)
         t0 = time.perf_counter()
         sess = sq.session(loaded, qcfg, cfg)
         factor_s = time.perf_counter() - t0

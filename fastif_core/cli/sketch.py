@@ -70,6 +70,12 @@ def add_sketch_parser(
         help="also every training example's self-influence "
         "(Gauss-Newton over all N, μ = 50; the Browse page sorts by it)",
     )
+    p.add_argument(
+        "--precondition",
+        action="store_true",
+        help="also keep H⁻¹φ of every training example (Gauss-Newton over all N, μ = 50), so that no "
+        "process factors the curvature again (the first query does it otherwise)",
+    )
     p.add_argument("--submit", action="store_true", help="queue a `sketch` job for the worker instead")
     device_arg(p)
     p.add_argument("--json", action="store_true", help="print the index's description as JSON")
@@ -86,17 +92,19 @@ def cmd_sketch(a: argparse.Namespace) -> int:
 
     loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)), search=False)
     out = build_sketches(loaded, cfg, show_progress=True).describe()
-    if a.self_influence:
+    if a.self_influence or a.precondition:
         from fastif_core.config import InfluenceConfig
         from fastif_core.queries.sketch import session
 
         sess = session(loaded, SketchQueryConfig(sketch=cfg), InfluenceConfig())
-        values = sess.self_influence()
-        out["self_influence"] = {
-            "seconds": sess.seconds,
-            "max": float(values.max()),
-            "median": float(values.median()),
-        }
+        out["curvature_seconds"] = sess.seconds
+        if a.self_influence:
+            values = sess.self_influence()
+            out["self_influence"] = {
+                "seconds": sess.seconds,
+                "max": float(values.max()),
+                "median": float(values.median()),
+            }
     if a.json:
         print(json.dumps(out, indent=2))
     else:
@@ -203,6 +211,13 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help=help_of(SketchQueryConfig, "examples"),
     )
     p.add_argument("--relative", action="store_true", help=help_of(SketchQueryConfig, "relative"))
+    p.add_argument(
+        "--no-precondition",
+        dest="precondition",
+        action="store_false",
+        help="factor the curvature in this process instead of keeping H⁻¹φ next to the index (the default "
+        "keeps it: " + help_of(SketchQueryConfig, "precondition") + ")",
+    )
 
 
 def query_config_from_args(a: argparse.Namespace) -> SketchQueryConfig:
@@ -211,6 +226,7 @@ def query_config_from_args(a: argparse.Namespace) -> SketchQueryConfig:
         curvature=a.sketch_curvature,
         examples=a.sketch_examples,
         relative=a.relative,
+        precondition=a.precondition,
     ).validate()
 
 

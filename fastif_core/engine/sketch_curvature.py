@@ -158,6 +158,24 @@ def scores(train: Iterable[Tensor] | Tensor, x: Tensor) -> Tensor:
     return torch.cat(out, dim=1) if out else x.new_zeros(len(x), 0)
 
 
+def preconditioned(factor: SketchFactor, train: Iterable[Tensor]) -> Iterable[Tensor]:
+    """``H⁻¹ φ_i`` of every training sketch, block by block (float64). H is symmetric, so
+    ``−φ_testᵀ H⁻¹ φ_i = −φ_test · (H⁻¹ φ_i)``: with these kept, :func:`scores` of the *raw* test sketches
+    is influence, and a query needs no factor (and the self-influence is ``φ_i · H⁻¹ φ_i``)."""
+    for block in train:
+        yield factor.solve(torch.as_tensor(block))
+
+
+def paired_self_influences(train: Iterable[Tensor], solved: Iterable[Tensor]) -> Tensor:
+    """``φ_i · (H⁻¹ φ_i)`` ``(N,)`` float64 from row blocks of the sketches and of their preconditioned rows."""
+    return torch.cat(
+        [
+            (torch.as_tensor(a).double() * torch.as_tensor(b).double()).sum(1)
+            for a, b in zip(train, solved, strict=True)
+        ]
+    )
+
+
 def self_influences(factor: SketchFactor, train: Iterable[Tensor] | Tensor) -> Tensor:
     """``φ_iᵀ H⁻¹ φ_i`` ``(N,)`` float64 for every training sketch (row blocks as in :func:`scores`)."""
     blocks = (

@@ -12,6 +12,8 @@ workspace pipeline with the exact path's JSON (``helpful``, ``harmful``, ``num_c
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,28 +32,33 @@ _SESSION: dict[tuple, SketchSession] = {}
 
 @dataclass
 class SketchSession:
-    """One index with its projection and factored curvature, ready for queries."""
+    """One index with its projection and its curvature, ready for queries: either the factor (``solve``
+    per query) or, preconditioned, every training example's ``H⁻¹φ`` kept next to the index (no factor)."""
 
     index: SketchIndex
     sketch: Any  # engine.sketch.Sketch
-    factor: Any  # engine.sketch_curvature factor
+    factor: Any  # engine.sketch_curvature factor; None when preconditioned rows answer
     phi: np.ndarray  # (N, d) memory map
     regularizer: Tensor  # (d,) Π ∇(wd·Σθ²): the L2 term's gradient in sketch space
     seconds: dict[str, float]
     backend: str
     curvature_examples: int
     curvature_key: str = ""  # curvature, examples and μ: names the stored self-influences
+    solved: np.ndarray | None = None  # (N, d) memory map of H⁻¹φ_i (preconditioned)
+    solved_regularizer: Tensor | None = None  # (d,) float64 H⁻¹ Π∇(wd·Σθ²)
     _self: Tensor | None = field(default=None, repr=False)
 
     def phi_blocks(self) -> list[Tensor]:
-        return [
-            torch.from_numpy(np.asarray(self.phi[lo : lo + _ROWS])) for lo in range(0, len(self.phi), _ROWS)
-        ]
+        return _blocks(self.phi)
+
+    def solved_blocks(self) -> list[Tensor]:
+        assert self.solved is not None
+        return _blocks(self.solved)
 
     def self_influence(self) -> Tensor:
         """``φ_iᵀ H⁻¹ φ_i`` ``(N,)`` float64 of every training example (computed once per index, curvature
         and μ, and kept next to the index as ``self_influence-<key>.npy``: the Browse page sorts by it)."""
-        from fastif_core.engine.sketch_curvature import self_influences
+        from fastif_core.engine.sketch_curvature import paired_self_influences, self_influences
 
         if self._self is None:
             path = self.index.path / f"self_influence-{self.curvature_key}.npy"
@@ -59,12 +66,47 @@ class SketchSession:
                 self._self = torch.from_numpy(np.load(path))
             else:
                 t0 = time.perf_counter()
-                self._self = self_influences(self.factor, [b.float() for b in self.phi_blocks()])
+                if self.solved is not None:
+                    self._self = paired_self_influences(self.phi_blocks(), self.solved_blocks())
+                else:
+                    self._self = self_influences(self.factor, [b.float() for b in self.phi_blocks()])
                 self.seconds["self_influence"] = time.perf_counter() - t0
-                tmp = path.with_name(path.name + ".tmp.npy")
-                np.save(tmp, self._self.numpy())
-                tmp.replace(path)
+                _save(path, self._self.numpy())
         return self._self
+
+
+def _blocks(array: np.ndarray) -> list[Tensor]:
+    return [torch.from_numpy(np.asarray(array[lo : lo + _ROWS])) for lo in range(0, len(array), _ROWS)]
+
+
+def _save(path: Path, value: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+    np.save(tmp, value)
+    tmp.replace(path)
+
+
+def _precondition(
+    index: SketchIndex, factor: Any, reg: Tensor, name: str, meta: dict[str, Any]
+) -> tuple[np.ndarray, Tensor]:
+    """Write ``H⁻¹φ_i`` of every training sketch (the sketches' dtype), ``H⁻¹ reg`` and ``meta`` next to the
+    index as ``<name>.npy``, ``<name>-regularizer.npy``, ``<name>.json``; the rows are renamed into place
+    last, so a reader that finds ``<name>.npy`` finds the rest (never half a file)."""
+    from fastif_core.engine.sketch_curvature import preconditioned
+
+    phi = index.sketches()
+    tmp = index.path / f"{name}.{os.getpid()}.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=phi.dtype, shape=phi.shape)
+    lo = 0
+    for block in preconditioned(factor, [b.float() for b in _blocks(phi)]):
+        out[lo : lo + len(block)] = block.numpy().astype(phi.dtype)
+        lo += len(block)
+    out.flush()
+    del out
+    solved_reg = factor.solve(reg[None])[0]
+    _save(index.path / f"{name}-regularizer.npy", solved_reg.numpy())
+    (index.path / f"{name}.json").write_text(json.dumps(meta))
+    tmp.replace(index.path / f"{name}.npy")
+    return np.load(index.path / f"{name}.npy", mmap_mode="c"), solved_reg
 
 
 def _curvature_rows(index: SketchIndex, positions: list[int] | None) -> tuple[Tensor, int]:
@@ -125,19 +167,39 @@ def session(loaded: Any, qcfg: SketchQueryConfig, cfg: InfluenceConfig) -> Sketc
         None if positions is None else tuple(positions),
         id(loaded.objective),
     )
+    key = (*key, qcfg.precondition)
     if key in _SESSION:
         return _SESSION[key]
     _SESSION.clear()
     t0 = time.perf_counter()
     sketch = make_sketch_for(loaded.objective, index.key)
-    factor, backend, n = build_factor(index, sketch, loaded.objective, qcfg, mu, positions)
     reg = sketch.project(loaded.objective, regularizer_gradient(loaded.objective)[None])[0]
-    seconds = {"factor": time.perf_counter() - t0}
     ckey = config_hash(
         {"curvature": qcfg.curvature, "examples": qcfg.examples, "mu": mu, "positions": positions}
     )
-    _SESSION[key] = SketchSession(index, sketch, factor, index.sketches(), reg, seconds, backend, n, ckey)
-    return _SESSION[key]
+    name = f"preconditioned-{ckey}"
+    keep = qcfg.precondition and qcfg.curvature != "identity"  # identity: H⁻¹φ = φ, nothing to keep
+    if keep and (index.path / f"{name}.npy").is_file():  # kept by an earlier process: no factor at all
+        solved = np.load(index.path / f"{name}.npy", mmap_mode="c")
+        solved_reg = torch.from_numpy(np.load(index.path / f"{name}-regularizer.npy"))
+        seconds = {"factor": 0.0, "load": time.perf_counter() - t0}
+        meta = json.loads((index.path / f"{name}.json").read_text())
+        _SESSION[key] = SketchSession(
+            index, sketch, None, index.sketches(), reg, seconds, meta["backend"], meta["examples"], ckey,
+            solved, solved_reg,
+        )  # fmt: skip
+        return _SESSION[key]
+    factor, backend, n = build_factor(index, sketch, loaded.objective, qcfg, mu, positions)
+    seconds = {"factor": time.perf_counter() - t0}
+    sess = SketchSession(index, sketch, factor, index.sketches(), reg, seconds, backend, n, ckey)
+    if keep:
+        t1 = time.perf_counter()
+        meta = {"backend": backend, "examples": n}
+        sess.solved, sess.solved_regularizer = _precondition(index, factor, reg, name, meta)
+        sess.factor = None  # the preconditioned rows answer every query: free the factor's memory
+        seconds["precondition"] = time.perf_counter() - t1
+    _SESSION[key] = sess
+    return sess
 
 
 def sketch_scores(
@@ -153,11 +215,17 @@ def sketch_scores(
     if cfg.test_l2:
         x = x + sess.regularizer.to(x)
     t1 = time.perf_counter()
-    solved = sess.factor.solve(x)  # (M, d) float64
-    t2 = time.perf_counter()
-    values = scores(sess.phi_blocks(), solved.float()).double()  # (M, N)
-    if cfg.train_l2:
-        values -= (solved @ sess.regularizer.double()).unsqueeze(1)
+    if sess.solved is not None:  # preconditioned: −x · H⁻¹φ_i, no solve
+        t2 = time.perf_counter()
+        values = scores(sess.solved_blocks(), x.float()).double()
+        if cfg.train_l2:
+            values -= (x.double() @ sess.solved_regularizer).unsqueeze(1)
+    else:
+        solved = sess.factor.solve(x)  # (M, d) float64
+        t2 = time.perf_counter()
+        values = scores(sess.phi_blocks(), solved.float()).double()  # (M, N)
+        if cfg.train_l2:
+            values -= (solved @ sess.regularizer.double()).unsqueeze(1)
     if relative:
         values = relatif(values, sess.self_influence())
     t3 = time.perf_counter()
@@ -173,7 +241,7 @@ def query_key(loaded: Any, cfg: InfluenceConfig, qcfg: SketchQueryConfig) -> str
         {
             "method": "sketch",
             "influence": stored_config(replace(cfg, k=None)),
-            "sketch_query": to_dict(qcfg),
+            "sketch_query": qcfg.key_fields(),
             "index": index_key(loaded, qcfg.sketch),
         }
     )

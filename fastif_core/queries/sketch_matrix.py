@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fastif_core.config import InfluenceConfig, SketchQueryConfig, to_dict
+from fastif_core.config import InfluenceConfig, SketchQueryConfig
 
 
 def sketch_matrix(
@@ -39,7 +39,7 @@ def sketch_matrix(
     config = {
         **matrix_config(cfg, True),
         "method": "sketch",
-        "sketch_query": to_dict(qcfg),
+        "sketch_query": qcfg.key_fields(),
         "sketch_key": sq.query_key(loaded, cfg, qcfg),
     }
     seconds = {

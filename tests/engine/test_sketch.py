@@ -21,6 +21,8 @@ from fastif_core.engine.sketch_curvature import (
     GramAccumulator,
     IdentityFactor,
     PrimalFactor,
+    paired_self_influences,
+    preconditioned,
     relative,
     scores,
 )
@@ -124,6 +126,9 @@ def test_full_dimension_orthogonal_sketch_reproduces_exact_influence(small):
         for factor in (primal, dual):
             got = scores(phi, factor.solve(x))[0]
             assert _rel(got, exact) < 1e-8, factor
+            # preconditioned: H⁻¹φ_i kept per training example, the raw test sketch, no solve per query
+            kept = torch.cat(list(preconditioned(factor, [phi[:4], phi[4:]])))
+            assert _rel(scores(kept, x)[0], exact) < 1e-8, factor
         assert (exact < 0).any() and (exact > 0).any()  # both signs present: the sign is really tested
 
 
@@ -141,6 +146,10 @@ def test_dual_equals_primal_below_full_dimension_and_self_influence():
     self_p = primal.self_influence(phi)
     torch.testing.assert_close(dual.self_influence(phi), self_p, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(self_p, (primal.solve(phi) * phi).sum(1), rtol=1e-9, atol=1e-12)
+    kept = list(preconditioned(dual, [phi[:5], phi[5:]]))
+    torch.testing.assert_close(
+        paired_self_influences([phi[:5], phi[5:]], kept), self_p, rtol=1e-9, atol=1e-12
+    )
     ident = IdentityFactor()
     torch.testing.assert_close(ident.self_influence(phi), phi.pow(2).sum(1))
     values = scores(phi, ident.solve(phi[:2]))  # the first two examples on themselves: helpful (negative)

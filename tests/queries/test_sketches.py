@@ -319,3 +319,38 @@ def test_build_within_budget_defers_keeping_its_timed_block_then_finishes(tiny_w
         a = torch.from_numpy(np.array(getattr(open_index(Path(done["path"]), whole.key), read)()))
         b = torch.from_numpy(np.array(getattr(whole, read)()))
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)  # same batches, another process state
+
+
+@pytest.mark.parametrize("gradient_l2", ["none", "test_and_train"])
+def test_preconditioned_rows_answer_like_the_factor_and_spare_the_next_process_its_factor(
+    tiny_workspace, gradient_l2
+):
+    """Kept ``H⁻¹φ_i`` (the default) give the factor path's values and self-influences (float32 rows: to
+    1e-5 of the largest score); a new session (as a new process would) reads them without factoring."""
+    from fastif_core.queries import sketch as sq
+    from fastif_core.store import Store
+
+    loaded = LoadedWorkspace.load(tiny_workspace, search=False)
+    build_sketches(loaded, SketchConfig(dim=300))
+    cfg = InfluenceConfig(s_test=STestConfig.default(), gradient_l2=gradient_l2)
+    with Store.open(tiny_workspace) as store:
+        records = [store.get_example(EXAMPLE, 1).to_record()]
+    batches = [loaded.encode_test(r) for r in records]
+    sq._SESSION.clear()
+    plain = sq.session(loaded, SketchQueryConfig(SketchConfig(dim=300), precondition=False), cfg)
+    want, _ = sq.sketch_scores(plain, loaded.objective, batches, cfg)
+    want_self = plain.self_influence().clone()
+    assert plain.factor is not None and plain.solved is None
+    for path in plain.index.path.glob("self_influence-*.npy"):
+        path.unlink()  # computed again below from the kept rows
+    sq._SESSION.clear()
+    first = sq.session(loaded, SketchQueryConfig(SketchConfig(dim=300)), cfg)
+    assert first.factor is None and "precondition" in first.seconds  # built now, the factor freed
+    sq._SESSION.clear()
+    again = sq.session(loaded, SketchQueryConfig(SketchConfig(dim=300)), cfg)
+    assert again.factor is None and again.seconds["factor"] == 0.0 and "load" in again.seconds
+    got, seconds = sq.sketch_scores(again, loaded.objective, batches, cfg)
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(again.self_influence(), want_self, rtol=1e-4, atol=0)
+    sq._SESSION.clear()
