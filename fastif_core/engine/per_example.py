@@ -44,7 +44,7 @@ GradFn = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
 DotFn = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], Tensor]
 
 
-def _rows(x: Tensor) -> Tensor:
+def token_rows(x: Tensor) -> Tensor:
     """``(B, *, d)`` -> ``(B, T, d)`` with T the product of the middle dimensions (1 for ``(B, d)``)."""
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
@@ -58,14 +58,14 @@ def _even_step(n: int, most: int) -> int:
 
 # ------------------------------------------------------------------------------------------ nn.Linear
 def _linear_grads(module: nn.Linear, a: Tensor, g: Tensor) -> dict[str, Tensor]:
-    a, g = _rows(a), _rows(g)  # (B, T, in), (B, T, out)
+    a, g = token_rows(a), token_rows(g)  # (B, T, in), (B, T, out)
     return {"weight": g.transpose(1, 2) @ a, "bias": g.sum(1)}  # (B, out, in), (B, out)
 
 
 def _linear_dots(module: nn.Linear, a: Tensor, g: Tensor, s: dict[str, Tensor]) -> Tensor:
     """``Σ_t g_it · (S_m a_it)`` when ``T·M <= T + M`` (no ``(B, out, in)`` tensor, fewer flops), else
     ``∇W_i`` in row blocks contracted with ``S (M, out·in)`` by one matrix product per block."""
-    a, g = _rows(a), _rows(g)  # (B, T, in), (B, T, out)
+    a, g = token_rows(a), token_rows(g)  # (B, T, in), (B, T, out)
     out = g.new_zeros(next(iter(s.values())).shape[0], a.shape[0])  # (M, B)
     if "bias" in s:
         out += s["bias"] @ g.sum(1).T  # (M, out) @ (out, B)
@@ -84,7 +84,7 @@ def _linear_dots(module: nn.Linear, a: Tensor, g: Tensor, s: dict[str, Tensor]) 
 
 
 # --------------------------------------------------------------------------------------- nn.LayerNorm
-def _layer_norm_grads(module: nn.LayerNorm, a: Tensor, g: Tensor) -> dict[str, Tensor]:
+def layer_norm_grads(module: nn.LayerNorm, a: Tensor, g: Tensor) -> dict[str, Tensor]:
     shape = tuple(module.normalized_shape)
     x_hat = F.layer_norm(a, shape, None, None, module.eps).reshape(a.shape[0], -1, *shape)  # (B, T, *shape)
     g = g.reshape(x_hat.shape)
@@ -93,7 +93,7 @@ def _layer_norm_grads(module: nn.LayerNorm, a: Tensor, g: Tensor) -> dict[str, T
 
 
 def _layer_norm_dots(module: nn.LayerNorm, a: Tensor, g: Tensor, s: dict[str, Tensor]) -> Tensor:
-    grads = _layer_norm_grads(module, a, g)
+    grads = layer_norm_grads(module, a, g)
     return sum(s[k].flatten(1) @ grads[k].flatten(1).T for k in s)  # (M, B)
 
 
@@ -125,7 +125,7 @@ def _embedding_dots(module: nn.Embedding, ids: Tensor, g: Tensor, s: dict[str, T
 
 RULES: dict[type[nn.Module], tuple[GradFn, DotFn]] = {
     nn.Linear: (_linear_grads, _linear_dots),
-    nn.LayerNorm: (_layer_norm_grads, _layer_norm_dots),
+    nn.LayerNorm: (layer_norm_grads, _layer_norm_dots),
     nn.Embedding: (_embedding_grads, _embedding_dots),
 }
 
@@ -195,7 +195,7 @@ def _hooked(layers: list[Layer], batch_size: int, on_grad: OnGrad) -> Iterator[l
             handle.remove()
 
 
-def _backward(
+def hooked_backward(
     objective: Objective, batch: Batch, on_grad: OnGrad, scalar: Callable[[Tensor], Tensor] | None = None
 ) -> None:
     """One forward and backward of ``Σ_i ℓ_i`` (eval mode, data term only), feeding ``on_grad``; with
@@ -234,7 +234,7 @@ def per_example_gradients(objective: Objective, batch: Batch, include_l2: bool =
             if local in names:
                 grads[names[local]] += value
 
-    _backward(objective, batch, on_grad)
+    hooked_backward(objective, batch, on_grad)
     flat = torch.cat([grads[n].reshape(b, -1) for n in objective.names], dim=1)  # (B, P)
     return flat + regularizer_gradient(objective) if include_l2 else flat
 
@@ -250,7 +250,7 @@ def per_example_dots(objective: Objective, batch: Batch, s: Tensor) -> Tensor:
         nonlocal out
         out = out + RULES[type(module)][1](module, a, g, {k: shaped[n] for k, n in names.items()})
 
-    _backward(objective, batch, on_grad)
+    hooked_backward(objective, batch, on_grad)
     return out
 
 
@@ -272,5 +272,5 @@ def per_example_output_gradients(objective: Objective, batch: Batch, weights: Te
                 lo, hi = offsets[names[local]]
                 out[:, lo:hi] += value.reshape(value.shape[0], -1)
 
-    _backward(objective, batch, on_grad, scalar=lambda outputs: (outputs * w).sum())
+    hooked_backward(objective, batch, on_grad, scalar=lambda outputs: (outputs * w).sum())
     return out

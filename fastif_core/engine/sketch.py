@@ -23,7 +23,7 @@ and sketch-space influence equals exact influence (``tests/engine/test_sketch.py
 
 Padding needs no mask here for the same reason as in :mod:`fastif_core.engine.per_example`: a padded position gets
 zero output gradient, so it adds exactly nothing to ``Σ_t``. The hooked backward is the one that module
-has (``per_example._backward``).
+has (``per_example.hooked_backward``).
 
 API: :func:`make_sketch` → :class:`Sketch` (``dim``, ``project(flat (M, P)) -> (M, d)``: the reference on
 explicit gradients), :func:`sketch_gradients` ``(B, d)`` (one backward), :func:`jacobian_sketches`
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from fastif_core.engine.curvature import output_hessians
 from fastif_core.engine.examples import Batch, to_device
 from fastif_core.engine.objective import Objective
-from fastif_core.engine.per_example import _backward, _layer_norm_grads, _rows, trainable_layers
+from fastif_core.engine.per_example import hooked_backward, layer_norm_grads, token_rows, trainable_layers
 from fastif_core.errors import ConfigError
 
 PROJECTIONS = ("gaussian", "orthogonal")
@@ -298,19 +298,19 @@ def _sketch_part(part: _Part, module: nn.Module, a: Tensor, g: Tensor) -> Tensor
     """The sketch coordinates ``(B, size)`` of one module from its input ``a`` and output gradient ``g``."""
     names = part.names
     if isinstance(module, nn.LayerNorm):
-        grads = _layer_norm_grads(module, a, g)  # {weight, bias: (B, d)}: d-sized, cheap
+        grads = layer_norm_grads(module, a, g)  # {weight, bias: (B, d)}: d-sized, cheap
         cols = [grads[k].reshape(len(a), -1) for k in ("weight", "bias") if k in names]
         return torch.cat([c if part.f_in is None else c @ part.f_in for c in cols], dim=1)
     if isinstance(module, nn.Embedding):
-        ids, g = a.reshape(a.shape[0], -1), _rows(g)  # (B, T), (B, T, d)
+        ids, g = a.reshape(a.shape[0], -1), token_rows(g)  # (B, T), (B, T, d)
         if module.padding_idx is not None:
             g = g * (ids != module.padding_idx).unsqueeze(-1).to(g.dtype)
         a_hat = part.f_in[ids]  # (B, T, k_in): F_inᵀ e_id
         return ((g @ part.f_out).transpose(1, 2) @ a_hat).reshape(len(ids), -1)
-    g = _rows(g)  # (B, T, out)
+    g = token_rows(g)  # (B, T, out)
     if part.f_in is None:
         return g.sum(1)
-    a = _rows(a)  # (B, T, in)
+    a = token_rows(a)  # (B, T, in)
     f_in = part.f_in
     a_hat = a @ f_in[: a.shape[-1]]  # (B, T, k_in)
     if f_in.shape[0] > a.shape[-1]:  # the folded bias: a constant input 1
@@ -335,10 +335,10 @@ def sketch_gradients(
             out[:, part.offset : part.offset + part.size] += _sketch_part(part, module, a, g)
 
     if weights is None:
-        _backward(objective, batch, on_grad)
+        hooked_backward(objective, batch, on_grad)
     else:
         w = weights.detach().to(ref.device, ref.dtype)
-        _backward(objective, batch, on_grad, scalar=lambda outputs: (outputs * w).sum())
+        hooked_backward(objective, batch, on_grad, scalar=lambda outputs: (outputs * w).sum())
     return out
 
 
