@@ -409,3 +409,10 @@ class SketchQueryConfig:
         data = dict(data)
         sketch = from_dict(SketchConfig, data.pop("sketch", {}))
         return from_dict(cls, {**data, "sketch": sketch})
+
+
+def sketch_query_field() -> Any:
+    """The ``sketch`` field of an application's settings (used with ``method="sketch"``)."""
+    return field(
+        default_factory=SketchQueryConfig, metadata={"help": "the sketch query (with method=sketch)"}
+    )

@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastif_core.config import METHODS, InfluenceConfig, SketchQueryConfig, _f, _require, from_dict, to_dict
+from fastif_core.config import (
+    METHODS,
+    InfluenceConfig,
+    SketchQueryConfig,
+    _f,
+    _require,
+    from_dict,
+    sketch_query_field,
+    to_dict,
+)
 
 # ExampleFilter fields a test set can be restricted by (the browse page's filters)
 FILTER_FIELDS = ("dataset", "split", "label", "genre", "heuristic", "subcase")
@@ -47,9 +56,7 @@ class GraphConfig:
         "influence values: exact (FastIF, the reference) | sketch (the sketch index: the same candidates, "
         "each test's row in one product)",
     )
-    sketch: SketchQueryConfig = field(
-        default_factory=SketchQueryConfig, metadata={"help": "the sketch query (with method=sketch)"}
-    )
+    sketch: SketchQueryConfig = sketch_query_field()
     seed: int = _f(0, "seed of the per-slice sample and of the layout's jitter")
     inner_radius: float = _f(0.8, "training nodes lie in the disc of this radius (test nodes on radius 1)")
     jitter: float = _f(0.3, "random angular jitter of the test nodes, as a fraction of their spacing")
@@ -90,6 +97,8 @@ class GraphConfig:
         if self.method == "exact":  # graphs stored before the sketch method keep their key
             data.pop("method")
             data.pop("sketch")
+        else:
+            data["sketch"] = self.sketch.key_fields()
         return data
 
     @classmethod

@@ -19,6 +19,7 @@ from fastif_core.config import (
     _require,
     config_hash,
     from_dict,
+    sketch_query_field,
     to_dict,
 )
 
@@ -70,9 +71,7 @@ class SimulateConfig:
         "explanations from: exact (FastIF over the k nearest, the reference) | sketch (the sketch index, "
         "all N training examples in one product)",
     )
-    sketch: SketchQueryConfig = field(
-        default_factory=SketchQueryConfig, metadata={"help": "the sketch query (with method=sketch)"}
-    )
+    sketch: SketchQueryConfig = sketch_query_field()
     filter: TestFilter = field(
         default_factory=TestFilter, metadata={"help": "browse filters the test examples are drawn from"}
     )
@@ -147,6 +146,8 @@ def result_key(cfg: SimulateConfig) -> str:
     if cfg.method == "exact":  # studies stored before the sketch method keep their key
         data.pop("method")
         data.pop("sketch")
+    else:
+        data["sketch"] = cfg.sketch.key_fields()
     return config_hash(data)
 
 
