@@ -100,29 +100,7 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
     }
     port = _free_port()
-    worker_cmd = [
-        sys.executable,
-        "-m",
-        "fastif_core",
-        "worker",
-        "--workspace",
-        str(root),
-        "--devices",
-        "cpu:1",
-        "--poll",
-        "0.5",
-    ]
-    app_cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app/dashboard.py",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-    ]
+    worker_cmd, app_cmd = worker_command(root), dashboard_command(port)
     with (
         _process(worker_cmd, tmp_path / "worker.log", env),
         _process(app_cmd, tmp_path / "streamlit.log", env) as app,
@@ -130,6 +108,18 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, app, tmp_path / "streamlit.log")
         yield url, root
+
+
+def worker_command(root: Path) -> list[str]:
+    """A real ``fastif worker`` on one CPU process, polling every half second."""
+    cli = [sys.executable, "-m", "fastif_core", "worker", "--workspace", str(root)]
+    return [*cli, "--devices", "cpu:1", "--poll", "0.5"]
+
+
+def dashboard_command(port: int) -> list[str]:
+    """``streamlit run app/dashboard.py`` headless on ``port``."""
+    args = f"run app/dashboard.py --server.port {port} --server.headless true".split()
+    return [sys.executable, "-m", "streamlit", *args]
 
 
 def _save_screenshot(page, tmp_path: Path, name: str) -> Path:

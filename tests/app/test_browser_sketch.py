@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from factories import make_tiny_workspace
-from test_browser import CHROMIUM, CHROMIUM_FLAGS, _free_port, _process, _save_screenshot, _wait_healthy
+from test_browser import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    _free_port,
+    _process,
+    _save_screenshot,
+    _wait_healthy,
+    dashboard_command,
+    worker_command,
+)
 
 from fastif_core.store import Store
 
@@ -38,29 +46,7 @@ def test_sketch_click_shows_the_exact_rerank_with_agreement(tmp_path: Path) -> N
         "OMP_NUM_THREADS": "1",
     }
     port = _free_port()
-    worker = [
-        sys.executable,
-        "-m",
-        "fastif_core",
-        "worker",
-        "--workspace",
-        str(root),
-        "--devices",
-        "cpu:1",
-        "--poll",
-        "0.5",
-    ]
-    app = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app/dashboard.py",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-    ]
+    worker, app = worker_command(root), dashboard_command(port)
     with (
         _process(worker, tmp_path / "worker.log", env),
         _process(app, tmp_path / "streamlit.log", env) as proc,

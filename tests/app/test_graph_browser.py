@@ -31,7 +31,14 @@ from fastif_core.store import Store
 from fastif_core.store.graph_files import GraphArrays, load_graph_arrays, save_graph_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_browser import CHROMIUM, CHROMIUM_FLAGS, _free_port, _process, _wait_healthy  # noqa: E402
+from test_browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    _free_port,
+    _process,
+    _wait_healthy,
+    dashboard_command,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -96,17 +103,7 @@ def dashboard_page(root: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
 
     env = {**os.environ, "FASTIF_WORKSPACE": str(root), "FASTIF_AUTOSTART_WORKER": "0"}
     port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app/dashboard.py",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-    ]
+    cmd = dashboard_command(port)
     with _process(cmd, tmp_path / "streamlit.log", env) as app, sync_playwright() as pw:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, app, tmp_path / "streamlit.log")

@@ -43,6 +43,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def _worker_once(ws: Path, devices: str) -> subprocess.CompletedProcess:
+    """``fastif worker --once`` (a real process) on ``ws``: runs the queued jobs, then exits 0."""
+    cli = [sys.executable, "-m", "fastif_core", "worker", "-w", str(ws), "--once", "--devices", devices]
+    run = subprocess.run(cli, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
 def test_stored_sketches_equal_the_engine(tiny_workspace):
     loaded = LoadedWorkspace.load(tiny_workspace, search=False)
     cfg = SketchConfig(dim=400, block=8, batch_size=4)
@@ -215,24 +223,7 @@ def test_sketch_jobs_on_a_real_worker_build_then_click(tiny_workspace):
         "--sketch-dim", "300", "--rerank", "5",
     )  # fmt: skip
     assert again["id"] == click["id"]  # the same request twice is one job
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastif_core",
-            "worker",
-            "-w",
-            str(tiny_workspace),
-            "--once",
-            "--devices",
-            "cpu:1",
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _worker_once(tiny_workspace, "cpu:1")
     with Store.open(tiny_workspace) as store:
         done = {j.id: j for j in store.list_jobs(limit=10)}
         assert done[build["id"]].status == "done" and done[click["id"]].status == "done", run.stderr[-2000:]
@@ -264,24 +255,7 @@ def test_sketch_job_on_two_ranks_equals_a_serial_build(tiny_workspace, tmp_path)
     cfg = SketchConfig(dim=300, block=8, batch_size=4)
     with Store.open(tiny_workspace) as store:
         job = jobs.enqueue(store, "sketch", SketchParams(config=cfg, model_id=1))
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastif_core",
-            "worker",
-            "-w",
-            str(tiny_workspace),
-            "--once",
-            "--devices",
-            "cpu:2",
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    _worker_once(tiny_workspace, "cpu:2")
     with Store.open(tiny_workspace) as store:
         done = store.get_job(job.id)
     assert done.status == "done" and done.result["ranks"] == 2 and done.result["blocks_computed"] == 8
