@@ -96,8 +96,8 @@ def cmd_sketch(a: argparse.Namespace) -> int:
         from fastif_core.config import InfluenceConfig
         from fastif_core.queries.sketch import session
 
-        sess = session(loaded, SketchQueryConfig(sketch=cfg), InfluenceConfig())
-        out["curvature_seconds"] = sess.seconds
+        sess = session(loaded, SketchQueryConfig(sketch=cfg), InfluenceConfig())  # as ready_for_queries
+        out["curvature_seconds"] = dict(sess.seconds)
         if a.self_influence:
             values = sess.self_influence()
             out["self_influence"] = {
@@ -165,8 +165,13 @@ def sketch_after_prepare(root: Any, manifest: dict, when: str, device: str) -> d
     need, free = disk_estimate(loaded, cfg), shutil.disk_usage(root).free
     if when == "auto" and 2 * need > free:
         return {"status": "deferred", "reason": "disk", "disk_bytes": need, "free_bytes": free}
+    from fastif_core.queries.sketch import ready_for_queries
+
     budget = float("inf") if when == "always" else trained
-    return build_within_budget(loaded, cfg, budget, show_progress=True)
+    out = build_within_budget(loaded, cfg, budget, show_progress=True)
+    if out["status"] == "complete":
+        out["curvature_seconds"] = ready_for_queries(loaded, cfg)  # the first click: one product
+    return out
 
 
 def format_prepare_sketch(root: Any, out: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ def build_on_rank(
 
 def run_sketch(ctx: JobContext) -> dict[str, Any]:
     """``sketch`` jobs: build the index on the device group (see the module docstring)."""
+    from fastif_core.queries.sketch import ready_for_queries
     from fastif_core.workspace.sketches import create_index
 
     cfg = ctx.params.config.validate()
@@ -50,6 +51,8 @@ def run_sketch(ctx: JobContext) -> dict[str, Any]:
     create_index(state.info["loaded"], cfg)
     out = ctx.group.call(build_on_rank, key, {"cfg": to_dict(cfg)}, ctx.progress, ctx.should_stop)
     ctx.check()  # stopped between blocks: cancelled, lease lost or worker stopping (blocks done are kept)
+    ctx.progress(0.99, "factoring the curvature and keeping H⁻¹φ of every training example")
+    out["curvature_seconds"] = ready_for_queries(state.info["loaded"], cfg)  # the first click: one product
     return out
 
 

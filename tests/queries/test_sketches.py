@@ -227,6 +227,9 @@ def test_sketch_jobs_on_a_real_worker_build_then_click(tiny_workspace):
     with Store.open(tiny_workspace) as store:
         done = {j.id: j for j in store.list_jobs(limit=10)}
         assert done[build["id"]].status == "done" and done[click["id"]].status == "done", run.stderr[-2000:]
+        built = done[build["id"]].result  # the job also readied the default query: H⁻¹φ kept, factor freed
+        assert "precondition" in built["curvature_seconds"]
+        assert len(list(Path(built["path"]).glob("preconditioned-*[0-9a-f].npy"))) == 1
         out = done[click["id"]].result
         sketch_run = store.get_influence_run(out["sketch_run_id"], with_text=False)
         exact_run = store.get_influence_run(out["exact_run_id"], with_text=False)
