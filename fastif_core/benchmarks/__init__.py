@@ -7,6 +7,8 @@ Modules: ``speed`` (Table 1, latency), ``quality`` (Table 3, recall), ``lissa_gr
 ``plots`` (plotly only, no torch), ``suite`` (the orchestration); the engine ratios come from
 :mod:`fastif_core.benchmarks.engine`. Rows: ``full`` = every training example scored with the 'original' s_test preset
 (B large, T=1); ``knn{k}/{preset}`` = the k nearest training examples with that preset ('fast' is B=1).
+Sections of their own (``--section``, each its own JSON in ``out_dir``): ``solvers``, ``many``, ``sketch`` and
+``damping`` (:mod:`fastif_core.benchmarks.damping`, ``damping.json``: influence against the damping μ).
 
 Keys of ``bench.json`` (times in seconds; a "spread" is ``{n, median, q1, q3, min, max, mean}``; a
 "mean±std" is ``{mean, std, n}``; groups are ``all`` / ``correct`` / ``incorrect`` test predictions):
