@@ -45,7 +45,7 @@ from torch import Tensor
 
 from fastif_core.benchmarks.common import TestExample, groups, mean_std, timed
 from fastif_core.benchmarks.quality import correlations
-from fastif_core.benchmarks.solvers import _slug, model_key, overlap
+from fastif_core.benchmarks.solvers import file_slug, model_key, overlap
 from fastif_core.config import STestConfig, config_hash, to_dict
 from fastif_core.engine.examples import Examples
 from fastif_core.engine.influence import test_gradient
@@ -90,7 +90,7 @@ class CellCache:
     def get(self, fields: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The stored cell of ``fields``, or ``compute()`` written first (atomically) when absent."""
         key = {**self.fixed, **fields}
-        path = self.directory / f"{_slug(str(key['test']))}-{fields['cell']}-{config_hash(key)}.json"
+        path = self.directory / f"{file_slug(str(key['test']))}-{fields['cell']}-{config_hash(key)}.json"
         if path.exists():
             self.cached += 1
             return json.loads(path.read_text())
