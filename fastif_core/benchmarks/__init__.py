@@ -7,6 +7,8 @@ Modules: ``speed`` (Table 1, latency), ``quality`` (Table 3, recall), ``lissa_gr
 ``plots`` (plotly only, no torch), ``suite`` (the orchestration); the engine ratios come from
 :mod:`fastif_core.benchmarks.engine`. Rows: ``full`` = every training example scored with the 'original' s_test preset
 (B large, T=1); ``knn{k}/{preset}`` = the k nearest training examples with that preset ('fast' is B=1).
+Sections of their own (``--section``, each its own JSON in ``out_dir``): ``solvers``, ``many``, ``sketch`` and
+``damping`` (:mod:`fastif_core.benchmarks.damping`, ``damping.json``: influence against the damping μ).
 
 Keys of ``bench.json`` (times in seconds; a "spread" is ``{n, median, q1, q3, min, max, mean}``; a
 "mean±std" is ``{mean, std, n}``; groups are ``all`` / ``correct`` / ``incorrect`` test predictions):
@@ -145,11 +147,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (test examples, LiSSA, random removal)")
     p.add_argument(
         "--section",
-        choices=["all", "solvers", "many", "sketch"],
+        choices=["all", "solvers", "many", "sketch", "damping"],
         default="all",
         help="all: every section (bench.json); solvers: only the s_test solver comparison (solvers.json, "
         "resumable: reference repetitions are kept under OUT/reference); many: many test examples at once "
-        "(many.json: batched vs single queries, the full matrix, the scoring cross-over, matrix store I/O)",
+        "(many.json: batched vs single queries, the full matrix, the scoring cross-over, matrix store I/O); "
+        "damping: influence against the damping mu (damping.json, resumable: cells under OUT/damping-cache)",
     )
     p.add_argument(
         "--many-tests",
@@ -173,7 +176,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ref-repeats", type=int, default=8, help="solvers: repetitions T of the paper's LiSSA reference"
     )
-    p.add_argument("--solver-k", type=int, default=1000, help="solvers: candidates compared per test example")
+    p.add_argument(
+        "--solver-k", type=int, default=1000, help="solvers, many, damping: candidates per test example"
+    )
     p.add_argument(
         "--l2-examples", type=int, default=10, help="solvers: test examples of the L2 convention check"
     )
@@ -199,6 +204,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
     _sketch_arguments(p)
+    _damping_arguments(p)
 
 
 def _sketch_arguments(p: argparse.ArgumentParser) -> None:
@@ -240,6 +246,64 @@ def _sketch_arguments(p: argparse.ArgumentParser) -> None:
         default="",
         help="sketch: compare only these variants (e.g. g8,o8; the "
         "others' figures in OUT/sketch.json are kept)",
+    )
+
+
+def _mus(text: str) -> tuple[float, ...]:
+    allowed = f"{text!r}: allowed a comma-separated list of numbers > 0 (e.g. 50,5,0.5,0.05)"
+    try:
+        mus = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(allowed) from exc
+    if not mus or not all(0.0 < m < float("inf") for m in mus):
+        raise argparse.ArgumentTypeError(allowed)
+    return mus
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed an integer >= 1")
+    return int(text)
+
+
+def _damping_arguments(p: argparse.ArgumentParser) -> None:
+    """``--section damping`` (issue 28, :mod:`fastif_core.benchmarks.damping`); k is ``--solver-k``."""
+    p.add_argument(
+        "--damping-mus",
+        type=_mus,
+        default=(50.0, 5.0, 0.5, 0.05),
+        help="damping: the values of mu, comma-separated (default 50,5,0.5,0.05; the default preset's 50 "
+        "is always included)",
+    )
+    p.add_argument(
+        "--damping-depth",
+        type=_positive,
+        default=None,
+        help="damping: most CG iterations per solve (default: the default preset's)",
+    )
+
+
+def run_damping(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """``fastif bench --section damping``: OUT/damping.json on ``--test-examples`` balanced test examples."""
+    from fastif_core.benchmarks.common import choose_test_examples
+    from fastif_core.benchmarks.damping import run_section
+    from fastif_core.device import resolve_device
+    from fastif_core.store import Store
+    from fastif_core.workspace.layout import LoadedWorkspace
+
+    device = "cpu" if a.devices == "cpu:1" else str(resolve_device("auto"))
+    loaded = LoadedWorkspace.load(a.workspace, device)
+    with Store.open(a.workspace) as store:
+        pool = choose_test_examples(store, loaded, a.test_examples, a.seed)
+    return run_section(
+        loaded,
+        _balanced_head(pool, a.test_examples),
+        Path(a.out),
+        mus=a.damping_mus,
+        k=a.solver_k,
+        seed=a.seed,
+        depth=a.damping_depth,
+        progress=progress,
     )
 
 
@@ -315,6 +379,8 @@ def run_from_args(a: argparse.Namespace) -> int:
     try:
         if a.section == "sketch":
             result = run_sketch(a, progress)
+        elif a.section == "damping":
+            result = run_damping(a, progress)
         elif a.section == "solvers":
             result = run_solvers(a, progress)
         elif a.section == "many":
@@ -329,6 +395,12 @@ def run_from_args(a: argparse.Namespace) -> int:
 
         print(report(result))
         print(f"\nwrote {Path(a.out) / 'sketch.json'}")
+        return 0
+    if a.section == "damping":
+        from fastif_core.benchmarks.damping import report as damping_report
+
+        print(damping_report(result))
+        print(f"\nwrote {Path(a.out) / 'damping.json'}")
         return 0
     if a.section == "many":
         print(json.dumps({k: v for k, v in result.items() if k != "crossover"}, indent=2, default=str))

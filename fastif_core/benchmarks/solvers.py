@@ -59,7 +59,8 @@ def default_solvers() -> dict[str, STestConfig]:
     }
 
 
-def _slug(text: str) -> str:
+def file_slug(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits, ``_.-`` as one ``_`` (a file name)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
@@ -96,7 +97,7 @@ def reference_repetition(
     """The cached file of repetition ``t`` (seed ``REF_SEED + t``) of ``ref_cfg`` for ``ex``, computed and
     written first when missing. Keyed by the checkpoint's content (a re-trained model under the same id
     never reuses another model's reference), the settings' hash and the example id."""
-    where = cache_dir / model_key(loaded) / config_hash(ref_cfg) / _slug(ex.id)
+    where = cache_dir / model_key(loaded) / config_hash(ref_cfg) / file_slug(ex.id)
     path = where / f"rep{t}.safetensors"
     if not path.exists():
         where.mkdir(parents=True, exist_ok=True)

@@ -319,6 +319,18 @@ OPTIONS = {
         ["bench", "--out", "OUT", "--section", "solvers", "--solver-parts", "refs"],
         ("--solver-parts", "reference, compare, l2, click"),
     ),
+    "bench-damping-mus": (
+        ["bench", "--out", "OUT", "--section", "damping", "--damping-mus", "a,b"],
+        ("--damping-mus", "'a,b'", "numbers > 0"),
+    ),
+    "bench-damping-mu-zero": (
+        ["bench", "--out", "OUT", "--section", "damping", "--damping-mus", "50,0"],
+        ("--damping-mus", "'50,0'", "numbers > 0"),
+    ),
+    "bench-damping-depth": (
+        ["bench", "--out", "OUT", "--section", "damping", "--damping-depth", "0"],
+        ("--damping-depth", "integer >= 1"),
+    ),
     "corpus-no-out": (["corpus"], ("--out", "required")),
     "unknown-command": (["frobnicate"], ("invalid choice", "prepare")),
 }
