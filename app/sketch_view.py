@@ -26,7 +26,6 @@ def sketch_section(root: str, ex: ExampleRow, neighbor_ids: set[str], num_train:
     then shows nothing else below)."""
     indexes = da.sketch_indexes(root)
     if not indexes:
-        _offer_build(root, num_train)
         return False
     meta = indexes[0]
     key = f"sketch_click_job:{ex.id}"
@@ -80,8 +79,11 @@ def _live(root: str, job_id: int, example_id: str, neighbor_ids: set[str]) -> No
         st.rerun(scope="app")
 
 
-def _offer_build(root: str, num_train: int) -> None:
-    """No sketch index yet: what it costs and a button that queues the ``sketch`` job (progress live)."""
+def offer_build(root: str, num_train: int) -> None:
+    """No sketch index yet: what it costs and a button that queues the ``sketch`` job (progress live);
+    nothing once an index exists (the click of :func:`sketch_section` takes over)."""
+    if da.sketch_indexes(root):
+        return
     offer = da.sketch_build_offer(root)
     job = offer["job"]
     if job is not None and not job.finished:

@@ -50,6 +50,7 @@ config = controls.influence_controls(state.num_train, on_gpu=da.worker_on_gpu(ro
 if config is not None:
     job = da.enqueue_influence(root, ex.id, config)
     st.session_state[f"influence_job:{ex.id}"] = job.id
+sketch_view.offer_build(root, state.num_train)  # no sketches yet: what building them costs, and a button
 
 job = da.influence_job(root, ex.id, st.session_state.get(f"influence_job:{ex.id}"))
 if job is not None and not job.finished:

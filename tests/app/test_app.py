@@ -125,7 +125,8 @@ def test_deep_link_opens_the_example(app_env: Store) -> None:
     neighbors = at.dataframe[0].value
     model_id = json.loads((Path(os.environ["FASTIF_WORKSPACE"]) / "workspace.json").read_text())["model_id"]
     assert list(neighbors["id"]) == [n.train_id for n in app_env.get_neighbors(model_id, ex.id)]
-    assert [b.label for b in at.button] == ["Compute influence"]
+    # the exact click, then (no sketch index in this workspace) the offer to build one
+    assert [b.label for b in at.button] == ["Compute influence", "Build sketches"]
 
 
 def test_unknown_example_in_the_url_is_explained(app_env: Store) -> None:
