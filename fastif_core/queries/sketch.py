@@ -166,8 +166,8 @@ def session(loaded: Any, qcfg: SketchQueryConfig, cfg: InfluenceConfig) -> Sketc
         mu,
         None if positions is None else tuple(positions),
         id(loaded.objective),
+        qcfg.precondition,
     )
-    key = (*key, qcfg.precondition)
     if key in _SESSION:
         return _SESSION[key]
     _SESSION.clear()
@@ -185,9 +185,9 @@ def session(loaded: Any, qcfg: SketchQueryConfig, cfg: InfluenceConfig) -> Sketc
         seconds = {"factor": 0.0, "load": time.perf_counter() - t0}
         meta = json.loads((index.path / f"{name}.json").read_text())
         _SESSION[key] = SketchSession(
-            index, sketch, None, index.sketches(), reg, seconds, meta["backend"], meta["examples"], ckey,
-            solved, solved_reg,
-        )  # fmt: skip
+            index, sketch, None, index.sketches(), reg, seconds, meta["backend"], meta["examples"], ckey
+        )
+        _SESSION[key].solved, _SESSION[key].solved_regularizer = solved, solved_reg
         return _SESSION[key]
     factor, backend, n = build_factor(index, sketch, loaded.objective, qcfg, mu, positions)
     seconds = {"factor": time.perf_counter() - t0}

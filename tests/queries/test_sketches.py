@@ -213,15 +213,10 @@ def test_sketch_jobs_on_a_real_worker_build_then_click(tiny_workspace):
         return json.loads(subprocess.run(cli, env=_env(), capture_output=True, check=True, text=True).stdout)
 
     build = submit("sketch", "--submit", "--dim", "300", "--block", "16")
-    click = submit(
-        "submit", "influence", "--example", EXAMPLE, "--k", "8", "--method", "sketch",
-        "--sketch-dim", "300", "--rerank", "5",
-    )  # fmt: skip
+    request = f"submit influence --example {EXAMPLE} --k 8 --method sketch --sketch-dim 300 --rerank 5"
+    click = submit(*request.split())
     assert (build["kind"], click["kind"]) == ("sketch", "sketch_click")
-    again = submit(
-        "submit", "influence", "--example", EXAMPLE, "--k", "8", "--method", "sketch",
-        "--sketch-dim", "300", "--rerank", "5",
-    )  # fmt: skip
+    again = submit(*request.split())
     assert again["id"] == click["id"]  # the same request twice is one job
     run = _worker_once(tiny_workspace, "cpu:1")
     with Store.open(tiny_workspace) as store:
