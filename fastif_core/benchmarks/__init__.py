@@ -8,7 +8,8 @@ Modules: ``speed`` (Table 1, latency), ``quality`` (Table 3, recall), ``lissa_gr
 :mod:`fastif_core.benchmarks.engine`. Rows: ``full`` = every training example scored with the 'original' s_test preset
 (B large, T=1); ``knn{k}/{preset}`` = the k nearest training examples with that preset ('fast' is B=1).
 Sections of their own (``--section``, each its own JSON in ``out_dir``): ``solvers``, ``many``, ``sketch`` and
-``damping`` (:mod:`fastif_core.benchmarks.damping`, ``damping.json``: influence against the damping μ).
+``damping`` (:mod:`fastif_core.benchmarks.damping`, ``damping.json``: influence against the damping μ; with
+``--retrain``, :mod:`fastif_core.benchmarks.damping_retrain`, ``damping-retrain.json``: retraining per μ).
 
 Keys of ``bench.json`` (times in seconds; a "spread" is ``{n, median, q1, q3, min, max, mean}``; a
 "mean±std" is ``{mean, std, n}``; groups are ``all`` / ``correct`` / ``incorrect`` test predictions):
@@ -92,6 +93,7 @@ SOLVER_PARTS = (
     "l2",
     "click",
 )  # fastif_core.benchmarks.solvers.PARTS (not imported here)
+DAMPING_RETRAIN_MS = (10, 100)  # fastif_core.benchmarks.damping_retrain.DEFAULT_MS (not imported here)
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -195,7 +197,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=(0, 1),
         metavar="I/N",
         help="solvers: fill the reference of every N-th test example from the I-th (N processes, e.g. one "
-        "thread each with OMP_NUM_THREADS=1, share the reference; the cache is the same)",
+        "thread each with OMP_NUM_THREADS=1, share the reference; the cache is the same); damping: sweep "
+        "every N-th test example from the I-th into the shared cache (OUT/damping-shardIofN.json)",
     )
     p.add_argument(
         "--only-solvers",
@@ -276,6 +279,18 @@ def _damping_arguments(p: argparse.ArgumentParser) -> None:
         "is always included)",
     )
     p.add_argument(
+        "--retrain-ms",
+        type=_ints,
+        default=None,
+        help="training examples removed per retraining (default 1,5,25; damping: 10,100)",
+    )
+    p.add_argument(
+        "--retrain-max-runs",
+        type=_positive,
+        default=None,
+        help="damping --retrain: fine-tune at most this many plan items in this run (the rest resume later)",
+    )
+    p.add_argument(
         "--damping-depth",
         type=_positive,
         default=None,
@@ -303,6 +318,14 @@ def run_damping(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
         k=a.solver_k,
         seed=a.seed,
         depth=a.damping_depth,
+        shard=a.ref_shard,
+        retrain=None
+        if not a.retrain
+        else {
+            "examples": a.retrain_examples,
+            "ms": a.retrain_ms or DAMPING_RETRAIN_MS,
+            "max_runs": a.retrain_max_runs,
+        },
         progress=progress,
     )
 
@@ -356,6 +379,7 @@ def config_from_args(a: argparse.Namespace) -> Any:
         grid_batches=a.grid_batches,
         grid_repeats=a.grid_repeats,
         retrain_examples=a.retrain_examples,
+        **({} if a.retrain_ms is None else {"retrain_ms": a.retrain_ms}),
         latency_default_preset=None if a.click_preset is None else a.click_preset == "default",
     )
 
@@ -400,7 +424,13 @@ def run_from_args(a: argparse.Namespace) -> int:
         from fastif_core.benchmarks.damping import report as damping_report
 
         print(damping_report(result))
-        print(f"\nwrote {Path(a.out) / 'damping.json'}")
+        i, n = a.ref_shard
+        print(f"\nwrote {Path(a.out) / ('damping.json' if n == 1 else f'damping-shard{i}of{n}.json')}")
+        if "retrain" in result:
+            from fastif_core.benchmarks.damping_retrain import report as retrain_report
+
+            print("\n" + retrain_report(result["retrain"]))
+            print(f"\nwrote {Path(a.out) / 'damping-retrain.json'}")
         return 0
     if a.section == "many":
         print(json.dumps({k: v for k, v in result.items() if k != "crossover"}, indent=2, default=str))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +53,7 @@ from fastif_core.engine.influence import test_gradient
 from fastif_core.engine.objective import Objective
 from fastif_core.engine.scoring import score_candidates
 from fastif_core.engine.solvers import solve
-from fastif_core.errors import SolverError
+from fastif_core.errors import ConfigError, SolverError
 from fastif_core.progress import Progress, ignore
 
 DEFAULT_MUS = (50.0, 5.0, 0.5, 0.05)
@@ -96,7 +97,7 @@ class CellCache:
             return json.loads(path.read_text())
         cell = {"key": key, **compute()}
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing the cache never share a tmp file
         tmp.write_text(json.dumps(cell))
         tmp.replace(path)
         self.computed += 1
@@ -135,8 +136,9 @@ def sweep_example(
     test_id: str,
     progress: Progress = ignore,
 ) -> dict[str, Any]:
-    """Every μ of one test example (see the module docstring): ``{dot_seconds, cells: {f"{μ:g}": ...}}``.
-    ``v (P,)`` is the test gradient; the cells' solver settings are ``base`` with ``mu`` replaced."""
+    """Every μ of one test example (see the module docstring): ``{dot_seconds, cells: {f"{μ:g}": ...},
+    values: {f"{μ:g}": (k,) float64}}`` (values: the converged cells' influence on the candidates). ``v (P,)``
+    is the test gradient; the cells' solver settings are ``base`` with ``mu`` replaced."""
     where = {"test": test_id, "candidates": hashlib.sha256(str(list(candidates)).encode()).hexdigest()[:16]}
     dot_cell = cache.get({**where, "cell": "dot"}, lambda: _dot_cell(obj, train, v, candidates))
     dot = torch.tensor(dot_cell["values"], dtype=torch.float64)
@@ -159,7 +161,12 @@ def sweep_example(
         elif cell["stats"]["converged"] is False:
             stop = f"the solve at μ = {mu:g} did not converge in {cfg.depth} iterations"
     cells = _cell_metrics(raw, dot, f"{base.effective_damping:g}")
-    return {"dot_seconds": dot_cell["seconds"], "cells": cells}
+    values = {
+        key: torch.tensor(cell["values"], dtype=torch.float64)
+        for key, cell in raw.items()
+        if "values" in cell and cell["stats"]["converged"] is not False
+    }
+    return {"dot_seconds": dot_cell["seconds"], "cells": cells, "values": values}
 
 
 def _cell_metrics(raw: dict[str, dict[str, Any]], dot: Tensor, base_key: str) -> dict[str, dict[str, Any]]:
@@ -230,10 +237,19 @@ def run_section(
     preset: str = "default",
     seed: int = 0,
     depth: int | None = None,
+    retrain: dict[str, Any] | None = None,
+    shard: tuple[int, int] = (0, 1),
     progress: Progress = ignore,
 ) -> dict[str, Any]:
     """The sweep on ``examples`` (see the module docstring); ``OUT/damping.json`` is rewritten after every
-    test (``complete`` false until the last), the cells are kept under ``OUT/damping-cache/``."""
+    test (``complete`` false until the last), the cells are kept under ``OUT/damping-cache/``. ``retrain``
+    (``{"examples", "ms", "max_runs"}``) then runs the retraining check of
+    :mod:`~fastif_core.benchmarks.damping_retrain` on the first ``examples`` test examples
+    (``OUT/damping-retrain.json``, also under ``result["retrain"]``). ``shard = (i, n)`` sweeps only
+    ``examples[i::n]`` into the shared cache and writes ``OUT/damping-shard{i}of{n}.json`` (n processes share
+    the sweep; a run without a shard then reads every cell back)."""
+    if shard != (0, 1) and retrain is not None:
+        raise ConfigError("bench --section damping: --retrain needs the whole sweep; leave --ref-shard out")
     from fastif_core.benchmarks.suite import json_safe
 
     started = time.perf_counter()
@@ -261,22 +277,48 @@ def run_section(
     def write(complete: bool) -> None:
         result.update(computed=cache.computed, cached=cache.cached, complete=complete)
         result["seconds"] = time.perf_counter() - started
-        tmp = out_dir / "damping.json.tmp"
+        tmp = out_dir / f"{name}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
-        tmp.replace(out_dir / "damping.json")
+        tmp.replace(out_dir / name)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    influence = []
+    share = 1.0 if retrain is None else 0.2
+    part, parts = shard
+    name = "damping.json" if parts == 1 else f"damping-shard{part}of{parts}.json"
     for i, ex in enumerate(examples):
-        sub = lambda f, m, i=i: progress((i + f) / len(examples), m)  # noqa: E731
+        if i % parts != part:
+            continue
+        sub = lambda f, m, i=i: progress(share * (i + f) / len(examples), m)  # noqa: E731
         v = test_gradient(obj, ex.batch)
         candidates = loaded.nearest(ex.id, k)[0]
         found = sweep_example(obj, train, v, candidates, mus, base, cache, ex.id, sub)
+        influence.append(
+            {"id": ex.id, "correct": ex.correct, "candidates": candidates, "values": found.pop("values")}
+        )
         result["tests"].append({"id": ex.id, "correct": ex.correct, "grad_norm": float(v.norm()), **found})
         result["summary"] = summarize(result["tests"], mus)
         write(complete=False)
     write(complete=True)
-    progress(1.0, f"wrote {out_dir / 'damping.json'}")
-    return json.loads((out_dir / "damping.json").read_text())
+    progress(share, f"wrote {out_dir / name}")
+    out = json.loads((out_dir / name).read_text())
+    if retrain is not None:
+        from fastif_core.benchmarks.damping_retrain import run_retraining
+
+        chosen = retrain["examples"]
+        out["retrain"] = run_retraining(
+            loaded,
+            examples[:chosen],
+            influence[:chosen],
+            out_dir,
+            mus=mus,
+            base_mu=base.effective_damping,
+            ms=retrain["ms"],
+            seed=seed,
+            max_runs=retrain.get("max_runs"),
+            progress=lambda f, m: progress(share + (1 - share) * f, m),
+        )
+    return out
 
 
 def report(result: dict[str, Any]) -> str:

@@ -172,9 +172,7 @@ def transformer_check(
     progress: Progress,
 ) -> dict:
     """The retraining check on the transformer (fine-tuning once per removal set, plus one baseline)."""
-    from fastif_core.modeling import classifier as M
-
-    tcfg, base_path = _train_setup(loaded)
+    tcfg, base_path = train_setup(loaded)
     n = len(loaded.train_ids)
     ms = clip(cfg.retrain_ms, n - 1)
     chosen = list(zip(examples, full_values, strict=True))[: cfg.retrain_examples]
@@ -184,10 +182,7 @@ def transformer_check(
     def fine_tune(rows: Sequence[int]) -> Callable[[TestExample], float]:
         progress(done[0] / runs, f"transformer retraining {done[0] + 1}/{runs}")
         done[0] += 1
-        model, _ = M.load_classifier(base_path, tcfg.labels, loaded.device, seed=tcfg.seed)
-        M.freeze_layers(model, tcfg.freeze_layers)
-        M.train_classifier(model, loaded.train.subset(rows), tcfg, loaded.device, progress=False)
-        obj = Objective(model, loss=two_way_aware_cross_entropy, weight_decay=tcfg.weight_decay)
+        obj = fine_tuned(loaded, rows, tcfg, base_path)
         return lambda ex: float(obj.batch_loss(obj.params, ex.batch))
 
     baseline = fine_tune(range(n))
@@ -217,7 +212,18 @@ def transformer_check(
     }
 
 
-def _train_setup(loaded: Any) -> tuple[Any, str]:
+def fine_tuned(loaded: Any, rows: Sequence[int], tcfg: Any, base_path: str) -> Objective:
+    """The objective of the classifier fine-tuned from ``base_path`` with ``tcfg`` (its seed: initialisation
+    of the head, batch order, dropout) on the training positions ``rows`` of ``loaded.train``."""
+    from fastif_core.modeling import classifier as M
+
+    model, _ = M.load_classifier(base_path, tcfg.labels, loaded.device, seed=tcfg.seed)
+    M.freeze_layers(model, tcfg.freeze_layers)
+    M.train_classifier(model, loaded.train.subset(rows), tcfg, loaded.device, progress=False)
+    return Objective(model, loss=two_way_aware_cross_entropy, weight_decay=tcfg.weight_decay)
+
+
+def train_setup(loaded: Any) -> tuple[Any, str]:
     """The workspace's TrainConfig (from its checkpoint) and the base checkpoint it was fine-tuned from."""
     from fastif_core.config import TrainConfig, from_dict
     from fastif_core.modeling import classifier as M
