@@ -250,6 +250,11 @@ def run_section(
     the sweep; a run without a shard then reads every cell back)."""
     if shard != (0, 1) and retrain is not None:
         raise ConfigError("bench --section damping: --retrain needs the whole sweep; leave --ref-shard out")
+    if retrain is not None and (not retrain["ms"] or min(retrain["ms"]) < 1 or retrain["examples"] < 1):
+        raise ConfigError(
+            f"bench --section damping --retrain: --retrain-ms {','.join(map(str, retrain['ms']))} and "
+            f"--retrain-examples {retrain['examples']}: allowed integers >= 1"
+        )
     from fastif_core.benchmarks.suite import json_safe
 
     started = time.perf_counter()

@@ -135,12 +135,15 @@ class RetrainStore:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(owner, f)
+            if path.exists():  # finished (and its claim removed) between the check above and this claim
+                claim.unlink(missing_ok=True)
+                return False
             return True
         return False
 
     def write(self, item: dict[str, Any], record: dict[str, Any]) -> None:
         path = self.path(item)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"key": {**self.fixed, "seed": item["seed"]}, **record}))
         tmp.replace(path)
         path.with_suffix(".claim").unlink(missing_ok=True)
@@ -211,7 +214,7 @@ def run_retraining(
         )
         from fastif_core.benchmarks.suite import json_safe
 
-        tmp = out_dir / "damping-retrain.json.tmp"
+        tmp = out_dir / f"damping-retrain.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
         tmp.replace(out_dir / "damping-retrain.json")
         return result
@@ -334,7 +337,7 @@ def report(result: dict[str, Any]) -> str:
     """The retraining table (markdown): one row per μ."""
     noise = result.get("noise_floor")
     lines = [
-        f"fine-tunings: {result['done']} of {result['planned']} planned; noise floor (|Δ loss| between seeds "
+        f"fine-tunings: {result['done']} of {result['planned']} planned ({result['ran_now']} by this run); noise floor (|Δ loss| between seeds "
         + (
             "—"
             if noise is None

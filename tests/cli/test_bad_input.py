@@ -331,6 +331,18 @@ OPTIONS = {
         ["bench", "--out", "OUT", "--section", "damping", "--damping-depth", "0"],
         ("--damping-depth", "integer >= 1"),
     ),
+    "bench-retrain-max-runs": (
+        ["bench", "--out", "OUT", "--section", "damping", "--retrain", "--retrain-max-runs", "0"],
+        ("--retrain-max-runs", "integer >= 1"),
+    ),
+    "bench-retrain-ms": (
+        ["bench", "--out", "OUT", "--section", "damping", "--retrain", "--retrain-ms", "10,0"],
+        ("retrain_ms=(10, 0)", "integers >= 1"),
+    ),
+    "bench-damping-shard-retrain": (
+        ["bench", "--out", "OUT", "--section", "damping", "--retrain", "--ref-shard", "1/2"],
+        ("--retrain needs the whole sweep", "--ref-shard"),
+    ),
     "corpus-no-out": (["corpus"], ("--out", "required")),
     "unknown-command": (["frobnicate"], ("invalid choice", "prepare")),
 }
