@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from fastif_core.cli.commands import build_parser, influence_config_from_args
@@ -24,7 +23,6 @@ from fastif_core.workspace.sketches import build_sketches, open_index
 
 REPO = Path(__file__).resolve().parents[2]
 TESTS = "demo-hans:challenge:ex0,demo-hans:challenge:ex1"
-
 
 
 def torchrun(ws: Path, *args: str) -> dict:
