@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from fastif_core.cli.options import progress_bar
 from fastif_core.errors import ConfigError
-from fastif_core.progress import Progress
 
 SELECTORS = ("example", "examples", "examples_from")
 FILTERS = ("dataset", "split", "incorrect")
@@ -147,42 +147,49 @@ def cmd_matrix(a: argparse.Namespace, cfg: Any) -> int:
     for name, value in layout.items():
         if value < 1:
             raise ConfigError(f"{name}={value} is invalid: allowed an integer >= 1")
+    from fastif_core.parallel.group import launched_by_torchrun
+
+    if launched_by_torchrun():  # every rank: its shard of each row block's repetitions and columns
+        return _matrix_on_group(a, ids, cfg, layout)
     if getattr(a, "method", "exact") == "sketch":  # every training example, from the sketch index
         from fastif_core.cli.sketch import query_config_from_args
         from fastif_core.queries.sketch_matrix import sketch_matrix
 
         loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)), search=False)
-        out = sketch_matrix(loaded, ids, cfg, query_config_from_args(a), progress=_bar(), **layout)
+        out = sketch_matrix(loaded, ids, cfg, query_config_from_args(a), progress=progress_bar(), **layout)
     else:
         loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)))
-        out = influence_matrix(loaded, ids, cfg, full=a.full, progress=_bar(), **layout)
+        out = influence_matrix(loaded, ids, cfg, full=a.full, progress=progress_bar(), **layout)
     summary = out.to_dict()
     print(json.dumps(summary, indent=2) if a.json else format_matrix(summary))
     return 0
 
 
-def _bar() -> Progress:
-    from tqdm.auto import tqdm
+def _matrix_on_group(a: argparse.Namespace, ids: list[str], cfg: Any, layout: dict[str, int]) -> int:
+    from fastif_core.cli.torchrun import matrix_on_group
 
-    bar = tqdm(total=1000, desc="matrix", unit="‰", leave=False)
-
-    def report(fraction: float, message: str) -> None:
-        bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-        bar.set_postfix_str(message[:60], refresh=True)
-        if fraction >= 1.0:
-            bar.close()
-
-    return report
+    if getattr(a, "method", "exact") == "sketch":
+        raise ConfigError(
+            "--method sketch under torchrun is invalid: a sketch matrix is one product per row block in one "
+            "process; run `fastif matrix --method sketch` without torchrun"
+        )
+    out = matrix_on_group(a.workspace, ids, cfg, full=a.full, **layout)
+    if out is not None:  # rank 0
+        summary = out.to_dict()
+        print(json.dumps(summary, indent=2) if a.json else format_matrix(summary))
+    return 0
 
 
 def format_matrix(r: dict[str, Any]) -> str:
     s, c = r["seconds"], r["chunks"]
     kind = "every training example" if r["full"] else "the kNN union"
+    ranks = r.get("columns_per_rank") or []  # computed on a device group now
+    shards = f"\n  ranks: {len(ranks)} (columns scored by each: {ranks})" if ranks else ""
     return (
         f"matrix {r['matrix_id']}: {r['shape'][0]} tests x {r['shape'][1]} training examples ({kind}), "
         f"{r['candidate_pairs']} candidate pairs{' [cached]' if r['cached'] else ''}\n"
         f"  blocks: {c['total']} ({c['computed']} computed now, {c['found_stored']} found stored)\n"
         f"  seconds: total {s['total']:.2f} (knn {s['knn']:.2f}, test gradients {s['test_gradient']:.2f}, "
         f"s_test {s['s_test']:.2f}, scoring {s['scoring']:.2f}, store write {s['store_write']:.2f}, "
-        f"read {s['read']:.2f})\n  peak memory MiB: {r['peak_memory_mb']}"
+        f"read {s['read']:.2f})\n  peak memory MiB: {r['peak_memory_mb']}{shards}"
     )

@@ -1,6 +1,6 @@
-"""argparse value types and options shared by every ``fastif`` subcommand module (a leaf: argparse only, so the
-command modules import it without importing each other). A bad value becomes argparse's one-line error
-naming the option and the allowed values, exit status 2."""
+"""argparse value types, options and the progress bar shared by every ``fastif`` subcommand module (a leaf:
+it imports no command module, so the command modules import it without importing each other). A bad value
+becomes argparse's one-line error naming the option and the allowed values, exit status 2."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fastif_core.progress import Progress
 
 
 def _number(kind: type, allowed: str) -> Callable[[str], Any]:
@@ -41,3 +43,18 @@ def add_workspace_argument(p: argparse.ArgumentParser) -> None:
         default=default_workspace(),
         help="workspace directory (default: $FASTIF_WORKSPACE or ./workspaces/demo)",
     )
+
+
+def progress_bar(desc: str = "matrix") -> Progress:
+    """A progress callback drawing a tqdm bar (in ‰ of the whole) on stderr."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1000, desc=desc, unit="‰", leave=False)
+
+    def report(fraction: float, message: str) -> None:
+        bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        bar.set_postfix_str(message[:60], refresh=True)
+        if fraction >= 1.0:
+            bar.close()
+
+    return report

@@ -86,12 +86,22 @@ def cmd_sketch(a: argparse.Namespace) -> int:
     cfg = _sketch_config(a)
     if a.submit:
         return _submit(a, cfg)
-    from fastif_core.device import resolve_device
-    from fastif_core.workspace.layout import LoadedWorkspace
-    from fastif_core.workspace.sketches import build_sketches
+    from fastif_core.parallel.group import launched_by_torchrun
 
-    loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)), search=False)
-    out = build_sketches(loaded, cfg, show_progress=True).describe()
+    if launched_by_torchrun():  # every rank builds its blocks; rank 0 then goes on alone
+        from fastif_core.cli.torchrun import build_sketches_on_group
+
+        built = build_sketches_on_group(a.workspace, cfg)
+        if built is None:
+            return 0
+        loaded, out = built
+    else:
+        from fastif_core.device import resolve_device
+        from fastif_core.workspace.layout import LoadedWorkspace
+        from fastif_core.workspace.sketches import build_sketches
+
+        loaded = LoadedWorkspace.load(a.workspace, str(resolve_device(a.device)), search=False)
+        out = build_sketches(loaded, cfg, show_progress=True).describe()
     if a.self_influence or a.precondition:
         from fastif_core.config import InfluenceConfig
         from fastif_core.queries.sketch import session
@@ -111,6 +121,7 @@ def cmd_sketch(a: argparse.Namespace) -> int:
         print(
             f"sketches of model {out['model_id']}: {out['num_train']} x {out['dim']} (k={out['k']}), "
             f"{out['status']}, {out['disk_bytes'] / 2**20:.1f} MiB at {out['path']}"
+            + (f" ({out['ranks']} ranks, {out['blocks_computed']} blocks built)" if "ranks" in out else "")
         )
     return 0
 

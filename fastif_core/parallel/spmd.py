@@ -146,14 +146,19 @@ def _assemble(
     cfg: InfluenceConfig,
     seconds: dict[str, float],
 ) -> ManyInfluence:
-    """Rank 0: every shard back in column order; solver statistics per vector over all repetitions."""
+    """Rank 0: every shard back in column order (NaN where no rank scored a column); solver statistics per
+    vector over all repetitions, with ``columns_per_rank``: how many columns each rank scored."""
     union, lists, picks = columns
-    values = torch.empty(len(sums), len(union), dtype=gathered[0]["values"].dtype)  # (M, U)
+    values = torch.full((len(sums), len(union)), float("nan"), dtype=gathered[0]["values"].dtype)  # (M, U)
     for rank, g in enumerate(gathered):
         values[:, torch.as_tensor(order[rank :: ctx.world_size], dtype=torch.long)] = g["values"]
     reps = [{t: r for g in gathered for t, r in g["reps"][m].items()} for m in range(len(sums))]
     est = solvers.finish_many(
         [replace(p, reps=reps[m]) for m, p in enumerate(sums)], cfg.s_test, seconds["s_test"]
     )
-    stats = [{**r.stats(), "ranks": ctx.world_size, "devices": ctx.spec} for r in est.results]
+    per_rank = [int(g["values"].shape[1]) for g in gathered]
+    stats = [
+        {**r.stats(), "ranks": ctx.world_size, "devices": ctx.spec, "columns_per_rank": per_rank}
+        for r in est.results
+    ]
     return ManyInfluence(union, values, lists, picks, est.s_test.cpu(), stats, seconds)

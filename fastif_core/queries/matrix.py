@@ -25,6 +25,11 @@ H200.
 A kNN matrix whose tests (same order) and settings have a complete **full** matrix stored is read from it
 (the candidate pairs' values; no model work), so a full matrix computed once answers every k.
 
+On a device group (``runner``: a worker's group, or ``torchrun ... fastif matrix``) a row block is one
+query of the group (:mod:`fastif_core.parallel.spmd`): its tests' repetitions split over the ranks, its
+missing columns sharded over them and gathered to rank 0, which stores the chunks; the whole block is
+solved at once (no in-place direct solve), so its memory is that of ``row_block`` vectors on every rank.
+
 API: :func:`influence_matrix` -> :class:`MatrixResult`, :func:`matrix_config` (the stored key),
 :func:`load_matrix` (read a stored one).
 """
@@ -46,9 +51,9 @@ from fastif_core.engine.scoring import METHODS, score_many
 from fastif_core.engine.solvers import expected_cost, prepare_direct, solve_direct_, solve_many
 from fastif_core.errors import ConfigError
 from fastif_core.jobs import COL_BLOCK, ROW_BLOCK
-from fastif_core.progress import Progress
+from fastif_core.progress import Progress, sub_range
 from fastif_core.queries.examples import require_example
-from fastif_core.queries.influence import check_request, stored_config
+from fastif_core.queries.influence import Runner, check_request, stored_config
 from fastif_core.store import matrices as sm
 
 SOLVE_BLOCK = 16  # tests solved at once inside a row block (the solver's working memory)
@@ -71,6 +76,7 @@ class MatrixResult:
     chunks: dict[str, int] = field(default_factory=dict)
     cached: bool = False  # complete in the store before this call
     peak_memory_mb: dict[str, float] = field(default_factory=dict)  # rss (process), cuda (if used)
+    columns_per_rank: list[int] = field(default_factory=list)  # on a device group: columns each rank scored
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,6 +94,7 @@ class MatrixResult:
             "chunks": self.chunks,
             "peak_memory_mb": self.peak_memory_mb,
             "candidate_pairs": int(np.isfinite(self.values).sum()),
+            "columns_per_rank": self.columns_per_rank,
             "test_ids": self.test_ids,
             "config": stored_config(self.config),
         }
@@ -142,6 +149,7 @@ class _Clock:
     progress: Progress | None
     units: float
     done: float = 0.0
+    columns_per_rank: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(
             ("knn", "test_gradient", "s_test", "scoring", "store_write"), 0.0
@@ -169,6 +177,7 @@ def influence_matrix(
     method: str = "auto",
     job_id: int | None = None,
     owner: str | None = None,
+    runner: Runner | None = None,
 ) -> MatrixResult:
     """The influence matrix of ``test_ids`` (rows) on the kNN union or every training example (``full``),
     from the store when complete there, else computed (continuing from any stored blocks) and stored.
@@ -182,6 +191,8 @@ def influence_matrix(
             restarts an unfinished matrix; a complete one is returned as stored).
         method: the scoring path of :func:`fastif_core.engine.scoring.score_many`.
         job_id, owner: mark the job done with the completion, in one transaction.
+        runner: a device group's query (the signature of
+            :func:`fastif_core.queries.influence.serial_runner`): each row block on every rank; None = here.
 
     Raises:
         ConfigError / WorkspaceError: bad settings or an unknown test id, before any computation.
@@ -214,6 +225,10 @@ def influence_matrix(
         if source is not None:
             derived = _derive(store, info, source, mask)
             stored = len(info.blocks()) - derived
+        elif not cached and runner is not None:
+            computed, stored, clock = _fill_on_group(
+                loaded, store, info, records, cfg, mask, runner, progress
+            )
         elif not cached:
             computed, stored, clock = _fill(loaded, store, info, records, cfg, mask, method, progress)
         clock.seconds["knn"] = knn_seconds
@@ -224,6 +239,8 @@ def influence_matrix(
         memory = _peak_memory(loaded.objective.device)
         if not cached:
             timings = {**clock.seconds, "peak_memory_mb": memory, "chunks_computed": computed}
+            if clock.columns_per_rank:
+                timings["columns_per_rank"] = clock.columns_per_rank
             if source is not None:
                 timings["derived_from_matrix"] = source.id
             info = sm.complete_matrix(store, info.id, timings, job_id=job_id, owner=owner)
@@ -247,6 +264,7 @@ def influence_matrix(
         },
         cached,
         memory,
+        clock.columns_per_rank,
     )
 
 
@@ -272,6 +290,49 @@ def _fill(
         for c0 in [c for r, c in todo if r == r0]:
             _score_chunk(loaded, store, info, s, cfg, mask, method, (r0, c0), clock)
         del s  # free this block's S before the next one is allocated (two would not fit at row block 200)
+    return len(todo), len(info.blocks()) - len(todo), clock
+
+
+def _fill_on_group(
+    loaded: Any,
+    store: Any,
+    info: sm.MatrixInfo,
+    records: list[Any],
+    cfg: InfluenceConfig,
+    mask: np.ndarray | None,
+    runner: Runner,
+    progress: Progress | None,
+) -> tuple[int, int, _Clock]:
+    """:func:`_fill` on a device group: each row block's missing columns in one ``runner`` call (every
+    test of the block given the same ascending columns, so the result's columns are exactly those), then
+    stored chunk by chunk."""
+    have = sm.stored_chunks(store, info.id)
+    todo = [b for b in info.blocks() if b not in have]
+    rows = sorted({r for r, _ in todo})
+    clock = _Clock(progress, float(len(rows)))
+    for i, r0 in enumerate(rows):
+        chunks = [c for r, c in todo if r == r0]
+        cols = [p for c0 in chunks for p in info.train_positions[c0 : c0 + _width(info, c0)]]
+        batches = [loaded.encode_test(r) for r in records[r0 : r0 + info.row_block]]
+        part = sub_range(progress, i / len(rows), (i + 1) / len(rows))
+        many = runner(loaded, batches, [cols] * len(batches), cfg, part)
+        assert many.columns.tolist() == cols  # the union of equal ascending lists is that list
+        for stage in ("test_gradient", "s_test", "scoring"):
+            clock.seconds[stage] += float(many.seconds.get(stage, 0.0))
+        shards = many.s_test_stats[0].get("columns_per_rank", [len(cols)])  # the serial runner: one rank
+        seen = clock.columns_per_rank or [0] * len(shards)
+        clock.columns_per_rank = [a + b for a, b in zip(seen, shards, strict=True)]
+        values, t0, at = many.values.detach().to(torch.float32).cpu().numpy(), time.perf_counter(), 0
+        for c0 in chunks:
+            width = _width(info, c0)
+            block = values[:, at : at + width]  # (b, width)
+            at += width
+            if mask is not None:
+                block[~mask[r0 : r0 + len(block), c0 : c0 + width]] = np.nan
+            sm.save_chunk(store, info.id, r0, c0, block)
+        clock.add(
+            "store_write", t0, 1.0, f"stored row block {r0}..{r0 + len(batches) - 1} ({len(chunks)} chunks)"
+        )
     return len(todo), len(info.blocks()) - len(todo), clock
 
 

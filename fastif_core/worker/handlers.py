@@ -15,12 +15,12 @@ from fastif_core.parallel.group import RankState
 from fastif_core.worker.context import JobContext
 
 
-def load_workspace_state(device: str, rank: int, root: str) -> RankState:
+def load_workspace_state(device: str, rank: int, root: str, search: bool = True) -> RankState:
     """Rank loader (pickled by reference to every rank): the workspace's model, objective, train set;
-    the kNN index and features only on rank 0, the only rank that searches."""
+    the kNN index and features only on rank 0, the only rank that searches (on none without ``search``)."""
     from fastif_core.workspace.layout import LoadedWorkspace
 
-    loaded = LoadedWorkspace.load(root, device, search=rank == 0)
+    loaded = LoadedWorkspace.load(root, device, search=search and rank == 0)
     return RankState(loaded.objective, loaded.train, {"loaded": loaded})
 
 
@@ -96,12 +96,13 @@ def run_influence_many(ctx: JobContext) -> dict[str, Any]:
 
 
 def run_matrix(ctx: JobContext) -> dict[str, Any]:
-    """``matrix`` jobs: an influence matrix on rank 0's device, stored block by block (a requeued job
-    continues from the blocks already stored)."""
+    """``matrix`` jobs: an influence matrix, stored block by block (a requeued job continues from the
+    blocks already stored); on a group of several ranks each row block is a query of the group (its
+    repetitions and columns sharded over the ranks), on one rank it runs in this process."""
     from fastif_core.queries.matrix import influence_matrix
 
     params = ctx.params
-    _, state = group_state(ctx)
+    key, state = group_state(ctx)
     out = influence_matrix(
         state.info["loaded"],
         params.test_ids,
@@ -112,6 +113,7 @@ def run_matrix(ctx: JobContext) -> dict[str, Any]:
         col_block=params.col_block,
         job_id=ctx.job.id,
         owner=ctx.owner,
+        runner=influence_runner(ctx, key) if ctx.group.distributed else None,
     )
     return {"matrix_id": out.matrix_id, "shape": list(out.shape), "cached": out.cached}
 

@@ -20,10 +20,11 @@ from fastif_core.worker.handlers import group_state, influence_runner
 def build_on_rank(
     ctx: ParallelContext, cmd: dict[str, Any], progress: Progress | None, should_stop: ShouldStop | None
 ) -> dict[str, Any] | None:
-    """Every rank: this rank's blocks, then one gather; rank 0 returns the index's description."""
+    """Every rank: this rank's blocks, then one gather; rank 0 returns the index's description with
+    ``shards``, the blocks each rank computed (rank order; blocks found already marked are in none)."""
     from fastif_core.workspace.sketches import build_blocks, create_index, finish_index
 
-    t0, error, done = time.perf_counter(), None, 0
+    t0, error, done = time.perf_counter(), None, []
     loaded = ctx.state(cmd["key"]).info["loaded"]
     cfg = from_dict(SketchConfig, cmd["cfg"])
     index = create_index(loaded, cfg)  # rank 0 created it before the call: every rank opens the same one
@@ -38,7 +39,13 @@ def build_on_rank(
     if not ctx.is_coordinator:
         return None
     index = finish_index(index, time.perf_counter() - t0)
-    return {**index.describe(), "blocks_computed": sum(g["done"] for g in gathered), "ranks": ctx.world_size}
+    shards = [g["done"] for g in gathered]
+    return {
+        **index.describe(),
+        "blocks_computed": sum(len(s) for s in shards),
+        "ranks": ctx.world_size,
+        "shards": shards,
+    }
 
 
 def run_sketch(ctx: JobContext) -> dict[str, Any]:

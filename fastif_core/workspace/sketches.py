@@ -233,9 +233,9 @@ def build_blocks(
     blocks: list[int],
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
-) -> int:
+) -> list[int]:
     """Compute and store ``blocks`` of every index (one hooked backward per output for all of them: a
-    stacked sketch); blocks already marked in every index are skipped. Returns how many were computed."""
+    stacked sketch); blocks already marked in every index are skipped. Returns the blocks computed."""
     from fastif_core.engine.examples import length_sorted_chunks, to_device
     from fastif_core.engine.sketch import (
         Sketch,
@@ -258,7 +258,7 @@ def build_blocks(
         (np.load(i.path / "sketches.npy", mmap_mode="r+"), np.load(i.path / "rows.npy", mmap_mode="r+"))
         for i in indexes
     ]
-    block, n, done = int(first.meta["block"]), int(first.meta["num_train"]), 0
+    block, n, done = int(first.meta["block"]), int(first.meta["num_train"]), []
     marked = [i.blocks_done() for i in indexes]
     todo = [b for b in blocks if any(b not in m for m in marked)]
     for j, b in enumerate(todo):
@@ -292,7 +292,7 @@ def build_blocks(
             phi_out.flush()
             rows_out.flush()
             (index.path / "blocks" / str(b)).touch()
-        done += 1
+        done.append(b)
         if progress is not None:
             progress((j + 1) / len(todo), f"sketched block {b + 1}/{first.num_blocks()} ({hi - lo} examples)")
     return done

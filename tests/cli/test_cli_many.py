@@ -8,7 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from test_cli import assert_one_line_error, fastif
 
 from fastif_core import cli, jobs
@@ -180,3 +182,36 @@ def test_two_ranks_answer_many_examples_like_one(tiny_workspace, tmp_path):
         )  # as in _same_answer
         for row in answer["helpful"] + answer["harmful"]:
             assert values[row["train_id"]] == pytest.approx(row["influence"], rel=1e-5, abs=1e-5 * scale)
+
+
+def test_a_matrix_job_on_two_ranks_equals_the_serial_matrix(tiny_workspace, tmp_path):
+    """cpu:2: each row block of a kNN matrix is one query of the group (repetitions split, the block's kNN
+    union sharded over both ranks), NaN outside each test's own k, equal to the matrix of one process."""
+    from fastif_core.queries.matrix import influence_matrix, load_matrix
+    from fastif_core.workspace.layout import LoadedWorkspace
+
+    ids = _ids(tiny_workspace, 3)
+    cfg = InfluenceConfig(s_test=STestConfig(depth=6, batch_size=2, repeats=2, scale=100.0), k=8, top=0)
+    serial = Path(shutil.copytree(tiny_workspace, tmp_path / "serial"))
+    want = influence_matrix(LoadedWorkspace.load(serial), ids, cfg, row_block=2, col_block=8)
+    with Store.open(tiny_workspace) as store:
+        queued = jobs.enqueue(store, "matrix", MatrixParams(tuple(ids), cfg, row_block=2, col_block=8))
+    assert run_worker(tiny_workspace, "cpu:2", once=True, poll=0.1) == 1
+    with Store.open(tiny_workspace) as store:
+        done = store.get_job(queued.id)
+    assert done.status == "done", done.error
+    info, values = load_matrix(tiny_workspace, done.result["matrix_id"])
+    assert info.train_positions == want.train_positions and info.timings["chunks_computed"] == len(
+        info.blocks()
+    )
+    per_rank = info.timings["columns_per_rank"]  # over the 2 row blocks, each scoring the whole kNN union
+    assert len(per_rank) == 2 and min(per_rank) > 0 and sum(per_rank) == 2 * len(info.train_positions)
+    assert np.array_equal(np.isnan(values), np.isnan(want.values))  # the same candidate pairs
+    scale = float(np.nanmax(np.abs(want.values)))  # as in _same_answer: float32 rounding of the largest
+    torch.testing.assert_close(
+        torch.from_numpy(values).double(),
+        torch.from_numpy(want.values).double(),
+        rtol=1e-5,
+        atol=1e-5 * scale,
+        equal_nan=True,
+    )
