@@ -332,6 +332,10 @@ OPTIONS = {
         ("--damping-depth", "integer >= 1"),
     ),
     "corpus-no-out": (["corpus"], ("--out", "required")),
+    "corpus-train-size-zero": (
+        ["corpus", "--out", "never-written.tsv", "--train-size", "0"],
+        ("--train-size", "integer >= 1"),
+    ),
     "unknown-command": (["frobnicate"], ("invalid choice", "prepare")),
 }
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fastif_core.cli import main
 from fastif_core.data import MNLI_LABELS, demo_corpus, load_source
 from fastif_core.data.demo import SPLIT_BINS, pair_bin
 from fastif_core.data.training_file import COLUMNS, GENRES, training_rows, write_training_file
@@ -85,3 +86,14 @@ def test_the_file_loads_as_written(tmp_path: Path, rows):
     assert got == rows[:600]
     assert len({e.id for e in loaded.examples}) == 600 and loaded.examples[0].id == "mnli:train:0"
 
+
+def test_cli_writes_a_training_file_and_keeps_the_hans_file(tmp_path: Path, capsys):
+    out = tmp_path / "train.tsv"
+    assert main(["corpus", "--train-size", "90", "--seed", "2", "--out", str(out)]) == 0
+    assert "wrote 90 training pairs (3 labels, 5 genres" in capsys.readouterr().out
+    assert out.read_text().splitlines()[1:] == [
+        f"{i}\t{g}\t{p}\t{h}\t{y}" for i, (p, h, y, g) in enumerate(training_rows(90, seed=2))
+    ]
+    hans = tmp_path / "heuristics_evaluation_set.txt"
+    assert main(["corpus", "--out", str(hans)]) == 0
+    assert "heuristic" in hans.read_text().splitlines()[0].split("\t")
