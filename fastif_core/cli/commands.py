@@ -79,6 +79,13 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-train", type=int, default=None, help=help_of(PrepareConfig, "max_train"))
     p.add_argument("--max-eval", type=positive_int, default=None, help=help_of(PrepareConfig, "max_eval"))
+    p.add_argument(
+        "--fit-subset",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=help_of(PrepareConfig, "fit_subset"),
+    )
     p.add_argument("--holdout", type=float, default=d.holdout, help=help_of(PrepareConfig, "holdout"))
     p.add_argument("--demo-size", type=int, default=d.demo_size, help=help_of(PrepareConfig, "demo_size"))
     p.add_argument("--model", default=None, help=help_of(PrepareConfig, "model"))
@@ -127,6 +134,7 @@ def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
         evals=tuple(a.evals),
         max_train=a.max_train,
         max_eval=a.max_eval,
+        fit_subset=a.fit_subset,
         holdout=a.holdout,
         model=a.model,
         train_config=train,
@@ -154,9 +162,10 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 def format_manifest(m: dict[str, Any]) -> str:
     """Accuracy per eval set and per slice, as aligned text."""
+    fitted = f" (the model fine-tuned on {m['num_fit']})" if m.get("fit_subset") else ""
     lines = [
         f"workspace ready ({'reused' if m.get('reused') else 'built'} in {m.get('seconds', 0):.1f} s): "
-        f"{m['num_train']} training examples, model {m['model_id']}"
+        f"{m['num_train']} training examples{fitted}, model {m['model_id']}"
     ]
     for name, rep in m.get("accuracy", {}).items():
         lines.append(f"  {name:<32} n={rep['n']:<6} accuracy {rep['accuracy']:.3f}")
