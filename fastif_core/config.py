@@ -277,13 +277,24 @@ class InfluenceConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """Everything ``fastif prepare`` needs to turn data and a model into a ready workspace."""
+    """Everything ``fastif prepare`` needs to turn data and a model into a ready workspace.
+
+    ``fit_subset = N`` fine-tunes on the first N training examples of the seeded shuffle only (FAISS
+    positions 0 to N-1, a uniform sample), while every training example is still imported, featurised,
+    indexed and a candidate, and influence's objective, curvature batches and N stay those of the whole
+    training set: the CPU stand-in for a model fine-tuned on all of it (on a GPU).
+    """
 
     train: str = _f(
         "demo", "training data: 'demo' (built-in corpus), a file path, or 'hf:<dataset>[:<split>]'"
     )
     evals: tuple[str, ...] = _f((), "extra evaluation sources (same forms as train)")
     max_train: int | None = _f(None, "use at most this many training examples (after the hold-out split)")
+    fit_subset: int | None = _f(
+        None,
+        "fine-tune on only the first N training examples of the seeded shuffle; all of them stay imported, "
+        "indexed and influence candidates (None = fine-tune on all)",
+    )
     max_eval: int | None = _f(
         None, "use at most this many examples of each evaluation source (stratified by slice, seeded)"
     )
@@ -302,6 +313,9 @@ class PrepareConfig:
             self.max_train is None or self.max_train >= 2, "max_train", "an integer >= 2", self.max_train
         )
         _require(self.max_eval is None or self.max_eval >= 1, "max_eval", "an integer >= 1", self.max_eval)
+        _require(
+            self.fit_subset is None or self.fit_subset >= 1, "fit_subset", "an integer >= 1", self.fit_subset
+        )
         _require(self.neighbors >= 1, "neighbors", "an integer >= 1", self.neighbors)
         _require(self.demo_size >= 20, "demo_size", "an integer >= 20", self.demo_size)
         return self

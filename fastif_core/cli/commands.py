@@ -1,8 +1,9 @@
 """The ``fastif`` command line (also ``python -m fastif_core``).
 
 Commands: ``prepare``, ``examples``, ``influence`` (here), ``worker`` and ``jobs`` (:mod:`fastif_core.cli.jobs`),
-``submit``, ``bench``, ``corpus``, ``matrix`` (:mod:`fastif_core.cli.many`), and the applications' ``graph``,
-``correct`` / ``corrections`` / ``versions`` and ``simulate`` (each ``fastif_core.apps.<name>.cli``).
+``submit``, ``bench``, ``corpus`` (:mod:`fastif_core.cli.corpus`), ``matrix`` (:mod:`fastif_core.cli.many`), and
+the applications' ``graph``, ``correct`` / ``corrections`` / ``versions`` and ``simulate`` (each
+``fastif_core.apps.<name>.cli``).
 Every user error (bad file, unknown id, missing workspace, bad setting) exits 2 with one clear line on
 stderr, never a traceback. Heavy modules (torch, transformers, faiss) are imported inside the command
 that needs them so ``--help`` stays instant.
@@ -14,12 +15,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from fastif_core.apps.correct.cli import add_parser as add_correct_parser
 from fastif_core.apps.graph.cli import add_parser as add_graph_parser
 from fastif_core.apps.simulate import cli as simulate_cli
+from fastif_core.cli import corpus as cli_corpus
 from fastif_core.cli import jobs as cli_jobs
 from fastif_core.cli import many as cli_many
 from fastif_core.cli import sketch as cli_sketch
@@ -78,6 +79,13 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-train", type=int, default=None, help=help_of(PrepareConfig, "max_train"))
     p.add_argument("--max-eval", type=positive_int, default=None, help=help_of(PrepareConfig, "max_eval"))
+    p.add_argument(
+        "--fit-subset",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=help_of(PrepareConfig, "fit_subset"),
+    )
     p.add_argument("--holdout", type=float, default=d.holdout, help=help_of(PrepareConfig, "holdout"))
     p.add_argument("--demo-size", type=int, default=d.demo_size, help=help_of(PrepareConfig, "demo_size"))
     p.add_argument("--model", default=None, help=help_of(PrepareConfig, "model"))
@@ -126,6 +134,7 @@ def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
         evals=tuple(a.evals),
         max_train=a.max_train,
         max_eval=a.max_eval,
+        fit_subset=a.fit_subset,
         holdout=a.holdout,
         model=a.model,
         train_config=train,
@@ -153,9 +162,10 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 def format_manifest(m: dict[str, Any]) -> str:
     """Accuracy per eval set and per slice, as aligned text."""
+    fitted = f" (the model fine-tuned on {m['num_fit']})" if m.get("fit_subset") else ""
     lines = [
         f"workspace ready ({'reused' if m.get('reused') else 'built'} in {m.get('seconds', 0):.1f} s): "
-        f"{m['num_train']} training examples, model {m['model_id']}"
+        f"{m['num_train']} training examples{fitted}, model {m['model_id']}"
     ]
     for name, rep in m.get("accuracy", {}).items():
         lines.append(f"  {name:<32} n={rep['n']:<6} accuracy {rep['accuracy']:.3f}")
@@ -298,22 +308,6 @@ def format_influence(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _add_corpus(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("corpus", help="write the built-in corpus's challenge set in the official HANS format")
-    p.add_argument("--out", type=Path, required=True, help="output file, e.g. heuristics_evaluation_set.txt")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed")
-    p.set_defaults(func=cmd_corpus)
-
-
-def cmd_corpus(a: argparse.Namespace) -> int:
-    from fastif_core.data.demo import demo_corpus, write_hans_format
-
-    challenge = demo_corpus(seed=a.seed)["challenge"]
-    write_hans_format(challenge, a.out)
-    print(f"wrote {len(challenge)} HANS-format examples to {a.out}")
-    return 0
-
-
 def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="queue a job for the worker (the same one twice = one job)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -408,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_submit,
         cli_jobs.add_jobs,
         _add_bench,
-        _add_corpus,
+        cli_corpus.add_parser,
         add_graph_parser,
     ):
         add(sub)

@@ -35,7 +35,7 @@ __all__ = ["DEMO_SPLITS", "demo_corpus", "demo_split", "write_hans_format", "wri
 DEMO_SPLITS = ("train", "dev", "challenge", "augment")
 DEMO_DATASET, CHALLENGE_DATASET = "demo", "demo-hans"
 DEFAULTS = {"train_size": 4000, "dev_size": 800, "per_subcase": 30, "augment_size": 300}
-_BINS = {"dev": {0}, "challenge": {1}, "augment": {2}, "train": set(range(3, 10))}
+SPLIT_BINS = {"dev": {0}, "challenge": {1}, "augment": {2}, "train": set(range(3, 10))}
 _ENTAILED = [s for s in SUBCASES if s.label == "entailment"]
 _NOT_ENTAILED = [s for s in SUBCASES if s.label == "non-entailment"]
 _NEUTRAL_VPS = (
@@ -59,7 +59,7 @@ Pair = tuple[str, str, str, dict[str, str]]  # premise, hypothesis, label, slice
 _MAX_MISSES = 20_000  # consecutive draws without a new pair before a stream counts as exhausted
 
 
-def _bin(premise: str, hypothesis: str) -> int:
+def pair_bin(premise: str, hypothesis: str) -> int:
     return zlib.crc32(f"{premise}\t{hypothesis}".encode()) % 10
 
 
@@ -71,7 +71,7 @@ def _draw(seed: int, stream: str, split: str, n: int, make: Callable[[random.Ran
     misses = 0
     while len(out) < n:
         pair = make(rng)
-        if (pair[0], pair[1]) in seen or _bin(pair[0], pair[1]) not in _BINS[split]:
+        if (pair[0], pair[1]) in seen or pair_bin(pair[0], pair[1]) not in SPLIT_BINS[split]:
             misses += 1
             if misses > _MAX_MISSES:
                 raise ConfigError(
@@ -104,7 +104,7 @@ def _scene(rng: random.Random) -> tuple[Tokens, Tokens, str | None, str]:
     return premise, core, loc, "scene:" + ("+".join(mods) or "plain")
 
 
-def _premise(rng: random.Random) -> tuple[Tokens, Tokens, str | None, dict[str, str]]:
+def mixture_premise(rng: random.Random) -> tuple[Tokens, Tokens, str | None, dict[str, str]]:
     """A premise (HANS entailment construction or scene), an entailed clause, a location, slices."""
     if rng.random() < 0.6:
         sub = rng.choice(_ENTAILED)
@@ -121,7 +121,7 @@ def _generalize(entailed: Tokens) -> Tokens:
     return [*(["some", "people"] if plural else ["someone"]), *entailed[n:]]
 
 
-def _hypothesis(rng: random.Random, label: str, premise: Tokens, entailed: Tokens, loc: str | None):
+def mixture_hypothesis(rng: random.Random, label: str, premise: Tokens, entailed: Tokens, loc: str | None):
     """A hypothesis for ``label`` and the name of its family (the ``genre`` slice)."""
     subject = entailed[: v.subject_length(entailed)]
     if label == "entailment":
@@ -141,11 +141,19 @@ def _hypothesis(rng: random.Random, label: str, premise: Tokens, entailed: Token
 
 def _counter_pair(rng: random.Random) -> Pair:
     """A pair that contradicts the heuristics: high overlap, not entailed (3-way label)."""
-    if rng.random() < 0.8:
-        sub: Subcase = rng.choice(_NOT_ENTAILED)
-        p, h, temp = sub.make(rng)
-        slices = {"heuristic": sub.heuristic, "subcase": sub.name, "template": temp}
-        return v.sentence(p), v.sentence(h), "neutral", {"genre": "counter_heuristic", **slices}
+    return counter_neutral(rng) if rng.random() < 0.8 else counter_contradiction(rng)
+
+
+def counter_neutral(rng: random.Random) -> Pair:
+    """A counter-heuristic pair labelled neutral: a non-entailed HANS subcase (high overlap)."""
+    sub: Subcase = rng.choice(_NOT_ENTAILED)
+    p, h, temp = sub.make(rng)
+    slices = {"heuristic": sub.heuristic, "subcase": sub.name, "template": temp}
+    return v.sentence(p), v.sentence(h), "neutral", {"genre": "counter_heuristic", **slices}
+
+
+def counter_contradiction(rng: random.Random) -> Pair:
+    """A counter-heuristic pair labelled contradiction: a negated premise, its core clause as hypothesis."""
     premise, core, _, template = _scene(rng)
     negated = v.negate(premise, rng)
     slices = {"heuristic": "lexical_overlap", "subcase": "ln_negated_premise", "template": template}
@@ -156,9 +164,9 @@ def _mixture_pair(counter_fraction: float) -> Callable[[random.Random], Pair]:
     def make(rng: random.Random) -> Pair:
         if rng.random() < counter_fraction:
             return _counter_pair(rng)
-        premise, entailed, loc, slices = _premise(rng)
+        premise, entailed, loc, slices = mixture_premise(rng)
         label = rng.choice(("entailment", "neutral", "contradiction"))
-        hyp, family = _hypothesis(rng, label, premise, entailed, loc)
+        hyp, family = mixture_hypothesis(rng, label, premise, entailed, loc)
         if family != "entailed":  # heuristic/subcase name HANS-style pairs only
             sub = slices.get("subcase")
             slices = {"template": f"{sub}:{slices['template']}" if sub else slices["template"]}

@@ -179,7 +179,10 @@ PIPELINE_VERSION = 3  # bump when prepare's outputs change for the same config, 
 
 def prepare_hash(cfg: PrepareConfig, data_hash: str = "") -> str:
     """Hash of everything that determines the prepared artefacts: the settings and the imported data."""
-    return config_hash({"config": to_dict(cfg), "data": data_hash, "pipeline": PIPELINE_VERSION})
+    config = to_dict(cfg)
+    if config.get("fit_subset") is None:  # unset, it hashes as before the field existed: old workspaces stay
+        config.pop("fit_subset", None)
+    return config_hash({"config": config, "data": data_hash, "pipeline": PIPELINE_VERSION})
 
 
 def now() -> float:

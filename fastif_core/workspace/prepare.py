@@ -2,11 +2,14 @@
 
 Steps: load the sources (a re-run with the same settings *and* the same data, by content hash, reuses
 everything) → fine-tune (or reuse the checkpoint of the model trained with the same key: base model,
-settings, training data) into ``W/models/<model_id>`` → predictions and pooled features of every example,
-the FAISS index over the training set and each example's nearest training neighbours, built into
+settings, the examples fitted) into ``W/models/<model_id>`` → predictions and pooled features of every
+example, the FAISS index over the training set and each example's nearest training neighbours, built into
 ``W/staging/`` → publish: the build moves to ``W/builds/``, then the examples, the model's training order,
 predictions, neighbours, the active model and the manifest switch in one store transaction. An
 interrupted prepare leaves the previous state untouched and the next one starts over.
+
+``fit_subset = N`` fine-tunes on the first N training examples only; every later step, and influence
+(objective, curvature batches, candidates), still covers the whole training set (see ``PrepareConfig``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from fastif_core.config import PrepareConfig, config_hash, to_dict
 from fastif_core.data.loaders import load_source
 from fastif_core.data.records import HANS_LABELS, NLIExample, labels_for, to_two_way
 from fastif_core.data.sampling import content_hash, stratified_sample
-from fastif_core.errors import DataFormatError, WorkspaceError
+from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
 from fastif_core.processes import pid_running
 from fastif_core.progress import Progress, ignore
 from fastif_core.store import Store
@@ -68,7 +71,18 @@ def split_train_source(examples: list[NLIExample], cfg: PrepareConfig) -> tuple[
         raise WorkspaceError(
             f"training source {cfg.train!r} leaves {len(train)} training examples; need >= 2"
         )
+    if cfg.fit_subset is not None and cfg.fit_subset > len(train):
+        raise ConfigError(
+            f"fit_subset={cfg.fit_subset} is invalid: allowed 1 to {len(train)} (the training examples "
+            f"of {cfg.train!r} after the hold-out and max_train)"
+        )
     return train, held
+
+
+def fit_examples(train: list[NLIExample], cfg: PrepareConfig) -> list[NLIExample]:
+    """The examples the model is fine-tuned on: the first ``cfg.fit_subset`` of the (already seeded,
+    shuffled) training set, i.e. FAISS positions 0 to N-1; all of them without ``fit_subset``."""
+    return train if cfg.fit_subset is None else train[: cfg.fit_subset]
 
 
 def collect_data(cfg: PrepareConfig) -> PreparedData:
@@ -283,6 +297,8 @@ def _prepare_locked(
             "prepare_config": to_dict(cfg),
             "reused": False,
             "train_seconds": train_seconds,
+            "fit_subset": cfg.fit_subset,
+            "num_fit": len(fit_examples(data.train, cfg)),
             "seconds": time.perf_counter() - started,
             "skipped_no_consensus": data.skipped,
         }
@@ -360,6 +376,7 @@ def lineage(cfg: PrepareConfig, train: list[NLIExample], key: str) -> dict[str, 
         "train_data_hash": content_hash(train),
         "model_key": key,
         "train_source": cfg.train,
+        "fit_subset": cfg.fit_subset,
     }
 
 
@@ -373,18 +390,20 @@ def fit_model(
     report: Progress,
     show_progress: bool,
 ) -> tuple[Any, Any, Any, float]:
-    """Fine-tune the classifier on the training set into ``models/<id>``, or reuse the checkpoint of the
-    model trained with the same key (base model, settings, training data)."""
+    """Fine-tune the classifier on the training set (its first ``fit_subset`` examples, when set) into
+    ``models/<id>``, or reuse the checkpoint of the model trained with the same key (base model, settings,
+    the examples fitted)."""
     from fastif_core.modeling import classifier as M
 
-    key, tc = model_key(cfg, data.train), cfg.train_config
+    fit = fit_examples(data.train, cfg)
+    key, tc = model_key(cfg, fit), cfg.train_config
     known = store.find_model(config_hash=key)
     if known is not None and (paths.model_dir(known.id) / M.TRAIN_META).exists():
         model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(known.id), device)
         return model, tokenizer, known, 0.0
     model, tokenizer = M.load_classifier(cfg.model or M.default_model_path(), tc.labels, device, seed=tc.seed)
     M.freeze_layers(model, tc.freeze_layers, embeddings=tc.freeze_embeddings)
-    train = M.encode(tokenizer, data.train, labels_for(tc.labels), tc.max_length)
+    train = M.encode(tokenizer, fit, labels_for(tc.labels), tc.max_length)
     started = time.perf_counter()
     metrics = M.train_classifier(
         model,
@@ -402,12 +421,12 @@ def fit_model(
         labels_for(tc.labels),
         metrics=metrics,
         config_hash=key,
-        lineage=lineage(cfg, data.train, key),
+        lineage=lineage(cfg, fit, key),
     )
     target = paths.model_dir(info.id)
     M.save_checkpoint(model, tokenizer, staging / "model", tc, metrics)
     (staging / "model" / "lineage.json").write_text(
-        json.dumps({"model_id": info.id, **lineage(cfg, data.train, key)}, indent=2, sort_keys=True)
+        json.dumps({"model_id": info.id, **lineage(cfg, fit, key)}, indent=2, sort_keys=True)
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging / "model", target)  # never over an existing checkpoint: rename refuses a full directory

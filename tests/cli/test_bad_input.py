@@ -266,6 +266,11 @@ OPTIONS = {
     "prepare-epochs": (["prepare", "--epochs", "0"], ("epochs=0", "> 0")),
     "prepare-max-length": (["prepare", "--max-length", "2"], ("max_length=2", ">= 8")),
     "prepare-max-train": (["prepare", "--max-train", "1"], ("max_train=1", ">= 2")),
+    "prepare-fit-subset-zero": (["prepare", "--fit-subset", "0"], ("--fit-subset", "integer >= 1")),
+    "prepare-fit-subset-too-big": (
+        ["prepare", "--train", "demo", "--demo-size", "60", "--holdout", "0", "--fit-subset", "61"],
+        ("fit_subset=61", "allowed 1 to 60"),
+    ),
     "prepare-index": (["prepare", "--index", "Bogus,Flat"], ("index='Bogus,Flat'", "'IVF1024,Flat'")),
     "prepare-nprobe": (["prepare", "--nprobe", "0"], ("--nprobe", ">= 1")),
     "prepare-seed": (["prepare", "--seed", "x"], ("--seed", "invalid int value")),
@@ -344,6 +349,10 @@ OPTIONS = {
         ("--retrain needs the whole sweep", "--ref-shard"),
     ),
     "corpus-no-out": (["corpus"], ("--out", "required")),
+    "corpus-train-size-zero": (
+        ["corpus", "--out", "never-written.tsv", "--train-size", "0"],
+        ("--train-size", "integer >= 1"),
+    ),
     "unknown-command": (["frobnicate"], ("invalid choice", "prepare")),
 }
 

@@ -165,6 +165,22 @@ def test_corpus_writes_hans_format(tmp_path: Path):
     assert header[:1] == ["gold_label"] and "heuristic" in header and "subcase" in header
 
 
+def test_generated_training_file_prepared_with_a_fit_subset(tmp_path: Path):
+    """`fastif corpus --train-size` then `fastif prepare --train FILE --fit-subset`, twice: the second is a
+    no-op; the manifest names both sizes."""
+    train = tmp_path / "train.tsv"
+    assert fastif("corpus", "--train-size", "80", "--out", str(train)).returncode == 0
+    model = save_tiny_checkpoint(tmp_path / "base")
+    args = ["prepare", "-w", str(tmp_path / "ws"), "--train", str(train), "--model", str(model)]
+    args += [*TINY_PREPARE[2:], "--fit-subset", "20", "--sketches", "never", "--device", "cpu"]
+    first = fastif(*args)
+    assert first.returncode == 0, first.stderr
+    assert "80 training examples (the model fine-tuned on 20)" in first.stdout
+    again = fastif(*args, "--json")
+    manifest = json.loads(again.stdout[: again.stdout.rindex("}") + 1])
+    assert manifest["reused"] is True and (manifest["num_train"], manifest["num_fit"]) == (80, 20)
+
+
 def test_real_mnli_end_to_end(mnli_dev_path: Path, tmp_path: Path):
     """A subset of the real MNLI dev file: prepare (tiny model), then one influence query on held-out data."""
     model = save_tiny_checkpoint(tmp_path / "base")

@@ -330,3 +330,53 @@ def test_concurrent_prepares_of_one_workspace_wait_for_each_other(tmp_path: Path
     assert (a["reused"], b["reused"]) == (False, True) and a["model_id"] == b["model_id"]
     assert a["build"] == b["build"] == read_manifest(ws)["build"]
     assert [d.name for d in (ws / "models").iterdir()] == [str(a["model_id"])]
+
+
+def test_fit_subset_fine_tunes_on_n_and_keeps_every_training_example(tmp_path: Path):
+    """``fit_subset=30`` of 108 training rows (a generated file): the model saw only the first 30 positions
+    (2 steps of 16, not 7), while the store, the features, the FAISS index and a full influence query hold
+    all 108; the same settings again are a no-op, another subset is another model."""
+    from fastif_core.config import InfluenceConfig, STestConfig
+    from fastif_core.data.sampling import content_hash
+    from fastif_core.data.training_file import write_training_file
+    from fastif_core.modeling.classifier import TRAIN_META
+    from fastif_core.queries.influence import influence_query
+
+    train = tmp_path / "train.tsv"
+    write_training_file(train, 120, seed=0)
+    model = save_tiny_checkpoint(tmp_path / "base")
+    cfg = tiny_prepare_config(model, train=str(train), holdout=0.1, fit_subset=30)
+    manifest = prepare(tmp_path / "ws", cfg, show_progress=False)
+    assert (manifest["num_train"], manifest["num_fit"], manifest["fit_subset"]) == (108, 30, 30)
+    assert manifest["prepare_config"]["fit_subset"] == 30
+    loaded = LoadedWorkspace.load(tmp_path / "ws")
+    assert len(loaded.train_ids) == 108 and len(loaded.train) == 108 and loaded.index.ntotal == 108
+    with Store.open(tmp_path / "ws") as store:
+        assert store.count_examples(split="train") == 108
+        assert len(store.get_predictions(manifest["model_id"])) == 120  # 108 training + 12 held out
+        fitted = [r.to_record() for r in store.get_examples(loaded.train_ids[:30])]
+        lineage = store.get_model(manifest["model_id"]).lineage
+        checkpoint = Path(store.get_model(manifest["model_id"]).checkpoint_path)
+        heldout = store.query_examples(split="heldout", limit=1)[0].id
+    assert lineage["num_train"] == 30 and lineage["train_data_hash"] == content_hash(fitted)
+    assert json.loads((checkpoint / TRAIN_META).read_text())["metrics"]["steps"] == 2  # ceil(30 / 16)
+    icfg = InfluenceConfig(k=None, top=0, s_test=STestConfig.gauss_newton_cg(batch_size=16, depth=5))
+    result = influence_query(tmp_path / "ws", heldout, icfg, loaded=loaded)
+    scored = {row["train_id"] for row in result["helpful"] + result["harmful"]}
+    assert result["num_candidates"] == 108 and scored == set(loaded.train_ids)
+    assert prepare(tmp_path / "ws", cfg, show_progress=False)["reused"] is True
+    other = prepare(tmp_path / "ws", dataclasses.replace(cfg, fit_subset=60), show_progress=False)
+    assert other["reused"] is False and other["model_id"] != manifest["model_id"] and other["num_fit"] == 60
+
+
+def test_fit_subset_larger_than_the_training_set_is_refused_before_anything_is_written(tmp_path: Path):
+    from fastif_core.errors import ConfigError
+
+    model = save_tiny_checkpoint(tmp_path / "base")
+    with pytest.raises(
+        ConfigError, match=r"fit_subset=61 is invalid: allowed 1 to 60 \(the training examples"
+    ):
+        prepare(tmp_path / "ws", tiny_prepare_config(model, fit_subset=61), show_progress=False)
+    assert not (tmp_path / "ws").exists()
+    with pytest.raises(ConfigError, match="fit_subset=0 is invalid: allowed an integer >= 1"):
+        prepare(tmp_path / "ws", tiny_prepare_config(model, fit_subset=0), show_progress=False)
