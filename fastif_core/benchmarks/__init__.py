@@ -291,6 +291,13 @@ def _damping_arguments(p: argparse.ArgumentParser) -> None:
         help="damping --retrain: fine-tune at most this many plan items in this run (the rest resume later)",
     )
     p.add_argument(
+        "--damping-preset",
+        choices=["default", "gauss_newton_direct"],
+        default="default",
+        help="damping: s_test solver of the sweep: default (Gauss-Newton CG, iterations grow as mu falls) "
+        "or gauss_newton_direct (the same system solved exactly, one Woodbury factor per mu for all tests)",
+    )
+    p.add_argument(
         "--damping-depth",
         type=_positive,
         default=None,
@@ -318,6 +325,7 @@ def run_damping(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
         k=a.solver_k,
         seed=a.seed,
         depth=a.damping_depth,
+        preset=a.damping_preset,
         shard=a.ref_shard,
         retrain=None
         if not a.retrain

@@ -291,12 +291,18 @@ def run_section(
     share = 1.0 if retrain is None else 0.2
     part, parts = shard
     name = "damping.json" if parts == 1 else f"damping-shard{part}of{parts}.json"
-    for i, ex in enumerate(examples):
-        if i % parts != part:
-            continue
+    mine = [
+        (i, ex, test_gradient(obj, ex.batch), loaded.nearest(ex.id, k)[0])
+        for i, ex in enumerate(examples)
+        if i % parts == part
+    ]
+    if base.solver == "direct":  # μ-major: one Woodbury factor per μ serves every test example
+        for j, mu in enumerate(mus):
+            for _, ex, v, candidates in mine:
+                progress(share * j / len(mus), f"{ex.id}: μ = {mu:g} (direct)")
+                sweep_example(obj, train, v, candidates, [mu], base, cache, ex.id)
+    for i, ex, v, candidates in mine:
         sub = lambda f, m, i=i: progress(share * (i + f) / len(examples), m)  # noqa: E731
-        v = test_gradient(obj, ex.batch)
-        candidates = loaded.nearest(ex.id, k)[0]
         found = sweep_example(obj, train, v, candidates, mus, base, cache, ex.id, sub)
         influence.append(
             {"id": ex.id, "correct": ex.correct, "candidates": candidates, "values": found.pop("values")}
