@@ -319,7 +319,7 @@ def run_section(
         chosen = retrain["examples"]
         out["retrain"] = run_retraining(
             loaded,
-            examples[:chosen],
+            examples,
             influence[:chosen],
             out_dir,
             mus=mus,

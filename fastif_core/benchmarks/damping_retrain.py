@@ -184,7 +184,10 @@ def run_retraining(
     progress: Progress = ignore,
 ) -> dict[str, Any]:
     """Fine-tune the plan's items not yet stored (at most ``max_runs`` by this process), then summarise
-    every stored one; ``OUT/damping-retrain.json`` is rewritten after every fine-tuning."""
+    every stored one; ``OUT/damping-retrain.json`` is rewritten after every fine-tuning. ``tests`` (the
+    removal sets' test examples: ``{"id", "correct", "candidates", "values"}``) are some of ``examples``;
+    every fine-tuned model's loss is stored for all ``examples``, so a later run may retrain for more of
+    them and reuse the baselines."""
     tcfg, base_path = train_setup(loaded)
     n = len(loaded.train)
     items = plan(tests, mus, base_mu, ms, seed)
