@@ -157,3 +157,30 @@ def test_curvature_share_on_hand_made_vectors():
     # Var(dot) = 1.25, Var(noise) = 1: the share of dot + noise that dot does not explain is 1 / 2.25
     assert curvature_share(dot + noise, dot) == pytest.approx(1.0 / 2.25, abs=1e-12)
     assert curvature_share(torch.ones(4, dtype=torch.float64), dot) is None
+
+
+def test_the_direct_sweep_builds_one_factor_per_mu_and_agrees_with_cg(
+    tiny_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from fastif_core.benchmarks.common import choose_test_examples
+    from fastif_core.benchmarks.damping import run_section
+    from fastif_core.engine import woodbury
+
+    loaded = LoadedWorkspace.load(tiny_workspace, "cpu")
+    with Store.open(tiny_workspace) as store:
+        examples = choose_test_examples(store, loaded, 4, 0)
+    built = []
+    real = woodbury.factor
+    monkeypatch.setattr(woodbury, "factor", lambda obj, batch, mu: built.append(mu) or real(obj, batch, mu))
+    mus = (50.0, 0.5, 0.005)
+    direct = run_section(loaded, examples, tmp_path / "direct", mus=mus, k=K, preset="gauss_newton_direct")
+    assert built == [50.0, 0.5, 0.005]  # μ-major: one factor per μ served all 4 test examples
+    assert direct["settings"]["s_test"]["solver"] == "direct" and direct["complete"]
+    cg = run_section(loaded, examples, tmp_path / "cg", mus=mus, k=K, depth=200)
+    for a, b in zip(direct["tests"], cg["tests"], strict=True):
+        for mu in ("0.5", "0.005"):
+            x, y = a["cells"][mu], b["cells"][mu]
+            assert x["converged"] and y["converged"]
+            # CG stops at a 1e-3 relative residual: its scores agree with the exact solve's to about that
+            assert x["vs_dot"]["pearson"] == pytest.approx(y["vs_dot"]["pearson"], abs=1e-3)
+            assert x["norm"] == pytest.approx(y["norm"], rel=1e-2)
