@@ -37,7 +37,7 @@ from torch import Tensor
 
 from fastif_core.benchmarks.common import TestExample, mean_std
 from fastif_core.benchmarks.quality import correlations
-from fastif_core.benchmarks.retrain import KINDS, fine_tuned, train_setup
+from fastif_core.benchmarks.retrain import KINDS, fine_tuned, fitted_positions, train_setup
 from fastif_core.benchmarks.solvers import model_key
 from fastif_core.config import config_hash, to_dict
 from fastif_core.progress import Progress, ignore
@@ -230,7 +230,7 @@ def run_retraining(
         progress(i / len(items), f"fine-tuning {i + 1}/{len(items)} (m = {len(item['rows'])})")
         try:
             t0 = time.perf_counter()
-            keep = sorted(set(range(n)) - set(item["rows"]))
+            keep = sorted(set(fitted_positions(loaded)) - set(item["rows"]))
             obj = fine_tuned(loaded, keep, replace(tcfg, seed=item["seed"]), base_path)
             losses = {ex.id: float(obj.batch_loss(obj.params, ex.batch)) for ex in examples}
             record = {"rows": list(item["rows"]), "losses": losses, "seconds": time.perf_counter() - t0}

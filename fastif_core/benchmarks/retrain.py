@@ -185,13 +185,14 @@ def transformer_check(
         obj = fine_tuned(loaded, rows, tcfg, base_path)
         return lambda ex: float(obj.batch_loss(obj.params, ex.batch))
 
-    baseline = fine_tune(range(n))
+    fitted = fitted_positions(loaded)
+    baseline = fine_tune(fitted)
     points = []
     for i, (ex, values) in enumerate(chosen):
         base = baseline(ex)
         for kind, by_m in removal_sets(values, ms, cfg.seed + i).items():
             for m, removed in by_m.items():
-                loss = fine_tune(sorted(set(range(n)) - set(removed)))(ex)
+                loss = fine_tune(sorted(set(fitted) - set(removed)))(ex)
                 points.append(
                     {
                         "example_id": ex.id,
@@ -221,6 +222,13 @@ def fine_tuned(loaded: Any, rows: Sequence[int], tcfg: Any, base_path: str) -> O
     M.freeze_layers(model, tcfg.freeze_layers)
     M.train_classifier(model, loaded.train.subset(rows), tcfg, loaded.device, progress=False)
     return Objective(model, loss=two_way_aware_cross_entropy, weight_decay=tcfg.weight_decay)
+
+
+def fitted_positions(loaded: Any) -> range:
+    """The training positions the workspace's model was fine-tuned on: all of them, or the first
+    ``num_fit`` when it was prepared with ``--fit-subset`` (a retraining fine-tunes on these minus the
+    removed ones, so its baseline is the workspace's model; removing an unfitted example changes nothing)."""
+    return range(int(loaded.manifest.get("num_fit") or len(loaded.train)))
 
 
 def train_setup(loaded: Any) -> tuple[Any, str]:

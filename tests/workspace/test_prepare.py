@@ -336,6 +336,7 @@ def test_fit_subset_fine_tunes_on_n_and_keeps_every_training_example(tmp_path: P
     """``fit_subset=30`` of 108 training rows (a generated file): the model saw only the first 30 positions
     (2 steps of 16, not 7), while the store, the features, the FAISS index and a full influence query hold
     all 108; the same settings again are a no-op, another subset is another model."""
+    from fastif_core.benchmarks.retrain import fine_tuned, fitted_positions, train_setup
     from fastif_core.config import InfluenceConfig, STestConfig
     from fastif_core.data.sampling import content_hash
     from fastif_core.data.training_file import write_training_file
@@ -364,6 +365,14 @@ def test_fit_subset_fine_tunes_on_n_and_keeps_every_training_example(tmp_path: P
     result = influence_query(tmp_path / "ws", heldout, icfg, loaded=loaded)
     scored = {row["train_id"] for row in result["helpful"] + result["harmful"]}
     assert result["num_candidates"] == 108 and scored == set(loaded.train_ids)
+    # the retraining checks fine-tune on the fitted positions: their baseline is the workspace's model
+    tcfg, base = train_setup(loaded)
+    assert fitted_positions(loaded) == range(30)
+    again = fine_tuned(loaded, fitted_positions(loaded), tcfg, base)
+    probe = loaded.train.collate(list(range(30, 38)))  # examples the model never saw
+    torch.testing.assert_close(
+        again.batch_loss(again.params, probe), loaded.objective.batch_loss(loaded.objective.params, probe)
+    )
     assert prepare(tmp_path / "ws", cfg, show_progress=False)["reused"] is True
     other = prepare(tmp_path / "ws", dataclasses.replace(cfg, fit_subset=60), show_progress=False)
     assert other["reused"] is False and other["model_id"] != manifest["model_id"] and other["num_fit"] == 60
