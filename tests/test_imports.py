@@ -34,7 +34,7 @@ LAYERS = (
     "cli",
     "front door",
 )
-VOCABULARY = {"config", "errors", "device", "progress", "processes"}
+VOCABULARY = {"config", "errors", "device", "progress", "processes", "measure"}
 
 
 def package_modules() -> dict[str, Path]:

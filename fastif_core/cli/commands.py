@@ -146,11 +146,17 @@ def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
 
 def cmd_prepare(a: argparse.Namespace) -> int:
     from fastif_core.device import resolve_device
-    from fastif_core.workspace.prepare import prepare
+    from fastif_core.measure import measured
+    from fastif_core.workspace.prepare import prepare, record_phase
 
     device = str(resolve_device(a.device))
     manifest = prepare(a.workspace, prepare_config_from_args(a), device=device)
-    sketch = cli_sketch.sketch_after_prepare(a.workspace, manifest, a.sketches, device)
+    sketch, phase = measured(
+        lambda: cli_sketch.sketch_after_prepare(a.workspace, manifest, a.sketches, device), "sketches"
+    )
+    if sketch is not None and not manifest.get("reused"):  # a reused prepare stays a no-op
+        built = {**phase, "status": sketch.get("status")}
+        manifest = record_phase(a.workspace, manifest["build"], "sketches", built) or manifest
     if a.json:
         print(json.dumps({**manifest, "sketch": sketch}, indent=2))
     else:

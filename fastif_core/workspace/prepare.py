@@ -8,6 +8,10 @@ example, the FAISS index over the training set and each example's nearest traini
 predictions, neighbours, the active model and the manifest switch in one store transaction. An
 interrupted prepare leaves the previous state untouched and the next one starts over.
 
+Every phase is measured (:class:`fastif_core.measure.PhaseClock`: wall seconds and peak RSS) into the
+manifest's ``phases``, with the artefacts' sizes in ``disk_mb``; neither enters the settings hash, so an
+equal prepare still reuses the workspace (and keeps the measurements of the prepare that built it).
+
 ``fit_subset = N`` fine-tunes on the first N training examples only; every later step, and influence
 (objective, curvature batches, candidates), still covers the whole training set (see ``PrepareConfig``).
 """
@@ -32,6 +36,7 @@ from fastif_core.data.loaders import load_source
 from fastif_core.data.records import HANS_LABELS, NLIExample, labels_for, to_two_way
 from fastif_core.data.sampling import content_hash, stratified_sample
 from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
+from fastif_core.measure import PhaseClock, size_mb
 from fastif_core.processes import pid_running
 from fastif_core.progress import Progress, ignore
 from fastif_core.store import Store
@@ -231,11 +236,13 @@ def prepare(
     paths = WorkspacePaths(Path(root))
     report = progress or ignore
     report(0.0, "loading data")
-    data = collect_data(cfg)  # before anything is written: a bad file changes nothing
+    clock = PhaseClock()
+    with clock.phase("load"):
+        data = collect_data(cfg)  # before anything is written: a bad file changes nothing
+        phash = prepare_hash(cfg, content_hash(data.all_examples()))
     paths.root.mkdir(parents=True, exist_ok=True)
-    phash = prepare_hash(cfg, content_hash(data.all_examples()))
     with prepare_lock(paths, report):  # one prepare per workspace at a time; a second one waits, then reuses
-        return _prepare_locked(paths, cfg, data, phash, device, report, show_progress)
+        return _prepare_locked(paths, cfg, data, phash, device, report, show_progress, clock)
 
 
 @contextlib.contextmanager
@@ -268,6 +275,7 @@ def _prepare_locked(
     device: str,
     report: Progress,
     show_progress: bool,
+    clock: PhaseClock,
 ) -> dict[str, Any]:
     old = _previous_manifest(paths.root)
     if (
@@ -285,9 +293,11 @@ def _prepare_locked(
     try:
         report(0.05, f"loaded {len(data.all_examples())} examples")
         model, tokenizer, model_info, train_seconds = fit_model(
-            store, paths, staging, data, cfg, device, report, show_progress
+            store, paths, staging, data, cfg, device, report, show_progress, clock
         )
-        build = index_and_predict(staging / "build", data, cfg, model, tokenizer, model_info, device, report)
+        build = index_and_predict(
+            staging / "build", data, cfg, model, tokenizer, model_info, device, report, clock
+        )
         manifest = {
             **build.manifest,
             "status": "ready",
@@ -302,13 +312,52 @@ def _prepare_locked(
             "seconds": time.perf_counter() - started,
             "skipped_no_consensus": data.skipped,
         }
-        publish(store, paths, staging / "build", data, model_info.id, build, manifest)
+        with clock.phase("import"):
+            publish(store, paths, staging / "build", data, model_info.id, build, manifest)
+        manifest = {**manifest, "phases": clock.as_dict(), "disk_mb": disk_sizes(paths.root, manifest)}
+        manifest["seconds"] = time.perf_counter() - started
+        write_manifest(paths.root, manifest)  # the published manifest with the import phase and the sizes
     finally:
         store.close()
         shutil.rmtree(staging, ignore_errors=True)
     prune_builds(paths, keep={manifest["build"], (old or {}).get("build")})
     report(1.0, "workspace ready")
     return manifest
+
+
+def disk_sizes(root: str | Path, manifest: dict[str, Any]) -> dict[str, float | None]:
+    """MiB on disk of the workspace's artefacts: the database (SQLite file with its WAL; None for a server
+    database), the FAISS index, the features, the served model's checkpoint and its sketch indexes."""
+    from fastif_core.store.engine import resolve_url
+
+    paths = WorkspacePaths.of(root, manifest)
+    db = None
+    if resolve_url(paths.root) == resolve_url(paths.root, f"sqlite:///{paths.db.resolve()}"):
+        files = [size_mb(Path(f"{paths.db}{suffix}")) for suffix in ("", "-wal", "-shm")]
+        db = sum(f for f in files if f is not None)
+    model = manifest.get("model_id")
+    return {
+        "database": db,
+        "index": size_mb(paths.index),
+        "features": size_mb(paths.features),
+        "model": None if model is None else size_mb(paths.model_dir(int(model))),
+        "sketches": None if model is None else size_mb(paths.root / "sketches" / str(int(model))),
+    }
+
+
+def record_phase(root: str | Path, build: str, name: str, phase: dict[str, Any]) -> dict[str, Any] | None:
+    """Add a phase measured after the prepare (the sketch build of ``fastif prepare --sketches``) and the
+    sizes now to the manifest, under the prepare lock and only while it still names ``build``; returns
+    the manifest written (None when another prepare has replaced it)."""
+    paths = WorkspacePaths(Path(root))
+    with prepare_lock(paths, ignore):
+        manifest = _previous_manifest(paths.root)
+        if not manifest or manifest.get("build") != build:
+            return None
+        manifest["phases"] = {**(manifest.get("phases") or {}), name: phase}
+        manifest["disk_mb"] = disk_sizes(paths.root, manifest)
+        write_manifest(paths.root, manifest)
+        return manifest
 
 
 def _previous_manifest(root: Path) -> dict[str, Any] | None:
@@ -389,30 +438,38 @@ def fit_model(
     device: str,
     report: Progress,
     show_progress: bool,
+    clock: PhaseClock | None = None,
 ) -> tuple[Any, Any, Any, float]:
     """Fine-tune the classifier on the training set (its first ``fit_subset`` examples, when set) into
     ``models/<id>``, or reuse the checkpoint of the model trained with the same key (base model, settings,
     the examples fitted)."""
     from fastif_core.modeling import classifier as M
 
+    phase = (clock or PhaseClock()).phase
     fit = fit_examples(data.train, cfg)
     key, tc = model_key(cfg, fit), cfg.train_config
     known = store.find_model(config_hash=key)
     if known is not None and (paths.model_dir(known.id) / M.TRAIN_META).exists():
-        model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(known.id), device)
+        with phase("load_model"):
+            model, tokenizer, _, _ = M.load_checkpoint(paths.model_dir(known.id), device)
         return model, tokenizer, known, 0.0
-    model, tokenizer = M.load_classifier(cfg.model or M.default_model_path(), tc.labels, device, seed=tc.seed)
-    M.freeze_layers(model, tc.freeze_layers, embeddings=tc.freeze_embeddings)
-    train = M.encode(tokenizer, fit, labels_for(tc.labels), tc.max_length)
+    with phase("load_model"):
+        model, tokenizer = M.load_classifier(
+            cfg.model or M.default_model_path(), tc.labels, device, seed=tc.seed
+        )
+        M.freeze_layers(model, tc.freeze_layers, embeddings=tc.freeze_embeddings)
+    with phase("encode_fit"):
+        train = M.encode(tokenizer, fit, labels_for(tc.labels), tc.max_length)
     started = time.perf_counter()
-    metrics = M.train_classifier(
-        model,
-        train,
-        tc,
-        device,
-        progress=show_progress,
-        on_progress=lambda f, m: report(0.05 + 0.75 * f, f"fine-tuning: {m}"),
-    )
+    with phase("fine_tune"):
+        metrics = M.train_classifier(
+            model,
+            train,
+            tc,
+            device,
+            progress=show_progress,
+            on_progress=lambda f, m: report(0.05 + 0.75 * f, f"fine-tuning: {m}"),
+        )
     seconds = time.perf_counter() - started
     info = known or store.get_or_create_model(
         f"{Path(cfg.model or 'minilm').name}-ft-{key[:8]}",
@@ -452,43 +509,54 @@ def index_and_predict(
     info: Any,
     device: str,
     report: Progress,
+    clock: PhaseClock | None = None,
 ) -> Build:
     """Predictions and pooled features for every example, the FAISS index (files in ``out``), neighbours,
-    accuracy; nothing is stored yet."""
+    accuracy; nothing is stored yet. Each step is a phase of ``clock``."""
     from fastif_core.modeling import classifier as M
     from fastif_core.modeling.knn import KnnIndex
 
+    phase = (clock or PhaseClock()).phase
     examples, labels = data.all_examples(), tuple(info.label_names)
     two_way = two_way_datasets(examples)
     report(0.8, f"predicting {len(examples)} examples")
-    encoded = M.encode(
-        tokenizer, [_in_scheme(ex, labels) for ex in examples], labels, cfg.train_config.max_length
-    )
-    probs, feats = M.infer(model, encoded, batch_size=64, device=device, features=True)
-    predicted = {
-        ex.id: predicted_label(p, labels, ex.dataset in two_way)
-        for ex, p in zip(examples, probs.tolist(), strict=True)
-    }
-    predictions = [
-        PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
-        for ex, p in zip(examples, probs.tolist(), strict=True)
-    ]
+    with phase("encode"):
+        encoded = M.encode(
+            tokenizer, [_in_scheme(ex, labels) for ex in examples], labels, cfg.train_config.max_length
+        )
+    with phase("featurise"):  # predictions and pooled features in one forward pass
+        probs, feats = M.infer(model, encoded, batch_size=64, device=device, features=True)
+    del encoded
+    with phase("predictions"):
+        predicted = {
+            ex.id: predicted_label(p, labels, ex.dataset in two_way)
+            for ex, p in zip(examples, probs.tolist(), strict=True)
+        }
+        predictions = [
+            PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
+            for ex, p in zip(examples, probs.tolist(), strict=True)
+        ]
     report(0.92, "building the kNN index")
     n_train = len(data.train)
     out.mkdir(parents=True, exist_ok=True)
-    index = KnnIndex.build(feats[:n_train], cfg.knn)
-    index.save(out / "index.faiss")
-    save_features(out / "features.safetensors", feats, [ex.id for ex in examples])
-    manifest = {
-        "model_id": info.id,
-        "num_train": n_train,
-        "num_examples": len(examples),
-        "labels": list(labels),
-        "feature_dim": int(feats.shape[1]),
-        "accuracy": {name: accuracy_report(exs, predicted, SLICES) for name, exs in data.evals.items()},
-        "train_accuracy": accuracy_report(data.train, predicted)["accuracy"],
-    }
-    return Build(manifest, predictions, neighbors_of(index, feats, examples, n_train, cfg.neighbors))
+    with phase("faiss_build"):
+        index = KnnIndex.build(feats[:n_train], cfg.knn)
+        index.save(out / "index.faiss")
+    with phase("save_features"):
+        save_features(out / "features.safetensors", feats, [ex.id for ex in examples])
+    with phase("eval"):
+        manifest = {
+            "model_id": info.id,
+            "num_train": n_train,
+            "num_examples": len(examples),
+            "labels": list(labels),
+            "feature_dim": int(feats.shape[1]),
+            "accuracy": {name: accuracy_report(exs, predicted, SLICES) for name, exs in data.evals.items()},
+            "train_accuracy": accuracy_report(data.train, predicted)["accuracy"],
+        }
+    with phase("neighbours"):
+        neighbors = neighbors_of(index, feats, examples, n_train, cfg.neighbors)
+    return Build(manifest, predictions, neighbors)
 
 
 def _in_scheme(ex: NLIExample, labels: tuple[str, ...]) -> NLIExample:

@@ -389,3 +389,43 @@ def test_fit_subset_larger_than_the_training_set_is_refused_before_anything_is_w
     assert not (tmp_path / "ws").exists()
     with pytest.raises(ConfigError, match="fit_subset=0 is invalid: allowed an integer >= 1"):
         prepare(tmp_path / "ws", tiny_prepare_config(model, fit_subset=0), show_progress=False)
+
+
+PREPARE_PHASES = (
+    "load",
+    "load_model",
+    "encode_fit",
+    "fine_tune",
+    "encode",
+    "featurise",
+    "predictions",
+    "faiss_build",
+    "save_features",
+    "eval",
+    "neighbours",
+    "import",
+)
+
+
+def test_manifest_measures_every_phase_and_the_sizes_on_disk(tmp_path: Path):
+    model = save_tiny_checkpoint(tmp_path / "base")
+    cfg = tiny_prepare_config(model, demo_size=40)
+    manifest = prepare(tmp_path / "ws", cfg, show_progress=False)
+    assert json.loads(json.dumps(manifest)) == read_manifest(tmp_path / "ws")  # returned = the file
+    assert set(manifest["phases"]) == set(PREPARE_PHASES)
+    for name, phase in manifest["phases"].items():
+        assert set(phase) == {"seconds", "peak_rss_mb", "peak_growth_mb"}, name
+        assert phase["seconds"] >= 0 and phase["peak_rss_mb"] > 0 and phase["peak_growth_mb"] >= 0
+        assert phase["peak_growth_mb"] <= phase["peak_rss_mb"]
+    paths = WorkspacePaths.of(tmp_path / "ws", manifest)
+    disk = manifest["disk_mb"]
+    assert disk["index"] == pytest.approx(paths.index.stat().st_size / 2**20)
+    assert disk["features"] == pytest.approx(paths.features.stat().st_size / 2**20)
+    assert disk["database"] >= paths.db.stat().st_size / 2**20 > 0
+    assert disk["model"] > 0 and disk["sketches"] is None  # no sketch index: prepare() builds none
+    text = (tmp_path / "ws" / "workspace.json").read_text()
+    again = prepare(tmp_path / "ws", cfg, show_progress=False)  # the measurements are not settings
+    assert again["reused"] is True and (tmp_path / "ws" / "workspace.json").read_text() == text
+    assert again["phases"] == manifest["phases"]  # those of the prepare that built it
+    reused_model = prepare(tmp_path / "ws", dataclasses.replace(cfg, neighbors=3), show_progress=False)
+    assert "fine_tune" not in reused_model["phases"] and "load_model" in reused_model["phases"]
