@@ -9,7 +9,9 @@ Modules: ``speed`` (Table 1, latency), ``quality`` (Table 3, recall), ``lissa_gr
 (B large, T=1); ``knn{k}/{preset}`` = the k nearest training examples with that preset ('fast' is B=1).
 Sections of their own (``--section``, each its own JSON in ``out_dir``): ``solvers``, ``many``, ``sketch`` and
 ``damping`` (:mod:`fastif_core.benchmarks.damping`, ``damping.json``: influence against the damping μ; with
-``--retrain``, :mod:`fastif_core.benchmarks.damping_retrain`, ``damping-retrain.json``: retraining per μ).
+``--retrain``, :mod:`fastif_core.benchmarks.damping_retrain`, ``damping-retrain.json``: retraining per μ) and
+``scale`` (:mod:`fastif_core.benchmarks.scale`, ``scale.json``: FAISS, the pages' store queries, a click,
+the graph and the job queue on a prepared workspace, each part with its seconds and peak RSS).
 
 Keys of ``bench.json`` (times in seconds; a "spread" is ``{n, median, q1, q3, min, max, mean}``; a
 "mean±std" is ``{mean, std, n}``; groups are ``all`` / ``correct`` / ``incorrect`` test predictions):
@@ -149,12 +151,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (test examples, LiSSA, random removal)")
     p.add_argument(
         "--section",
-        choices=["all", "solvers", "many", "sketch", "damping"],
+        choices=["all", "solvers", "many", "sketch", "damping", "scale"],
         default="all",
         help="all: every section (bench.json); solvers: only the s_test solver comparison (solvers.json, "
         "resumable: reference repetitions are kept under OUT/reference); many: many test examples at once "
         "(many.json: batched vs single queries, the full matrix, the scoring cross-over, matrix store I/O); "
-        "damping: influence against the damping mu (damping.json, resumable: cells under OUT/damping-cache)",
+        "damping: influence against the damping mu (damping.json, resumable: cells under OUT/damping-cache); "
+        "scale: what each page and query costs at this N (scale.json, resumable per part)",
     )
     p.add_argument(
         "--many-tests",
@@ -208,6 +211,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     _sketch_arguments(p)
     _damping_arguments(p)
+    _scale_arguments(p)
 
 
 def _sketch_arguments(p: argparse.ArgumentParser) -> None:
@@ -303,6 +307,99 @@ def _damping_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="damping: most CG iterations per solve (default: the default preset's)",
     )
+
+
+SCALE_PARTS = ("faiss", "browse", "example", "click", "sketch", "graph", "jobs")  # scale.PARTS (not imported)
+
+
+def _scale_parts(text: str) -> tuple[str, ...]:
+    parts = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not parts or set(parts) - set(SCALE_PARTS):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: allowed a comma-separated subset of {', '.join(SCALE_PARTS)}"
+        )
+    return parts
+
+
+def _naturals(text: str) -> tuple[int, ...]:
+    values = _ints(text)
+    if min(values, default=0) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed comma-separated integers >= 0")
+    return values
+
+
+def _scale_arguments(p: argparse.ArgumentParser) -> None:
+    """``--section scale`` (issue 29, :mod:`fastif_core.benchmarks.scale`)."""
+    p.add_argument(
+        "--scale-parts",
+        type=_scale_parts,
+        default=SCALE_PARTS,
+        help=f"scale: comma-separated subset of {', '.join(SCALE_PARTS)} (default all); a part already in "
+        "OUT/scale.json for the same build and options is kept, not measured again",
+    )
+    p.add_argument("--scale-fresh", action="store_true", help="scale: measure every part again")
+    p.add_argument("--scale-repeats", type=_positive, default=3, help="scale: runs per timing (the median)")
+    p.add_argument("--scale-k", type=_positive, default=100, help="scale: k of the FAISS recall@k and query")
+    p.add_argument("--scale-queries", type=_positive, default=1000, help="scale: held-out FAISS queries")
+    p.add_argument(
+        "--scale-nlist",
+        type=int,
+        default=0,
+        help="scale: IVF cells (0: about 4·sqrt(N), >= 39 rows per cell)",
+    )
+    p.add_argument(
+        "--scale-nprobes", type=_ints, default=(1, 8, 32), help="scale: IVF nprobe values (clipped to nlist)"
+    )
+    p.add_argument(
+        "--scale-page-size", type=_positive, default=2000, help="scale: Browse page rows (the table's 2,000)"
+    )
+    p.add_argument(
+        "--scale-offsets",
+        type=_naturals,
+        default=(),
+        help="scale: Browse page offsets (default 0, 2000, the middle and the last page)",
+    )
+    p.add_argument("--scale-search", default="the", help="scale: the Browse text search")
+    p.add_argument("--scale-click-k", type=_positive, default=1000, help="scale: k of the exact click")
+    p.add_argument(
+        "--scale-click-examples", type=_positive, default=3, help="scale: held-out examples clicked"
+    )
+    p.add_argument(
+        "--scale-graph-per-slice", type=_positive, default=100, help="scale: graph test examples per slice"
+    )
+    p.add_argument("--scale-graph-k", type=_positive, default=1000, help="scale: graph candidates per test")
+    p.add_argument(
+        "--scale-graph-preset", choices=PRESETS, default="default", help="scale: s_test preset of the graph"
+    )
+    p.add_argument(
+        "--scale-jobs", type=_positive, default=5000, help="scale: jobs inserted into the database copy"
+    )
+
+
+def run_scale(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """``fastif bench --section scale``: OUT/scale.json."""
+    from fastif_core.benchmarks.scale import ScaleOptions, run_section
+
+    options = ScaleOptions(
+        parts=a.scale_parts,
+        repeats=a.scale_repeats,
+        fresh=a.scale_fresh,
+        knn_k=a.scale_k,
+        queries=a.scale_queries,
+        nlist=a.scale_nlist,
+        nprobes=a.scale_nprobes,
+        page_size=a.scale_page_size,
+        offsets=a.scale_offsets,
+        search=a.scale_search,
+        click_k=a.scale_click_k,
+        click_examples=a.scale_click_examples,
+        graph_per_slice=a.scale_graph_per_slice,
+        graph_k=a.scale_graph_k,
+        graph_preset=a.scale_graph_preset,
+        jobs=a.scale_jobs,
+        seed=a.seed,
+    )
+    return run_section(Path(a.workspace), Path(a.out), options, progress)
 
 
 def run_damping(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
@@ -411,6 +508,8 @@ def run_from_args(a: argparse.Namespace) -> int:
     try:
         if a.section == "sketch":
             result = run_sketch(a, progress)
+        elif a.section == "scale":
+            result = run_scale(a, progress)
         elif a.section == "damping":
             result = run_damping(a, progress)
         elif a.section == "solvers":
@@ -427,6 +526,12 @@ def run_from_args(a: argparse.Namespace) -> int:
 
         print(report(result))
         print(f"\nwrote {Path(a.out) / 'sketch.json'}")
+        return 0
+    if a.section == "scale":
+        from fastif_core.benchmarks.scale import report as scale_report
+
+        print(scale_report(result))
+        print(f"\nwrote {Path(a.out) / 'scale.json'}")
         return 0
     if a.section == "damping":
         from fastif_core.benchmarks.damping import report as damping_report

@@ -1,0 +1,173 @@
+"""The store parts of ``fastif bench --section scale`` (:mod:`fastif_core.benchmarks.scale`): the Browse and
+Example pages' queries and the job queue (into a copy of the database), timed through the store's API the
+dashboard calls (``app/data_access.py``)."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from fastif_core.benchmarks.common import spread, timed
+from fastif_core.config import InfluenceConfig, STestConfig
+
+BROWSE_PAGE = 2000  # rows of the Browse table (app/data_access.TABLE_LIMIT)
+JOBS_PAGE = 200  # jobs the Jobs page lists (app/data_access.list_jobs)
+BROWSE_COLUMNS = ("dataset", "split", "label", "genre", "heuristic", "subcase")
+
+
+def repeat(fn: Callable[[], Any], n: int) -> tuple[Any, dict[str, Any]]:
+    """The last value of ``n`` calls of ``fn`` and the spread of their seconds."""
+    out, seconds = None, []
+    for _ in range(max(n, 1)):
+        out, sec = timed(fn)
+        seconds.append(sec)
+    return out, spread(seconds)
+
+
+# ------------------------------------------------------------------------------------------------ browse
+def browse_filters(store: Any, search: str) -> dict[str, Any]:
+    """The filters the Browse part times, by name (values drawn from the store's own)."""
+    from fastif_core.store import ExampleFilter
+
+    labels = store.distinct_values("label")
+    return {
+        "none": ExampleFilter(),
+        "training": ExampleFilter(in_training_set=True),
+        "incorrect": ExampleFilter(correct=False),
+        "label": ExampleFilter(label=labels[:1] or None),
+        "search": ExampleFilter(search=search),
+    }
+
+
+def browse_part(store: Any, o: Any) -> dict[str, Any]:
+    """The Browse page's queries: options, first page and counts per filter, groups, deep pages."""
+    options, options_s = repeat(
+        lambda: {c: store.distinct_values(c) for c in ("predicted", *BROWSE_COLUMNS)}, o.repeats
+    )
+    filters = {}
+    for name, f in browse_filters(store, o.search).items():
+        rows, page_s = repeat(lambda f=f: store.query_examples(f, limit=o.page_size), o.repeats)
+        summary, count_s = repeat(lambda f=f: store.summarize_examples(f), o.repeats)
+        filters[name] = {
+            "filter": {k: v for k, v in asdict(f).items() if v is not None},
+            "count": summary.count,
+            "predicted": summary.predicted,
+            "correct": summary.correct,
+            "rows": len(rows),
+            "page": page_s,
+            "counts": count_s,
+        }
+    groups = {}
+    for column in BROWSE_COLUMNS:
+        found, group_s = repeat(lambda c=column: store.summarize_by(c), o.repeats)
+        groups[column] = {"groups": len(found), "seconds": group_s}
+    total = filters["none"]["count"]
+    offsets = o.offsets or (0, BROWSE_PAGE, total // 2, max(total - o.page_size, 0))
+    pages = {}
+    for offset in sorted({x for x in offsets if x < max(total, 1)}):
+        rows, page_s = repeat(lambda x=offset: store.query_examples(limit=o.page_size, offset=x), o.repeats)
+        pages[str(offset)] = {
+            "rows": len(rows),
+            "first_id": rows[0].id if rows else None,
+            "last_id": rows[-1].id if rows else None,
+            "seconds": page_s,
+        }
+    return {
+        "options": {"values": {c: len(v) for c, v in options.items()}, "seconds": options_s},
+        "page_size": o.page_size,
+        "filters": filters,
+        "summarize_by": groups,
+        "pages": pages,
+    }
+
+
+def example_part(store: Any, model_id: int, ids: Sequence[str], o: Any) -> dict[str, Any]:
+    """The Example page's queries for each of ``ids``."""
+    out = {}
+    for example_id in ids:
+        row, get_s = repeat(lambda i=example_id: store.get_example(i, model_id), o.repeats)
+        near, near_s = repeat(lambda i=example_id: store.get_neighbors(model_id, i), o.repeats)
+        runs, runs_s = repeat(
+            lambda i=example_id: store.list_influence_runs(model_id=model_id, example_id=i), o.repeats
+        )
+        entry = {
+            "found": row is not None,
+            "neighbors": len(near),
+            "runs": len(runs),
+            "example": get_s,
+            "neighbors_seconds": near_s,
+            "runs_seconds": runs_s,
+        }
+        if runs:
+            run, run_s = repeat(lambda r=runs[0].id: store.get_influence_run(r), o.repeats)
+            entry |= {"run_scores": len(run.scores) if run is not None else 0, "run_seconds": run_s}
+        out[example_id] = entry
+    return {"examples": out}
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+def copy_database(root: Path, into: Path) -> Path | None:
+    """A consistent copy of the workspace's SQLite database (its WAL included) in ``into``; None when the
+    workspace's database is not its own SQLite file (``$FASTIF_DB_URL`` names another)."""
+    from fastif_core.store.engine import resolve_url
+
+    src = root / "fastif.db"
+    if not src.is_file() or resolve_url(root) != resolve_url(root, f"sqlite:///{src.resolve()}"):
+        return None
+    dst = into / "fastif.db"
+    with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def jobs_part(root: Path, model_id: int, ids: Sequence[str], o: Any) -> dict[str, Any]:
+    """``o.jobs`` influence jobs enqueued into a copy of the database, then the pages' job listings."""
+    from fastif_core import jobs
+    from fastif_core.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="fastif-scale-jobs-") as tmp:
+        copy = copy_database(root, Path(tmp))
+        if copy is None:
+            return {"skipped": "the workspace's database is not its own SQLite file: nothing is copied"}
+        with Store.open(url=f"sqlite:///{copy}") as store:
+            before = sum(store.job_counts().values())
+
+            def enqueue(i: int) -> Any:
+                s_test = replace(STestConfig.default(), seed=o.seed + i)  # distinct settings: distinct jobs
+                params = jobs.InfluenceParams(
+                    example_id=ids[i % len(ids)], config=InfluenceConfig(s_test=s_test), model_id=model_id
+                )
+                return jobs.enqueue(store, "influence", params)
+
+            _, insert_s = timed(lambda: [enqueue(i) for i in range(o.jobs)])
+            listed, list_s = repeat(lambda: store.list_jobs(limit=JOBS_PAGE), o.repeats)
+            _, active_s = repeat(
+                lambda: store.list_jobs(status=["queued", "running"], limit=JOBS_PAGE), o.repeats
+            )
+            _, lookup_s = repeat(
+                lambda: [
+                    j
+                    for j in store.list_jobs(kind="influence", limit=JOBS_PAGE)
+                    if j.params.get("example_id") == ids[0]
+                ],
+                o.repeats,
+            )
+            counts, counts_s = repeat(store.job_counts, o.repeats)
+            every = store.list_jobs(limit=None)
+    return {
+        "inserted": o.jobs,
+        "before": before,
+        "listed_all": len(every),
+        "counts": counts,
+        "insert_seconds": insert_s,
+        "insert_ms_per_job": insert_s * 1000 / max(o.jobs, 1),
+        "page_rows": len(listed),
+        "list": list_s,
+        "list_active": active_s,
+        "example_job_lookup": lookup_s,
+        "job_counts": counts_s,
+    }
