@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session, aliased
 
 from fastif_core.config import config_hash, to_dict
 from fastif_core.errors import ConfigError, WorkspaceError
-from fastif_core.store._sql import chunks, upsert
+from fastif_core.store._sql import CHUNK, chunks, upsert
 from fastif_core.store.records import (
     AppResultInfo,
     InfluenceRunInfo,
@@ -91,27 +92,34 @@ def get_or_create_model(
     return s.scalars(select(Model).where(Model.config_hash == row["config_hash"])).one()
 
 
-def save_predictions(s: Session, model_id: int, predictions: Iterable[PredictionIn]) -> int:
-    """Insert or replace the model's predictions (bulk, idempotent); returns how many were given."""
-    rows = [
-        {
-            "model_id": model_id,
-            "example_id": p.example_id,
-            "probs": [float(x) for x in p.probs],
-            "predicted": p.predicted,
-            "confidence": float(max(p.probs)),
-            "correct": bool(p.correct),
-        }
-        for p in predictions
-    ]
-    upsert(
-        s,
-        Prediction.__table__,
-        rows,
-        ["model_id", "example_id"],
-        ["probs", "predicted", "confidence", "correct"],
-    )
-    return len(rows)
+def save_predictions(
+    s: Session, model_id: int, predictions: Iterable[PredictionIn], chunk: int = CHUNK
+) -> int:
+    """Insert or replace the model's predictions (bulk, idempotent); returns how many were given. The rows
+    are built ``chunk`` at a time: at N = 400,000 one list of every row would hold hundreds of MB."""
+    given = iter(predictions)
+    total = 0
+    while part := list(itertools.islice(given, chunk)):
+        rows = [
+            {
+                "model_id": model_id,
+                "example_id": p.example_id,
+                "probs": [float(x) for x in p.probs],
+                "predicted": p.predicted,
+                "confidence": float(max(p.probs)),
+                "correct": bool(p.correct),
+            }
+            for p in part
+        ]
+        upsert(
+            s,
+            Prediction.__table__,
+            rows,
+            ["model_id", "example_id"],
+            ["probs", "predicted", "confidence", "correct"],
+        )
+        total += len(rows)
+    return total
 
 
 def prediction_info(p: Prediction) -> PredictionInfo:
@@ -140,18 +148,22 @@ def get_predictions(
     return out
 
 
-def save_neighbors(s: Session, model_id: int, neighbors: Mapping[str, Sequence[tuple[str, float]]]) -> int:
-    """Replace each query's neighbour list (rank = list position, 0 = nearest); returns rows written."""
-    queries = list(neighbors)
-    for part in chunks(queries):
+def save_neighbors(
+    s: Session, model_id: int, neighbors: Mapping[str, Sequence[tuple[str, float]]], chunk: int = CHUNK
+) -> int:
+    """Replace each query's neighbour list (rank = list position, 0 = nearest); returns rows written. The
+    rows are built for ``chunk`` queries at a time (N x k row dicts at once would take GBs at N = 400,000)."""
+    total = 0
+    for part in chunks(list(neighbors), chunk):
         s.execute(delete(Neighbor).where(Neighbor.model_id == model_id, Neighbor.query_id.in_(part)))
-    rows = [
-        {"model_id": model_id, "query_id": q, "rank": r, "train_id": t, "distance": float(d)}
-        for q in queries
-        for r, (t, d) in enumerate(neighbors[q])
-    ]
-    upsert(s, Neighbor.__table__, rows, ["model_id", "query_id", "rank"], ["train_id", "distance"])
-    return len(rows)
+        rows = [
+            {"model_id": model_id, "query_id": q, "rank": r, "train_id": t, "distance": float(d)}
+            for q in part
+            for r, (t, d) in enumerate(neighbors[q])
+        ]
+        upsert(s, Neighbor.__table__, rows, ["model_id", "query_id", "rank"], ["train_id", "distance"])
+        total += len(rows)
+    return total
 
 
 def get_neighbors(s: Session, model_id: int, query_id: str, limit: int | None) -> list[NeighborInfo]:

@@ -528,13 +528,14 @@ def index_and_predict(
         probs, feats = M.infer(model, encoded, batch_size=64, device=device, features=True)
     del encoded
     with phase("predictions"):
+        rows = probs.tolist()  # once: N x C Python floats
         predicted = {
             ex.id: predicted_label(p, labels, ex.dataset in two_way)
-            for ex, p in zip(examples, probs.tolist(), strict=True)
+            for ex, p in zip(examples, rows, strict=True)
         }
         predictions = [
             PredictionIn(ex.id, p, predicted[ex.id], predicted[ex.id] == ex.label)
-            for ex, p in zip(examples, probs.tolist(), strict=True)
+            for ex, p in zip(examples, rows, strict=True)
         ]
     report(0.92, "building the kNN index")
     n_train = len(data.train)

@@ -306,6 +306,34 @@ def test_neighbors_replace_per_query(filled):
     assert got[0].premise == exs[4].premise and store.get_neighbors(model.id, exs[0].id, limit=1) == got[:1]
 
 
+def test_neighbours_and_predictions_written_a_few_queries_at_a_time_equal_one_batch(filled):
+    """Issue 29: the rows are built ``chunk`` queries at a time (not N x k dicts at once); the result is
+    the same as one batch, a generator of predictions included, and a later write replaces per query."""
+    from fastif_core.store import results as res
+
+    store, exs, model, _ = filled
+    lists = {
+        q.id: [(exs[(i + j + 1) % len(exs)].id, 0.1 * j) for j in range(3)] for i, q in enumerate(exs[:7])
+    }
+    with store.transaction() as s:
+        assert res.save_neighbors(s, model.id, lists, chunk=2) == 21
+    for q, want in lists.items():
+        assert [(n.train_id, n.distance) for n in store.get_neighbors(model.id, q)] == pytest.approx(want)
+    with store.transaction() as s:
+        res.save_neighbors(s, model.id, {exs[6].id: lists[exs[6].id][:1]}, chunk=2)
+    assert (
+        len(store.get_neighbors(model.id, exs[6].id)) == 1
+        and len(store.get_neighbors(model.id, exs[5].id)) == 3
+    )
+    preds = (
+        PredictionIn(e.id, [0.2, 0.3, 0.5], "contradiction", e.label == "contradiction") for e in exs[:5]
+    )
+    with store.transaction() as s:
+        assert res.save_predictions(s, model.id, preds, chunk=2) == 5
+    got = store.get_predictions(model.id, [e.id for e in exs[:5]])
+    assert all(got[e.id].probs == [0.2, 0.3, 0.5] and got[e.id].predicted == "contradiction" for e in exs[:5])
+
+
 def test_influence_run_with_job_is_atomic_and_idempotent(filled):
     store, exs, model, _ = filled
     cfg = InfluenceConfig(k=4)
