@@ -51,7 +51,7 @@ from fastif_core.config import STestConfig, config_hash, to_dict
 from fastif_core.engine.examples import Examples
 from fastif_core.engine.influence import test_gradient
 from fastif_core.engine.objective import Objective
-from fastif_core.engine.scoring import score_candidates
+from fastif_core.engine.scoring import score_candidates, score_many
 from fastif_core.engine.solvers import solve
 from fastif_core.errors import ConfigError, SolverError
 from fastif_core.progress import Progress, ignore
@@ -88,20 +88,38 @@ class CellCache:
         self.directory, self.fixed = directory, fixed
         self.computed = self.cached = 0
 
+    def path(self, fields: dict[str, Any]) -> Path:
+        key = {**self.fixed, **fields}
+        return self.directory / f"{file_slug(str(key['test']))}-{fields['cell']}-{config_hash(key)}.json"
+
+    def has(self, fields: dict[str, Any]) -> bool:
+        return self.path(fields).exists()
+
+    def put(self, fields: dict[str, Any], cell: dict[str, Any]) -> None:
+        """Store a computed cell (atomically)."""
+        path = self.path(fields)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing the cache never share a tmp file
+        tmp.write_text(json.dumps({"key": {**self.fixed, **fields}, **cell}))
+        tmp.replace(path)
+        self.computed += 1
+
     def get(self, fields: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The stored cell of ``fields``, or ``compute()`` written first (atomically) when absent."""
-        key = {**self.fixed, **fields}
-        path = self.directory / f"{file_slug(str(key['test']))}-{fields['cell']}-{config_hash(key)}.json"
+        path = self.path(fields)
         if path.exists():
             self.cached += 1
             return json.loads(path.read_text())
-        cell = {"key": key, **compute()}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing the cache never share a tmp file
-        tmp.write_text(json.dumps(cell))
-        tmp.replace(path)
-        self.computed += 1
+        self.put(fields, compute())
         return json.loads(path.read_text())  # the same floats whether computed now or read back later
+
+
+def cell_fields(test_id: str, candidates: Sequence[int], mu: float | None, cfg: STestConfig | None) -> dict:
+    """A cell's own key fields: the test, a hash of its candidates, and the dot product or μ's solver settings."""
+    where = {"test": test_id, "candidates": hashlib.sha256(str(list(candidates)).encode()).hexdigest()[:16]}
+    if mu is None:
+        return {**where, "cell": "dot"}
+    return {**where, "cell": f"mu{mu:g}", "s_test": to_dict(cfg)}
 
 
 def _solve_cell(obj: Objective, train: Examples, v: Tensor, candidates: list[int], cfg: STestConfig) -> dict:
@@ -113,6 +131,44 @@ def _solve_cell(obj: Objective, train: Examples, v: Tensor, candidates: list[int
     st = est.stats()
     keep = ("hvps", "residual", "converged", "depth_used", "norm", "effective_damping")
     return {"values": values.double().tolist(), "seconds": seconds, "stats": {k: st[k] for k in keep}}
+
+
+def direct_cells(
+    obj: Objective,
+    train: Examples,
+    tests: Sequence[tuple[str, Tensor, list[int]]],
+    mus: Sequence[float],
+    base: STestConfig,
+    cache: CellCache,
+    progress: Progress = ignore,
+) -> None:
+    """Fill the cache's missing cells of ``tests`` (``(id, test gradient (P,), candidates)``) for the direct
+    solver, μ-major: per μ one Woodbury factor solves every test; then per test one scoring pass
+    (:func:`score_many`) scores all its new s_test at once (memory: the pending s_test, tests × μ × P)."""
+    pending: dict[str, list[tuple[dict, Tensor, float, dict]]] = {}
+    keep = ("hvps", "residual", "converged", "depth_used", "norm", "effective_damping")
+    for j, mu in enumerate(mus):
+        cfg = replace(base, mu=mu)
+        for test_id, v, candidates in tests:
+            progress(0.2 * j / len(mus), f"{test_id}: μ = {mu:g} (direct)")
+            fields = cell_fields(test_id, candidates, mu, cfg)
+            if cache.has(fields):
+                continue
+            try:
+                est, seconds = timed(lambda cfg=cfg, v=v: solve(obj, v, train, cfg))
+            except SolverError as exc:
+                cache.put(fields, {"error": f"{type(exc).__name__}: {exc}"})
+                continue
+            st = est.stats()
+            pending.setdefault(test_id, []).append((fields, est.s_test, seconds, {k: st[k] for k in keep}))
+    for test_id, _, candidates in tests:
+        cells = pending.pop(test_id, [])
+        if not cells:
+            continue
+        progress(0.2, f"{test_id}: scoring {len(cells)} μ at once")
+        values = score_many(obj, torch.stack([c[1] for c in cells]), train, candidates).cpu()
+        for (fields, _, seconds, st), row in zip(cells, values, strict=True):
+            cache.put(fields, {"values": row.double().tolist(), "seconds": seconds, "stats": st})
 
 
 def _dot_cell(obj: Objective, train: Examples, v: Tensor, candidates: list[int]) -> dict:
@@ -139,8 +195,9 @@ def sweep_example(
     """Every μ of one test example (see the module docstring): ``{dot_seconds, cells: {f"{μ:g}": ...},
     values: {f"{μ:g}": (k,) float64}}`` (values: the converged cells' influence on the candidates). ``v (P,)``
     is the test gradient; the cells' solver settings are ``base`` with ``mu`` replaced."""
-    where = {"test": test_id, "candidates": hashlib.sha256(str(list(candidates)).encode()).hexdigest()[:16]}
-    dot_cell = cache.get({**where, "cell": "dot"}, lambda: _dot_cell(obj, train, v, candidates))
+    dot_cell = cache.get(
+        cell_fields(test_id, candidates, None, None), lambda: _dot_cell(obj, train, v, candidates)
+    )
     dot = torch.tensor(dot_cell["values"], dtype=torch.float64)
     raw: dict[str, dict[str, Any]] = {}
     stop = None
@@ -150,7 +207,7 @@ def sweep_example(
             raw[f"{mu:g}"] = {"mu": mu, "skipped": stop}
             continue
         cfg = replace(base, mu=mu)
-        fields = {**where, "cell": f"mu{mu:g}", "s_test": to_dict(cfg)}
+        fields = cell_fields(test_id, candidates, mu, cfg)
         cell = cache.get(fields, lambda cfg=cfg: _solve_cell(obj, train, v, candidates, cfg))
         raw[f"{mu:g}"] = {
             "mu": mu,
@@ -296,11 +353,8 @@ def run_section(
         for i, ex in enumerate(examples)
         if i % parts == part
     ]
-    if base.solver == "direct":  # μ-major: one Woodbury factor per μ serves every test example
-        for j, mu in enumerate(mus):
-            for _, ex, v, candidates in mine:
-                progress(share * j / len(mus), f"{ex.id}: μ = {mu:g} (direct)")
-                sweep_example(obj, train, v, candidates, [mu], base, cache, ex.id)
+    if base.solver == "direct":
+        direct_cells(obj, train, [(ex.id, v, c) for _, ex, v, c in mine], mus, base, cache, progress)
     for i, ex, v, candidates in mine:
         sub = lambda f, m, i=i: progress(share * (i + f) / len(examples), m)  # noqa: E731
         found = sweep_example(obj, train, v, candidates, mus, base, cache, ex.id, sub)
