@@ -127,7 +127,7 @@ class RetrainStore:
         owner = {"host": socket.gethostname(), "pid": os.getpid()}
         for _ in range(2):
             try:
-                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if _alive(claim):
                     return False
