@@ -176,25 +176,27 @@ def job(root: str, job_id: int) -> JobInfo | None:
 
 
 def list_jobs(
-    root: str, statuses: list[str] | None = None, kind: str | None = None, limit: int = 200
+    root: str,
+    statuses: list[str] | None = None,
+    kind: str | None = None,
+    limit: int = 200,
+    example_id: str | None = None,
 ) -> list[JobInfo]:
-    """Jobs newest first (fresh)."""
-    return store(root).list_jobs(status=statuses, kind=kind, limit=limit)
+    """Jobs newest first (fresh), of ``example_id`` when given."""
+    return store(root).list_jobs(status=statuses, kind=kind, limit=limit, example_id=example_id)
 
 
 def active_job(root: str, kind: str, example_id: str | None = None) -> JobInfo | None:
     """The newest queued or running job of ``kind`` (for ``example_id`` when given)."""
-    for j in list_jobs(root, ["queued", "running"], kind):
-        if example_id is None or j.params.get("example_id") == example_id:
-            return j
-    return None
+    found = list_jobs(root, ["queued", "running"], kind, limit=1, example_id=example_id)
+    return found[0] if found else None
 
 
 def influence_job(root: str, example_id: str, job_id: int | None) -> JobInfo | None:
     """The influence job to show for an example: the one this session queued, else its newest one."""
     if job_id is not None:
         return job(root, job_id)
-    found = [j for j in list_jobs(root, kind="influence") if j.params.get("example_id") == example_id]
+    found = list_jobs(root, kind="influence", limit=1, example_id=example_id)
     return found[0] if found else None
 
 

@@ -126,11 +126,14 @@ class QueueMethods:
         kind: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        example_id: str | None = None,
     ) -> list[JobInfo]:
-        """Jobs newest first, optionally filtered by status(es) and kind."""
+        """Jobs newest first, optionally filtered by status(es), kind and the ``example_id`` of their
+        parameters (in SQL: the JSON field, so an example's job is found however many newer jobs exist)."""
         q = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
         q = q.where(any_of(Job.status, status)) if status is not None else q
         q = q.where(Job.kind == kind) if kind is not None else q
+        q = q.where(Job.params["example_id"].as_string() == example_id) if example_id is not None else q
         return self._read(lambda s: [jq.job_info(j) for j in s.scalars(q)])
 
     def job_counts(self) -> dict[str, int]:

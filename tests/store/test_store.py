@@ -400,3 +400,20 @@ def test_influence_run_under_a_caller_chosen_key(filled):
     assert store.find_influence_run(model.id, exs[0].id, "without-top").id == run_id
     assert store.find_influence_run(model.id, exs[0].id, config_hash(cfg)) is None
     assert store.get_influence_run(run_id).config == {**to_dict(cfg)}
+
+
+def test_jobs_of_an_example_are_found_past_any_number_of_newer_jobs(store):
+    """The Example page's job look-up filters on the JSON parameter in SQL (SQLite and PostgreSQL), so an
+    example's job is found behind 300 newer ones (the page used to search only the 200 newest)."""
+    target = store.enqueue_job("influence", {"example_id": "ex-old", "k": 5})
+    for i in range(300):
+        store.enqueue_job("influence", {"example_id": f"ex-{i}", "k": 5})
+    store.enqueue_job("simulate", {"example_id": "ex-old"})  # another kind: not an influence job
+    found = store.list_jobs(kind="influence", example_id="ex-old", limit=1)
+    assert [j.id for j in found] == [target.id] and found[0].params["example_id"] == "ex-old"
+    assert len(store.list_jobs(kind="influence", limit=1000)) == 301
+    assert store.list_jobs(example_id="ex-old", limit=10)[0].kind == "simulate"  # newest first, any kind
+    assert store.list_jobs(kind="influence", example_id="ex-none") == []
+    assert [j.id for j in store.list_jobs(status=["queued"], kind="influence", example_id="ex-old")] == [
+        target.id
+    ]
