@@ -37,7 +37,7 @@ from torch import Tensor
 
 from fastif_core.benchmarks.common import TestExample, mean_std
 from fastif_core.benchmarks.quality import correlations
-from fastif_core.benchmarks.retrain import KINDS, fine_tuned, fitted_positions, train_setup
+from fastif_core.benchmarks.retrain import KINDS, fine_tuned, fitted_positions, test_loss, train_setup
 from fastif_core.benchmarks.solvers import model_key
 from fastif_core.config import config_hash, to_dict
 from fastif_core.progress import Progress, ignore
@@ -195,11 +195,10 @@ def run_retraining(
         "model": model_key(loaded),
         "base": str(base_path),
         "train_config": to_dict(replace(tcfg, seed=0)),
+        "loss": "data",  # the test's own loss, no regulariser (records of the summed loss are not reused)
     }
     store = RetrainStore(out_dir / "damping-retrain", fixed)
-    workspace_loss = {
-        ex.id: float(loaded.objective.batch_loss(loaded.objective.params, ex.batch)) for ex in examples
-    }
+    workspace_loss = {ex.id: test_loss(loaded.objective, ex.batch) for ex in examples}
     started, ran = time.perf_counter(), 0
 
     def write() -> dict[str, Any]:
@@ -232,7 +231,7 @@ def run_retraining(
             t0 = time.perf_counter()
             keep = sorted(set(fitted_positions(loaded)) - set(item["rows"]))
             obj = fine_tuned(loaded, keep, replace(tcfg, seed=item["seed"]), base_path)
-            losses = {ex.id: float(obj.batch_loss(obj.params, ex.batch)) for ex in examples}
+            losses = {ex.id: test_loss(obj, ex.batch) for ex in examples}
             record = {"rows": list(item["rows"]), "losses": losses, "seconds": time.perf_counter() - t0}
         except BaseException:
             store.release(item)

@@ -41,6 +41,16 @@ CONVEX_WEIGHT_DECAY = 1e-3
 KINDS = ("helpful", "harmful", "random")
 
 
+def test_loss(objective: Objective, batch: dict[str, Tensor]) -> float:
+    """The test example's own loss (its per-example loss alone, without the ``wd·Σθ²`` regulariser that
+    ``batch_loss`` adds): the quantity whose change influence predicts."""
+    with torch.no_grad():
+        return float(objective.data_loss(objective.params, batch).mean())
+
+
+test_loss.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into one
+
+
 def removal_sets(values: Tensor, ms: Sequence[int], seed: int) -> dict[str, dict[int, list[int]]]:
     """Training positions to remove: top-m most helpful (most negative), most harmful, and m at random."""
     order = torch.argsort(values.double(), stable=True).tolist()
@@ -137,12 +147,12 @@ def convex_check(loaded: Any, examples: Sequence[TestExample], cfg: BenchConfig,
         values = score_candidates(
             obj, torch.linalg.solve(hessian, test_gradient(obj, test)), train, range(n), batch_size=4096
         )
-        base = float(obj.batch_loss(obj.params, test))
+        base = test_loss(obj, test)
         for kind, by_m in removal_sets(values, ms, cfg.seed + i).items():
             for m, removed in by_m.items():
                 model.load_state_dict(init)
                 grad_norms.append(fit_convex(model, obj, train, sorted(set(range(n)) - set(removed))))
-                loss = float(obj.batch_loss(obj.params, test))
+                loss = test_loss(obj, test)
                 points.append(
                     {
                         "example_id": ex.id,
@@ -183,7 +193,7 @@ def transformer_check(
         progress(done[0] / runs, f"transformer retraining {done[0] + 1}/{runs}")
         done[0] += 1
         obj = fine_tuned(loaded, rows, tcfg, base_path)
-        return lambda ex: float(obj.batch_loss(obj.params, ex.batch))
+        return lambda ex: test_loss(obj, ex.batch)
 
     fitted = fitted_positions(loaded)
     baseline = fine_tune(fitted)
