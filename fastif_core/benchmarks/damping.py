@@ -19,7 +19,8 @@ by Pearson, Spearman, Kendall and the top-10 helpful / harmful overlap, and repo
 
 Going down the sweep, a test stops at the first μ whose solve raises a
 :class:`~fastif_core.errors.SolverError` (recorded as ``error``) or does not reach its tolerance within
-``depth`` iterations (recorded with ``converged`` false and left out of the summary's metrics); the smaller
+``depth`` iterations (for the direct solve: whose residual stays above CG's tolerance, 1e-3) (recorded
+with ``converged`` false and left out of the summary's metrics); the smaller
 μ of that test are recorded as ``skipped``. Summaries: per μ, mean ± std over the tests by ``all`` /
 ``correct`` / ``incorrect``.
 
@@ -176,6 +177,17 @@ def _dot_cell(obj: Objective, train: Examples, v: Tensor, candidates: list[int])
     return {"values": values.double().tolist(), "seconds": seconds}
 
 
+def tolerance(base: STestConfig) -> float:
+    """The relative residual a cell must reach: the solver's own tolerance, or for a solver without one (the
+    direct solve) the default preset's (CG's 1e-3), so both solvers are judged alike."""
+    return base.tolerance if base.tolerance > 0 else STestConfig.preset("default").tolerance
+
+
+def converged(stats: dict[str, Any], base: STestConfig) -> bool:
+    """Whether a solve's residual reached :func:`tolerance` (float32 direct solves lose digits as μ falls)."""
+    return stats.get("residual") is not None and stats["residual"] <= tolerance(base)
+
+
 def sweep_mus(mus: Sequence[float], base_mu: float) -> list[float]:
     """The sweep's μ, largest first, with the base μ always in it."""
     return sorted({float(m) for m in mus} | {float(base_mu)}, reverse=True)
@@ -213,10 +225,17 @@ def sweep_example(
             "mu": mu,
             **{k: cell[k] for k in ("error", "values", "seconds", "stats") if k in cell},
         }
+        if "stats" in cell:
+            cell["stats"]["converged"] = converged(cell["stats"], base)
+            raw[f"{mu:g}"]["stats"] = cell["stats"]
         if "error" in cell:
             stop = f"the solve at μ = {mu:g} failed"
         elif cell["stats"]["converged"] is False:
-            stop = f"the solve at μ = {mu:g} did not converge in {cfg.depth} iterations"
+            stop = (
+                f"the solve at μ = {mu:g} did not converge in {cfg.depth} iterations"
+                if base.solver != "direct"
+                else f"the direct solve at μ = {mu:g} left a residual above {tolerance(base):g}"
+            )
     cells = _cell_metrics(raw, dot, f"{base.effective_damping:g}")
     values = {
         key: torch.tensor(cell["values"], dtype=torch.float64)

@@ -16,7 +16,14 @@ import torch
 from factories import make_tiny_bert, make_tiny_examples
 from scipy import stats
 
-from fastif_core.benchmarks.damping import CellCache, curvature_share, summarize, sweep_example, sweep_mus
+from fastif_core.benchmarks.damping import (
+    CellCache,
+    converged,
+    curvature_share,
+    summarize,
+    sweep_example,
+    sweep_mus,
+)
 from fastif_core.config import STestConfig
 from fastif_core.engine.curvature import exact_damped_solve
 from fastif_core.engine.examples import sample_indices
@@ -175,6 +182,10 @@ def test_the_direct_sweep_builds_one_factor_per_mu_and_agrees_with_cg(
     mus = (50.0, 0.5, 0.005)
     direct = run_section(loaded, examples, tmp_path / "direct", mus=mus, k=K, preset="gauss_newton_direct")
     assert built == [50.0, 0.5, 0.005]  # μ-major: one factor per μ served all 4 test examples
+    # the direct solve has no tolerance of its own: it is judged by the default CG's (1e-3)
+    direct_cfg = STestConfig.preset("gauss_newton_direct")
+    assert converged({"residual": 5e-4}, direct_cfg) and not converged({"residual": 2e-3}, direct_cfg)
+    assert not converged({"residual": 5e-4}, STestConfig.preset("default", tolerance=1e-4))
     assert direct["settings"]["s_test"]["solver"] == "direct" and direct["complete"]
     cg = run_section(loaded, examples, tmp_path / "cg", mus=mus, k=K, depth=200)
     for a, b in zip(direct["tests"], cg["tests"], strict=True):
