@@ -534,15 +534,15 @@ def run_from_args(a: argparse.Namespace) -> int:
         print(f"\nwrote {Path(a.out) / 'scale.json'}")
         return 0
     if a.section == "damping":
-        from fastif_core.benchmarks.damping import report as damping_report
+        from fastif_core.benchmarks.report import damping_text
 
-        print(damping_report(result))
+        print(damping_text(result))
         i, n = a.ref_shard
         print(f"\nwrote {Path(a.out) / ('damping.json' if n == 1 else f'damping-shard{i}of{n}.json')}")
         if "retrain" in result:
-            from fastif_core.benchmarks.damping_retrain import report as retrain_report
+            from fastif_core.benchmarks.report import damping_retrain_text
 
-            print("\n" + retrain_report(result["retrain"]))
+            print("\n" + damping_retrain_text(result["retrain"]))
             print(f"\nwrote {Path(a.out) / 'damping-retrain.json'}")
         return 0
     if a.section == "many":

@@ -403,34 +403,3 @@ def run_section(
             progress=lambda f, m: progress(share + (1 - share) * f, m),
         )
     return out
-
-
-def report(result: dict[str, Any]) -> str:
-    """The headline table (markdown): one row per μ, the metrics' means over all tests."""
-    base = f"{result['settings']['base_mu']:g}"
-    lines = [
-        f"| μ | converged / tests | iterations | seconds | Pearson vs dot (correct / incorrect) | Spearman "
-        f"vs dot | top-10 help / harm vs dot | Pearson vs μ={base} | top-10 help / harm vs μ={base} "
-        "| curvature share |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for mu, s in result.get("summary", {}).items():
-        a, c, i = s["all"], s.get("correct", {}), s.get("incorrect", {})
-        d, b = a["vs_dot"], a["vs_base"]
-        lines.append(
-            f"| {mu} | {a['converged']} / {a['tests']} | {_num(a['iterations_median'])} | "
-            f"{_num(a['seconds_median'])} | {_num(d['pearson']['mean'])} ({_mean(c, 'pearson')} / "
-            f"{_mean(i, 'pearson')}) | {_num(d['spearman']['mean'])} | {_num(d['top10_helpful']['mean'])} / "
-            f"{_num(d['top10_harmful']['mean'])} | {_num(b['pearson']['mean'])} | "
-            f"{_num(b['top10_helpful']['mean'])} / {_num(b['top10_harmful']['mean'])} | "
-            f"{_num(a['curvature_share']['mean'])} |"
-        )
-    return "\n".join(lines)
-
-
-def _mean(group: dict[str, Any], metric: str) -> str:
-    return _num(group["vs_dot"][metric]["mean"]) if group else "—"
-
-
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.4g}"

@@ -333,37 +333,3 @@ def fit(points: list[dict[str, Any]], noise: float | None) -> dict[str, Any]:
         "by_kind": means,
         "points": points,
     }
-
-
-def report(result: dict[str, Any]) -> str:
-    """The retraining table (markdown): one row per μ."""
-    noise = result.get("noise_floor")
-    lines = [
-        f"fine-tunings: {result['done']} of {result['planned']} planned ({result['ran_now']} by this run); noise floor (|Δ loss| between seeds "
-        + (
-            "—"
-            if noise is None
-            else f"{noise['seeds'][0]} and {noise['seeds'][1]}): mean {noise['abs_change']['mean']:.4g}, max {noise['max']:.4g}"
-        )
-        + ")",
-        "",
-        "| μ | pairs | Pearson | Spearman | sign agreement | slope actual/predicted | above noise | "
-        "mean actual (predicted) helpful / harmful / random, largest m |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for mu, row in result["by_mu"].items():
-        m = max((int(k.split("/")[1]) for k in row["by_kind"]), default=None)
-        cells = []
-        for kind in KINDS:
-            s = row["by_kind"].get(f"{kind}/{m}")
-            cells.append("—" if s is None else f"{s['actual']:+.3g} ({s['predicted']:+.3g})")
-        lines.append(
-            f"| {mu} | {row['pairs']} | {_num(row['pearson'])} | {_num(row['spearman'])} | "
-            f"{_num(row['sign_agreement'])} | {_num(row['slope_actual_on_predicted'])} | "
-            f"{'—' if row['above_noise'] is None else row['above_noise']} | {' / '.join(cells)} |"
-        )
-    return "\n".join(lines)
-
-
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3g}"

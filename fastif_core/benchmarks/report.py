@@ -153,3 +153,62 @@ def solver_text(result: dict[str, Any]) -> str:
             f"{sec['test_gradient']:.2f} + s_test {sec['s_test']:.1f} + scoring {sec['scoring']:.1f}"
         )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- damping (--section damping)
+def damping_text(result: dict[str, Any]) -> str:
+    """The headline table (markdown): one row per μ, the metrics' means over all tests."""
+    base = f"{result['settings']['base_mu']:g}"
+    lines = [
+        f"| μ | converged / tests | iterations | seconds | Pearson vs dot (correct / incorrect) | Spearman "
+        f"vs dot | top-10 help / harm vs dot | Pearson vs μ={base} | top-10 help / harm vs μ={base} "
+        "| curvature share |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mu, s in result.get("summary", {}).items():
+        a, c, i = s["all"], s.get("correct", {}), s.get("incorrect", {})
+        d, b = a["vs_dot"], a["vs_base"]
+        lines.append(
+            f"| {mu} | {a['converged']} / {a['tests']} | {_num(a['iterations_median'], '.4g')} | "
+            f"{_num(a['seconds_median'], '.4g')} | {_num(d['pearson']['mean'], '.4g')} ({_mean4(c, 'pearson')} / "
+            f"{_mean4(i, 'pearson')}) | {_num(d['spearman']['mean'], '.4g')} | {_num(d['top10_helpful']['mean'], '.4g')} / "
+            f"{_num(d['top10_harmful']['mean'], '.4g')} | {_num(b['pearson']['mean'], '.4g')} | "
+            f"{_num(b['top10_helpful']['mean'], '.4g')} / {_num(b['top10_harmful']['mean'], '.4g')} | "
+            f"{_num(a['curvature_share']['mean'], '.4g')} |"
+        )
+    return "\n".join(lines)
+
+
+def _mean4(group: dict[str, Any], metric: str) -> str:
+    return _num(group["vs_dot"][metric]["mean"], ".4g") if group else "—"
+
+
+def damping_retrain_text(result: dict[str, Any]) -> str:
+    """The retraining table (markdown): one row per μ."""
+    noise = result.get("noise_floor")
+    floor = (
+        "not yet measured"
+        if noise is None
+        else f"seeds {noise['seeds'][0]} and {noise['seeds'][1]}, mean |Δ loss| "
+        f"{noise['abs_change']['mean']:.4g}, max {noise['max']:.4g}"
+    )
+    lines = [
+        f"fine-tunings: {result['done']} of {result['planned']} planned ({result['ran_now']} by this run); "
+        f"noise floor: {floor}",
+        "",
+        "| μ | pairs | Pearson | Spearman | sign agreement | slope actual/predicted | above noise | "
+        "mean actual (predicted) helpful / harmful / random, largest m |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mu, row in result["by_mu"].items():
+        m = max((int(k.split("/")[1]) for k in row["by_kind"]), default=None)
+        cells = []
+        for kind in ("helpful", "harmful", "random"):
+            s = row["by_kind"].get(f"{kind}/{m}")
+            cells.append("—" if s is None else f"{s['actual']:+.3g} ({s['predicted']:+.3g})")
+        lines.append(
+            f"| {mu} | {row['pairs']} | {_num(row['pearson'])} | {_num(row['spearman'])} | "
+            f"{_num(row['sign_agreement'])} | {_num(row['slope_actual_on_predicted'])} | "
+            f"{'—' if row['above_noise'] is None else row['above_noise']} | {' / '.join(cells)} |"
+        )
+    return "\n".join(lines)
