@@ -48,10 +48,12 @@ def slice_statistics(values: np.ndarray, test_slice: np.ndarray, names: list[str
 
 def slice_means(values: np.ndarray, test_slice: np.ndarray, num_slices: int) -> np.ndarray:
     """``(N, S)`` mean signed influence of each training example on each slice (``NaN``: no edge)."""
-    present = ~np.isnan(values)  # (M, N)
-    onehot = (np.asarray(test_slice)[:, None] == np.arange(num_slices)[None]).astype(np.float64)  # (M, S)
-    sums = np.where(present, values, 0.0).astype(np.float64).T @ onehot  # (N, S)
-    counts = present.astype(np.float64).T @ onehot  # (N, S)
+    rows, cols = np.nonzero(~np.isnan(values))  # the E edges: no dense float64 (M, N) copy
+    cell = cols.astype(np.int64) * num_slices + np.asarray(test_slice, dtype=np.int64)[rows]  # (E,)
+    size = values.shape[1] * num_slices
+    sums = np.bincount(cell, weights=values[rows, cols].astype(np.float64), minlength=size)
+    counts = np.bincount(cell, minlength=size).astype(np.float64)
+    sums, counts = sums.reshape(-1, num_slices), counts.reshape(-1, num_slices)  # (N, S)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / counts, np.nan)
 
