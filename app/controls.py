@@ -77,6 +77,34 @@ def browse_filters_controls(options: FilterOptions) -> ExampleFilter:
     )
 
 
+PAGE_ROWS = (50, 500, 2000)  # the Browse table's page sizes; the last is the default
+
+
+def page_controls(count: int, signature: str, key: str) -> tuple[int, int]:
+    """``(rows per page, page from 1)`` for ``count`` matching rows: a page-size choice and, when there is
+    more than one page, a "Page" number; back to page 1 whenever ``signature`` (the filters the pages
+    run through) or the page size changes."""
+    c1, c2 = st.columns([1, 3])
+    with c1:
+        rows = int(st.selectbox("Rows per page", PAGE_ROWS, index=len(PAGE_ROWS) - 1, key=f"{key}_rows"))
+    pages, page_key, seen = max(1, -(-count // rows)), f"{key}_page", f"{key}_signature"
+    if st.session_state.get(seen) != (signature, rows) or st.session_state.get(page_key, 1) > pages:
+        st.session_state[seen] = (signature, rows)
+        st.session_state[page_key] = 1
+    if pages == 1:
+        return rows, 1
+    with c2:
+        page = st.number_input(
+            f"Page (of {pages:,})",
+            min_value=1,
+            max_value=pages,
+            step=1,
+            key=page_key,
+            help="pages of the matching examples in id order; type a number to jump",
+        )
+    return rows, int(page)
+
+
 PRESET_LABELS = {
     "default": "Default (Gauss-Newton CG: the benchmark's choice)",
     "paper": "Paper (FastIF's LiSSA, J=1000, B=1)",

@@ -104,13 +104,16 @@ def filter_options(root: str) -> FilterOptions:
 
 
 @st.cache_data(ttl=10, show_spinner=False)
-def browse(
-    root: str, filters: ExampleFilter, limit: int = TABLE_LIMIT
-) -> tuple[pd.DataFrame, ExampleSummary]:
-    """The first ``limit`` matching examples as a table, and counts + accuracy of all matching ones."""
-    s = store(root)
-    rows = s.query_examples(filters, limit=limit)
-    return fmt.examples_frame(rows), s.summarize_examples(filters)
+def browse_summary(root: str, filters: ExampleFilter) -> ExampleSummary:
+    """Counts and accuracy of all the examples matching ``filters``."""
+    return store(root).summarize_examples(filters)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def browse_page(root: str, filters: ExampleFilter, page: int = 0, limit: int = TABLE_LIMIT) -> pd.DataFrame:
+    """Page ``page`` (from 0) of ``limit`` matching examples, in id order, as a table."""
+    rows = store(root).query_examples(filters, limit=limit, offset=page * limit)
+    return fmt.examples_frame(rows)
 
 
 @st.cache_data(ttl=30, show_spinner=False)

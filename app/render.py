@@ -25,7 +25,7 @@ def _label_styler(frame: pd.DataFrame, columns: tuple[str, ...] = ("label", "pre
     return frame.style.map(palette.label_cell_style, subset=present) if present else frame
 
 
-def summary_metrics(summary: ExampleSummary, shown: int) -> None:
+def summary_metrics(summary: ExampleSummary) -> None:
     """Counts and accuracy for the current filter."""
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Matching examples", f"{summary.count:,}")
@@ -33,10 +33,6 @@ def summary_metrics(summary: ExampleSummary, shown: int) -> None:
     c3.metric("Correct", f"{summary.correct:,}")
     acc = summary.accuracy
     c4.metric("Accuracy", "—" if acc is None else f"{acc:.1%}")
-    if shown < summary.count:
-        st.caption(
-            f"Showing the first {shown:,} of {summary.count:,} matching examples; narrow the filters to see others."
-        )
 
 
 def examples_table(frame: pd.DataFrame, key: str = "examples_table") -> list[int]:

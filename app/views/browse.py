@@ -11,16 +11,26 @@ from app import formatting as fmt
 root = da.workspace_root()
 st.title("Browse examples")
 filters = controls.browse_filters_controls(da.filter_options(root))
-frame, summary = da.browse(root, filters)
+summary = da.browse_summary(root, filters)
 ranked = da.self_influence(root)  # stored by `fastif sketch --self-influence` (gradient sketches)
-if ranked is not None and st.toggle(
+by_self_influence = ranked is not None and st.toggle(
     "Training examples by self-influence",
     key="by_self_influence",
     help="φᵀH⁻¹φ of each training example from its gradient sketch, largest first: the classic search for "
     "mislabelled or atypical examples (the filters above do not apply)",
-):
+)
+render.summary_metrics(summary)
+if by_self_influence:
     frame = ranked
-render.summary_metrics(summary, shown=len(frame))
+    st.caption(f"The {len(frame):,} training examples of largest self-influence.")
+else:
+    rows, page = controls.page_controls(summary.count, signature=repr(filters), key="browse")
+    frame = da.browse_page(root, filters, page - 1, rows)
+    if summary.count > len(frame):
+        first = (page - 1) * rows
+        st.caption(
+            f"Rows {first + 1:,}–{first + len(frame):,} of {summary.count:,} matching examples, in id order."
+        )
 if frame.empty:
     st.info("No example matches these filters. Clear a filter or change the search text.")
     st.stop()

@@ -175,26 +175,33 @@ def _label_of(example: NLIExample, label_names: Sequence[str]) -> int:
         raise DataFormatError(f"example {example.id!r}: {exc}") from exc
 
 
+ENCODE_CHUNK = 8192  # pairs per tokenizer call: its per-pair Encoding objects live for one chunk only
+
+
 def encode(
     tokenizer: Any, examples: Sequence[NLIExample], label_names: Sequence[str], max_length: int
 ) -> EncodedExamples:
-    """Tokenise premise/hypothesis pairs (truncated to ``max_length``) into unpadded ``EncodedExamples``."""
+    """Tokenise premise/hypothesis pairs (truncated to ``max_length``) into unpadded ``EncodedExamples``,
+    ``ENCODE_CHUNK`` pairs at a time (the same ids as one call; peak memory independent of N)."""
     labels = [_label_of(ex, label_names) for ex in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if not examples:
-        return EncodedExamples([], torch.zeros(0, dtype=torch.long), pad_id, None)
-    enc = tokenizer(
-        [ex.premise for ex in examples],
-        [ex.hypothesis for ex in examples],
-        truncation=True,
-        max_length=max_length,
-    )
-    types = enc.get("token_type_ids")
+    ids: list[list[int]] = []
+    types: list[list[int]] | None = None
+    for lo in range(0, len(examples), ENCODE_CHUNK):
+        chunk = examples[lo : lo + ENCODE_CHUNK]
+        enc = tokenizer(
+            [ex.premise for ex in chunk],
+            [ex.hypothesis for ex in chunk],
+            truncation=True,
+            max_length=max_length,
+        )
+        ids.extend(list(x) for x in enc["input_ids"])
+        chunk_types = enc.get("token_type_ids")
+        if chunk_types is not None:
+            types = types if types is not None else []
+            types.extend(list(x) for x in chunk_types)
     return EncodedExamples(
-        input_ids=[list(x) for x in enc["input_ids"]],
-        labels=torch.tensor(labels, dtype=torch.long),
-        pad_id=pad_id,
-        token_type_ids=[list(x) for x in types] if types is not None else None,
+        input_ids=ids, labels=torch.tensor(labels, dtype=torch.long), pad_id=pad_id, token_type_ids=types
     )
 
 
@@ -373,13 +380,23 @@ def _pooled(output: Any) -> Tensor:
 
 
 def infer(
-    model: nn.Module, examples: Examples, batch_size: int, device: DeviceLike = "cpu", features: bool = True
+    model: nn.Module,
+    examples: Examples,
+    batch_size: int,
+    device: DeviceLike = "cpu",
+    features: bool = True,
+    *,
+    progress: bool = False,
+    on_progress: Progress | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One pass over ``examples``: probabilities (N, C) and, if asked, pooled features (N, d), input order.
 
-    Batches are length-sorted (minimal padding); results are scattered back to their input rows.
+    Batches are length-sorted (minimal padding); results are scattered back to their input rows. A tqdm
+    bar (``progress``) and ``on_progress(fraction, message)`` report the examples done.
     """
     dev, n = resolve_device(device), len(examples)
+    bar = tqdm(total=n, desc="featurising", unit="ex", disable=not progress, leave=False)
+    done, every = 0, max(batch_size, n // 200)
     model.to(dev).eval()
     captured: list[Tensor] = []
     hook = (
@@ -401,7 +418,12 @@ def infer(
                     f = captured.pop().float().cpu()  # (B, d)
                     feats = feats if feats is not None else torch.empty(n, f.shape[1])
                     feats[rows] = f
+                done += len(rows)
+                bar.update(len(rows))
+                if on_progress is not None and (done % every < len(rows) or done == n):
+                    on_progress(done / n, f"featurising: {done:,}/{n:,} examples")
     finally:
+        bar.close()
         if hook is not None:
             hook.remove()
     if probs is None:  # no examples

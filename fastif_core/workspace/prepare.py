@@ -296,7 +296,7 @@ def _prepare_locked(
             store, paths, staging, data, cfg, device, report, show_progress, clock
         )
         build = index_and_predict(
-            staging / "build", data, cfg, model, tokenizer, model_info, device, report, clock
+            staging / "build", data, cfg, model, tokenizer, model_info, device, report, clock, show_progress
         )
         manifest = {
             **build.manifest,
@@ -510,6 +510,7 @@ def index_and_predict(
     device: str,
     report: Progress,
     clock: PhaseClock | None = None,
+    show_progress: bool = False,
 ) -> Build:
     """Predictions and pooled features for every example, the FAISS index (files in ``out``), neighbours,
     accuracy; nothing is stored yet. Each step is a phase of ``clock``."""
@@ -525,7 +526,15 @@ def index_and_predict(
             tokenizer, [_in_scheme(ex, labels) for ex in examples], labels, cfg.train_config.max_length
         )
     with phase("featurise"):  # predictions and pooled features in one forward pass
-        probs, feats = M.infer(model, encoded, batch_size=64, device=device, features=True)
+        probs, feats = M.infer(
+            model,
+            encoded,
+            batch_size=64,
+            device=device,
+            features=True,
+            progress=show_progress,
+            on_progress=lambda f, m: report(0.8 + 0.12 * f, m),
+        )
     del encoded
     with phase("predictions"):
         rows = probs.tolist()  # once: N x C Python floats

@@ -113,6 +113,31 @@ def test_filters_narrow_the_table(app_env: Store) -> None:
     )
 
 
+def test_browse_pages_through_the_matching_examples(app_env: Store) -> None:
+    """Page N shows rows (N-1)·size … N·size of the store's id order; a new filter goes back to page 1."""
+    at = _ok(_app())
+    _ok(at.selectbox(key="browse_rows").set_value(50).run())
+    count = app_env.summarize_examples().count
+    pages = -(-count // 50)
+    assert pages >= 2, "the tiny workspace needs more than one page of 50"
+    box = at.number_input(key="browse_page")
+    assert box.label == f"Page (of {pages:,})" and box.value == 1
+    for page in (1, 2, pages):
+        _ok(at.number_input(key="browse_page").set_value(page).run())
+        expected = app_env.query_examples(limit=50, offset=(page - 1) * 50)
+        assert list(at.dataframe[0].value["id"]) == [r.id for r in expected]
+        first = (page - 1) * 50
+        assert f"Rows {first + 1:,}–{first + len(expected):,} of {count:,}" in _texts(at)
+    _ok(at.multiselect(key="f_split").set_value(["challenge"]).run())
+    challenge = app_env.summarize_examples(ExampleFilter(split="challenge")).count
+    if challenge > 50:
+        assert at.number_input(key="browse_page").value == 1
+    else:  # one page: no page number, and the first page shown
+        assert not [w for w in at.number_input if w.key == "browse_page"]
+    expected = app_env.query_examples(ExampleFilter(split="challenge"), limit=50)
+    assert list(at.dataframe[0].value["id"]) == [r.id for r in expected]
+
+
 def test_deep_link_opens_the_example(app_env: Store) -> None:
     ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1)[0]
     at = _ok(_app(example=ex.id))

@@ -131,6 +131,21 @@ def test_encode_collate_round_trip():
     assert max(encode(tok, examples, MNLI_LABELS, 8).lengths()) == 8
 
 
+def test_encode_in_chunks_equals_one_call(monkeypatch: pytest.MonkeyPatch):
+    """Chunked tokenisation (3 pairs per call here) gives the ids, types and labels of a single call."""
+    import fastif_core.modeling.classifier as C
+
+    tok, examples = make_tiny_tokenizer(), _examples(11)
+    whole = encode(tok, examples, MNLI_LABELS, 64)
+    monkeypatch.setattr(C, "ENCODE_CHUNK", 3)
+    chunked = encode(tok, examples, MNLI_LABELS, 64)
+    ref = tok([e.premise for e in examples], [e.hypothesis for e in examples], truncation=True, max_length=64)
+    assert chunked.input_ids == whole.input_ids == [list(x) for x in ref["input_ids"]]
+    assert chunked.token_type_ids == whole.token_type_ids == [list(x) for x in ref["token_type_ids"]]
+    assert torch.equal(chunked.labels, whole.labels)
+    assert len(encode(tok, [], MNLI_LABELS, 64)) == 0
+
+
 def test_encode_rejects_unknown_label_naming_the_example():
     bad = [NLIExample("t:x:9", "A cat sat.", "A cat.", "maybe", "t", "x")]
     with pytest.raises(DataFormatError, match=r"t:x:9.*'maybe'"):
@@ -165,6 +180,18 @@ def test_pooled_features_are_what_the_head_sees():
     torch.testing.assert_close(pooled_features(model, enc, 2), feats, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(torch.softmax(model.classifier(feats), -1), probs, atol=1e-5, rtol=1e-5)
+
+
+def test_infer_reports_the_examples_done_up_to_all():
+    model, tok = make_tiny_bert(2, 3), make_tiny_tokenizer()
+    enc = encode(tok, _examples(9), MNLI_LABELS, 64)
+    seen: list[tuple[float, str]] = []
+    probs, _ = infer(model, enc, batch_size=4, on_progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert (
+        fractions == sorted(fractions) and fractions[-1] == 1.0 and seen[-1][1] == "featurising: 9/9 examples"
+    )
+    assert probs.shape == (9, 3)
 
 
 def test_features_fall_back_to_cls_state_without_pooler():
