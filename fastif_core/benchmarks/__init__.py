@@ -70,6 +70,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fastif_core.apps.graph.config import SLICE_BY
 from fastif_core.config import PRESETS
 
 __all__ = ["add_arguments", "config_from_args", "format_summary", "run_bench", "run_from_args"]
@@ -309,7 +310,7 @@ def _damping_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-SCALE_PARTS = ("faiss", "browse", "example", "click", "sketch", "graph", "jobs")  # scale.PARTS (not imported)
+SCALE_PARTS = ("faiss", "browse", "example", "click", "sketch", "graph", "import", "jobs")  # scale.PARTS
 
 
 def _scale_parts(text: str) -> tuple[str, ...]:
@@ -372,7 +373,24 @@ def _scale_arguments(p: argparse.ArgumentParser) -> None:
         "--scale-graph-preset", choices=PRESETS, default="default", help="scale: s_test preset of the graph"
     )
     p.add_argument(
+        "--scale-graph-slice-by",
+        choices=SLICE_BY,
+        default="auto",
+        help="scale: how the graph's test set is sliced (the Graphs page's choice; auto = heuristic or dataset)",
+    )
+    p.add_argument(
+        "--scale-graph-any-prediction",
+        action="store_true",
+        help="scale: graph tests drawn among all held-out examples, not only the incorrectly predicted ones",
+    )
+    p.add_argument(
         "--scale-jobs", type=_positive, default=5000, help="scale: jobs inserted into the database copy"
+    )
+    p.add_argument(
+        "--scale-db-url",
+        default="",
+        help="scale: a scratch server database (e.g. postgresql://localhost/fastif_scale; it must hold no "
+        "examples) that the import and jobs parts write into, instead of temporary SQLite files",
     )
 
 
@@ -396,7 +414,10 @@ def run_scale(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
         graph_per_slice=a.scale_graph_per_slice,
         graph_k=a.scale_graph_k,
         graph_preset=a.scale_graph_preset,
+        graph_slice_by=a.scale_graph_slice_by,
+        graph_incorrect_only=not a.scale_graph_any_prediction,
         jobs=a.scale_jobs,
+        db_url=a.scale_db_url,
         seed=a.seed,
     )
     return run_section(Path(a.workspace), Path(a.out), options, progress)

@@ -18,9 +18,12 @@ the workspace build and its own options, and skipped by a later run with the sam
 - ``graph``: the graph of the Graphs page (test set by slices, ``--scale-graph-per-slice`` each, at
   ``--scale-graph-k``): its influence matrix (stored in the workspace like ``fastif graph``'s, so a
   second run reads it back: ``influence.cached``), the edges and layout, node and edge counts.
+- ``import``: prepare's import phase again, timed alone: the build read back from the workspace's store
+  (examples, training order, predictions, neighbour lists) and published into an empty database, the
+  ``--scale-db-url`` scratch server (e.g. PostgreSQL) or a temporary SQLite file; its size on disk.
 - ``jobs``: ``--scale-jobs`` real influence jobs enqueued through the job API into a COPY of the
-  workspace's SQLite database (never the original; skipped for a server database), then the Jobs page's
-  listings and the Example page's job look-up.
+  workspace's SQLite database (never the original) or into the ``--scale-db-url`` scratch database, then
+  the Jobs page's listings and the Example page's job look-up.
 """
 
 from __future__ import annotations
@@ -36,12 +39,19 @@ from typing import Any
 import numpy as np
 
 from fastif_core.benchmarks.common import spread, timed
-from fastif_core.benchmarks.scale_store import BROWSE_PAGE, browse_part, example_part, jobs_part, repeat
+from fastif_core.benchmarks.scale_store import (
+    BROWSE_PAGE,
+    browse_part,
+    example_part,
+    import_part,
+    jobs_part,
+    repeat,
+)
 from fastif_core.config import InfluenceConfig, STestConfig, config_hash
 from fastif_core.measure import PhaseClock
 from fastif_core.progress import Progress, ignore
 
-PARTS = ("faiss", "browse", "example", "click", "sketch", "graph", "jobs")
+PARTS = ("faiss", "browse", "example", "click", "sketch", "graph", "import", "jobs")
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,10 @@ class ScaleOptions:
     graph_per_slice: int = 100
     graph_k: int = 1000
     graph_preset: str = "default"
+    graph_slice_by: str = "auto"
+    graph_incorrect_only: bool = True
     jobs: int = 5000
+    db_url: str = ""  # a scratch server database for the import and jobs parts ("" = temporary SQLite)
     seed: int = 0
 
 
@@ -174,9 +187,13 @@ def graph_part(loaded: Any, store: Any, o: ScaleOptions, progress: Progress) -> 
 
     k = min(o.graph_k, len(loaded.train_ids))
     influence = InfluenceConfig(s_test=STestConfig.preset(o.graph_preset), k=k, top=1)
-    cfg = GraphConfig(per_slice=o.graph_per_slice, influence=influence, seed=o.seed).with_model(
-        loaded.model_id
-    )
+    cfg = GraphConfig(
+        per_slice=o.graph_per_slice,
+        influence=influence,
+        seed=o.seed,
+        slice_by=o.graph_slice_by,
+        incorrect_only=o.graph_incorrect_only,
+    ).with_model(loaded.model_id)
     test, select_s = repeat(lambda: select_test_set(store, cfg, loaded.model_id), o.repeats)
     (values, _, counts), influence_s = timed(
         lambda: graph_influences(loaded, test.ids, cfg.influence, k, False, progress, row_block=cfg.row_block)
@@ -203,8 +220,17 @@ PART_OPTIONS = {
     "example": ("repeats",),
     "click": ("repeats", "click_k", "click_examples", "seed"),
     "sketch": ("repeats", "seed"),
-    "graph": ("repeats", "graph_per_slice", "graph_k", "graph_preset", "seed"),
-    "jobs": ("repeats", "jobs", "seed"),
+    "graph": (
+        "repeats",
+        "graph_per_slice",
+        "graph_k",
+        "graph_preset",
+        "graph_slice_by",
+        "graph_incorrect_only",
+        "seed",
+    ),
+    "import": ("db_url",),
+    "jobs": ("repeats", "jobs", "seed", "db_url"),
 }
 
 
@@ -269,6 +295,8 @@ def _run_part(ctx: _Context, part: str, manifest: dict[str, Any], progress: Prog
         return sketch_part(ctx.loaded, ctx.tests, o)
     if part == "graph":
         return graph_part(ctx.loaded, ctx.store, o, progress)
+    if part == "import":
+        return import_part(ctx.store, model_id, o)
     return jobs_part(ctx.root, model_id, ctx.example_ids(model_id), o)
 
 
@@ -350,6 +378,11 @@ def report(result: dict[str, Any]) -> str:
         if name == "graph":
             lines.append(
                 f"  {p['num_nodes']} nodes, {p['num_edges']} edges; layout {p['layout']['median']:.2f} s"
+            )
+        if name == "import":
+            lines.append(
+                f"  {p['examples']} examples, {p['neighbour_rows']} neighbour rows into {p['database']}: "
+                f"{p['publish_seconds']:.1f} s, {p['database_mb']:.0f} MB"
             )
         if name == "jobs" and "skipped" not in p:
             lines.append(f"  {p['inserted']} jobs; list {p['list']['median'] * 1000:.1f} ms")

@@ -109,6 +109,99 @@ def example_part(store: Any, model_id: int, ids: Sequence[str], o: Any) -> dict[
     return {"examples": out}
 
 
+# ---------------------------------------------------------------------------------------------- import
+def read_build(store: Any, model_id: int) -> dict[str, Any]:
+    """What ``fastif prepare``'s import phase writes, read back from ``store``: the datasets, the workspace's
+    examples, the model's training order, its predictions and neighbour lists (``Store.publish``'s input)."""
+    from fastif_core.store import PredictionIn
+
+    rows = store.query_examples(model_id=model_id, limit=None)
+    names = {r.dataset for r in rows}
+    datasets = {
+        d.name: {"label_scheme": d.label_scheme, "labels": list(d.labels), "source": d.source}
+        for d in store.list_datasets()
+        if d.name in names
+    }
+    predictions = [
+        PredictionIn(r.id, r.probs, r.predicted, bool(r.correct)) for r in rows if r.predicted is not None
+    ]
+    return {
+        "datasets": datasets,
+        "examples": rows,
+        "train_ids": store.train_ids(model_id),
+        "predictions": predictions,
+        "neighbors": store.neighbor_lists(model_id),
+    }
+
+
+def empty_target(url: str) -> None:
+    """Refuse (ConfigError) a ``--scale-db-url`` database that already holds examples: the import part
+    writes a whole workspace into it and must start from nothing."""
+    from fastif_core.errors import ConfigError
+    from fastif_core.store import Store
+
+    with Store.open(url=url) as target:
+        held = target.count_examples(in_workspace=None)
+    if held:
+        raise ConfigError(
+            f"--scale-db-url: {url} already holds {held:,} examples; allowed: an empty scratch database "
+            "(drop and create it again)"
+        )
+
+
+def import_part(store: Any, model_id: int, o: Any) -> dict[str, Any]:
+    """The import phase again, timed alone: the workspace's build (read from its own store) published into
+    an empty database: ``o.db_url`` (e.g. PostgreSQL) or a new SQLite file that is deleted afterwards."""
+    from fastif_core.store import Store
+
+    model = store.get_model(model_id)
+    (build, read_s) = timed(lambda: read_build(store, model_id))
+    with tempfile.TemporaryDirectory(prefix="fastif-scale-import-") as tmp:
+        url = o.db_url or f"sqlite:///{Path(tmp) / 'fastif.db'}"
+        if o.db_url:
+            empty_target(url)
+        with Store.open(url=url) as target:
+            target_model = target.get_or_create_model(
+                model.name,
+                model.checkpoint_path,
+                model.train_config,
+                model.label_names,
+                metrics=model.metrics,
+                config_hash=model.config_hash,
+                lineage=model.lineage,
+            )
+            _, publish_s = timed(lambda: target.publish(model_id=target_model.id, **build))
+            counts = {
+                "examples": target.count_examples(),
+                "training": target.count_examples(in_training_set=True),
+                "neighbours": sum(len(v) for v in target.neighbor_lists(target_model.id).values()),
+            }
+            size_mb, shown = database_mb(target, url), target.url
+    return {
+        "database": "sqlite (a temporary file)" if not o.db_url else shown,
+        "read_seconds": read_s,
+        "publish_seconds": publish_s,
+        "examples": len(build["examples"]),
+        "predictions": len(build["predictions"]),
+        "neighbour_rows": sum(len(v) for v in build["neighbors"].values()),
+        "stored": counts,
+        "database_mb": size_mb,
+    }
+
+
+def database_mb(store: Any, url: str) -> float | None:
+    """MiB the database takes: the SQLite file with its WAL, or PostgreSQL's ``pg_database_size``."""
+    from sqlalchemy import text
+
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists()) / 2**20
+    if url.startswith("postgresql"):
+        with store.engine.connect() as conn:
+            return float(conn.execute(text("SELECT pg_database_size(current_database())")).scalar()) / 2**20
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ jobs
 def copy_database(root: Path, into: Path) -> Path | None:
     """A consistent copy of the workspace's SQLite database (its WAL included) in ``into``; None when the
@@ -130,10 +223,14 @@ def jobs_part(root: Path, model_id: int, ids: Sequence[str], o: Any) -> dict[str
     from fastif_core.store import Store
 
     with tempfile.TemporaryDirectory(prefix="fastif-scale-jobs-") as tmp:
-        copy = copy_database(root, Path(tmp))
-        if copy is None:
-            return {"skipped": "the workspace's database is not its own SQLite file: nothing is copied"}
-        with Store.open(url=f"sqlite:///{copy}") as store:
+        copy = None if o.db_url else copy_database(root, Path(tmp))
+        if copy is None and not o.db_url:
+            return {
+                "skipped": "the workspace's database is not its own SQLite file: nothing is copied "
+                "(give a scratch database with --scale-db-url)"
+            }
+        url = o.db_url or f"sqlite:///{copy}"
+        with Store.open(url=url) as store:
             before = sum(store.job_counts().values())
 
             def enqueue(i: int) -> Any:
@@ -148,16 +245,11 @@ def jobs_part(root: Path, model_id: int, ids: Sequence[str], o: Any) -> dict[str
             _, active_s = repeat(
                 lambda: store.list_jobs(status=["queued", "running"], limit=JOBS_PAGE), o.repeats
             )
-            _, lookup_s = repeat(
-                lambda: [
-                    j
-                    for j in store.list_jobs(kind="influence", limit=JOBS_PAGE)
-                    if j.params.get("example_id") == ids[0]
-                ],
-                o.repeats,
+            found, lookup_s = repeat(  # the Example page's look-up (app/data_access.influence_job)
+                lambda: store.list_jobs(kind="influence", example_id=ids[0], limit=JOBS_PAGE), o.repeats
             )
             counts, counts_s = repeat(store.job_counts, o.repeats)
-            every = store.list_jobs(limit=None)
+            every, shown = store.list_jobs(limit=None), store.url
     return {
         "inserted": o.jobs,
         "before": before,
@@ -169,5 +261,7 @@ def jobs_part(root: Path, model_id: int, ids: Sequence[str], o: Any) -> dict[str
         "list": list_s,
         "list_active": active_s,
         "example_job_lookup": lookup_s,
+        "example_jobs_found": len(found),
+        "database": "sqlite (a copy)" if not o.db_url else shown,
         "job_counts": counts_s,
     }

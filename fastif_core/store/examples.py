@@ -110,14 +110,16 @@ def _example_row(ex: ExampleLike, dataset_id: int) -> dict[str, Any]:
 
 
 def add_examples(s: Session, examples: Iterable[ExampleLike]) -> int:
-    """Insert or update examples by id (idempotent); creates missing datasets; refreshes their counts."""
+    """Insert or update examples by id (idempotent); creates missing datasets; refreshes their counts. The
+    row dicts are built one chunk at a time (at N = 400,000 all of them at once would hold ~400 MB)."""
     items = list(examples)
-    names = sorted({ex.dataset for ex in items})
-    ids = {name: upsert_dataset(s, name).id for name in names}
-    rows = [_example_row(ex, ids[ex.dataset]) for ex in items]
-    upsert(s, Example.__table__, rows, ["id"], EXAMPLE_CONTENT)
+    ids = {name: upsert_dataset(s, name).id for name in sorted({ex.dataset for ex in items})}
+    for part in chunks(items):
+        upsert(
+            s, Example.__table__, [_example_row(ex, ids[ex.dataset]) for ex in part], ["id"], EXAMPLE_CONTENT
+        )
     refresh_counts(s, list(ids.values()))
-    return len(rows)
+    return len(items)
 
 
 def refresh_counts(s: Session, dataset_ids: Sequence[int]) -> None:

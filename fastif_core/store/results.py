@@ -185,6 +185,20 @@ def get_neighbors(s: Session, model_id: int, query_id: str, limit: int | None) -
     return [NeighborInfo(*row) for row in s.execute(q)]
 
 
+def neighbor_lists(s: Session, model_id: int) -> dict[str, list[tuple[str, float]]]:
+    """Every stored neighbour list of the model, ``{query_id: [(train_id, distance), ...]}`` nearest first
+    (what :func:`save_neighbors` takes)."""
+    q = (
+        select(Neighbor.query_id, Neighbor.train_id, Neighbor.distance)
+        .where(Neighbor.model_id == model_id)
+        .order_by(Neighbor.query_id, Neighbor.rank)
+    )
+    out: dict[str, list[tuple[str, float]]] = {}
+    for query_id, train_id, distance in s.execute(q).yield_per(CHUNK):
+        out.setdefault(query_id, []).append((train_id, float(distance)))
+    return out
+
+
 def run_info(r: InfluenceRun, scores: list[ScoreInfo] | None = None) -> InfluenceRunInfo:
     return InfluenceRunInfo(
         id=r.id,

@@ -334,6 +334,10 @@ class Store(QueueMethods):
     def get_neighbors(self, model_id: int, query_id: str, limit: int | None = None) -> list[NeighborInfo]:
         return self._read(lambda s: res.get_neighbors(s, model_id, query_id, limit))
 
+    def neighbor_lists(self, model_id: int) -> dict[str, list[tuple[str, float]]]:
+        """Every stored neighbour list of the model by query id, nearest first (a re-import's input)."""
+        return self._read(lambda s: res.neighbor_lists(s, model_id))
+
     # ---- influence --------------------------------------------------------------------------------
     def find_influence_run(self, model_id: int, example_id: str, config_hash: str) -> InfluenceRunInfo | None:
         """The stored run for this (model, example, config hash), without scores; None if not computed."""

@@ -110,7 +110,17 @@ def test_scale_section_on_the_tiny_workspace(tiny_workspace: Path, tmp_path: Pat
     assert 5 <= graph["num_train_nodes"] <= min(60, graph["num_edges"])
     assert graph["num_nodes"] == graph["tests"] + graph["num_train_nodes"]
 
+    imported = parts["import"]  # the build published again into a temporary SQLite file
+    with sqlite3.connect(tiny_workspace / "fastif.db") as c:
+        model_id = manifest["model_id"]
+        rows = c.execute("SELECT count(*) FROM neighbors WHERE model_id = ?", (model_id,)).fetchone()[0]
+    assert imported["examples"] == imported["stored"]["examples"] == 150
+    assert imported["stored"]["training"] == 60 and imported["predictions"] == 150
+    assert imported["neighbour_rows"] == imported["stored"]["neighbours"] == rows == 150 * 5
+    assert imported["database_mb"] > 0 and imported["database"].startswith("sqlite")
+
     jobs = parts["jobs"]
+    assert jobs["example_jobs_found"] >= 1  # the Example page's look-up finds the jobs of its example
     assert jobs["inserted"] == 250 and jobs["listed_all"] == jobs["before"] + 250
     assert sum(jobs["counts"].values()) == jobs["listed_all"] and jobs["page_rows"] == 200
     assert _jobs_in(tiny_workspace / "fastif.db") == jobs_before  # the original database is untouched
@@ -159,3 +169,33 @@ def test_scale_sketch_click_over_all_n_once_an_index_exists(tiny_workspace: Path
     sketch = json.loads((tmp_path / "out" / "scale.json").read_text())["parts"]["sketch"]
     assert "skipped" not in sketch and sketch["num_train"] == 60 and sketch["dim"] > 0
     assert sketch["click"]["n"] == 2 and {"test_gradient", "scoring", "total"} <= set(sketch["last_split"])
+
+
+def test_scale_import_and_jobs_into_a_scratch_database(tiny_workspace: Path, tmp_path: Path, db_url: str):
+    """``--scale-db-url``: the build re-imported into an empty database (SQLite, and PostgreSQL with
+    FASTIF_TEST_PG_URL) holds what the workspace's store holds; the jobs go there; a database that already
+    holds examples is refused with one line and exit 2, and is left as it was."""
+    if db_url.startswith("sqlite"):  # the fixture's SQLite path is the tiny workspace's own database
+        db_url = f"sqlite:///{tmp_path / 'scratch' / 'fastif.db'}"
+    run = _bench(tiny_workspace, tmp_path / "out", "--scale-parts", "import,jobs", "--scale-db-url", db_url)
+    assert run.returncode == 0, run.stderr[-3000:]
+    parts = json.loads((tmp_path / "out" / "scale.json").read_text())["parts"]
+    model_id = read_manifest(tiny_workspace)["model_id"]
+    with Store.open(tiny_workspace) as src, Store.open(url=db_url) as dst:
+        target = dst.find_model(config_hash=src.get_model(model_id).config_hash)
+        assert target is not None and dst.train_ids(target.id) == src.train_ids(model_id)
+        assert dst.neighbor_lists(target.id) == src.neighbor_lists(model_id)
+        a = {r.id: (r.label, r.predicted, r.probs) for r in src.query_examples(model_id=model_id, limit=None)}
+        b = {
+            r.id: (r.label, r.predicted, r.probs) for r in dst.query_examples(model_id=target.id, limit=None)
+        }
+        assert a == b and len(a) == parts["import"]["examples"] == 150
+        assert sum(dst.job_counts().values()) == parts["jobs"]["listed_all"] == 250
+    assert parts["import"]["database_mb"] > 0
+    again = _bench(
+        tiny_workspace, tmp_path / "out", "--scale-parts", "import", "--scale-fresh", "--scale-db-url", db_url
+    )
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "already holds 150 examples" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    with Store.open(url=db_url) as dst:
+        assert dst.count_examples() == 150 and sum(dst.job_counts().values()) == 250
