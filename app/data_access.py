@@ -64,6 +64,12 @@ class WorkspaceState:
     def labels(self) -> list[str]:
         return list((self.manifest or {}).get("labels", []))
 
+    @property
+    def approximate_neighbours(self) -> str | None:
+        """The approximate index the stored neighbour lists come from (None: exact search)."""
+        how = (self.manifest or {}).get("neighbors_index") or {}
+        return None if how.get("exact", True) else f"{how['index']} probed at {how['nprobe']} cells"
+
 
 def workspace_root() -> str:
     """The workspace directory as an absolute path (the cache key of every query)."""

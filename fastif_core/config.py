@@ -302,6 +302,12 @@ class PrepareConfig:
     model: str | None = _f(None, "local transformers checkpoint dir (default: the packaged MiniLM)")
     train_config: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "fine-tuning settings"})
     neighbors: int = _f(10, "nearest training neighbours stored per example (shown in the dashboard)")
+    neighbors_index: str = _f(
+        "auto",
+        "index the stored neighbour lists are searched with: auto (the workspace's index below 100,000 "
+        "training examples, from there an IVF of about 4·sqrt(N) cells probed at 32) | exact (the "
+        "workspace's index) | a FAISS factory string probed at 32 cells",
+    )
     knn: KnnConfig = field(default_factory=KnnConfig, metadata={"help": "FAISS index settings"})
     demo_size: int = _f(3000, "training examples generated for the built-in corpus")
 
@@ -317,6 +323,12 @@ class PrepareConfig:
             self.fit_subset is None or self.fit_subset >= 1, "fit_subset", "an integer >= 1", self.fit_subset
         )
         _require(self.neighbors >= 1, "neighbors", "an integer >= 1", self.neighbors)
+        _require(
+            bool(self.neighbors_index.strip()),
+            "neighbors_index",
+            "auto | exact | a FAISS factory string",
+            self.neighbors_index,
+        )
         _require(self.demo_size >= 20, "demo_size", "an integer >= 20", self.demo_size)
         return self
 

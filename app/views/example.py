@@ -39,6 +39,11 @@ render.example_header(ex)
 render.prediction_block(ex, state.labels)
 neighbors = da.neighbors(root, ex.id)
 with st.expander(f"Nearest training neighbours ({len(neighbors)})", expanded=False):
+    if state.approximate_neighbours:
+        st.caption(
+            f"Approximate: searched with {state.approximate_neighbours} (`fastif prepare --neighbors-index`); "
+            "the influence candidates below use the workspace's own index."
+        )
     render.neighbors_table(neighbors)
 neighbor_ids = {n.train_id for n in neighbors}
 

@@ -80,11 +80,6 @@ class ScaleOptions:
     seed: int = 0
 
 
-def auto_nlist(n: int) -> int:
-    """About 4·√N IVF cells, with at least 39 training vectors per cell (FAISS's own minimum)."""
-    return max(1, min(int(round(4 * n**0.5)), n // 39))
-
-
 # ------------------------------------------------------------------------------------------------- faiss
 def recall_at_k(dist: np.ndarray, pos: np.ndarray, ref_dist: np.ndarray, ref_pos: np.ndarray) -> float:
     """Mean share of the reference's k neighbours found, each query's ties at the k-th distance allowed."""
@@ -98,7 +93,7 @@ def recall_at_k(dist: np.ndarray, pos: np.ndarray, ref_dist: np.ndarray, ref_pos
 def faiss_part(features: np.ndarray, num_train: int, o: ScaleOptions) -> dict[str, Any]:
     """Flat against IVF on the training rows of ``features`` (N + held-out, d), queried by held-out rows."""
     from fastif_core.config import KnnConfig
-    from fastif_core.modeling.knn import KnnIndex
+    from fastif_core.modeling.knn import KnnIndex, auto_nlist
 
     train = np.ascontiguousarray(features[:num_train], dtype=np.float32)  # (N, d)
     held = features[num_train:]

@@ -109,6 +109,12 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=t.seed, help=help_of(TrainConfig, "seed"))
     p.add_argument("--neighbors", type=int, default=d.neighbors, help=help_of(PrepareConfig, "neighbors"))
+    p.add_argument(
+        "--neighbors-index",
+        default=d.neighbors_index,
+        metavar="auto|exact|FACTORY",
+        help=help_of(PrepareConfig, "neighbors_index"),
+    )
     p.add_argument("--index", default=KnnConfig().index, help=help_of(KnnConfig, "index"))
     p.add_argument(
         "--nprobe", type=positive_int, default=KnnConfig().nprobe, help=help_of(KnnConfig, "nprobe")
@@ -139,6 +145,7 @@ def prepare_config_from_args(a: argparse.Namespace) -> PrepareConfig:
         model=a.model,
         train_config=train,
         neighbors=a.neighbors,
+        neighbors_index=a.neighbors_index,
         knn=KnnConfig(index=a.index, nprobe=a.nprobe),
         demo_size=a.demo_size,
     ).validate()

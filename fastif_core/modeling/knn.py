@@ -34,6 +34,26 @@ GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger k is answered by the CPU
 QUERY_BATCH = 4096  # queries per FAISS call
 
 
+EXACT_NEIGHBOURS_MAX = 100_000  # from this many training examples on, "auto" lists neighbours with an IVF
+NEIGHBOUR_NPROBE = 32  # IVF cells probed for the stored neighbour lists (recall@100 0.987 at N = 396,000)
+
+
+def auto_nlist(n: int) -> int:
+    """About 4·√N IVF cells, with at least 39 training vectors per cell (FAISS's own minimum)."""
+    return max(1, min(int(round(4 * n**0.5)), n // 39))
+
+
+def neighbour_index_config(setting: str, num_train: int, workspace: KnnConfig) -> KnnConfig | None:
+    """The index ``fastif prepare`` searches each example's stored neighbour list with (``setting`` is
+    ``PrepareConfig.neighbors_index``); None = the workspace's own index. Exact search of every example
+    against every training example is N² work (870 s at N = 400,000 on 2 cores), so ``auto`` switches to
+    ``IVF<about 4·√N>,Flat`` probed at ``NEIGHBOUR_NPROBE`` cells from ``EXACT_NEIGHBOURS_MAX`` on."""
+    if setting == "exact" or (setting == "auto" and num_train < EXACT_NEIGHBOURS_MAX):
+        return None
+    factory = f"IVF{auto_nlist(num_train)},Flat" if setting == "auto" else setting
+    return KnnConfig(index=factory, nprobe=NEIGHBOUR_NPROBE, use_gpu=workspace.use_gpu)
+
+
 def faiss_gpu_count() -> int:
     """GPUs usable by FAISS: 0 for faiss-cpu builds or machines without CUDA (never raises)."""
     if not hasattr(faiss, "StandardGpuResources"):

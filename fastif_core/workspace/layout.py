@@ -182,6 +182,8 @@ def prepare_hash(cfg: PrepareConfig, data_hash: str = "") -> str:
     config = to_dict(cfg)
     if config.get("fit_subset") is None:  # unset, it hashes as before the field existed: old workspaces stay
         config.pop("fit_subset", None)
+    if config.get("neighbors_index") == "auto":  # the default hashes as before the field existed, too
+        config.pop("neighbors_index", None)
     return config_hash({"config": config, "data": data_hash, "pipeline": PIPELINE_VERSION})
 
 

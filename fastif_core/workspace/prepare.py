@@ -38,7 +38,7 @@ from fastif_core.data.sampling import content_hash, stratified_sample
 from fastif_core.errors import ConfigError, DataFormatError, WorkspaceError
 from fastif_core.measure import PhaseClock, size_mb
 from fastif_core.processes import pid_running
-from fastif_core.progress import Progress, ignore
+from fastif_core.progress import Progress, ignore, sub_range
 from fastif_core.store import Store
 from fastif_core.store.records import PredictionIn
 from fastif_core.workspace.layout import (
@@ -515,7 +515,7 @@ def index_and_predict(
     """Predictions and pooled features for every example, the FAISS index (files in ``out``), neighbours,
     accuracy; nothing is stored yet. Each step is a phase of ``clock``."""
     from fastif_core.modeling import classifier as M
-    from fastif_core.modeling.knn import KnnIndex
+    from fastif_core.modeling.knn import KnnIndex, neighbour_index_config
 
     phase = (clock or PhaseClock()).phase
     examples, labels = data.all_examples(), tuple(info.label_names)
@@ -564,8 +564,16 @@ def index_and_predict(
             "accuracy": {name: accuracy_report(exs, predicted, SLICES) for name, exs in data.evals.items()},
             "train_accuracy": accuracy_report(data.train, predicted)["accuracy"],
         }
+    report(0.95, "listing each example's nearest training neighbours")
     with phase("neighbours"):
-        neighbors = neighbors_of(index, feats, examples, n_train, cfg.neighbors)
+        near_cfg = neighbour_index_config(cfg.neighbors_index, n_train, cfg.knn)
+        near = index if near_cfg is None else KnnIndex.build(feats[:n_train], near_cfg)
+        neighbors = neighbors_of(near, feats, examples, n_train, cfg.neighbors, sub_range(report, 0.95, 0.97))
+    manifest["neighbors_index"] = {
+        "index": (near_cfg or cfg.knn).index,
+        "nprobe": (near_cfg or cfg.knn).nprobe,
+        "exact": (near_cfg or cfg.knn).index == "Flat",
+    }
     return Build(manifest, predictions, neighbors)
 
 
@@ -574,18 +582,31 @@ def _in_scheme(ex: NLIExample, labels: tuple[str, ...]) -> NLIExample:
     return ex if ex.label in labels else replace(ex, label=labels[-1])
 
 
+NEIGHBOUR_QUERIES = 16384  # examples searched per FAISS call of the neighbours phase (one progress step)
+
+
 def neighbors_of(
-    index: Any, feats: Any, examples: list[NLIExample], n_train: int, k: int
+    index: Any,
+    feats: Any,
+    examples: list[NLIExample],
+    n_train: int,
+    k: int,
+    progress: Progress | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
-    """Each example's ``k`` nearest training examples (a training example is not its own neighbour)."""
+    """Each example's ``k`` nearest training examples (a training example is not its own neighbour),
+    ``NEIGHBOUR_QUERIES`` examples per search."""
     k_eff = min(k + 1, n_train)
-    dist, pos = index.search(feats, k_eff)
     out: dict[str, list[tuple[str, float]]] = {}
-    for row, ex in enumerate(examples):
-        pairs = [
-            (examples[p].id, float(d))
-            for d, p in zip(dist[row].tolist(), pos[row].tolist(), strict=True)
-            if p >= 0 and not (row < n_train and p == row)
-        ]
-        out[ex.id] = pairs[:k]
+    for lo in range(0, len(examples), NEIGHBOUR_QUERIES):
+        dist, pos = index.search(feats[lo : lo + NEIGHBOUR_QUERIES], k_eff)
+        for row, (d_row, p_row) in enumerate(zip(dist.tolist(), pos.tolist(), strict=True), start=lo):
+            pairs = [
+                (examples[p].id, float(d))
+                for d, p in zip(d_row, p_row, strict=True)
+                if p >= 0 and not (row < n_train and p == row)
+            ]
+            out[examples[row].id] = pairs[:k]
+        if progress is not None:
+            done = min(lo + NEIGHBOUR_QUERIES, len(examples))
+            progress(done / len(examples), f"neighbours: {done:,}/{len(examples):,} examples")
     return out

@@ -183,3 +183,45 @@ def test_gpu_index_matches_cpu_index():
     assert_nearest(x, q, *gpu.search(q, 10))  # another device's rounding: the same rows up to near-ties
     dist, pos = gpu.search(q, 3000)  # k > GPU limit
     assert_nearest(x, q, dist[:, :10], pos[:, :10])
+
+
+def test_neighbour_index_auto_is_exact_below_the_threshold_and_ivf_above():
+    from fastif_core.modeling.knn import (
+        EXACT_NEIGHBOURS_MAX,
+        NEIGHBOUR_NPROBE,
+        auto_nlist,
+        neighbour_index_config,
+    )
+
+    ws = KnnConfig(use_gpu=False)
+    assert neighbour_index_config("auto", EXACT_NEIGHBOURS_MAX - 1, ws) is None
+    assert neighbour_index_config("exact", 10 * EXACT_NEIGHBOURS_MAX, ws) is None
+    big = neighbour_index_config("auto", 396_000, ws)
+    assert big == KnnConfig(index="IVF2517,Flat", nprobe=NEIGHBOUR_NPROBE, use_gpu=False)
+    assert auto_nlist(396_000) == 2517 and auto_nlist(100) == 2  # 4·√N, at least 39 rows per cell
+    assert neighbour_index_config("IVF8,Flat", 50, ws).index == "IVF8,Flat"
+
+
+def test_neighbour_lists_in_chunks_and_through_an_all_cells_ivf_equal_exact_ones(monkeypatch):
+    """The neighbours phase: chunked searches give one search's lists; an IVF probing all its cells gives
+    the exact lists (a training example is never its own neighbour)."""
+    from types import SimpleNamespace
+
+    import fastif_core.workspace.prepare as P
+
+    x = _features(300)
+    examples = [SimpleNamespace(id=f"e{i}") for i in range(len(x))]
+    flat = KnnIndex.build(x[:250], KnnConfig(use_gpu=False))  # 250 training rows, 50 others
+    whole = P.neighbors_of(flat, x, examples, 250, 5)
+    monkeypatch.setattr(P, "NEIGHBOUR_QUERIES", 7)
+    seen: list[float] = []
+    chunked = P.neighbors_of(flat, x, examples, 250, 5, lambda f, m: seen.append(f))
+    assert chunked.keys() == whole.keys() and len(whole) == 300
+    for key in whole:
+        assert [t for t, _ in chunked[key]] == [t for t, _ in whole[key]]
+        assert len(whole[key]) == 5 and key not in [t for t, _ in whole[key]]  # never itself
+    assert seen[-1] == 1.0 and len(seen) == -(-300 // 7)
+    ivf = KnnIndex.build(x[:250], KnnConfig(index="IVF4,Flat", nprobe=4, use_gpu=False))
+    approx = P.neighbors_of(ivf, x, examples, 250, 5)
+    for key in whole:
+        assert [t for t, _ in approx[key]] == [t for t, _ in whole[key]]

@@ -429,3 +429,31 @@ def test_manifest_measures_every_phase_and_the_sizes_on_disk(tmp_path: Path):
     assert again["phases"] == manifest["phases"]  # those of the prepare that built it
     reused_model = prepare(tmp_path / "ws", dataclasses.replace(cfg, neighbors=3), show_progress=False)
     assert "fine_tune" not in reused_model["phases"] and "load_model" in reused_model["phases"]
+
+
+def test_neighbour_lists_through_another_index_are_recorded_and_match_exact_ones(
+    tiny_workspace_template: Path, tmp_path: Path
+):
+    """``neighbors_index="IVF1,Flat"`` (one cell, probed: exact results through the IVF path) stores the
+    neighbour lists of the default (exact) prepare and says in the manifest which index listed them; the
+    default prepare records its own index as exact."""
+    model = save_tiny_checkpoint(tmp_path / "base")
+    other = prepare(
+        tmp_path / "ws", tiny_prepare_config(model, neighbors_index="IVF1,Flat"), show_progress=False
+    )
+    assert other["neighbors_index"] == {"index": "IVF1,Flat", "nprobe": 32, "exact": False}
+    assert read_manifest(tiny_workspace_template)["neighbors_index"] == {
+        "index": "Flat",
+        "nprobe": 16,
+        "exact": True,
+    }
+    with Store.open(tmp_path / "ws") as a, Store.open(tiny_workspace_template) as b:
+        ids = [r.id for r in b.query_examples(limit=None)]
+        ma, mb = (
+            read_manifest(tmp_path / "ws")["model_id"],
+            read_manifest(tiny_workspace_template)["model_id"],
+        )
+        for example_id in ids[::7]:
+            assert [n.train_id for n in a.get_neighbors(ma, example_id)] == [
+                n.train_id for n in b.get_neighbors(mb, example_id)
+            ]
