@@ -89,8 +89,16 @@ def store(root: str) -> Store:
 
 
 # ---- browse ---------------------------------------------------------------------------------------
-@st.cache_data(ttl=30, show_spinner=False)
-def filter_options(root: str) -> FilterOptions:
+def data_version(root: str) -> tuple[str | None, int | None]:
+    """What the Browse counts depend on: the build (which examples) and the active model (which
+    predictions). Passed to the cached queries below so that they are computed once per build and model
+    (a count over 400,000 examples takes ~1 s) and again as soon as either changes."""
+    state = workspace_state(root)
+    return (state.manifest or {}).get("build"), state.model_id
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def filter_options(root: str, version: tuple[str | None, int | None] | None = None) -> FilterOptions:
     """Distinct values for each browse filter."""
     s = store(root)
     values = {
@@ -109,8 +117,10 @@ def filter_options(root: str) -> FilterOptions:
     )
 
 
-@st.cache_data(ttl=10, show_spinner=False)
-def browse_summary(root: str, filters: ExampleFilter) -> ExampleSummary:
+@st.cache_data(ttl=600, show_spinner=False)
+def browse_summary(
+    root: str, filters: ExampleFilter, version: tuple[str | None, int | None] | None = None
+) -> ExampleSummary:
     """Counts and accuracy of all the examples matching ``filters``."""
     return store(root).summarize_examples(filters)
 
@@ -122,8 +132,10 @@ def browse_page(root: str, filters: ExampleFilter, page: int = 0, limit: int = T
     return fmt.examples_frame(rows)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
-def accuracy_by(root: str, column: str, filters: ExampleFilter) -> list[GroupSummary]:
+@st.cache_data(ttl=600, show_spinner=False)
+def accuracy_by(
+    root: str, column: str, filters: ExampleFilter, version: tuple[str | None, int | None] | None = None
+) -> list[GroupSummary]:
     """Counts and accuracy per value of ``column`` (e.g. per HANS heuristic) under ``filters``."""
     return store(root).summarize_by(column, filters)
 

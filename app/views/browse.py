@@ -10,8 +10,9 @@ from app import formatting as fmt
 
 root = da.workspace_root()
 st.title("Browse examples")
-filters = controls.browse_filters_controls(da.filter_options(root))
-summary = da.browse_summary(root, filters)
+version = da.data_version(root)  # the cached counts are recomputed when the build or the model changes
+filters = controls.browse_filters_controls(da.filter_options(root, version))
+summary = da.browse_summary(root, filters, version)
 ranked = da.self_influence(root)  # stored by `fastif sketch --self-influence` (gradient sketches)
 by_self_influence = ranked is not None and st.toggle(
     "Training examples by self-influence",
@@ -38,14 +39,16 @@ st.caption("Click a row to open the example: its prediction, nearest training ne
 selected = render.examples_table(frame)
 if selected:
     st.switch_page(render.EXAMPLE_PAGE, query_params={"example": str(frame.iloc[selected[0]]["id"])})
-with st.expander("Accuracy by slice"):
+if st.toggle(
+    "Accuracy by slice", key="by_slice", help="counts and accuracy per value of a column, under the filters"
+):
     column = st.segmented_control(
         "Group by",
         ["dataset", "split", "label", "genre", "heuristic", "subcase"],
         default="split",
         key="group_by",
     )
-    groups = da.accuracy_by(root, column or "split", filters)
+    groups = da.accuracy_by(root, column or "split", filters, version)
     st.dataframe(
         [
             {

@@ -191,17 +191,24 @@ def latest_model_id(s: Session) -> int | None:
 
 
 def _filtered(s: Session, f: ExampleFilter, *cols: Any) -> Select[Any]:
-    """SELECT ``cols`` FROM examples JOIN datasets LEFT JOIN predictions (of the filter's model) WHERE ..."""
+    """SELECT ``cols`` FROM examples [JOIN datasets] [JOIN predictions (of the filter's model)] WHERE ...
+
+    Each table is joined only when ``cols`` or ``f`` use it, and predictions by an inner join when ``f``
+    filters on them (an outer join cannot be reordered: the planner would look up every example's
+    prediction instead of reading the few incorrect ones from their index; 1.7 s against 0.02 s at
+    N = 400,000), by a left join when only ``cols`` need them."""
     model_id = f.model_id if f.model_id is not None else latest_model_id(s)
     on = (Prediction.example_id == Example.id) & (
         Prediction.model_id == (model_id if model_id is not None else -1)
     )
-    q = (
-        select(*cols)
-        .select_from(Example)
-        .join(Dataset, Dataset.id == Example.dataset_id)
-        .outerjoin(Prediction, on)
-    )
+    q = select(*cols).select_from(Example)
+    used = set(q.columns_clause_froms)
+    if f.dataset is not None or Dataset.__table__ in used:
+        q = q.join(Dataset, Dataset.id == Example.dataset_id)
+    if f.predicted is not None or f.correct is not None:
+        q = q.join(Prediction, on)
+    elif Prediction.__table__ in used:
+        q = q.outerjoin(Prediction, on)
     for name in ("split", "label", "genre", "heuristic", "subcase", "template", "predicted"):
         value = getattr(f, name)
         if value is not None:
@@ -258,12 +265,16 @@ def query(
     """Examples matching ``f``, sorted by ``order_by`` (then id), one page of ``limit`` from ``offset``."""
     if order_by not in ORDER_COLUMNS:
         raise ConfigError(f"order_by={order_by!r} is invalid: allowed {sorted(ORDER_COLUMNS)}")
-    q = _filtered(s, f, *ROW_COLUMNS)
     col = ORDER_COLUMNS[order_by]
-    q = q.order_by(col.desc() if descending else col, Example.id).offset(offset)
-    if limit is not None:
-        q = q.limit(limit)
-    return [_row(*r) for r in s.execute(q)]
+    if limit is None and offset == 0:  # every match: one query
+        q = _filtered(s, f, *ROW_COLUMNS).order_by(col.desc() if descending else col, Example.id)
+        return [_row(*r) for r in s.execute(q)]
+    # a page: its ids first, with only the joins the filter and the order need (the rows skipped by the
+    # offset are never joined: the last 2,000 of 400,000 in 0.1 s instead of 1 s), then those rows in full
+    page = _filtered(s, f, Example.id, col).order_by(col.desc() if descending else col, Example.id)
+    page = page.offset(offset) if limit is None else page.offset(offset).limit(limit)
+    ids = list(s.scalars(page))
+    return get_examples(s, ids, f.model_id)
 
 
 def get_examples(s: Session, ids: Sequence[str], model_id: int | None) -> list[ExampleRow]:

@@ -77,7 +77,10 @@ class Example(Base):
     training set (each model's own order is in ``training_examples``)."""
 
     __tablename__ = "examples"
-    __table_args__ = (Index("ix_examples_dataset_split", "dataset_id", "split"),)
+    __table_args__ = (
+        Index("ix_examples_dataset_split", "dataset_id", "split"),
+        Index("ix_examples_member_id", "in_workspace", "id"),  # Browse's pages: ids from the index alone
+    )
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))

@@ -138,6 +138,15 @@ def test_browse_pages_through_the_matching_examples(app_env: Store) -> None:
     assert list(at.dataframe[0].value["id"]) == [r.id for r in expected]
 
 
+def test_accuracy_by_slice_is_computed_when_asked(app_env: Store) -> None:
+    at = _ok(_app())
+    assert len(at.dataframe) == 1  # the examples table only: the per-slice counts wait for the toggle
+    _ok(at.toggle(key="by_slice").set_value(True).run())
+    table = at.dataframe[1].value
+    groups = app_env.summarize_by("split")
+    assert list(table["examples"]) == [g.count for g in groups] and len(groups) >= 2
+
+
 def test_deep_link_opens_the_example(app_env: Store) -> None:
     ex = app_env.query_examples(ExampleFilter(split="challenge"), limit=1)[0]
     at = _ok(_app(example=ex.id))

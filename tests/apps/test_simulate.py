@@ -377,7 +377,7 @@ def test_migration_from_revision_0003_adds_the_simulations_table(tmp_path):
         )
     old.dispose()
     with Store.open(url=url) as st:
-        assert st.revision() == "0006" and st.get_model(1).active
+        assert st.revision() == "0007" and st.get_model(1).active
         cfg = SimulateConfig()
         first = st.save_app_result("simulation", cfg, {"examples": []}, model_id=1, kind="simulate")
         again = st.save_app_result("simulation", cfg, {"examples": [1]}, model_id=1, kind="simulate")

@@ -75,7 +75,7 @@ def filled(store):
 def test_open_sets_sqlite_pragmas_and_head_revision(tmp_path):
     store = Store.open(tmp_path / "ws")
     assert store.url.endswith("ws/fastif.db") and (tmp_path / "ws" / "fastif.db").exists()
-    assert store.revision() == head_revision() == "0006"
+    assert store.revision() == head_revision() == "0007"
     with store.session() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -143,7 +143,7 @@ def test_database_of_first_migration_opens_and_upgrades(db_url):
         )
     old.dispose()
     with Store.open(url=url) as st:
-        assert st.revision() == "0006"
+        assert st.revision() == "0007"
         assert st.get_example("e1").label == "neutral"
         # upgrading keeps what older versions stored (no table rebuild cascading into predictions)
         assert st.get_example("e1", 1).predicted == "neutral" and st.get_example("e1", 1).correct is True
