@@ -194,6 +194,7 @@ def database_mb(store: Any, url: str) -> float | None:
     from sqlalchemy import text
 
     if url.startswith("sqlite:///"):
+        store.checkpoint()  # the write-ahead log folded into the file first
         path = Path(url.removeprefix("sqlite:///"))
         return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists()) / 2**20
     if url.startswith("postgresql"):

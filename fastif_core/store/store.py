@@ -93,6 +93,13 @@ class Store(QueueMethods):
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
+    def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into the database file (and truncate it), so the file's size is
+        the database's; nothing for a server database."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def revision(self) -> str | None:
         """The schema (Alembic) revision of the database."""
         return eng.current_revision(self.engine)

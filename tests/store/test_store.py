@@ -417,3 +417,20 @@ def test_jobs_of_an_example_are_found_past_any_number_of_newer_jobs(store):
     assert [j.id for j in store.list_jobs(status=["queued"], kind="influence", example_id="ex-old")] == [
         target.id
     ]
+
+
+def test_checkpoint_folds_the_write_ahead_log_into_the_file(tmp_path):
+    from fastif_core.data import NLIExample
+
+    store = Store.open(tmp_path / "ws")
+    store.add_examples(
+        [
+            NLIExample(f"e{i}", "a premise " * 20, "a hypothesis", "neutral", "mnli", "train")
+            for i in range(500)
+        ]
+    )
+    wal = tmp_path / "ws" / "fastif.db-wal"
+    assert wal.stat().st_size > 0
+    store.checkpoint()
+    assert wal.stat().st_size == 0 and store.count_examples() == 500
+    store.close()
