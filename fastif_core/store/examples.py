@@ -172,10 +172,14 @@ def set_training_order(s: Session, model_id: int, ids: Sequence[str]) -> None:
 
 
 def set_workspace_members(s: Session, ids: Sequence[str]) -> None:
-    """Exactly the examples ``ids`` belong to the workspace's current sources (what browse shows)."""
-    s.execute(update(Example).where(Example.in_workspace.is_(True)).values(in_workspace=False))
-    for part in chunks(list(ids)):
-        s.execute(update(Example).where(Example.id.in_(list(part))).values(in_workspace=True))
+    """Exactly the examples ``ids`` belong to the workspace's current sources (what browse shows). Only
+    the rows whose membership changes are written (a fresh import of 400,000 examples, all members
+    already, writes none; clearing and setting every row rewrote the table twice on PostgreSQL)."""
+    want = set(ids)
+    have = set(s.scalars(select(Example.id).where(Example.in_workspace.is_(True))))
+    for value, changed in ((False, have - want), (True, want - have)):
+        for part in chunks(sorted(changed)):
+            s.execute(update(Example).where(Example.id.in_(list(part))).values(in_workspace=value))
 
 
 def set_active_model(s: Session, model_id: int) -> None:

@@ -434,3 +434,30 @@ def test_checkpoint_folds_the_write_ahead_log_into_the_file(tmp_path):
     store.checkpoint()
     assert wal.stat().st_size == 0 and store.count_examples() == 500
     store.close()
+
+
+def test_publish_makes_exactly_the_given_examples_members_each_time(store):
+    """Membership (what Browse shows) after publishes of overlapping example sets; counted in SQL."""
+    from sqlalchemy import text
+
+    exs = make_examples()
+    model = store.get_or_create_model("tiny", "/ckpt", {"epochs": 1}, MNLI)
+    datasets = {"mnli": {}, "hans": {}}
+
+    def publish(members):
+        store.publish(
+            datasets=datasets,
+            examples=members,
+            model_id=model.id,
+            train_ids=[e.id for e in members if e.split == "train"],
+            predictions=[],
+            neighbors={},
+        )
+        with store.engine.connect() as conn:
+            return {r[0] for r in conn.execute(text("SELECT id FROM examples WHERE in_workspace"))}
+
+    assert publish(exs) == {e.id for e in exs}
+    half = exs[: len(exs) // 2]
+    assert publish(half) == {e.id for e in half}  # the others leave
+    assert store.count_examples(in_workspace=None) == len(exs)  # ... but stay stored
+    assert publish(exs[5:]) == {e.id for e in exs[5:]}  # some come back, the first five leave
