@@ -154,8 +154,11 @@ def save_neighbors(
     """Replace each query's neighbour list (rank = list position, 0 = nearest); returns rows written. The
     rows are built for ``chunk`` queries at a time (N x k row dicts at once would take GBs at N = 400,000)."""
     total = 0
+    # a model with no lists yet (every prepare's new model) has nothing to replace: no DELETE per chunk
+    stored = s.scalar(select(Neighbor.query_id).where(Neighbor.model_id == model_id).limit(1)) is not None
     for part in chunks(list(neighbors), chunk):
-        s.execute(delete(Neighbor).where(Neighbor.model_id == model_id, Neighbor.query_id.in_(part)))
+        if stored:
+            s.execute(delete(Neighbor).where(Neighbor.model_id == model_id, Neighbor.query_id.in_(part)))
         rows = [
             {"model_id": model_id, "query_id": q, "rank": r, "train_id": t, "distance": float(d)}
             for q in part
