@@ -310,7 +310,7 @@ def _damping_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-SCALE_PARTS = ("faiss", "browse", "example", "click", "sketch", "graph", "import", "jobs")  # scale.PARTS
+SCALE_PARTS = ("faiss", "neighbours", "browse", "example", "click", "sketch", "graph", "import", "jobs")
 
 
 def _scale_parts(text: str) -> tuple[str, ...]:
@@ -387,6 +387,12 @@ def _scale_arguments(p: argparse.ArgumentParser) -> None:
         "--scale-jobs", type=_positive, default=5000, help="scale: jobs inserted into the database copy"
     )
     p.add_argument(
+        "--scale-neighbors-index",
+        default="auto",
+        metavar="auto|exact|FACTORY",
+        help="scale: the index the neighbours part lists with (as prepare's --neighbors-index)",
+    )
+    p.add_argument(
         "--scale-db-url",
         default="",
         help="scale: a scratch server database (e.g. postgresql://localhost/fastif_scale; it must hold no "
@@ -418,6 +424,7 @@ def run_scale(a: argparse.Namespace, progress: Any) -> dict[str, Any]:
         graph_incorrect_only=not a.scale_graph_any_prediction,
         jobs=a.scale_jobs,
         db_url=a.scale_db_url,
+        neighbors_index=a.scale_neighbors_index,
         seed=a.seed,
     )
     return run_section(Path(a.workspace), Path(a.out), options, progress)

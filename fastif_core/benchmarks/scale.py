@@ -8,6 +8,9 @@ the workspace build and its own options, and skipped by a later run with the sam
 - ``faiss``: Flat and IVF (``IVF<nlist>,Flat``) built over the workspace's training features: build
   seconds, index size, query ms per held-out query at k, and per ``nprobe`` IVF's recall@k against Flat
   (a neighbour counts when it is one of Flat's or no farther than Flat's k-th: ties are not misses).
+- ``neighbours``: prepare's neighbours phase again through the index ``--scale-neighbors-index`` picks
+  at this N (``auto``: an IVF from 100,000 training examples on): build and search seconds, and the
+  recall of its lists against the stored ones when those came from exact search.
 - ``browse``: the Browse page's store queries (``app/data_access``): the filter options, the first page
   and the counts under several filters (none, training set, incorrect, one label, a text search), the
   accuracy per slice column, and pages of ``--scale-page-size`` rows at ``--scale-offsets``.
@@ -51,7 +54,7 @@ from fastif_core.config import InfluenceConfig, STestConfig, config_hash
 from fastif_core.measure import PhaseClock
 from fastif_core.progress import Progress, ignore
 
-PARTS = ("faiss", "browse", "example", "click", "sketch", "graph", "import", "jobs")
+PARTS = ("faiss", "neighbours", "browse", "example", "click", "sketch", "graph", "import", "jobs")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class ScaleOptions:
     graph_incorrect_only: bool = True
     jobs: int = 5000
     db_url: str = ""  # a scratch server database for the import and jobs parts ("" = temporary SQLite)
+    neighbors_index: str = "auto"  # the neighbours part's index choice (PrepareConfig.neighbors_index)
     seed: int = 0
 
 
@@ -120,6 +124,44 @@ def faiss_part(features: np.ndarray, num_train: int, o: ScaleOptions) -> dict[st
         "queries_from": "held-out" if len(held) else "training",
         "flat": {"build": flat_build, "query_ms": _per_query_ms(flat_query, len(queries)), "mb": _mb(flat)},
         "ivf": {"factory": factory, "nlist": nlist, "build": ivf_build, "mb": _mb(ivf), "nprobe": probes},
+    }
+
+
+def neighbours_part(
+    features: np.ndarray, ids: list[str], manifest: dict[str, Any], stored: dict[str, Any], o: ScaleOptions
+) -> dict[str, Any]:
+    """``fastif prepare``'s neighbours phase again on the workspace's features, listed through the index
+    ``--scale-neighbors-index`` picks at this N (``auto``: what a prepare would use now): the index build
+    and the search, and the share of the stored lists it finds (recall@k, ties at the k-th distance
+    counted as found) when the stored lists came from exact search."""
+    from fastif_core.config import PrepareConfig
+    from fastif_core.modeling.knn import KnnIndex, neighbour_index_config
+    from fastif_core.workspace.prepare import neighbors_of
+
+    cfg = PrepareConfig.from_json_dict(manifest["prepare_config"])
+    num_train = int(manifest["num_train"])
+    near_cfg = neighbour_index_config(o.neighbors_index, num_train, cfg.knn) or cfg.knn
+    index, build_s = timed(lambda: KnnIndex.build(features[:num_train], near_cfg))
+    lists, search_s = timed(lambda: neighbors_of(index, features, ids, num_train, cfg.neighbors))
+    how = manifest.get("neighbors_index") or {"index": cfg.knn.index}  # older manifests: the workspace's
+    exact = how["index"] == "Flat"
+    found = []
+    for query, mine in lists.items() if exact else ():
+        ref = stored.get(query) or []
+        if not ref:
+            continue
+        names, limit = {t for t, _ in ref}, ref[-1][1] * (1 + 1e-5) + 1e-6
+        found.append(sum(1 for t, d in mine[: len(ref)] if t in names or d <= limit) / len(ref))
+    return {
+        "index": near_cfg.index,
+        "nprobe": near_cfg.nprobe,
+        "k": cfg.neighbors,
+        "examples": len(lists),
+        "build_seconds": build_s,
+        "search_seconds": search_s,
+        "stored_index": how["index"],
+        "recall_vs_stored": float(np.mean(found)) if found else None,
+        "compared": len(found),
     }
 
 
@@ -225,6 +267,7 @@ PART_OPTIONS = {
         "seed",
     ),
     "import": ("db_url",),
+    "neighbours": ("neighbors_index",),
     "jobs": ("repeats", "jobs", "seed", "db_url"),
 }
 
@@ -280,6 +323,10 @@ def _run_part(ctx: _Context, part: str, manifest: dict[str, Any], progress: Prog
     if part == "faiss":
         features, _ = load_features(WorkspacePaths.of(ctx.root, manifest).features)
         return faiss_part(np.asarray(features, dtype=np.float32), int(manifest["num_train"]), o)
+    if part == "neighbours":
+        features, ids = load_features(WorkspacePaths.of(ctx.root, manifest).features)
+        stored = ctx.store.neighbor_lists(model_id)
+        return neighbours_part(np.asarray(features, dtype=np.float32), ids, manifest, stored, o)
     if part == "browse":
         return browse_part(ctx.store, o)
     if part == "example":
@@ -367,6 +414,13 @@ def report(result: dict[str, Any]) -> str:
                     f"  IVF{p['ivf']['nlist']} nprobe {nprobe}: recall@{p['k']} {q['recall']:.3f}, "
                     f"{q['query_ms']['median']:.3f} ms/query (Flat {p['flat']['query_ms']['median']:.3f})"
                 )
+        if name == "neighbours":
+            recall = p["recall_vs_stored"]
+            lines.append(
+                f"  {p['index']} (nprobe {p['nprobe']}): build {p['build_seconds']:.1f} s, {p['examples']} lists "
+                f"in {p['search_seconds']:.1f} s"
+                + ("" if recall is None else f", recall@{p['k']} {recall:.4f}")
+            )
         if name == "browse":
             for offset, page in p["pages"].items():
                 lines.append(f"  page at offset {offset}: {page['seconds']['median'] * 1000:.1f} ms")

@@ -26,7 +26,7 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -569,7 +569,8 @@ def index_and_predict(
     with phase("neighbours"):
         near_cfg = neighbour_index_config(cfg.neighbors_index, n_train, cfg.knn)
         near = index if near_cfg is None else KnnIndex.build(feats[:n_train], near_cfg)
-        neighbors = neighbors_of(near, feats, examples, n_train, cfg.neighbors, sub_range(report, 0.95, 0.97))
+        ids = [ex.id for ex in examples]
+        neighbors = neighbors_of(near, feats, ids, n_train, cfg.neighbors, sub_range(report, 0.95, 0.97))
     manifest["neighbors_index"] = {
         "index": (near_cfg or cfg.knn).index,
         "nprobe": (near_cfg or cfg.knn).nprobe,
@@ -589,25 +590,26 @@ NEIGHBOUR_QUERIES = 16384  # examples searched per FAISS call of the neighbours 
 def neighbors_of(
     index: Any,
     feats: Any,
-    examples: list[NLIExample],
+    ids: Sequence[str],
     n_train: int,
     k: int,
     progress: Progress | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
-    """Each example's ``k`` nearest training examples (a training example is not its own neighbour),
-    ``NEIGHBOUR_QUERIES`` examples per search."""
+    """Each example's ``k`` nearest training examples by id (``ids[i]`` is row ``i`` of ``feats``, the
+    first ``n_train`` the training rows; a training example is not its own neighbour), ``NEIGHBOUR_QUERIES``
+    examples per search."""
     k_eff = min(k + 1, n_train)
     out: dict[str, list[tuple[str, float]]] = {}
-    for lo in range(0, len(examples), NEIGHBOUR_QUERIES):
+    for lo in range(0, len(ids), NEIGHBOUR_QUERIES):
         dist, pos = index.search(feats[lo : lo + NEIGHBOUR_QUERIES], k_eff)
         for row, (d_row, p_row) in enumerate(zip(dist.tolist(), pos.tolist(), strict=True), start=lo):
             pairs = [
-                (examples[p].id, float(d))
+                (ids[p], float(d))
                 for d, p in zip(d_row, p_row, strict=True)
                 if p >= 0 and not (row < n_train and p == row)
             ]
-            out[examples[row].id] = pairs[:k]
+            out[ids[row]] = pairs[:k]
         if progress is not None:
-            done = min(lo + NEIGHBOUR_QUERIES, len(examples))
-            progress(done / len(examples), f"neighbours: {done:,}/{len(examples):,} examples")
+            done = min(lo + NEIGHBOUR_QUERIES, len(ids))
+            progress(done / len(ids), f"neighbours: {done:,}/{len(ids):,} examples")
     return out

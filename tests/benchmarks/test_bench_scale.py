@@ -74,6 +74,10 @@ def test_scale_section_on_the_tiny_workspace(tiny_workspace: Path, tmp_path: Pat
     assert faiss["ivf"]["nprobe"]["4"]["recall"] == 1.0  # every cell probed: exact
     assert faiss["flat"]["mb"] > 0 and faiss["ivf"]["mb"] > 0 and faiss["flat"]["build"]["n"] == 2
 
+    near = parts["neighbours"]  # N = 60: "auto" lists with the workspace's exact index, as stored
+    assert (near["index"], near["k"], near["examples"]) == ("Flat", 5, 150)
+    assert near["stored_index"] == "Flat" and near["compared"] == 150 and near["recall_vs_stored"] == 1.0
+
     browse = parts["browse"]
     with Store.open(tiny_workspace) as store:
         for name, entry in browse["filters"].items():
@@ -139,7 +143,7 @@ def test_scale_section_on_the_tiny_workspace(tiny_workspace: Path, tmp_path: Pat
 
 def test_bad_scale_parts_exit_2_with_one_line(tiny_workspace: Path, tmp_path: Path):
     run = _bench(tiny_workspace, tmp_path / "out", "--scale-parts", "faiss,pages")
-    assert run.returncode == 2 and "faiss, browse, example" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "faiss, neighbours, browse, example" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_recall_counts_ties_at_the_kth_distance_as_found():
@@ -199,3 +203,19 @@ def test_scale_import_and_jobs_into_a_scratch_database(tiny_workspace: Path, tmp
     assert "already holds 150 examples" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     with Store.open(url=db_url) as dst:
         assert dst.count_examples() == 150 and sum(dst.job_counts().values()) == 250
+
+
+def test_scale_neighbours_through_an_ivf_against_the_stored_exact_lists(tiny_workspace: Path, tmp_path: Path):
+    """An IVF of 2 cells probed at 32 (so all): the lists of the stored exact search, recall 1."""
+    run = _bench(
+        tiny_workspace,
+        tmp_path / "out",
+        "--scale-parts",
+        "neighbours",
+        "--scale-neighbors-index",
+        "IVF2,Flat",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    near = json.loads((tmp_path / "out" / "scale.json").read_text())["parts"]["neighbours"]
+    assert (near["index"], near["nprobe"], near["compared"]) == ("IVF2,Flat", 32, 150)
+    assert near["recall_vs_stored"] == 1.0

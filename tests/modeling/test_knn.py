@@ -205,12 +205,10 @@ def test_neighbour_index_auto_is_exact_below_the_threshold_and_ivf_above():
 def test_neighbour_lists_in_chunks_and_through_an_all_cells_ivf_equal_exact_ones(monkeypatch):
     """The neighbours phase: chunked searches give one search's lists; an IVF probing all its cells gives
     the exact lists (a training example is never its own neighbour)."""
-    from types import SimpleNamespace
-
     import fastif_core.workspace.prepare as P
 
     x = _features(300)
-    examples = [SimpleNamespace(id=f"e{i}") for i in range(len(x))]
+    examples = [f"e{i}" for i in range(len(x))]
     flat = KnnIndex.build(x[:250], KnnConfig(use_gpu=False))  # 250 training rows, 50 others
     whole = P.neighbors_of(flat, x, examples, 250, 5)
     monkeypatch.setattr(P, "NEIGHBOUR_QUERIES", 7)
