@@ -102,9 +102,9 @@ def filter_options(root: str, version: tuple[str | None, int | None] | None = No
     """Distinct values for each browse filter."""
     s = store(root)
     values = {
-        c: [str(v) for v in s.distinct_values(c)]
-        for c in ("split", "label", "predicted", "genre", "heuristic", "subcase")
+        c: [str(v) for v in s.distinct_values(c)] for c in ("split", "label", "genre", "heuristic", "subcase")
     }
+    values["predicted"] = s.predicted_labels()  # from the predictions' index: no join over every example
     datasets = [str(d) for d in s.distinct_values("dataset")]  # of the current sources only
     return FilterOptions(
         datasets=datasets,

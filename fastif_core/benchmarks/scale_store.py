@@ -45,8 +45,12 @@ def browse_filters(store: Any, search: str) -> dict[str, Any]:
 
 def browse_part(store: Any, o: Any) -> dict[str, Any]:
     """The Browse page's queries: options, first page and counts per filter, groups, deep pages."""
-    options, options_s = repeat(
-        lambda: {c: store.distinct_values(c) for c in ("predicted", *BROWSE_COLUMNS)}, o.repeats
+    options, options_s = repeat(  # as app/data_access.filter_options asks for them
+        lambda: {
+            "predicted": store.predicted_labels(),
+            **{c: store.distinct_values(c) for c in BROWSE_COLUMNS},
+        },
+        o.repeats,
     )
     filters = {}
     for name, f in browse_filters(store, o.search).items():

@@ -40,7 +40,7 @@ from fastif_core.store.records import (
     PredictionIn,
     PredictionInfo,
 )
-from fastif_core.store.schema import Dataset, InfluenceRun, Model
+from fastif_core.store.schema import Dataset, InfluenceRun, Model, Prediction
 
 T = TypeVar("T")
 
@@ -225,6 +225,17 @@ class Store(QueueMethods):
         """Sorted non-null values of ``column`` among matching examples (for filter widgets)."""
         f = _filter(filters, kw)
         return self._read(lambda s: ex.distinct_values(s, column, f))
+
+    def predicted_labels(self, model_id: int | None = None) -> list[str]:
+        """Sorted labels ``model_id`` (None = the active model) predicted for any stored example, read from
+        the predictions' own index (the Predicted-label filter's options: no join with the examples)."""
+
+        def fn(s: Session) -> list[str]:
+            mid = model_id if model_id is not None else ex.latest_model_id(s)
+            q = select(Prediction.predicted).where(Prediction.model_id == (mid if mid is not None else -1))
+            return list(s.scalars(q.distinct().order_by(Prediction.predicted)))
+
+        return self._read(fn)
 
     def set_training_set(self, ids: Sequence[str]) -> None:
         """Training position ``i`` (the FAISS row) is ``ids[i]``; replaces any previous training set."""

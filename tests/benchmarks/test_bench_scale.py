@@ -143,7 +143,11 @@ def test_scale_section_on_the_tiny_workspace(tiny_workspace: Path, tmp_path: Pat
 
 def test_bad_scale_parts_exit_2_with_one_line(tiny_workspace: Path, tmp_path: Path):
     run = _bench(tiny_workspace, tmp_path / "out", "--scale-parts", "faiss,pages")
-    assert run.returncode == 2 and "faiss, neighbours, browse, example" in run.stderr and "Traceback" not in run.stderr
+    assert (
+        run.returncode == 2
+        and "faiss, neighbours, browse, example" in run.stderr
+        and "Traceback" not in run.stderr
+    )
 
 
 def test_recall_counts_ties_at_the_kth_distance_as_found():

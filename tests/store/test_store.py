@@ -461,3 +461,10 @@ def test_publish_makes_exactly_the_given_examples_members_each_time(store):
     assert publish(half) == {e.id for e in half}  # the others leave
     assert store.count_examples(in_workspace=None) == len(exs)  # ... but stay stored
     assert publish(exs[5:]) == {e.id for e in exs[5:]}  # some come back, the first five leave
+
+
+def test_predicted_labels_are_the_models_own(filled):
+    store, _, model, preds = filled
+    assert store.predicted_labels(model.id) == sorted({p.predicted for p in preds.values()})
+    assert store.predicted_labels() == store.predicted_labels(model.id)  # the active (newest) model
+    assert store.predicted_labels(model.id + 99) == []
