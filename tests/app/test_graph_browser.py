@@ -196,6 +196,8 @@ def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
     [FASTIF_GRAPH_ID=N] python -m pytest -m bench tests/app/test_graph_browser.py -k real_workspace`` opens
     its newest stored graph (or graph N) on the Graphs page, times the render and saves
     ``test-artifacts/graph_<workspace>_<id>.png`` and ``.json``. The workspace is only read."""
+    from playwright.sync_api import expect
+
     root = os.environ.get("FASTIF_GRAPH_WORKSPACE")
     if not root:
         pytest.skip("set FASTIF_GRAPH_WORKSPACE to a workspace with a stored graph")
@@ -206,7 +208,10 @@ def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
         assert graphs, f"no stored graph {wanted or ''} in {root_path}"
         info = max(graphs, key=lambda g: g.id)
     with dashboard_page(root_path, tmp_path) as (url, page):
-        seconds = open_graph(page, url, info.id)
+        seconds = open_graph(page, url, info.id)  # the server's first page: its caches are cold
+        page.goto(f"{url}/browse")
+        expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=120_000)
+        again = open_graph(page, url, info.id)  # as a user meets it later
         page.set_viewport_size({"width": 1400, "height": 2600})
         page.wait_for_timeout(2000)
         ARTIFACTS.mkdir(exist_ok=True)
@@ -216,6 +221,7 @@ def test_graphs_page_on_a_real_workspace(tmp_path: Path) -> None:
         "workspace": str(root_path),
         "graph_id": info.id,
         "render_s": round(seconds, 2),
+        "render_again_s": round(again, 2),
         "num_edges": info.result["num_edges"],
         "num_test_nodes": info.result["num_test_nodes"],
         "num_train_nodes": info.result["num_train_nodes"],
