@@ -175,6 +175,7 @@ def import_part(store: Any, model_id: int, o: Any) -> dict[str, Any]:
                 lineage=model.lineage,
             )
             _, publish_s = timed(lambda: target.publish(model_id=target_model.id, **build))
+            _, analyze_s = timed(target.analyze)  # as prepare's import phase does
             counts = {
                 "examples": target.count_examples(),
                 "training": target.count_examples(in_training_set=True),
@@ -185,6 +186,7 @@ def import_part(store: Any, model_id: int, o: Any) -> dict[str, Any]:
         "database": "sqlite (a temporary file)" if not o.db_url else shown,
         "read_seconds": read_s,
         "publish_seconds": publish_s,
+        "analyze_seconds": analyze_s,
         "examples": len(build["examples"]),
         "predictions": len(build["predictions"]),
         "neighbour_rows": sum(len(v) for v in build["neighbors"].values()),

@@ -35,7 +35,9 @@ QUERY_BATCH = 4096  # queries per FAISS call
 
 
 EXACT_NEIGHBOURS_MAX = 100_000  # from this many training examples on, "auto" lists neighbours with an IVF
-NEIGHBOUR_NPROBE = 32  # IVF cells probed for the stored neighbour lists (recall@100 0.987 at N = 396,000)
+NEIGHBOUR_NPROBE = (
+    32  # IVF cells probed for the stored lists (at N = 396,000: recall@10 0.962 against exact ones)
+)
 
 
 def auto_nlist(n: int) -> int:

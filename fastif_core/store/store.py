@@ -93,6 +93,13 @@ class Store(QueueMethods):
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics (``ANALYZE``, SQLite and PostgreSQL) after a bulk load:
+        without them SQLite walks the (in_workspace, id) index for filters that match nearly every row and
+        looks each row up (0.7 s instead of 0.1 s per Browse count at N = 400,000)."""
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+
     def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log into the database file (and truncate it), so the file's size is
         the database's; nothing for a server database."""

@@ -314,6 +314,7 @@ def _prepare_locked(
         }
         with clock.phase("import"):
             publish(store, paths, staging / "build", data, model_info.id, build, manifest)
+            store.analyze()  # the planner's statistics of the new rows
             store.checkpoint()  # the WAL folded in: disk_mb's database is the file's own size
         manifest = {**manifest, "phases": clock.as_dict(), "disk_mb": disk_sizes(paths.root, manifest)}
         manifest["seconds"] = time.perf_counter() - started

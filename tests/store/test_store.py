@@ -468,3 +468,19 @@ def test_predicted_labels_are_the_models_own(filled):
     assert store.predicted_labels(model.id) == sorted({p.predicted for p in preds.values()})
     assert store.predicted_labels() == store.predicted_labels(model.id)  # the active (newest) model
     assert store.predicted_labels(model.id + 99) == []
+
+
+def test_analyze_gives_the_planner_statistics_of_the_examples(store):
+    """After ANALYZE the planner knows the examples' row counts (SQLite's sqlite_stat1, PostgreSQL's
+    pg_class.reltuples), which is what keeps it from the (in_workspace, id) index for broad filters."""
+    from sqlalchemy import text
+
+    store.add_examples(make_examples())
+    store.analyze()
+    with store.engine.connect() as conn:
+        if store.engine.dialect.name == "sqlite":
+            rows = conn.execute(text("SELECT stat FROM sqlite_stat1 WHERE tbl = 'examples'")).scalars().all()
+            assert rows and all(int(r.split()[0]) == len(make_examples()) for r in rows)
+        else:
+            n = conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'examples'")).scalar()
+            assert int(n) == len(make_examples())
