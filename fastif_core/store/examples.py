@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy import Select, case, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from fastif_core.errors import ConfigError, WorkspaceError
@@ -275,7 +275,14 @@ def query(
         return [_row(*r) for r in s.execute(q)]
     # a page: its ids first, with only the joins the filter and the order need (the rows skipped by the
     # offset are never joined: the last 2,000 of 400,000 in 0.1 s instead of 1 s), then those rows in full
-    page = _filtered(s, f, Example.id, col).order_by(col.desc() if descending else col, Example.id)
+    key, tie = col, Example.id
+    if (f.predicted is not None or f.correct is not None) and s.get_bind().dialect.name == "sqlite":
+        # ORDER BY +col (SQLite's idiom): no index may supply the order, so the planner starts from the
+        # predictions' index of the few matching rows and sorts them, instead of walking every example in
+        # id order (the incorrect-only page of 400,000: 0.01 s instead of 0.7-1.6 s)
+        key = literal_column(f"+{col.expression.table.name}.{col.expression.name}")
+        tie = literal_column("+examples.id")
+    page = _filtered(s, f, Example.id, col).order_by(key.desc() if descending else key, tie)
     page = page.offset(offset) if limit is None else page.offset(offset).limit(limit)
     ids = list(s.scalars(page))
     return get_examples(s, ids, f.model_id)

@@ -484,3 +484,21 @@ def test_analyze_gives_the_planner_statistics_of_the_examples(store):
         else:
             n = conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'examples'")).scalar()
             assert int(n) == len(make_examples())
+
+
+def test_pages_under_prediction_filters_follow_the_order_asked(filled):
+    """Pages filtered on predictions (SQLite orders them by ``+col`` so no index supplies the order) equal
+    the same filter and order computed in Python, page by page, on both backends."""
+    store, exs, model, preds = filled
+    wrong = sorted(i for i, p in preds.items() if not p.correct)
+    got = [
+        r.id
+        for off in range(0, len(wrong), 3)
+        for r in store.query_examples(correct=False, limit=3, offset=off)
+    ]
+    assert got == wrong and len(wrong) >= 4
+    label = next(iter(preds.values())).predicted
+    mine = [i for i, p in preds.items() if p.predicted == label]
+    want = sorted(mine, key=lambda i: (-max(preds[i].probs), i))
+    got = store.query_examples(predicted=label, order_by="confidence", descending=True, limit=None, offset=1)
+    assert [r.id for r in got] == want[1:]
