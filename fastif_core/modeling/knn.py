@@ -35,9 +35,8 @@ QUERY_BATCH = 4096  # queries per FAISS call
 
 
 EXACT_NEIGHBOURS_MAX = 100_000  # from this many training examples on, "auto" lists neighbours with an IVF
-NEIGHBOUR_NPROBE = (
-    32  # IVF cells probed for the stored lists (at N = 396,000: recall@10 0.962 against exact ones)
-)
+# IVF cells probed for the stored lists (at N = 396,000: recall@10 0.962 against the exact ones)
+NEIGHBOUR_NPROBE = 32
 
 
 def auto_nlist(n: int) -> int:

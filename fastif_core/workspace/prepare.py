@@ -572,11 +572,8 @@ def index_and_predict(
         near = index if near_cfg is None else KnnIndex.build(feats[:n_train], near_cfg)
         ids = [ex.id for ex in examples]
         neighbors = neighbors_of(near, feats, ids, n_train, cfg.neighbors, sub_range(report, 0.95, 0.97))
-    manifest["neighbors_index"] = {
-        "index": (near_cfg or cfg.knn).index,
-        "nprobe": (near_cfg or cfg.knn).nprobe,
-        "exact": (near_cfg or cfg.knn).index == "Flat",
-    }
+    used = near_cfg or cfg.knn
+    manifest["neighbors_index"] = {"index": used.index, "nprobe": used.nprobe, "exact": used.index == "Flat"}
     return Build(manifest, predictions, neighbors)
 
 

@@ -215,11 +215,19 @@ def test_neighbour_lists_in_chunks_and_through_an_all_cells_ivf_equal_exact_ones
     seen: list[float] = []
     chunked = P.neighbors_of(flat, x, examples, 250, 5, lambda f, m: seen.append(f))
     assert chunked.keys() == whole.keys() and len(whole) == 300
-    for key in whole:
-        assert [t for t, _ in chunked[key]] == [t for t, _ in whole[key]]
+    for key in whole:  # other batch sizes take other BLAS paths: distances to a tolerance, not bits
         assert len(whole[key]) == 5 and key not in [t for t, _ in whole[key]]  # never itself
+        _same_lists(chunked[key], whole[key])
     assert seen[-1] == 1.0 and len(seen) == -(-300 // 7)
     ivf = KnnIndex.build(x[:250], KnnConfig(index="IVF4,Flat", nprobe=4, use_gpu=False))
     approx = P.neighbors_of(ivf, x, examples, 250, 5)
     for key in whole:
-        assert [t for t, _ in approx[key]] == [t for t, _ in whole[key]]
+        _same_lists(approx[key], whole[key])
+
+
+def _same_lists(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> None:
+    """The same neighbours (as a set: rows tied to float32 rounding may swap) at the same distances."""
+    assert {t for t, _ in a} == {t for t, _ in b}
+    torch.testing.assert_close(
+        torch.tensor([d for _, d in a]), torch.tensor([d for _, d in b]), rtol=1e-5, atol=TIE
+    )

@@ -453,7 +453,7 @@ def test_neighbour_lists_through_another_index_are_recorded_and_match_exact_ones
             read_manifest(tmp_path / "ws")["model_id"],
             read_manifest(tiny_workspace_template)["model_id"],
         )
-        for example_id in ids[::7]:
-            assert [n.train_id for n in a.get_neighbors(ma, example_id)] == [
+        for example_id in ids[::7]:  # as sets: two index types may order float32 ties differently
+            assert {n.train_id for n in a.get_neighbors(ma, example_id)} == {
                 n.train_id for n in b.get_neighbors(mb, example_id)
-            ]
+            }
